@@ -1,0 +1,33 @@
+# openpole: `make demo` runs a simulated pole, `make test` runs the whole suite.
+# Both create .venv with everything they need; DURATION=S stops the demo after S seconds.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DURATION ?= 0
+NODES ?= 3
+PYTEST_ARGS ?=
+
+.PHONY: install test demo specs clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml tools/sim/mplib.py
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "openpole needs Python 3.11 or newer (this is " + sys.version.split()[0] + "): install python3.11 and run make PYTHON=python3.11")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { echo "cannot create $(VENV): install the venv module (apt-get install python3-venv)"; exit 1; }
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/python -m openpole.sim.mplib
+	@touch $@
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: install
+	$(BIN)/openpole sim demo --nodes $(NODES) --duration $(DURATION)
+
+specs: install
+	$(BIN)/openpole spec check
+	$(BIN)/openpole spec build
+
+clean:
+	rm -rf $(VENV) build .pytest_cache

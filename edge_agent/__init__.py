@@ -1,0 +1,1 @@
+"""openpole edge agent."""

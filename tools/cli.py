@@ -1,0 +1,44 @@
+"""The `openpole` command: one entry point, subcommands registered by each concern."""
+
+import argparse
+import sys
+
+from . import __version__
+from .errors import UserError
+
+
+def _commands():
+    # Registry: (name, module path). Each module has register(subparsers); imported lazily so
+    # `openpole spec check` does not pay for paho or rich.
+    from .spec import cli as spec_cli
+    from .sim import cli as sim_cli
+    from .receiver import cli as receiver_cli
+    from .edge_agent import cli as edge_cli
+
+    return (spec_cli, sim_cli, edge_cli, receiver_cli)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="openpole", description="openpole: open sensor poles, from node to city.")
+    parser.add_argument("--version", action="version", version=f"openpole {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in _commands():
+        module.register(sub)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        status = args.func(args)
+    except UserError as e:
+        print(f"openpole: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return status or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

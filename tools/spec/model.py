@@ -1,0 +1,336 @@
+"""Load and validate sensor_specs/ and board_defs/: the sources of truth everything else reads.
+
+Every problem becomes one line, `file: field: reason`; the loader never raises on bad content.
+"""
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BUSES = ("i2c", "uart", "i2s", "spi")
+KINDS = ("linear", "level")
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+BOARD_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    field: str
+    reason: str
+
+    def __str__(self):
+        return f"{self.file}: {self.field}: {self.reason}"
+
+
+@dataclass
+class Specs:
+    units: dict = field(default_factory=dict)       # id -> table
+    quantities: list = field(default_factory=list)  # tables, registry order
+    sensors: dict = field(default_factory=dict)     # file stem -> table
+    mics: dict = field(default_factory=dict)        # file stem -> table
+    chips: dict = field(default_factory=dict)
+    roles: dict = field(default_factory=dict)       # role -> in/out/io
+    boards: dict = field(default_factory=dict)      # board id -> table
+    errors: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+
+    def quantity(self, name):
+        return next((q for q in self.quantities if q["name"] == name), None)
+
+
+class _Checker:
+    """Type and presence checks that record problems against one file."""
+
+    def __init__(self, specs, path, root):
+        self.specs = specs
+        self.file = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+    def error(self, fld, reason):
+        self.specs.errors.append(Problem(self.file, fld, reason))
+
+    def warn(self, fld, reason):
+        self.specs.warnings.append(Problem(self.file, fld, reason))
+
+    def get(self, table, key, types, prefix="", required=True):
+        fld = f"{prefix}{key}"
+        if key not in table:
+            if required:
+                self.error(fld, "missing field")
+            return None
+        value = table[key]
+        if isinstance(value, bool) and bool not in _tuple(types):
+            self.error(fld, f"must be {_type_names(types)}, not a boolean")
+            return None
+        if not isinstance(value, types):
+            self.error(fld, f"must be {_type_names(types)}, not {type(value).__name__}")
+            return None
+        return value
+
+
+def _tuple(types):
+    return types if isinstance(types, tuple) else (types,)
+
+
+def _type_names(types):
+    names = {int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a table", bool: "a boolean"}
+    return " or ".join(dict.fromkeys(names[t] for t in _tuple(types)))
+
+
+NUMBER = (int, float)
+
+
+def _read_toml(path, specs, root):
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        _Checker(specs, path, root).error("(file)", f"not valid TOML: {e}")
+    except OSError as e:
+        _Checker(specs, path, root).error("(file)", f"cannot read: {e.strerror}")
+    return None
+
+
+def load(spec_dir, board_dir):
+    """Read and validate every spec file; problems are collected in .errors and .warnings."""
+    spec_dir, board_dir = Path(spec_dir), Path(board_dir)
+    root = Path(_common_root(spec_dir, board_dir))
+    s = Specs()
+    _load_units(s, spec_dir / "units.toml", root)
+    _load_quantities(s, spec_dir / "quantities.toml", root)
+    for path in sorted((spec_dir / "sensors").glob("*.toml")):
+        _load_sensor(s, path, root)
+    for path in sorted((spec_dir / "mics").glob("*.toml")):
+        _load_mic(s, path, root)
+    _load_chips(s, board_dir / "chips.toml", root)
+    _load_roles(s, board_dir / "roles.toml", root)
+    for path in sorted(board_dir.glob("*.toml")):
+        if path.name not in ("chips.toml", "roles.toml"):
+            _load_board(s, path, root)
+    return s
+
+
+def _common_root(a, b):
+    import os.path
+
+    return os.path.commonpath([a.resolve(), b.resolve()])
+
+
+def _load_units(s, path, root):
+    data = _read_toml(path, s, root)
+    if data is None:
+        return
+    c = _Checker(s, path, root)
+    for i, u in enumerate(data.get("unit", [])):
+        p = f"unit[{i}]."
+        uid = c.get(u, "id", str, p)
+        c.get(u, "symbol", str, p)
+        c.get(u, "senml", str, p)
+        c.get(u, "senml_scale", NUMBER, p)
+        if uid is not None:
+            if uid in s.units:
+                c.error(p + "id", f"duplicate unit {uid!r}")
+            s.units[uid] = u
+
+
+def _load_quantities(s, path, root):
+    data = _read_toml(path, s, root)
+    if data is None:
+        return
+    c = _Checker(s, path, root)
+    names, keys = {}, {}
+    for i, q in enumerate(data.get("quantity", [])):
+        p = f"quantity[{i}]."
+        name = c.get(q, "name", str, p)
+        label = f"quantity {name}." if name else p
+        key = c.get(q, "key", int, label)
+        unit = c.get(q, "unit", str, label)
+        lo = c.get(q, "min", NUMBER, label)
+        hi = c.get(q, "max", NUMBER, label)
+        res = c.get(q, "resolution", NUMBER, label)
+        kind = c.get(q, "kind", str, label)
+        c.get(q, "description", str, label)
+        ok = None not in (name, key, unit, lo, hi, res, kind)
+        if name is not None:
+            if not NAME_RE.match(name):
+                c.error(label + "name", f"{name!r} must be lower case letters, digits and _")
+                ok = False
+            elif name in names:
+                c.error(label + "name", f"duplicate name (also quantity[{names[name]}])")
+                ok = False
+            names.setdefault(name, i)
+        if key is not None:
+            if not 1 <= key <= 65535:
+                c.error(label + "key", f"{key} is outside 1..65535")
+                ok = False
+            elif key in keys:
+                c.error(label + "key", f"duplicate key {key} (also {keys[key]})")
+                ok = False
+            keys.setdefault(key, name)
+        if unit is not None and unit not in s.units:
+            c.error(label + "unit", f"unknown unit {unit!r} (known: {', '.join(s.units)})")
+            ok = False
+        if lo is not None and hi is not None and lo >= hi:
+            c.error(label + "min", f"min {lo} must be below max {hi}")
+            ok = False
+        if res is not None and res <= 0:
+            c.error(label + "resolution", "must be above 0")
+            ok = False
+        if kind is not None and kind not in KINDS:
+            c.error(label + "kind", f"unknown kind {kind!r} (known: {', '.join(KINDS)})")
+            ok = False
+        if ok:
+            s.quantities.append(q)
+
+
+def _check_wiring(c, table, s):
+    wiring = c.get(table, "wiring", dict)
+    for pin, target in (wiring or {}).items():
+        if not isinstance(target, str):
+            c.error(f"wiring.{pin}", "must be a string (a supply, GND or a pin role)")
+        elif "." in target or target == "status_led":
+            if s.roles and target not in s.roles:
+                c.error(f"wiring.{pin}", f"unknown pin role {target!r}")
+
+
+def _load_sensor(s, path, root):
+    t = _read_toml(path, s, root)
+    if t is None:
+        return
+    c = _Checker(s, path, root)
+    n_err = len(s.errors)
+    for key in ("model", "manufacturer", "datasheet", "placement", "calibration"):
+        c.get(t, key, str)
+    c.get(t, "driver", str, required=False)
+    c.get(t, "warmup_s", NUMBER)
+    bus = c.get(t, "bus", str)
+    if bus is not None and bus not in BUSES:
+        c.error("bus", f"unknown bus {bus!r} (known: {', '.join(BUSES)})")
+    if bus == "i2c":
+        addr = c.get(t, "address", int)
+        if addr is not None and not 0x08 <= addr <= 0x77:
+            c.error("address", f"0x{addr:02x} is not a 7-bit I2C device address (0x08..0x77)")
+    if bus == "uart":
+        c.get(t, "baudrate", int)
+    measures = c.get(t, "measures", list)
+    for i, m in enumerate(measures or []):
+        q = c.get(m, "quantity", str, f"measures[{i}].") if isinstance(m, dict) else None
+        if q is not None and s.quantity(q) is None:
+            c.error(f"measures[{i}].quantity", f"unknown quantity {q!r} (not in quantities.toml)")
+    _check_wiring(c, t, s)
+    if len(s.errors) == n_err:
+        s.sensors[path.stem] = t
+
+
+def _load_mic(s, path, root):
+    t = _read_toml(path, s, root)
+    if t is None:
+        return
+    c = _Checker(s, path, root)
+    n_err = len(s.errors)
+    for key in ("model", "manufacturer", "datasheet", "placement"):
+        c.get(t, key, str)
+    bus = c.get(t, "bus", str)
+    if bus is not None and bus != "i2s":
+        c.error("bus", f"unknown bus {bus!r} for a microphone (known: i2s)")
+    c.get(t, "sensitivity_dbfs", NUMBER)
+    frame = c.get(t, "frame_bits", int)
+    data = c.get(t, "data_bits", int)
+    if frame is not None and frame not in (16, 24, 32):
+        c.error("frame_bits", f"{frame} is not an I2S slot width (16, 24 or 32)")
+    if frame is not None and data is not None and not 8 <= data <= frame:
+        c.error("data_bits", f"{data} must be between 8 and frame_bits ({frame})")
+    align = c.get(t, "alignment", str)
+    if align is not None and align not in ("left", "right"):
+        c.error("alignment", f"unknown alignment {align!r} (known: left, right)")
+    floor = c.get(t, "noise_floor_dba", NUMBER)
+    aop = c.get(t, "aop_db", NUMBER)
+    if floor is not None and aop is not None and floor >= aop:
+        c.error("noise_floor_dba", f"noise floor {floor} must be below the overload point {aop}")
+    _check_wiring(c, t, s)
+    if len(s.errors) == n_err:
+        s.mics[path.stem] = t
+
+
+def _load_chips(s, path, root):
+    data = _read_toml(path, s, root)
+    if data is None:
+        return
+    c = _Checker(s, path, root)
+    for cid, chip in data.items():
+        p = f"{cid}."
+        ok = all(c.get(chip, k, list, p) is not None for k in ("gpio", "flash_pins", "input_only", "strapping"))
+        c.get(chip, "name", str, p)
+        if ok:
+            s.chips[cid] = chip
+
+
+def _load_roles(s, path, root):
+    data = _read_toml(path, s, root)
+    if data is None:
+        return
+    c = _Checker(s, path, root)
+    for role, direction in data.items():
+        if direction not in ("in", "out", "io"):
+            c.error(role, f"direction must be in, out or io, not {direction!r}")
+        else:
+            s.roles[role] = direction
+
+
+def _load_board(s, path, root):
+    t = _read_toml(path, s, root)
+    if t is None:
+        return
+    c = _Checker(s, path, root)
+    n_err = len(s.errors)
+    bid = c.get(t, "id", str)
+    if bid is not None and bid != path.stem:
+        c.error("id", f"{bid!r} must match the file name {path.stem!r}")
+    for key in ("name", "module", "micropython_board", "network"):
+        c.get(t, key, str)
+    chip_id = c.get(t, "chip", str)
+    chip = s.chips.get(chip_id) if chip_id is not None else None
+    if chip_id is not None and chip is None:
+        c.error("chip", f"unknown chip {chip_id!r} (known: {', '.join(s.chips)})")
+    flash_mb = c.get(t, "flash_mb", int)
+    off = c.get(t, "fs_offset", int)
+    size = c.get(t, "fs_size", int)
+    if off is not None and size is not None:
+        if off % 4096 or size % 4096:
+            c.error("fs_offset", "filesystem offset and size must be multiples of 4096 (one flash sector)")
+        if flash_mb is not None and off + size > flash_mb * 1024 * 1024:
+            c.error("fs_size", f"filesystem ends at 0x{off + size:x}, past the {flash_mb} MB flash")
+    reserved = c.get(t, "reserved", list, required=False) or []
+    pins = c.get(t, "pins", dict)
+    if pins is not None and chip is not None:
+        _check_pins(c, pins, chip, reserved, s.roles)
+    if len(s.errors) == n_err and bid is not None:
+        s.boards[bid] = t
+
+
+def _check_pins(c, pins, chip, reserved, roles):
+    used = {}
+    for role, gpio in pins.items():
+        fld = f"pins.{role}"
+        if role not in roles:
+            c.error(fld, f"unknown pin role (known: {', '.join(roles)})")
+            continue
+        if not isinstance(gpio, int) or isinstance(gpio, bool):
+            c.error(fld, "must be a GPIO number")
+            continue
+        if gpio not in chip["gpio"]:
+            c.error(fld, f"GPIO {gpio} does not exist on the {chip.get('name')}")
+        elif gpio in chip["flash_pins"]:
+            c.error(fld, f"GPIO {gpio} is wired to the SPI flash on the {chip.get('name')}; choose another pin")
+        elif gpio in reserved:
+            c.error(fld, f"GPIO {gpio} is reserved on this board (listed in reserved)")
+        elif gpio in chip["input_only"] and roles[role] in ("out", "io"):
+            c.error(fld, f"GPIO {gpio} is input-only on the {chip.get('name')}, but {role} drives it")
+        elif gpio in chip["strapping"]:
+            c.warn(fld, f"GPIO {gpio} is a strapping pin: a sensor holding it at reset can stop the boot")
+        elif gpio in chip.get("console_pins", []):
+            c.warn(fld, f"GPIO {gpio} carries the serial console or USB")
+        if gpio in used:
+            c.error(fld, f"GPIO {gpio} is already used by {used[gpio]}")
+        used.setdefault(gpio, role)
