@@ -1,2 +1,47 @@
+"""`openpole edge run`: the pole's edge agent."""
+
+import logging
+import signal
+import threading
+from pathlib import Path
+
+
 def register(sub):
-    pass
+    p = sub.add_parser("edge", help="the pole's edge agent")
+    esub = p.add_subparsers(dest="edge_command", metavar="ACTION", required=True)
+    r = esub.add_parser("run", help="receive node messages, keep them on disk, send batches upstream")
+    r.add_argument("--config", type=Path, help="agent config (TOML); see edge_agent/sample.toml")
+    r.add_argument("--broker", help="HOST:PORT of the pole's MQTT broker (overrides the file)")
+    r.add_argument("--upstream", help="base URL of the city receiver, e.g. http://127.0.0.1:8080")
+    r.add_argument("--state", type=Path, help="directory for the durable queue")
+    r.add_argument("--pole-id", help="this pole's id (used in the MQTT client id and upstream)")
+    r.add_argument("--batch-interval", type=float, help="seconds a record may wait for its batch (default 10)")
+    r.set_defaults(func=run)
+
+
+def run(args):
+    from openpole.sim.node import parse_hostport
+
+    from . import config
+    from .agent import Agent
+
+    host = port = None
+    if args.broker:
+        host, port = parse_hostport(args.broker)
+    cfg = config.load(
+        args.config, broker_host=host, broker_port=port, upstream=args.upstream, state_dir=args.state,
+        pole_id=args.pole_id, batch_interval_s=args.batch_interval,
+    )
+    agent = Agent(cfg)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    agent.start()
+    logging.getLogger("openpole.edge").info(
+        "edge agent %s: broker %s:%d, upstream %s, state %s", cfg.pole_id, cfg.broker_host, cfg.broker_port,
+        agent.sink.describe(), cfg.state_dir)
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    agent.stop()
+    return 0

@@ -1,6 +1,7 @@
 """The `openpole` command: one entry point, subcommands registered by each concern."""
 
 import argparse
+import logging
 import sys
 
 from . import __version__
@@ -8,8 +9,7 @@ from .errors import UserError
 
 
 def _commands():
-    # Registry: (name, module path). Each module has register(subparsers); imported lazily so
-    # `openpole spec check` does not pay for paho or rich.
+    # Each concern's cli module has register(subparsers); heavy imports wait inside the handlers.
     from .spec import cli as spec_cli
     from .sim import cli as sim_cli
     from .receiver import cli as receiver_cli
@@ -30,6 +30,7 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         status = args.func(args)
     except UserError as e:

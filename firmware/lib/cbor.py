@@ -18,6 +18,7 @@ except ImportError:
 MAX_DEPTH = const(16)
 MAX_SIZE = const(65536)
 _BREAK = const(0xFF)
+_FLT_MAX = 3.4028234663852886e38
 
 
 class Tag:
@@ -101,8 +102,9 @@ def _float(out, x):
         out.append(0xF9)
         out.extend(struct.pack(">H", h))
         return
-    s = struct.pack(">f", x)
-    if struct.unpack(">f", s)[0] == x:
+    # Past single range CPython refuses to pack and MicroPython would round to infinity.
+    s = struct.pack(">f", x) if -_FLT_MAX <= x <= _FLT_MAX else None
+    if s is not None and struct.unpack(">f", s)[0] == x:
         out.append(0xFA)
         out.extend(s)
     else:

@@ -1,2 +1,56 @@
+"""`openpole receiver --listen HOST:PORT --data DIR` and `openpole receiver stats --data DIR [--json]`."""
+
+import json
+import logging
+import signal
+from pathlib import Path
+
+from ..errors import UserError
+from ..sim.node import parse_hostport
+
+
 def register(sub):
-    pass
+    p = sub.add_parser("receiver", help="the reference city receiver (stores upstream batches)")
+    p.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT to listen on (default 127.0.0.1:8080)")
+    p.add_argument("--data", type=Path, default=Path("receiver-data"), help="directory for the receiver's database")
+    p.set_defaults(func=serve)
+    rsub = p.add_subparsers(dest="receiver_command", metavar="ACTION")
+    s = rsub.add_parser("stats", help="counts of stored records")
+    s.add_argument("--data", type=Path, required=True)
+    s.add_argument("--json", action="store_true", help="one JSON object")
+    s.set_defaults(func=stats)
+
+
+def serve(args):
+    from .server import Receiver
+
+    host, port = parse_hostport(args.listen, 8080)
+    try:
+        r = Receiver(host, port, args.data)
+    except OSError as e:
+        raise UserError(f"cannot listen on {host}:{port}: {e.strerror}; choose another --listen port") from None
+    logging.getLogger("openpole").info("receiver listening on %s, data in %s", r.url, args.data)
+    signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    try:
+        r.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        r.httpd.server_close()
+        r.store.close()
+    return 0
+
+
+def stats(args):
+    from .store import ReceiverStore
+
+    if not (args.data / "receiver.sqlite").exists():
+        raise UserError(f"no receiver data in {args.data}: pass the --data directory the receiver used")
+    st = ReceiverStore(args.data)
+    s = st.stats()
+    st.close()
+    if args.json:
+        print(json.dumps(s))
+    else:
+        print(f"records {s['records']}, unique {s['unique']}, duplicates {s['duplicates']}, nodes {s['nodes']}")
+    return 0

@@ -1,2 +1,51 @@
+"""`openpole sim node` (one node on the MicroPython Unix port) and `openpole sim demo` (a whole pole)."""
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from . import node as simnode
+
+
 def register(sub):
-    pass
+    p = sub.add_parser("sim", help="simulated nodes and a simulated pole")
+    ssub = p.add_subparsers(dest="sim_command", metavar="ACTION", required=True)
+
+    n = ssub.add_parser("node", help="run the real firmware under MicroPython with simulated sensors")
+    n.add_argument("--broker", default="127.0.0.1:1883", help="HOST:PORT of the MQTT broker")
+    n.add_argument("--node-id", default="sim-1", help="node id (a-z, 0-9, _ and -)")
+    n.add_argument("--interval", type=float, default=1.0, help="seconds between sampling cycles")
+    n.add_argument("--cycles", type=int, help="exit 0 after N sampling cycles and print the peak heap")
+    n.add_argument("--heap", default="64k", help="MicroPython heap size, e.g. 48k (default 64k)")
+    n.add_argument("--state", type=Path, help="the node's filesystem directory (default: a temporary one)")
+    n.add_argument("--seed", type=int, default=1, help="varies the simulated street between nodes")
+    n.set_defaults(func=run_node)
+
+    d = ssub.add_parser("demo", help="a simulated pole: broker, nodes, edge agent, receiver, live table")
+    d.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
+    d.add_argument("--duration", type=float, default=0, help="stop after S seconds (0: until Ctrl-C)")
+    d.add_argument("--interval", type=float, default=1.0, help="node sampling interval in seconds")
+    d.add_argument("--heap", default="64k", help="MicroPython heap per node")
+    d.add_argument("--state", type=Path, help="keep the demo's files here (default: a temporary directory)")
+    d.set_defaults(func=run_demo)
+
+
+def run_node(args):
+    host, port = simnode.parse_hostport(args.broker)
+    app = simnode.build_app()
+    with tempfile.TemporaryDirectory(prefix="openpole-node-") as tmp:
+        state = simnode.write_config(args.state or tmp, simnode.node_config(
+            args.node_id, host, port, args.interval, cycles=args.cycles, seed=args.seed))
+        proc = simnode.start(state, app, heap=args.heap, stdout=sys.stdout, stderr=subprocess.STDOUT)
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            proc.terminate()
+            return proc.wait()
+
+
+def run_demo(args):
+    from . import demo
+
+    return demo.run(args.nodes, args.duration, args.interval, args.heap, args.state)

@@ -74,8 +74,10 @@ def _tuple(types):
 
 
 def _type_names(types):
-    names = {int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a table", bool: "a boolean"}
-    return " or ".join(dict.fromkeys(names[t] for t in _tuple(types)))
+    if float in _tuple(types):
+        return "a number"
+    names = {int: "an integer", str: "a string", list: "a list", dict: "a table", bool: "a boolean"}
+    return " or ".join(names[t] for t in _tuple(types))
 
 
 NUMBER = (int, float)
@@ -126,8 +128,6 @@ def _load_units(s, path, root):
         p = f"unit[{i}]."
         uid = c.get(u, "id", str, p)
         c.get(u, "symbol", str, p)
-        c.get(u, "senml", str, p)
-        c.get(u, "senml_scale", NUMBER, p)
         if uid is not None:
             if uid in s.units:
                 c.error(p + "id", f"duplicate unit {uid!r}")
@@ -180,7 +180,9 @@ def _load_quantities(s, path, root):
         if kind is not None and kind not in KINDS:
             c.error(label + "kind", f"unknown kind {kind!r} (known: {', '.join(KINDS)})")
             ok = False
-        if ok:
+        # A flawed quantity stays known by name, so sensors measuring it do not report a second,
+        # cascading error; nothing is generated while any error stands.
+        if ok or (name is not None and names.get(name) == i):
             s.quantities.append(q)
 
 

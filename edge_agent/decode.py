@@ -1,0 +1,149 @@
+"""Verify, decode and validate node messages (sensor_specs/node_message.cddl) against the registry.
+
+`decode(payload, keys)` returns a NodeMessage or raises Rejected with a short reason that is counted
+and kept with the payload in quarantine. Out-of-range values are kept and flagged, never altered.
+"""
+
+import hashlib
+import hmac
+import math
+import re
+from dataclasses import dataclass, field
+
+import cbor2
+
+from openpole.spec.registry import REGISTRY
+
+MAX_PAYLOAD = 16 * 1024  # a v1 message with a day of samples is far smaller
+MAX_DEPTH = 8
+MAX_SAMPLES = 1024
+NODE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+COSE_MAC0 = 17
+_PROTECTED_HMAC_256_64 = b"\xa1\x01\x04"
+
+FLAG_OUT_OF_RANGE = 1
+
+
+class Rejected(Exception):
+    """A message that is not kept as data: reason is a short stable word plus detail."""
+
+    def __init__(self, reason, detail=""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass
+class Reading:
+    key: int
+    name: str
+    value: float
+    age_ms: int
+    flags: int = 0
+
+
+@dataclass
+class NodeMessage:
+    node: str
+    boot: int
+    seq: int
+    readings: list
+    status: dict = field(default_factory=dict)
+    clock_ms: int | None = None
+    signed: bool = False
+
+
+def _loads(payload):
+    if len(payload) > MAX_PAYLOAD:
+        raise Rejected("oversized", f"{len(payload)} bytes > {MAX_PAYLOAD}")
+    try:
+        return cbor2.loads(payload, max_depth=MAX_DEPTH, allow_duplicate_keys=False)
+    except RecursionError:
+        raise Rejected("malformed", "nesting too deep") from None
+    except Exception as e:  # cbor2 raises CBORDecodeError subclasses and ValueErrors
+        raise Rejected("malformed", str(e)[:120]) from None
+
+
+def _uint(value, what):
+    if type(value) is not int or value < 0 or value >= 1 << 64:
+        raise Rejected("schema", f"{what} must be an unsigned integer")
+    return value
+
+
+def _unwrap(obj, keys):
+    """COSE_Mac0 -> (message bytes, signed); plain map -> (None, False)."""
+    if isinstance(obj, dict):
+        return None, False
+    if not isinstance(obj, cbor2.CBORTag) or obj.tag != COSE_MAC0:
+        raise Rejected("schema", "expected a node-message map or a COSE_Mac0 (tag 17)")
+    v = obj.value
+    if not (isinstance(v, list) and len(v) == 4 and isinstance(v[0], bytes) and isinstance(v[2], bytes) and isinstance(v[3], bytes)):
+        raise Rejected("schema", "COSE_Mac0 must be [protected, unprotected, payload, tag]")
+    if v[0] != _PROTECTED_HMAC_256_64:
+        raise Rejected("schema", "COSE_Mac0 algorithm must be HMAC 256/64 (alg 4)")
+    return v, True
+
+
+def _verify(cose, node, keys):
+    key = keys.get(node)
+    if key is None:
+        raise Rejected("unknown_node", f"no key for node {node!r}")
+    mac_structure = cbor2.dumps(["MAC0", cose[0], b"", cose[2]])
+    expected = hmac.new(key, mac_structure, hashlib.sha256).digest()[:8]
+    if not hmac.compare_digest(expected, cose[3]):
+        raise Rejected("bad_mac", f"node {node!r}")
+
+
+def decode(payload, keys=None, require_mac=False):
+    """payload bytes -> NodeMessage; keys: {node id: key bytes} of nodes that must sign."""
+    keys = keys or {}
+    obj = _loads(payload)
+    cose, signed = _unwrap(obj, keys)
+    if signed:
+        obj = _loads(cose[2])
+    if not isinstance(obj, dict):
+        raise Rejected("schema", "node message must be a map")
+    if obj.get(0) != 1:
+        raise Rejected("version", f"unsupported message version {obj.get(0)!r}")
+    node = obj.get(1)
+    if not isinstance(node, str) or not NODE_ID_RE.match(node):
+        raise Rejected("schema", "node id must match [a-z0-9][a-z0-9_-]{0,31}")
+    if signed:
+        _verify(cose, node, keys)
+    elif require_mac or node in keys:
+        raise Rejected("unsigned", f"node {node!r} has a key but sent no MAC")
+    unknown = set(obj) - {0, 1, 2, 3, 4, 5, 6}
+    if unknown:
+        raise Rejected("schema", f"unknown field(s) {sorted(unknown, key=repr)}")
+    boot = _uint(obj.get(2), "boot")
+    seq = _uint(obj.get(3), "seq")
+    samples = obj.get(4)
+    if not isinstance(samples, list) or not samples or len(samples) > MAX_SAMPLES:
+        raise Rejected("schema", f"samples must be a list of 1..{MAX_SAMPLES}")
+    readings = []
+    for sample in samples:
+        if not isinstance(sample, list) or len(sample) != 2 or not isinstance(sample[1], dict) or not sample[1]:
+            raise Rejected("schema", "a sample must be [age-ms, {key: value}]")
+        age = _uint(sample[0], "age")
+        for key, value in sample[1].items():
+            readings.append(_reading(key, value, age))
+    status = obj.get(5, {})
+    if not isinstance(status, dict) or not all(
+        isinstance(k, str) and isinstance(v, list) and len(v) == 2 and all(type(x) is int for x in v) for k, v in status.items()
+    ):
+        raise Rejected("schema", "status must map sensor name -> [state, errors]")
+    clock = obj.get(6)
+    if clock is not None:
+        _uint(clock, "clock")
+    return NodeMessage(node, boot, seq, readings, status, clock, signed)
+
+
+def _reading(key, value, age):
+    q = REGISTRY.by_key.get(key) if type(key) is int else None
+    if q is None:
+        raise Rejected("unknown_quantity", f"key {key!r} is not in the registry")
+    if type(value) not in (int, float):
+        raise Rejected("schema", f"{q.name}: value must be a number, not {type(value).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise Rejected("not_finite", f"{q.name} = {value}")
+    flags = 0 if q.min <= value <= q.max else FLAG_OUT_OF_RANGE
+    return Reading(key, q.name, value, age, flags)

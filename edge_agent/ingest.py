@@ -1,0 +1,65 @@
+"""MQTT ingest: a fixed client id and a persistent session, QoS 1, manual acknowledgement.
+
+paho-mqtt 2.x with manual_ack=True: the PUBACK for a node message is sent by ack() only after the
+writer has committed it. The broker stops at max_inflight_messages unacknowledged messages per
+client, so the writer commits and acknowledges continuously, never sitting on acks.
+"""
+
+import logging
+
+import paho.mqtt.client as mqtt
+
+DATA_TOPIC = "openpole/v1/+/data"
+log = logging.getLogger("openpole.edge.ingest")
+
+
+class MqttIngest:
+    def __init__(self, cfg, deliver):
+        self.deliver = deliver  # deliver(topic, payload, mid, qos), called on paho's thread
+        self.connected = False
+        self.stopping = False
+        c = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"openpole-edge-{cfg.pole_id}",
+            clean_session=False,
+            manual_ack=True,
+            protocol=mqtt.MQTTv311,
+        )
+        if cfg.broker_user:
+            c.username_pw_set(cfg.broker_user, cfg.broker_password)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        c.reconnect_delay_set(min_delay=1, max_delay=30)
+        self.client = c
+        self.host, self.port = cfg.broker_host, cfg.broker_port
+
+    def _on_connect(self, client, userdata, flags, reason, properties):
+        if reason.is_failure:
+            log.warning("broker %s:%d refused the connection: %s", self.host, self.port, reason)
+            return
+        self.connected = True
+        log.info("connected to broker %s:%d", self.host, self.port)
+        client.subscribe(DATA_TOPIC, qos=1)
+
+    def _on_disconnect(self, client, userdata, flags, reason, properties):
+        self.connected = False
+        if self.stopping:
+            return
+        log.warning("disconnected from broker %s:%d (%s); reconnecting", self.host, self.port, reason)
+
+    def _on_message(self, client, userdata, msg):
+        self.deliver(msg.topic, msg.payload, msg.mid, msg.qos)
+
+    def ack(self, mid, qos):
+        if qos > 0:
+            self.client.ack(mid, qos)
+
+    def start(self):
+        self.client.connect_async(self.host, self.port, keepalive=30)
+        self.client.loop_start()
+
+    def stop(self):
+        self.stopping = True
+        self.client.disconnect()
+        self.client.loop_stop()

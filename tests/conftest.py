@@ -1,0 +1,57 @@
+"""Shared fixtures: the firmware compiled for the MicroPython Unix port, a runner with a capped
+heap, and a real Mosquitto on a free loopback port (missing Mosquitto fails, never skips)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from openpole import paths
+from openpole.sim import node as simnode
+from openpole.sim.broker import Broker, mosquitto_path
+
+sys.path.insert(0, str(paths.FIRMWARE / "lib"))  # pure firmware logic (cbor) on CPython too
+
+
+@pytest.fixture(scope="session")
+def app(tmp_path_factory):
+    """The firmware and umqtt compiled with mpy-cross, as a board gets them."""
+    return simnode.build_app(tmp_path_factory.mktemp("node-app"))
+
+
+class MicroPython:
+    def __init__(self, app, workdir):
+        self.app = app
+        self.workdir = workdir
+
+    def run(self, code, heap="64k", timeout=60, stdin=None):
+        """Run code under the MicroPython Unix port with the firmware on its path; return stdout.
+        A non-zero exit fails the test with the VM's output."""
+        script = self.workdir / "snippet.py"
+        script.write_text(code)
+        r = subprocess.run(
+            [simnode.micropython(), "-X", f"heapsize={heap}", str(script)],
+            cwd=self.workdir, env=simnode.node_env(self.app), capture_output=True, text=True, timeout=timeout, input=stdin,
+        )
+        if r.returncode != 0:
+            raise AssertionError(f"MicroPython exited {r.returncode}:\n{r.stdout}\n{r.stderr}")
+        return r.stdout
+
+    def json(self, code, **kw):
+        """Run code whose last output line is JSON; return it decoded."""
+        return json.loads(self.run(code, **kw).strip().splitlines()[-1])
+
+
+@pytest.fixture
+def mp(app, tmp_path):
+    return MicroPython(app, tmp_path)
+
+
+@pytest.fixture
+def mosquitto(tmp_path):
+    if mosquitto_path() is None:
+        pytest.fail("mosquitto is not installed: apt-get install -y mosquitto (.ci/run does this as root)")
+    with Broker(tmp_path / "broker", kind="mosquitto") as b:
+        yield b

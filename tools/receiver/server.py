@@ -1,0 +1,88 @@
+"""The reference city receiver: POST /v1/batches (upstream batch v1, CBOR), GET /v1/latest, GET /v1/stats.
+
+It verifies each batch's structure, de-duplicates and stores it, then answers 200; a malformed
+batch gets 400 with the reason and is counted, so the pole quarantines it instead of retrying.
+"""
+
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from openpole.edge_agent import batch
+
+from .store import ReceiverStore
+
+MAX_BODY = 8 * 1024 * 1024
+log = logging.getLogger("openpole.receiver")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "openpole-receiver/1"
+
+    def log_message(self, fmt, *args):
+        log.debug("%s %s", self.address_string(), fmt % args)
+
+    def _reply(self, code, obj):
+        body = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):
+        if self.path.rstrip("/") != "/v1/batches":
+            return self._reply(404, {"error": "POST batches to /v1/batches"})
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            return self._reply(411, {"error": "Content-Length required"})
+        if not 0 < length <= MAX_BODY:
+            return self._reply(413, {"error": f"batch must be 1..{MAX_BODY} bytes"})
+        body = self.rfile.read(length)
+        store = self.server.store
+        try:
+            batch_id, pole, records = batch.decode(body)
+        except ValueError as e:
+            store.count("batches_rejected")
+            return self._reply(400, {"error": str(e)})
+        new, dup = store.add_batch(batch_id, pole, records)
+        self._reply(200, {"batch": batch_id.hex(), "stored": new, "duplicates": dup})
+
+    def do_GET(self):
+        store = self.server.store
+        if self.path == "/v1/latest":
+            return self._reply(200, store.latest())
+        if self.path == "/v1/stats":
+            return self._reply(200, store.stats())
+        if self.path == "/healthz":
+            return self._reply(200, {"ok": True})
+        return self._reply(404, {"error": "GET /v1/latest, /v1/stats or /healthz"})
+
+
+class Receiver:
+    def __init__(self, host, port, data_dir):
+        self.store = ReceiverStore(data_dir)
+        self.httpd = ThreadingHTTPServer((host, port), _Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.store = self.store
+        self._thread = None
+
+    @property
+    def url(self):
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self):
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="openpole-receiver", daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self):
+        self.httpd.serve_forever()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.store.close()

@@ -1,0 +1,140 @@
+"""`openpole sim demo`: a whole simulated pole on this machine.
+
+A broker, N nodes running the real firmware under MicroPython with simulated sensors, the edge
+agent and the reference receiver; a live table of the latest reading per node, then a summary.
+Exit 0 only if readings from every node reached the receiver.
+"""
+
+import logging
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from openpole.edge_agent.agent import Agent
+from openpole.edge_agent.config import AgentConfig
+
+from ..receiver.server import Receiver
+from . import node as simnode
+from .broker import Broker, free_port
+
+COLUMNS = (("temperature", "T °C", 2), ("humidity", "RH %", 1), ("pressure", "p hPa", 1))
+
+
+class NodeProcess:
+    """One simulated node; its console output is kept for the table and the summary."""
+
+    def __init__(self, node_id, state, app, broker, seed, interval_s, heap):
+        simnode.write_config(state, simnode.node_config(node_id, broker.host, broker.port, interval_s, seed=seed))
+        self.node_id = node_id
+        self.proc = simnode.start(state, app, heap=heap, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.last_line = ""
+        self.published = 0
+        self.lines = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            line = line.rstrip()
+            self.last_line = line
+            self.lines.append(line)
+            del self.lines[:-50]
+            if line.startswith("published"):
+                self.published += 1
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def _table(nodes, receiver, started):
+    latest = {}
+    for row in receiver.store.latest():
+        latest.setdefault(row["node"], {})[row["name"]] = row
+    counts = receiver.store.per_node()
+    t = Table(title=f"openpole demo pole: {len(nodes)} nodes, {time.monotonic() - started:.0f} s", expand=False)
+    t.add_column("node")
+    for _, header, _ in COLUMNS:
+        t.add_column(header, justify="right")
+    t.add_column("age", justify="right")
+    t.add_column("msgs sent", justify="right")
+    t.add_column("readings stored", justify="right")
+    now = time.time()
+    for n in nodes:
+        vals = latest.get(n.node_id, {})
+        cells = [f"{vals[name]['value']:.{d}f}" if name in vals else "-" for name, _, d in COLUMNS]
+        newest = max((v["time"] for v in vals.values()), default=None)
+        age = f"{now - newest:.1f} s" if newest else "-"
+        t.add_row(n.node_id, *cells, age, str(n.published), str(counts.get(n.node_id, 0)))
+    return t
+
+
+def run(n_nodes=3, duration_s=0, interval_s=1.0, heap="64k", state_dir=None, console=None):
+    console = console or Console()
+    logging.getLogger("openpole").setLevel(logging.WARNING)  # the table is the output
+    tmp = None
+    if state_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="openpole-demo-")
+        state_dir = tmp.name
+    state = Path(state_dir)
+    app = simnode.build_app()
+    broker = Broker(state / "broker").start()
+    receiver = Receiver("127.0.0.1", free_port(), state / "receiver").start()
+    cfg = AgentConfig(pole_id="demo-pole", broker_host=broker.host, broker_port=broker.port, upstream=receiver.url,
+                      state_dir=state / "edge", batch_interval_s=1.0)
+    agent = Agent(cfg)
+    agent.start()
+    console.print(f"[bold]openpole demo[/]: {broker.kind} on {broker.host}:{broker.port}, receiver {receiver.url}, "
+                  f"{n_nodes} nodes on MicroPython (heap {heap}); "
+                  + (f"{duration_s:g} s" if duration_s else "Ctrl-C to stop"))
+    nodes = [NodeProcess(f"node-{i + 1}", state / f"node-{i + 1}", app, broker, i + 1, interval_s, heap) for i in range(n_nodes)]
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    started = time.monotonic()
+    try:
+        with Live(_table(nodes, receiver, started), console=console, refresh_per_second=2,
+                  auto_refresh=False, transient=False) as live:
+            while not stop.is_set() and (not duration_s or time.monotonic() - started < duration_s):
+                if all(n.proc.poll() is not None for n in nodes):
+                    break
+                stop.wait(1.0)
+                live.update(_table(nodes, receiver, started), refresh=console.is_terminal)
+            live.update(_table(nodes, receiver, started), refresh=True)
+        console.print()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for n in nodes:
+            n.stop()
+        deadline = time.monotonic() + cfg.batch_interval_s + 5
+        while agent.store.depth() and time.monotonic() < deadline:
+            time.sleep(0.1)  # let the last batch reach the receiver
+        agent.stop()
+        counts = receiver.store.per_node()
+        stats = receiver.store.stats()
+        receiver.stop()
+        broker.stop()
+    missing = [n.node_id for n in nodes if not counts.get(n.node_id)]
+    console.print(f"summary: {len(nodes)} nodes, {sum(n.published for n in nodes)} messages published, "
+                  f"{stats['unique']} readings at the receiver ({stats['duplicates']} duplicates), "
+                  f"from {stats['nodes']} nodes")
+    for n in nodes:
+        if not counts.get(n.node_id):
+            console.print(f"[red]{n.node_id}[/]: no readings arrived; its last words: {n.last_line or '(none)'}")
+    if tmp:
+        tmp.cleanup()
+    if missing:
+        console.print(f"[red]FAIL[/]: no readings from {', '.join(missing)}")
+        return 1
+    console.print("[green]OK[/]: readings from every node reached the receiver")
+    return 0
