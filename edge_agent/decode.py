@@ -6,6 +6,7 @@ and kept with the payload in quarantine. Out-of-range values are kept and flagge
 
 import hashlib
 import hmac
+import io
 import math
 import re
 from dataclasses import dataclass, field
@@ -55,12 +56,16 @@ class NodeMessage:
 def _loads(payload):
     if len(payload) > MAX_PAYLOAD:
         raise Rejected("oversized", f"{len(payload)} bytes > {MAX_PAYLOAD}")
+    fp = io.BytesIO(payload)
     try:
-        return cbor2.loads(payload, max_depth=MAX_DEPTH, allow_duplicate_keys=False)
+        obj = cbor2.CBORDecoder(fp, max_depth=MAX_DEPTH, allow_duplicate_keys=False).decode()
     except RecursionError:
         raise Rejected("malformed", "nesting too deep") from None
     except Exception as e:  # cbor2 raises CBORDecodeError subclasses and ValueErrors
         raise Rejected("malformed", str(e)[:120]) from None
+    if fp.tell() != len(payload):  # cbor2.loads would ignore what follows the first item
+        raise Rejected("malformed", f"{len(payload) - fp.tell()} bytes after the CBOR item")
+    return obj
 
 
 def _uint(value, what):
@@ -76,7 +81,7 @@ def _unwrap(obj, keys):
     if not isinstance(obj, cbor2.CBORTag) or obj.tag != COSE_MAC0:
         raise Rejected("schema", "expected a node-message map or a COSE_Mac0 (tag 17)")
     v = obj.value
-    if not (isinstance(v, list) and len(v) == 4 and isinstance(v[0], bytes) and isinstance(v[2], bytes) and isinstance(v[3], bytes)):
+    if not (isinstance(v, (list, tuple)) and len(v) == 4 and isinstance(v[0], bytes) and isinstance(v[2], bytes) and isinstance(v[3], bytes)):
         raise Rejected("schema", "COSE_Mac0 must be [protected, unprotected, payload, tag]")
     if v[0] != _PROTECTED_HMAC_256_64:
         raise Rejected("schema", "COSE_Mac0 algorithm must be HMAC 256/64 (alg 4)")

@@ -82,7 +82,7 @@ class Node:
         self.queue = []  # [(seq, [(ticks, values_cbor)], status)] oldest first
         self.dropped = 0
         self.published = 0
-        self.heap_peak = 0
+        self.heap_peak = 0  # GC heap in use before each collection: an upper bound of the peak
         self.sensors = [Sensor(name, s or {}) for name, s in cfg["sensors"].items() if name in DRIVERS]
         for name in cfg["sensors"]:
             if name not in DRIVERS:
@@ -138,6 +138,7 @@ class Node:
 
     def run(self, cycles=None):
         self.start()
+        gc.collect()  # start-up garbage (config text, import buffers) out of the way
         interval_ms = int(self.cfg["interval_s"] * 1000)
         done = 0
         due = time.ticks_ms()

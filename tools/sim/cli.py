@@ -28,6 +28,8 @@ def register(sub):
     d.add_argument("--interval", type=float, default=1.0, help="node sampling interval in seconds")
     d.add_argument("--heap", default="64k", help="MicroPython heap per node")
     d.add_argument("--state", type=Path, help="keep the demo's files here (default: a temporary directory)")
+    d.add_argument("--broker-kind", choices=("mosquitto", "amqtt"),
+                   help="which broker to start (default: mosquitto when installed, else amqtt)")
     d.set_defaults(func=run_demo)
 
 
@@ -48,4 +50,4 @@ def run_node(args):
 def run_demo(args):
     from . import demo
 
-    return demo.run(args.nodes, args.duration, args.interval, args.heap, args.state)
+    return demo.run(args.nodes, args.duration, args.interval, args.heap, args.state, broker_kind=args.broker_kind)

@@ -79,7 +79,7 @@ def _table(nodes, receiver, started):
     return t
 
 
-def run(n_nodes=3, duration_s=0, interval_s=1.0, heap="64k", state_dir=None, console=None):
+def run(n_nodes=3, duration_s=0, interval_s=1.0, heap="64k", state_dir=None, console=None, broker_kind=None):
     console = console or Console()
     logging.getLogger("openpole").setLevel(logging.WARNING)  # the table is the output
     tmp = None
@@ -88,7 +88,7 @@ def run(n_nodes=3, duration_s=0, interval_s=1.0, heap="64k", state_dir=None, con
         state_dir = tmp.name
     state = Path(state_dir)
     app = simnode.build_app()
-    broker = Broker(state / "broker").start()
+    broker = Broker(state / "broker", kind=broker_kind).start()
     receiver = Receiver("127.0.0.1", free_port(), state / "receiver").start()
     cfg = AgentConfig(pole_id="demo-pole", broker_host=broker.host, broker_port=broker.port, upstream=receiver.url,
                       state_dir=state / "edge", batch_interval_s=1.0)

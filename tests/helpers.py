@@ -1,0 +1,53 @@
+"""Test helpers shared by the MQTT tests: a paho subscriber that records what arrives."""
+
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+
+
+class Collector:
+    """Subscribe at QoS 1 and keep (topic, payload, retain) in arrival order."""
+
+    def __init__(self, broker, topic="openpole/#"):
+        self.messages = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="openpole-test-collector")
+        c.on_connect = lambda cl, *a: cl.subscribe(topic, qos=1)
+        c.on_subscribe = lambda *a: self._subscribed.set()
+        c.on_message = self._on_message
+        c.connect(broker.host, broker.port)
+        c.loop_start()
+        assert self._subscribed.wait(10), "collector could not subscribe"
+        self.client = c
+
+    def _on_message(self, client, userdata, msg):
+        with self._lock:
+            self.messages.append((msg.topic, bytes(msg.payload), msg.retain))
+
+    def wait_for(self, predicate, timeout=30):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if predicate(self.messages):
+                    return list(self.messages)
+            time.sleep(0.05)
+        with self._lock:
+            return list(self.messages)
+
+    def close(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def publish_all(broker, items, client_id="openpole-test-publisher"):
+    """Publish [(topic, payload)] at QoS 1 and wait for every PUBACK."""
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    infos = [c.publish(t, p, qos=1) for t, p in items]
+    for info in infos:
+        info.wait_for_publish(10)
+    c.disconnect()
+    c.loop_stop()
