@@ -1,5 +1,6 @@
 """`make demo`'s command: a simulated pole that exits 0 only if every node's readings arrived."""
 
+import re
 import subprocess
 import sys
 
@@ -22,6 +23,9 @@ def test_demo_with_mosquitto_shows_three_nodes_and_passes():
         assert n in out
     assert "mosquitto on 127.0.0.1" in out
     assert "from 3 nodes" in out and "OK: readings from every node reached the receiver" in out
+    summary = re.search(r"(\d+) messages published, (\d+) readings at the receiver \((\d+) duplicates\)", " ".join(out.split()))
+    sent, stored, dups = map(int, summary.groups())
+    assert sent >= 15 and stored == 3 * sent and dups == 0  # every BME280 message: 3 readings, none lost
 
 
 def test_demo_runs_on_the_pure_python_broker_too():

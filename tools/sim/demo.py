@@ -116,9 +116,14 @@ def run(n_nodes=3, duration_s=0, interval_s=1.0, heap="64k", state_dir=None, con
     finally:
         for n in nodes:
             n.stop()
+        # Every message a node counted as published was acknowledged by the broker: wait until the
+        # agent has it on disk and the last batch has reached the receiver.
+        published = sum(n.published for n in nodes)
         deadline = time.monotonic() + cfg.batch_interval_s + 5
-        while agent.store.depth() and time.monotonic() < deadline:
-            time.sleep(0.1)  # let the last batch reach the receiver
+        while time.monotonic() < deadline and (
+            agent.store.counters().get("messages_accepted", 0) < published or agent.store.depth()
+        ):
+            time.sleep(0.1)
         agent.stop()
         counts = receiver.store.per_node()
         stats = receiver.store.stats()
