@@ -13,6 +13,39 @@ from openpole.sim import node as simnode
 from openpole.sim.broker import Broker, mosquitto_path
 
 sys.path.insert(0, str(paths.FIRMWARE / "lib"))  # pure firmware logic (cbor) on CPython too
+sys.path.append(str(paths.FIRMWARE))  # drivers/ and hw/, after everything else on the path
+
+
+class FakeClock:
+    """MicroPython's time.ticks_ms/sleep_ms on CPython, on a clock that only sleeping advances."""
+
+    def __init__(self):
+        self.ms = 0
+
+    def ticks_ms(self):
+        return self.ms
+
+    def sleep_ms(self, ms):
+        self.ms += ms
+
+    @staticmethod
+    def ticks_diff(a, b):
+        return a - b
+
+    @staticmethod
+    def ticks_add(a, b):
+        return a + b
+
+
+@pytest.fixture
+def mp_time(monkeypatch):
+    """Let firmware drivers run on CPython: time.sleep_ms and the ticks functions, on a fake clock."""
+    import time
+
+    clock = FakeClock()
+    for name in ("ticks_ms", "sleep_ms", "ticks_diff", "ticks_add"):
+        monkeypatch.setattr(time, name, getattr(clock, name), raising=False)
+    return clock
 
 
 @pytest.fixture(scope="session")

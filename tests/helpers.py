@@ -51,3 +51,33 @@ def publish_all(broker, items, client_id="openpole-test-publisher"):
         info.wait_for_publish(10)
     c.disconnect()
     c.loop_stop()
+
+
+class BusioI2C:
+    """busio.I2C's surface (what Adafruit's I2CDevice calls) over a firmware FakeI2C."""
+
+    def __init__(self, fake):
+        self.fake = fake
+
+    def try_lock(self):
+        return True
+
+    def unlock(self):
+        pass
+
+    def scan(self):
+        return self.fake.scan()
+
+    def writeto(self, address, buf, *, start=0, end=None):
+        self.fake.writeto(address, bytes(buf[start:end]))
+
+    def readfrom_into(self, address, buf, *, start=0, end=None):
+        end = len(buf) if end is None else end
+        tmp = bytearray(end - start)
+        if tmp:
+            self.fake.readfrom_into(address, tmp)
+        buf[start:end] = tmp
+
+    def writeto_then_readfrom(self, address, out_buf, in_buf, *, out_start=0, out_end=None, in_start=0, in_end=None):
+        self.writeto(address, out_buf, start=out_start, end=out_end)
+        self.readfrom_into(address, in_buf, start=in_start, end=in_end)

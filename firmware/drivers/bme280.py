@@ -59,11 +59,11 @@ class BME280:
         c = bytearray(26)
         self.i2c.readfrom_mem_into(self.address, _REG_CALIB00, c)
         (self.t1, self.t2, self.t3, self.p1, self.p2, self.p3, self.p4, self.p5, self.p6,
-         self.p7, self.p8, self.p9) = struct.unpack("<HhhHhhhhhhhh", c)
+         self.p7, self.p8, self.p9) = struct.unpack_from("<HhhHhhhhhhhh", c)
         self.h1 = c[25]
         h = bytearray(7)
         self.i2c.readfrom_mem_into(self.address, _REG_CALIB26, h)
-        self.h2, self.h3 = struct.unpack("<hB", h)
+        self.h2, self.h3 = struct.unpack_from("<hB", h)
         e4 = h[3] - 256 if h[3] > 127 else h[3]  # dig_H4 and dig_H5 are signed 12-bit
         e6 = h[5] - 256 if h[5] > 127 else h[5]
         self.h4 = (e4 << 4) | (h[4] & 0x0F)

@@ -31,6 +31,7 @@ class FakeBME280:
         self.regs[0xE6] = h5 >> 4
         self.regs[0xE7] = c["h6"] & 0xFF
         self.conversions = 0
+        self.raw = None  # (adc_t, adc_p, adc_h) to convert to instead of the environment
 
     def read_reg(self, reg):
         return self.regs[reg]
@@ -46,14 +47,17 @@ class FakeBME280:
             self.regs[0xF4] = value & 0xFC
 
     def _convert(self):
-        t, h, p = self.env()
-        osrs_t = self.regs[0xF4] >> 5
-        osrs_p = (self.regs[0xF4] >> 2) & 7
-        osrs_h = self.regs[0xF2] & 7
-        adc_t = self.invert(lambda a: self.temp(a)[0], t, 1 << 20) if osrs_t else 0x80000
-        t_fine = self.temp(adc_t)[1]
-        adc_p = self.invert(lambda a: -self.press(a, t_fine), -p * 100.0, 1 << 20) if osrs_p else 0x80000
-        adc_h = self.invert(lambda a: self.hum(a, t_fine), h, 1 << 16) if osrs_h else 0x8000
+        if self.raw is not None:
+            adc_t, adc_p, adc_h = self.raw
+        else:
+            t, h, p = self.env()
+            osrs_t = self.regs[0xF4] >> 5
+            osrs_p = (self.regs[0xF4] >> 2) & 7
+            osrs_h = self.regs[0xF2] & 7
+            adc_t = self.invert(lambda a: self.temp(a)[0], t, 1 << 20) if osrs_t else 0x80000
+            t_fine = self.temp(adc_t)[1]
+            adc_p = self.invert(lambda a: -self.press(a, t_fine), -p * 100.0, 1 << 20) if osrs_p else 0x80000
+            adc_h = self.invert(lambda a: self.hum(a, t_fine), h, 1 << 16) if osrs_h else 0x8000
         d = self.regs
         d[0xF7], d[0xF8], d[0xF9] = adc_p >> 12, (adc_p >> 4) & 0xFF, (adc_p & 0x0F) << 4
         d[0xFA], d[0xFB], d[0xFC] = adc_t >> 12, (adc_t >> 4) & 0xFF, (adc_t & 0x0F) << 4
