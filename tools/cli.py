@@ -14,8 +14,9 @@ def _commands():
     from .sim import cli as sim_cli
     from .receiver import cli as receiver_cli
     from .edge_agent import cli as edge_cli
+    from .noise import analyze as noise_cli
 
-    return (spec_cli, sim_cli, edge_cli, receiver_cli)
+    return (spec_cli, sim_cli, edge_cli, receiver_cli, noise_cli)
 
 
 def build_parser():

@@ -53,7 +53,8 @@ def build_app(build_root=None):
     for src, rel in sources:
         out = tmp / rel.with_suffix(".mpy")
         out.parent.mkdir(parents=True, exist_ok=True)
-        r = subprocess.run([cross, "-o", str(out), "-s", str(rel), str(src)], capture_output=True, text=True)
+        # x64: the Unix port this runs on. Viper code needs an architecture (xtensawin on an ESP32).
+        r = subprocess.run([cross, "-march=x64", "-o", str(out), "-s", str(rel), str(src)], capture_output=True, text=True)
         if r.returncode:
             raise UserError(f"mpy-cross refused {rel}: {r.stderr.strip().splitlines()[-1]}")
     (tmp / ".complete").touch()
