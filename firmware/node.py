@@ -39,8 +39,8 @@ class Sensor:
 
     def start(self, hw):
         module, cls = DRIVERS[self.name]
-        kwargs = {}
         spec = SENSORS.get(self.name, {})
+        kwargs = dict(spec.get("settings", {}))  # from sensor_specs/: oversampling, filters
         if spec.get("bus") == "i2c":
             kwargs["address"] = self.settings.get("address", spec.get("address"))
         try:

@@ -136,3 +136,28 @@ def test_sht31_under_micropython(mp):
     assert got[1] == "SHT31: CRC mismatch in measurement from 0x44"
     assert got[2] == 5  # EIO from the bus reaches the caller as OSError
     assert got[3]["temperature"] == pytest.approx(-10.0, abs=0.003)
+
+
+SETTINGS = """
+import json
+from hw.fakebus import FakeI2C
+from hw.fake_bme280 import FakeBME280
+from drivers.bme280 import BME280
+from registry import SENSORS
+bus = FakeI2C()
+chip = bus.attach(0x76, FakeBME280(lambda: (20.0, 50.0, 1000.0)))
+BME280(bus, **SENSORS["bme280"]["settings"]).read()
+print(json.dumps([chip.regs[0xF2], chip.regs[0xF4], chip.regs[0xF5]]))
+"""
+
+
+def test_bme280_runs_with_the_settings_from_its_spec(mp):
+    from openpole import paths
+    from openpole.spec import model
+
+    s = model.load(paths.SENSOR_SPECS, paths.BOARD_DEFS).sensors["bme280"]["settings"]
+    code = {0: 0, 1: 1, 2: 2, 4: 3, 8: 4, 16: 5}
+    ctrl_hum, ctrl_meas, config = mp.json(SETTINGS, heap="48k")
+    assert ctrl_hum == code[s["osrs_h"]]
+    assert ctrl_meas == (code[s["osrs_t"]] << 5) | (code[s["osrs_p"]] << 2)  # back to sleep after forced
+    assert config >> 2 == {0: 0, 2: 1, 4: 2, 8: 3, 16: 4}[s["iir_filter"]]

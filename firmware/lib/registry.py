@@ -52,7 +52,7 @@ DIGITS = {
 }
 
 SENSORS = {
-    'bme280': {'bus': 'i2c', 'warmup_s': 0, 'address': 118, 'chip_id': 96},
+    'bme280': {'bus': 'i2c', 'warmup_s': 0, 'address': 118, 'chip_id': 96, 'settings': {'osrs_t': 1, 'osrs_p': 1, 'osrs_h': 1, 'iir_filter': 0}},
     'pms5003': {'bus': 'uart', 'warmup_s': 30, 'baudrate': 9600},
     'sht31': {'bus': 'i2c', 'warmup_s': 0, 'address': 68},
 }

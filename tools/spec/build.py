@@ -34,6 +34,10 @@ def registry_module(specs):
         for key in ("address", "chip_id", "baudrate"):
             if key in t:
                 entry[key] = t[key]
+        # Numeric settings are driver keyword arguments (e.g. BME280 oversampling, IIR filter).
+        kwargs = {k: v for k, v in t.get("settings", {}).items() if isinstance(v, int) and not isinstance(v, bool)}
+        if kwargs:
+            entry["settings"] = kwargs
         body.append(f"    {stem!r}: {entry!r},")
     body += ["}"]
     return _module("Quantity keys and sensor facts for the node.", body)
