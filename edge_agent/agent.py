@@ -18,7 +18,7 @@ from .store import Store
 log = logging.getLogger("openpole.edge")
 GROUP_COMMIT_MAX = 2000  # messages per transaction
 CLOCK_FLOOR_NS = 1_577_836_800 * 10**9  # 2020-01-01: a pole clock before this is wrong
-TQ_OK, TQ_UNSYNCED, TQ_IMPLAUSIBLE = 0, 1, 2
+TQ_OK, TQ_UNSYNCED, TQ_IMPLAUSIBLE, TQ_NODE_RESET = 0, 1, 2, 3
 
 
 class Agent:
@@ -65,7 +65,10 @@ class Agent:
                 topic_node = topic.split("/")[2] if topic.count("/") == 3 else None
                 if topic_node != msg.node:
                     raise decode.Rejected("topic_mismatch", f"node {msg.node!r} published on {topic!r}")
-                accepted.append((msg, receive_ns, self.time_quality(receive_ns)))
+                tq = self.time_quality(receive_ns)
+                if msg.age_lower_bound and tq == TQ_OK:
+                    tq = TQ_NODE_RESET  # sampled before a node reset: the true time is earlier
+                accepted.append((msg, receive_ns, tq))
             except decode.Rejected as e:
                 rejected.append((receive_ns, topic, e.reason, str(e), payload))
         self.store.append(accepted, rejected)

@@ -23,6 +23,7 @@ COSE_MAC0 = 17
 _PROTECTED_HMAC_256_64 = b"\xa1\x01\x04"
 
 FLAG_OUT_OF_RANGE = 1
+FLAG_AGE_LOWER_BOUND = 1  # message flags (key 7)
 
 
 class Rejected(Exception):
@@ -51,6 +52,7 @@ class NodeMessage:
     status: dict = field(default_factory=dict)
     clock_ms: int | None = None
     signed: bool = False
+    age_lower_bound: bool = False  # sampled before a node reset: the sample time is an upper bound
 
 
 def _loads(payload):
@@ -116,7 +118,7 @@ def decode(payload, keys=None, require_mac=False):
         _verify(cose, node, keys)
     elif require_mac or node in keys:
         raise Rejected("unsigned", f"node {node!r} has a key but sent no MAC")
-    unknown = set(obj) - {0, 1, 2, 3, 4, 5, 6}
+    unknown = set(obj) - {0, 1, 2, 3, 4, 5, 6, 7}
     if unknown:
         raise Rejected("schema", f"unknown field(s) {sorted(unknown, key=repr)}")
     boot = _uint(obj.get(2), "boot")
@@ -139,7 +141,8 @@ def decode(payload, keys=None, require_mac=False):
     clock = obj.get(6)
     if clock is not None:
         _uint(clock, "clock")
-    return NodeMessage(node, boot, seq, readings, status, clock, signed)
+    flags = _uint(obj.get(7, 0), "flags")
+    return NodeMessage(node, boot, seq, readings, status, clock, signed, bool(flags & FLAG_AGE_LOWER_BOUND))
 
 
 def _reading(key, value, age):
@@ -150,5 +153,8 @@ def _reading(key, value, age):
         raise Rejected("schema", f"{q.name}: value must be a number, not {type(value).__name__}")
     if isinstance(value, float) and not math.isfinite(value):
         raise Rejected("not_finite", f"{q.name} = {value}")
+    if isinstance(value, float):
+        # Nodes send floats at single precision, quantised to the resolution: undo the float noise.
+        value = round(value, max(0, -math.floor(math.log10(q.resolution) + 1e-9)))
     flags = 0 if q.min <= value <= q.max else FLAG_OUT_OF_RANGE
     return Reading(key, q.name, value, age, flags)

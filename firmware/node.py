@@ -1,18 +1,332 @@
-# The node loop: sample the sensors, encode node messages, publish them at QoS 1, keep what
-# could not be sent yet. Drivers come from the config through DRIVERS; hardware from hw/.
+# The node: sample the sensors on their intervals, queue node messages in the outbox, publish them
+# at QoS 1, answer the console and the command topic, publish diagnostics. One tick scheduler,
+# paced by the microphone's 10 ms I2S reads (or a 10 ms sleep without one): no step blocks longer.
 import gc
+import json
 import os
 import time
 
+import cbor
+import config
 import message
+from outbox import Outbox
 from registry import SENSORS
 from transport import Transport
 
-VERSION = "0.1.0"
-QUEUE_MAX = 600  # messages kept in RAM while the broker is unreachable
-# Registry: sensor name -> (module, class). Adding a sensor is a driver file and a line here.
-DRIVERS = {"bme280": ("drivers.bme280", "BME280")}
+VERSION = "0.2.0"
+# Registry: sensor name -> (module, class, bus). Adding a sensor is a driver file and a line here.
+DRIVERS = {
+    "bme280": ("drivers.bme280", "BME280", "i2c"),
+    "sht31": ("drivers.sht31", "SHT31", "i2c"),
+    "pms5003": ("drivers.pms5003", "PMS5003", "uart"),
+    "noise": ("noise", "NoiseMeter", "i2s"),
+}
 OK, WARMING, DEGRADED, FAILED = 0, 1, 2, 3
+STATE_NAMES = ("ok", "warming", "degraded", "failed")
+PMS_WARMUP_MS = 30000  # readings within 30 s of waking the laser are not used (Plantower)
+I2S_SAMPLES = 480  # 10 ms at 48 kHz
+LOG_LINES = 12
+
+
+class Sensor:
+    def __init__(self, name, settings, interval_ms):
+        self.name = name
+        self.settings = settings
+        self.interval_ms = int(settings.get("interval_s", 0) * 1000) or interval_ms
+        self.driver = None
+        self.state = FAILED
+        self.errors = 0
+        self.last = None
+        self.last_error = None
+        self.due = time.ticks_ms()
+        self.awake_since = None  # PMS5003: when the laser was switched on
+
+    def start(self, hw):
+        module, cls, bus = DRIVERS[self.name]
+        spec = SENSORS.get(self.name, {})
+        kwargs = dict(spec.get("settings", {}))  # from sensor_specs/: oversampling, filters
+        try:
+            mod = __import__(module, None, None, [cls])
+            if bus == "i2c":
+                kwargs["address"] = self.settings.get("address", spec.get("address"))
+                self.driver = getattr(mod, cls)(hw.i2c(), **kwargs)
+            elif bus == "uart":
+                self.driver = getattr(mod, cls)(hw.uart_pm(), set_pin=hw.pin("pm.set"))
+            else:
+                from mics import MICS
+
+                self.driver = NoiseSensor(getattr(mod, cls)(MICS[self.settings.get("mic", "inmp441")]), hw)
+            self.state = WARMING if self.name == "pms5003" else OK
+            self.awake_since = time.ticks_ms()
+        except (OSError, ValueError, KeyError) as e:
+            self.fault(e)
+
+    def fault(self, e):
+        self.errors += 1
+        self.last_error = str(e)
+        self.state = FAILED if self.driver is None else DEGRADED
+
+    def duty_cycled(self):
+        return self.name == "pms5003" and self.settings.get("duty_cycle", self.interval_ms >= 60000)
+
+    def read(self, hw, now):
+        """Return {quantity: value} or None; a fault is counted and the node goes on."""
+        if self.driver is None:
+            self.start(hw)
+            if self.driver is None:
+                return None
+        if self.name == "pms5003":
+            if self.awake_since is None:  # asleep (its interval changed): wake it, read after warm-up
+                try:
+                    self.driver.wake()
+                except OSError as e:
+                    self.fault(e)
+                    return None
+                self.awake_since = now
+            if time.ticks_diff(now, self.awake_since) < PMS_WARMUP_MS:
+                self.state = WARMING
+                return None
+        try:
+            values = self.driver.read()
+        except (OSError, ValueError) as e:
+            self.fault(e)
+            return None
+        if self.duty_cycled():
+            self.driver.sleep()  # spare the laser until the next reading
+            self.awake_since = None
+        self.state = OK
+        self.last = values
+        return values
+
+    def before(self, now):
+        """Wake a duty-cycled PMS5003 30 s before its reading is due."""
+        if self.driver is not None and self.awake_since is None and self.duty_cycled():
+            if time.ticks_diff(self.due, now) <= PMS_WARMUP_MS:
+                try:
+                    self.driver.wake()
+                    self.awake_since = now
+                except OSError as e:
+                    self.fault(e)
+
+
+class NoiseSensor:
+    """The noise meter fed continuously from I2S; read() gives the levels since the last read."""
+
+    def __init__(self, meter, hw):
+        self.meter = meter
+        self.i2s = hw.i2s(48000, 32)
+        self.buf = bytearray(4 * I2S_SAMPLES)
+
+    def block(self):
+        self.i2s.readinto(self.buf)  # blocks for 10 ms of audio
+        self.meter.process(self.buf, I2S_SAMPLES)
+
+    def read(self):
+        r = self.meter.report()
+        if r["laeq"] is None:
+            raise ValueError("noise: no audio in the interval")
+        return r
+
+
+class Node:
+    def __init__(self, cfg, hw):
+        self.cfg = cfg
+        self.hw = hw
+        self.lines = []
+        self.node_id = cfg["node_id"]
+        self.boot = _next_boot()
+        self.t0 = time.ticks_ms()
+        self.seq = 0
+        self.cycles = 0
+        self.published = 0
+        self.last_publish = None
+        self.heap_live = 0  # most heap in use after a collection: what the node really holds
+        self.heap_min_free = gc.mem_free()
+        self.outbox = Outbox()
+        iv = int(cfg["interval_s"] * 1000)
+        self.sensors = [Sensor(n, s, iv) for n, s in cfg["sensors"].items() if n in DRIVERS]
+        for n in cfg["sensors"]:
+            if n not in DRIVERS:
+                self.log("config: unknown sensor %r ignored (known: %s)" % (n, ", ".join(DRIVERS)))
+        self.noise = None
+        key = cfg.get("key")
+        self.key = bytes.fromhex(key) if key else None
+        b = cfg["broker"]
+        base = "openpole/v1/%s/" % self.node_id
+        self.topic, self.status_topic, self.diag_topic = base + "data", base + "status", base + "diag"
+        self.mqtt = Transport(self.node_id, b["host"], b.get("port", 1883), b.get("user"), b.get("password"),
+                              timeout_s=b.get("timeout_s", 0.1), cmd_topic=base + "cmd",
+                              backoff_max_ms=int(b.get("backoff_max_s", 60) * 1000))
+        self.mqtt.set_last_will(self.status_topic, b"offline")
+        self.diag_due = time.ticks_ms()
+        self.console = None
+
+    def log(self, line):
+        print(line)
+        self.lines.append(line)
+        if len(self.lines) > LOG_LINES:
+            self.lines.pop(0)
+
+    def uptime_ms(self):
+        return time.ticks_diff(time.ticks_ms(), self.t0)
+
+    def start(self):
+        for s in self.sensors:
+            s.start(self.hw)
+            if s.name == "noise" and s.driver is not None:
+                self.noise = s.driver
+        self.log("openpole node %s: firmware %s on %s, boot %d, reset %s, sensors %s, queued %d" % (
+            self.node_id, VERSION, self.hw.name, self.boot, self.hw.reset_cause(),
+            ", ".join("%s=%s" % (s.name, STATE_NAMES[s.state]) for s in self.sensors), len(self.outbox)))
+
+    def sample(self, now):
+        """Read every sensor that is due; queue one message with their samples."""
+        samples = []
+        for s in self.sensors:
+            s.before(now)
+            if time.ticks_diff(now, s.due) >= 0:
+                s.due = time.ticks_add(s.due, s.interval_ms)
+                if time.ticks_diff(now, s.due) >= 0:
+                    s.due = time.ticks_add(now, s.interval_ms)  # fell behind: no burst of catch-up reads
+                was = s.state
+                values = s.read(self.hw, now)
+                if values is not None:
+                    samples.append(message.encode_values(values))
+                elif s.state >= DEGRADED and was < DEGRADED:
+                    self.log("sensor %s: %s (%s)" % (s.name, STATE_NAMES[s.state], s.last_error))
+                    self.diag_due = now  # tell the pole now, not at the next diag interval
+        if not samples:
+            return False
+        status = cbor.dumps({s.name: [s.state, s.errors] for s in self.sensors})
+        self.outbox.put(self.boot, self.seq, now, samples, status)
+        self.seq += 1
+        self.cycles += 1
+        return True
+
+    def _online(self):
+        self.mqtt.publish(self.status_topic, b"online", retain=True)
+
+    def flush(self, budget=8, max_ms=50):
+        """Publish queued messages oldest first, a few per tick (at most max_ms of the loop's time);
+        stop at the first failure."""
+        if not len(self.outbox) or not self.hw.network_up() or not self.mqtt.ensure(self._online):
+            return
+        t0 = time.ticks_ms()
+        for _ in range(budget):
+            if time.ticks_diff(time.ticks_ms(), t0) > max_ms:
+                return
+            rec = self.outbox.peek()
+            if rec is None:
+                return
+            payload = message.encode_record(self.node_id, rec[0], rec[1], time.ticks_ms(), self.boot, self.uptime_ms())
+            if self.key:
+                payload = message.sign(payload, self.key)
+            if not self.mqtt.publish(self.topic, payload):
+                self.log("mqtt: publish failed (%s); %d message(s) kept" % (self.mqtt.last_error, len(self.outbox)))
+                return
+            self.outbox.pop()
+            self.published += 1
+            self.last_publish = time.ticks_ms()
+
+    def diag(self):
+        ob, mq = self.outbox, self.mqtt
+        return {
+            "fw": VERSION, "board": self.cfg["board"], "node": self.node_id, "uptime_s": self.uptime_ms() // 1000,
+            "reset_cause": self.hw.reset_cause(), "boot": self.boot,
+            "heap_free": gc.mem_free(), "heap_min_free": self.heap_min_free,
+            "net": self.hw.net_info(),
+            "mqtt": {"connected": mq.connected, "errors": mq.errors, "last_error": mq.last_error,
+                     "last_publish_age_s": None if self.last_publish is None else time.ticks_diff(time.ticks_ms(), self.last_publish) // 1000,
+                     "published": self.published},
+            "queue": {"depth": len(ob), "ram": ob.ram_records, "flash": ob.flash_records, "spilled": ob.spilled, "dropped": ob.dropped},
+            "sensors": {s.name: {"state": STATE_NAMES[s.state], "errors": s.errors, "last_error": s.last_error, "last": s.last}
+                        for s in self.sensors},
+            "clock": {"synced": time.time() > 1577836800, "unix": time.time()},
+            "config": config.redacted(self.cfg),
+        }
+
+    def selftest(self):
+        """Each sensor present and plausible: {name: "ok" or the problem}."""
+        out = {}
+        for s in self.sensors:
+            if s.driver is None:
+                s.start(self.hw)
+            if s.driver is None:
+                out[s.name] = "missing: %s" % s.last_error
+            elif s.last is None:
+                out[s.name] = "no reading yet (%s)" % STATE_NAMES[s.state]
+            else:
+                bad = [k for k, v in s.last.items() if isinstance(v, (int, float)) and not _plausible(k, v)]
+                out[s.name] = "implausible: " + ", ".join(bad) if bad else "ok"
+        return out
+
+    def command(self, raw):
+        """A command from the MQTT command topic: JSON {"cmd": ..., "value": ...}."""
+        c = None
+        try:
+            c = json.loads(raw)
+            name = c["cmd"]
+            if name == "interval":
+                self.cfg = config.set(self.cfg, "interval_s", json.dumps(c["value"]))
+                for s in self.sensors:
+                    if "interval_s" not in s.settings:
+                        s.interval_ms = int(self.cfg["interval_s"] * 1000)
+                reply = {"ok": True}
+            elif name == "diag":
+                reply = {"ok": True, "diag": self.diag()}
+            elif name == "selftest":
+                reply = {"ok": True, "selftest": self.selftest()}
+            elif name == "reboot":
+                self.mqtt.publish(self.diag_topic, b'{"cmd": "reboot", "ok": true}', qos=0)
+                self.hw.reset()
+                return
+            else:
+                reply = {"ok": False, "error": "unknown command (interval, diag, selftest, reboot)"}
+        except (ValueError, KeyError, TypeError) as e:
+            reply = {"ok": False, "error": "bad command: %s" % e}
+        reply["cmd"] = c.get("cmd") if isinstance(c, dict) else None
+        self.mqtt.publish(self.diag_topic, json.dumps(reply).encode(), qos=0)
+
+    def housekeeping(self, now):
+        while self.mqtt.commands:
+            self.command(self.mqtt.commands.pop(0))
+        if time.ticks_diff(now, self.diag_due) >= 0 and self.mqtt.connected:
+            self.diag_due = time.ticks_add(now, int(self.cfg["diag_interval_s"] * 1000))
+            self.mqtt.publish(self.diag_topic, json.dumps(self.diag()).encode(), qos=0)
+
+    def run(self, cycles=None):
+        self.start()
+        gc.collect()  # start-up garbage (config text, import buffers) out of the way
+        if self.console is not None:
+            self.console.prompt()
+        while cycles is None or self.cycles < cycles:
+            self.hw.feed()
+            if self.noise is not None:
+                self.noise.block()  # the pace: 10 ms of audio
+            else:
+                time.sleep_ms(10)
+            now = time.ticks_ms()
+            if self.sample(now):
+                gc.collect()
+                self.heap_live = max(self.heap_live, gc.mem_alloc())
+                self.heap_min_free = min(self.heap_min_free, gc.mem_free())
+            self.flush()
+            self.mqtt.poll()
+            self.housekeeping(now)
+            if self.console is not None:
+                self.console.poll()
+        self.flush(budget=len(self.outbox), max_ms=60000)
+        self.mqtt.publish(self.status_topic, b"offline", retain=True)
+        self.mqtt.close()
+        return self.cycles
+
+
+_RANGES = {"temperature": (-40, 85), "humidity": (0, 100), "pressure": (300, 1100), "laeq": (20, 140)}
+
+
+def _plausible(name, v):
+    lo, hi = _RANGES.get(name, (0, 1e9))
+    return lo <= v <= hi
 
 
 def _next_boot(path="boot_count"):
@@ -25,135 +339,3 @@ def _next_boot(path="boot_count"):
         f.write(str(n))
     os.rename(path + ".tmp", path)  # atomic on LittleFS and POSIX
     return n
-
-
-class Sensor:
-    def __init__(self, name, settings):
-        self.name = name
-        self.settings = settings
-        self.driver = None
-        self.state = FAILED
-        self.errors = 0
-        self.last = None
-        self.last_error = None
-
-    def start(self, hw):
-        module, cls = DRIVERS[self.name]
-        spec = SENSORS.get(self.name, {})
-        kwargs = dict(spec.get("settings", {}))  # from sensor_specs/: oversampling, filters
-        if spec.get("bus") == "i2c":
-            kwargs["address"] = self.settings.get("address", spec.get("address"))
-        try:
-            mod = __import__(module, None, None, [cls])
-            self.driver = getattr(mod, cls)(hw.i2c(), **kwargs)
-            self.state = OK
-        except (OSError, ValueError) as e:
-            self._fault(e)
-
-    def _fault(self, e):
-        self.errors += 1
-        self.last_error = str(e)
-        self.state = FAILED if self.driver is None else DEGRADED
-
-    def read(self, hw):
-        """Return {quantity: value} or None; a fault is counted and the node goes on."""
-        if self.driver is None:
-            self.start(hw)
-            if self.driver is None:
-                return None
-        try:
-            values = self.driver.read()
-        except (OSError, ValueError) as e:
-            self._fault(e)
-            return None
-        self.state = OK
-        self.last = values
-        return values
-
-
-class Node:
-    def __init__(self, cfg, hw, log=print):
-        self.cfg = cfg
-        self.hw = hw
-        self.log = log
-        self.node_id = cfg["node_id"]
-        self.boot = _next_boot()
-        self.seq = 0
-        self.queue = []  # [(seq, [(ticks, values_cbor)], status)] oldest first
-        self.dropped = 0
-        self.published = 0
-        self.heap_peak = 0  # GC heap in use before each collection: an upper bound of the peak
-        self.sensors = [Sensor(name, s or {}) for name, s in cfg["sensors"].items() if name in DRIVERS]
-        for name in cfg["sensors"]:
-            if name not in DRIVERS:
-                log("config: unknown sensor %r ignored (known: %s)" % (name, ", ".join(DRIVERS)))
-        key = cfg.get("key")
-        self.key = bytes.fromhex(key) if key else None
-        b = cfg["broker"]
-        self.topic = "openpole/v1/%s/data" % self.node_id
-        self.status_topic = "openpole/v1/%s/status" % self.node_id
-        self.mqtt = Transport(self.node_id, b["host"], b.get("port", 1883), b.get("user"), b.get("password"))
-        self.mqtt.set_last_will(self.status_topic, b"offline")
-
-    def start(self):
-        for s in self.sensors:
-            s.start(self.hw)
-        self.log("openpole node %s: firmware %s on %s, boot %d, sensors %s" % (
-            self.node_id, VERSION, self.hw.name, self.boot,
-            ", ".join("%s=%s" % (s.name, "ok" if s.state == OK else "failed") for s in self.sensors)))
-
-    def sample(self):
-        now = time.ticks_ms()
-        samples = []
-        for s in self.sensors:
-            values = s.read(self.hw)
-            if values is not None:
-                samples.append((now, message.encode_values(values)))
-        status = {s.name: [s.state, s.errors] for s in self.sensors}
-        if len(self.queue) >= QUEUE_MAX:
-            self.queue.pop(0)
-            self.dropped += 1
-        if samples:
-            self.queue.append((self.seq, samples, status))
-            self.seq += 1
-
-    def _online(self):
-        self.mqtt.publish(self.status_topic, b"online", retain=True)
-
-    def flush(self):
-        """Publish queued messages oldest first; stop at the first failure."""
-        if not self.queue or not self.hw.network_up() or not self.mqtt.ensure(self._online):
-            return
-        while self.queue:
-            seq, samples, status = self.queue[0]
-            payload = message.encode(self.node_id, self.boot, seq, samples, time.ticks_ms(), status)
-            if self.key:
-                payload = message.sign(payload, self.key)
-            if not self.mqtt.publish(self.topic, payload):
-                self.log("mqtt: publish failed (%s); %d message(s) kept" % (self.mqtt.last_error, len(self.queue)))
-                return
-            self.queue.pop(0)
-            self.published += 1
-            self.log("published seq=%d bytes=%d queue=%d" % (seq, len(payload), len(self.queue)))
-
-    def run(self, cycles=None):
-        self.start()
-        gc.collect()  # start-up garbage (config text, import buffers) out of the way
-        interval_ms = int(self.cfg["interval_s"] * 1000)
-        done = 0
-        due = time.ticks_ms()
-        while cycles is None or done < cycles:
-            self.hw.feed()
-            if time.ticks_diff(time.ticks_ms(), due) >= 0:
-                due = time.ticks_add(due, interval_ms)
-                self.sample()
-                self.flush()
-                done += 1
-                self.heap_peak = max(self.heap_peak, gc.mem_alloc())
-                gc.collect()
-            else:
-                self.mqtt.poll()
-                time.sleep_ms(min(50, max(1, time.ticks_diff(due, time.ticks_ms()))))
-        self.flush()
-        self.mqtt.close()
-        return done

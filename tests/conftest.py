@@ -83,6 +83,16 @@ def mp(app, tmp_path):
 
 
 @pytest.fixture
+def world():
+    """The simulated world the node's buses reach (tools/sim/world.py)."""
+    from openpole.sim.world import WorldServer
+
+    w = WorldServer()
+    yield w
+    w.close()
+
+
+@pytest.fixture
 def mosquitto(tmp_path):
     if mosquitto_path() is None:
         pytest.fail("mosquitto is not installed: apt-get install -y mosquitto (.ci/run does this as root)")

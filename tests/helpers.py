@@ -9,11 +9,13 @@ import paho.mqtt.client as mqtt
 class Collector:
     """Subscribe at QoS 1 and keep (topic, payload, retain) in arrival order."""
 
-    def __init__(self, broker, topic="openpole/#"):
+    def __init__(self, broker, topic="openpole/#", persistent=False):
         self.messages = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="openpole-test-collector")
+        # persistent: a fixed session the broker keeps (with its own persistence) across a restart
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="openpole-test-collector", clean_session=not persistent)
+        c.reconnect_delay_set(min_delay=1, max_delay=2)
         c.on_connect = lambda cl, *a: cl.subscribe(topic, qos=1)
         c.on_subscribe = lambda *a: self._subscribed.set()
         c.on_message = self._on_message

@@ -17,11 +17,14 @@ def good(fields=None):
 
 def test_the_firmware_encoder_output_decodes():
     values = message.encode_values({"temperature": 21.374, "humidity": 45.51, "pressure": 1013.249})
-    payload = message.encode("n1", 3, 7, [(1000, values)], now_ms=2500, status={"bme280": [0, 0]})
+    payload = message.encode("n1", 3, 7, [(1500, values)], cbor2.dumps({"bme280": [0, 0]}))
     m = decode.decode(payload)
     assert (m.node, m.boot, m.seq) == ("n1", 3, 7)
     assert {r.name: r.value for r in m.readings} == {"temperature": 21.37, "humidity": 45.51, "pressure": 1013.25}
     assert {r.age_ms for r in m.readings} == {1500}
+    assert not m.age_lower_bound
+    flagged = decode.decode(message.encode("n1", 3, 8, [(10, values)], cbor2.dumps({}), flags=message.FLAG_AGE_LOWER_BOUND))
+    assert flagged.age_lower_bound
 
 
 def test_out_of_range_values_are_kept_and_flagged():

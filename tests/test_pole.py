@@ -18,7 +18,7 @@ from openpole.sim.broker import free_port
 
 def node_msg(node, boot, seq, t=20.0):
     values = message.encode_values({"temperature": t, "humidity": 50.0, "pressure": 1000.0})
-    return f"openpole/v1/{node}/data", message.encode(node, boot, seq, [(0, values)], now_ms=250, status={"bme280": [0, 0]})
+    return f"openpole/v1/{node}/data", message.encode(node, boot, seq, [(250, values)], cbor2.dumps({"bme280": [0, 0]}))
 
 
 def wait(predicate, timeout=20):

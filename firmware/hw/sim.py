@@ -1,8 +1,95 @@
-# Simulated hardware for the MicroPython Unix port: fake buses with plausible, slowly varying
-# values. The drivers and everything above them are the code that runs on the ESP32.
-from hw.environment import Street
-from hw.fake_bme280 import FakeBME280
-from hw.fakebus import FakeI2C
+# Simulated hardware for the MicroPython Unix port: the buses are proxies to the simulated world
+# (`openpole sim`, tools/sim/world.py) over a loopback socket, so the drivers and everything above
+# them are the code that runs on an ESP32, and the node's heap holds no simulated world.
+import socket
+import struct
+
+_I2C_READ_MEM, _I2C_WRITE_MEM, _I2C_WRITE, _I2C_READ = 1, 2, 3, 4
+_UART_WRITE, _UART_ANY, _UART_READ, _I2S_READ, _PIN = 5, 6, 7, 8, 9
+
+
+class _World:
+    def __init__(self, addr, node_id):
+        host, _, port = addr.rpartition(":")
+        self.s = socket.socket()
+        self.s.connect(socket.getaddrinfo(host, int(port))[0][-1])
+        self.s.setsockopt(6, 1, 1)  # TCP_NODELAY: one round trip per bus operation
+        self.s.write(bytes((len(node_id),)) + node_id.encode())
+        self.hdr = bytearray(5)
+        self.st = bytearray(1)
+        self.n2 = bytearray(2)
+
+    def op(self, op, a, b, n, payload=None, into=None):
+        """One bus operation; raises OSError(errno) like machine's buses do."""
+        struct.pack_into(">BBBH", self.hdr, 0, op, a, b, n)
+        self.s.write(self.hdr)
+        if payload is not None:
+            self.s.write(payload)
+        self.s.readinto(self.st)
+        if into is not None:
+            self.s.readinto(into)
+        if self.st[0]:
+            raise OSError(self.st[0])
+
+
+class SimI2C:
+    def __init__(self, world):
+        self.w = world
+
+    def readfrom_mem_into(self, addr, reg, buf):
+        self.w.op(_I2C_READ_MEM, addr, reg, len(buf), into=buf)
+
+    def writeto_mem(self, addr, reg, buf):
+        self.w.op(_I2C_WRITE_MEM, addr, reg, len(buf), buf)
+
+    def writeto(self, addr, buf, stop=True):
+        self.w.op(_I2C_WRITE, addr, 0, len(buf), buf)
+        return len(buf)
+
+    def readfrom_into(self, addr, buf, stop=True):
+        self.w.op(_I2C_READ, addr, 0, len(buf), into=buf)
+
+
+class SimUART:
+    def __init__(self, world):
+        self.w = world
+
+    def write(self, buf):
+        self.w.op(_UART_WRITE, 0, 0, len(buf), buf)
+        return len(buf)
+
+    def any(self):
+        self.w.op(_UART_ANY, 0, 0, 0, into=self.w.n2)
+        return (self.w.n2[0] << 8) | self.w.n2[1]
+
+    def readinto(self, buf, n=-1):
+        n = min(len(buf), self.any()) if n < 0 else min(n, len(buf), self.any())
+        if n <= 0:
+            return None
+        self.w.op(_UART_READ, 0, 0, n, into=self.w.n2)
+        got = (self.w.n2[0] << 8) | self.w.n2[1]
+        mv = memoryview(buf)
+        self.w.s.readinto(mv[:got])
+        return got
+
+
+class SimI2S:
+    def __init__(self, world):
+        self.w = world
+
+    def readinto(self, buf):
+        """Fill buf with 32-bit samples; blocks at the audio rate, as the ESP32's DMA does."""
+        self.w.op(_I2S_READ, 0, 0, len(buf), into=buf)
+        return len(buf)
+
+
+class SimPin:
+    def __init__(self, world, num):
+        self.w = world
+        self.num = num
+
+    def __call__(self, v):
+        self.w.op(_PIN, self.num, v, 0)
 
 
 class Hardware:
@@ -10,23 +97,33 @@ class Hardware:
 
     def __init__(self, cfg):
         sim = cfg.get("sim") or {}
-        self.street = Street(seed=sim.get("seed", 0), speed=sim.get("speed", 600.0))
-        self.bus = FakeI2C()
-        if "bme280" not in sim.get("missing", ()):
-            address = (cfg.get("sensors", {}).get("bme280") or {}).get("address", 0x76)
-            self.bus.attach(address, FakeBME280(self.street.weather))
+        self.world = _World(sim.get("world", "127.0.0.1:7450"), cfg["node_id"])
 
     def i2c(self):
-        return self.bus
+        return SimI2C(self.world)
+
+    def uart_pm(self):
+        return SimUART(self.world)
+
+    def i2s(self, rate, bits):
+        return SimI2S(self.world)
+
+    def pin(self, role):
+        return SimPin(self.world, {"pm.set": 1, "pm.reset": 2}.get(role, 0))
 
     def reset_cause(self):
         return "power_on"
 
-    def unique_id(self):
-        return b"\x02\x00\x00\x00\x00\x01"
+    def net_info(self):
+        return {"ssid": "simulated", "connected": True, "rssi": -60, "ip": "127.0.0.1"}
 
     def network_up(self, timeout_ms=0):
         return True
 
     def feed(self):
         pass
+
+    def reset(self):
+        import sys
+
+        sys.exit(3)  # the simulator restarts a node that asks for a reset

@@ -1,34 +1,48 @@
-# Node message v1 (sensor_specs/node_message.cddl): encode with the node's CBOR codec.
-# Samples are kept pre-encoded (bytes) so a queued message costs little RAM; the age of each
-# sample is filled in at send time, so a replayed message still dates its samples correctly.
+# Node message v1 (sensor_specs/node_message.cddl), encoded with the node's CBOR codec.
+# Samples are queued pre-encoded (lib/outbox.py); each sample's age is computed at send time, so a
+# replayed message still dates its samples: sample time = receive time - age at the pole.
 import hashlib
+import struct
+import time
 
 import cbor
+from outbox import record_fields
 from registry import DIGITS, KEYS
 
-VERSION = 1
+FLAG_AGE_LOWER_BOUND = 1  # sampled before a reset: the ages leave out how long the node was down
 _COSE_MAC0 = 17
 _PROTECTED = b"\xa1\x01\x04"  # {1: 4}: alg HMAC 256/64
 _BLOCK = 64
 
 
 def encode_values(readings):
-    """{quantity name: value} -> CBOR map {key: value rounded to the registry resolution}."""
-    out = {}
+    """{quantity name: value} -> CBOR map {key: value}. Integers as integers; other values rounded
+    to the registry resolution and sent as single-precision floats (5 bytes: every registry
+    quantity's range and resolution fit its 7 digits; receivers round back to the resolution)."""
+    out = bytearray()
+    n = 0
     for name, value in readings.items():
         key = KEYS.get(name)
-        if key is None:
+        if key is None or value is None:
             continue
+        cbor.head(out, 0, key)
         d = DIGITS[key]
-        out[key] = int(round(value)) if d == 0 else round(value, d)
-    return cbor.dumps(out)
+        if d == 0:
+            out.extend(cbor.dumps(int(round(value))))
+        else:
+            v = round(value, d)
+            b = cbor.dumps(v)
+            out.extend(b if len(b) <= 5 else b"\xfa" + struct.pack(">f", v))
+        n += 1
+    head = bytearray()
+    cbor.head(head, 5, n)
+    return bytes(head + out)
 
 
-def encode(node_id, boot, seq, samples, now_ms, status=None, clock_ms=None):
-    """samples: [(ticks_ms, values_cbor)] -> bytes of the node message."""
+def encode(node_id, boot, seq, samples, status, flags=0):
+    """samples: [(age_ms, values CBOR)]; status: CBOR bytes -> bytes of the node message."""
     out = bytearray()
-    n = 5 + (status is not None) + (clock_ms is not None)
-    out.append(0xA0 | n)
+    out.append(0xA7 if flags else 0xA6)  # v, node, boot, seq, samples, status (+ flags)
     out.extend(b"\x00\x01\x01")
     out.extend(cbor.dumps(node_id))
     out.append(0x02)
@@ -37,18 +51,32 @@ def encode(node_id, boot, seq, samples, now_ms, status=None, clock_ms=None):
     out.extend(cbor.dumps(seq))
     out.append(0x04)
     cbor.head(out, 4, len(samples))
-    for ticks, values in samples:
+    for age, values in samples:
         out.append(0x82)
-        age = now_ms - ticks
         out.extend(cbor.dumps(age if age > 0 else 0))
         out.extend(values)
-    if status is not None:
-        out.append(0x05)
-        out.extend(cbor.dumps(status))
-    if clock_ms is not None:
-        out.append(0x06)
-        out.extend(cbor.dumps(clock_ms))
+    out.append(0x05)
+    out.extend(status)
+    if flags:
+        out.append(0x07)
+        out.extend(cbor.dumps(flags))
     return bytes(out)
+
+
+def encode_record(node_id, buf, off, now, boot_now, uptime_ms):
+    """The message for an outbox record, with ages as of now (ticks_ms)."""
+    boot, seq, ticks, spilled, n, p = record_fields(buf, off)
+    if boot == boot_now:
+        age, flags = time.ticks_diff(now, ticks), 0
+    else:  # from before a reset: known age at the spill, plus this boot's uptime
+        age, flags = time.ticks_diff(spilled, ticks) + uptime_ms, FLAG_AGE_LOWER_BOUND
+    samples = []
+    for _ in range(n):
+        ln = buf[p]
+        samples.append((age, bytes(buf[p + 1 : p + 1 + ln])))
+        p += 1 + ln
+    ln = buf[p]
+    return encode(node_id, boot, seq, samples, bytes(buf[p + 1 : p + 1 + ln]), flags)
 
 
 def hmac_sha256(key, data):

@@ -62,16 +62,25 @@ class _SocketModule:
 
 
 class Transport:
-    def __init__(self, client_id, host, port=1883, user=None, password=None, keepalive_s=60, timeout_s=5):
+    def __init__(self, client_id, host, port=1883, user=None, password=None, keepalive_s=60, timeout_s=5, cmd_topic=None,
+                 backoff_max_ms=_BACKOFF_MAX_MS):
         _umqtt.socket = _SocketModule(timeout_s)
         self.client = _umqtt.MQTTClient(client_id, host, port, user=user, password=password, keepalive=keepalive_s)
+        self.cmd_topic = cmd_topic
+        self.commands = []  # received command payloads, run by the node loop (never inside a read)
+        self.client.set_callback(self._on_message)
         self.keepalive_ms = keepalive_s * 1000
+        self.backoff_max_ms = backoff_max_ms
         self.connected = False
         self.backoff_ms = 0
         self.next_try = time.ticks_ms()
         self.last_io = time.ticks_ms()
         self.errors = 0
         self.last_error = None
+
+    def _on_message(self, topic, msg):
+        if len(self.commands) < 4:
+            self.commands.append(msg)
 
     def set_last_will(self, topic, msg):
         self.client.set_last_will(topic, msg, retain=True, qos=1)
@@ -85,7 +94,7 @@ class Transport:
         except Exception:
             pass
         # Exponential backoff with full jitter: many nodes on one pole must not reconnect in step.
-        self.backoff_ms = min(_BACKOFF_MAX_MS, max(_BACKOFF_MIN_MS, self.backoff_ms * 2))
+        self.backoff_ms = min(self.backoff_max_ms, max(_BACKOFF_MIN_MS, self.backoff_ms * 2))
         self.next_try = time.ticks_add(time.ticks_ms(), random.getrandbits(16) % self.backoff_ms + 1)
 
     def ensure(self, on_connect=None):
@@ -96,6 +105,8 @@ class Transport:
             return False
         try:
             self.client.connect(clean_session=True)
+            if self.cmd_topic:
+                self.client.subscribe(self.cmd_topic, qos=0)
             self.connected = True
             self.backoff_ms = 0
             self.last_io = time.ticks_ms()
@@ -121,14 +132,16 @@ class Transport:
             return False
 
     def poll(self):
-        """Keep the connection alive: ping when idle for half the keepalive."""
-        if self.connected and time.ticks_diff(time.ticks_ms(), self.last_io) > self.keepalive_ms // 2:
-            try:
+        """Take in commands; keep the connection alive: ping when idle for half the keepalive."""
+        if not self.connected:
+            return
+        try:
+            if time.ticks_diff(time.ticks_ms(), self.last_io) > self.keepalive_ms // 2:
                 self.client.ping()
-                self.client.check_msg()  # consumes the PINGRESP (or a command, later)
                 self.last_io = time.ticks_ms()
-            except Exception as e:
-                self._failed(e)
+            self.client.check_msg()  # a command or the PINGRESP, if one is waiting
+        except Exception as e:
+            self._failed(e)
 
     def close(self):
         if self.connected:

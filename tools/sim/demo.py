@@ -23,30 +23,29 @@ from openpole.edge_agent.config import AgentConfig
 from ..receiver.server import Receiver
 from . import node as simnode
 from .broker import Broker, free_port
+from .world import WorldServer
 
-COLUMNS = (("temperature", "T °C", 2), ("humidity", "RH %", 1), ("pressure", "p hPa", 1))
+COLUMNS = (("temperature", "T °C", 1), ("humidity", "RH %", 0), ("pressure", "p hPa", 0), ("pm2_5", "PM2.5", 0),
+           ("laeq", "LAeq", 1))
 
 
 class NodeProcess:
-    """One simulated node; its console output is kept for the table and the summary."""
+    """One simulated node; its console output is kept for the summary."""
 
-    def __init__(self, node_id, state, app, broker, seed, interval_s, heap):
-        simnode.write_config(state, simnode.node_config(node_id, broker.host, broker.port, interval_s, seed=seed))
+    def __init__(self, node_id, state, app, broker, world, interval_s, heap):
+        simnode.write_config(state, simnode.node_config(node_id, broker.host, broker.port, interval_s,
+                                                        world=f"{world.host}:{world.port}"))
         self.node_id = node_id
         self.proc = simnode.start(state, app, heap=heap, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.last_line = ""
-        self.published = 0
-        self.lines = []
+        self.published = 0  # messages seen at the broker
+        self.readings = 0
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self):
         for line in self.proc.stdout:
-            line = line.rstrip()
-            self.last_line = line
-            self.lines.append(line)
-            del self.lines[:-50]
-            if line.startswith("published"):
-                self.published += 1
+            if line.strip():
+                self.last_line = line.strip()
 
     def stop(self):
         if self.proc.poll() is None:
@@ -62,7 +61,8 @@ def _table(nodes, receiver, started):
     for row in receiver.store.latest():
         latest.setdefault(row["node"], {})[row["name"]] = row
     counts = receiver.store.per_node()
-    t = Table(title=f"openpole demo pole: {len(nodes)} nodes, {time.monotonic() - started:.0f} s", expand=False)
+    t = Table(title=f"openpole demo pole: {len(nodes)} nodes, {time.monotonic() - started:.0f} s", expand=False,
+              caption="PM2.5 appears after the PMS5003's 30 s laser warm-up")
     t.add_column("node")
     for _, header, _ in COLUMNS:
         t.add_column(header, justify="right")
@@ -79,7 +79,39 @@ def _table(nodes, receiver, started):
     return t
 
 
-def run(n_nodes=3, duration_s=0, interval_s=1.0, heap="64k", state_dir=None, console=None, broker_kind=None):
+class Tap:
+    """Counts the node messages (and readings) the broker carries, per node."""
+
+    def __init__(self, broker, nodes):
+        import paho.mqtt.client as mqtt
+
+        from openpole.edge_agent import decode
+
+        self.by_id = {n.node_id: n for n in nodes}
+        self.decode = decode.decode
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="openpole-demo-tap")
+        c.on_connect = lambda cl, *a: cl.subscribe("openpole/v1/+/data", qos=1)
+        c.on_message = self._on_message
+        c.connect(broker.host, broker.port)
+        c.loop_start()
+        self.client = c
+
+    def _on_message(self, client, userdata, msg):
+        try:
+            m = self.decode(msg.payload)
+        except Exception:
+            return
+        n = self.by_id.get(m.node)
+        if n is not None:
+            n.published += 1
+            n.readings += len(m.readings)
+
+    def close(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def run(n_nodes=3, duration_s=0, interval_s=1.0, heap="128k", state_dir=None, console=None, broker_kind=None):
     console = console or Console()
     logging.getLogger("openpole").setLevel(logging.WARNING)  # the table is the output
     tmp = None
@@ -88,6 +120,7 @@ def run(n_nodes=3, duration_s=0, interval_s=1.0, heap="64k", state_dir=None, con
         state_dir = tmp.name
     state = Path(state_dir)
     app = simnode.build_app()
+    world = WorldServer()
     broker = Broker(state / "broker", kind=broker_kind).start()
     receiver = Receiver("127.0.0.1", free_port(), state / "receiver").start()
     cfg = AgentConfig(pole_id="demo-pole", broker_host=broker.host, broker_port=broker.port, upstream=receiver.url,
@@ -97,7 +130,8 @@ def run(n_nodes=3, duration_s=0, interval_s=1.0, heap="64k", state_dir=None, con
     console.print(f"[bold]openpole demo[/]: {broker.kind} on {broker.host}:{broker.port}, receiver {receiver.url}, "
                   f"{n_nodes} nodes on MicroPython (heap {heap}); "
                   + (f"{duration_s:g} s" if duration_s else "Ctrl-C to stop"))
-    nodes = [NodeProcess(f"node-{i + 1}", state / f"node-{i + 1}", app, broker, i + 1, interval_s, heap) for i in range(n_nodes)]
+    nodes = [NodeProcess(f"node-{i + 1}", state / f"node-{i + 1}", app, broker, world, interval_s, heap) for i in range(n_nodes)]
+    tap = Tap(broker, nodes)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
     started = time.monotonic()
@@ -116,8 +150,10 @@ def run(n_nodes=3, duration_s=0, interval_s=1.0, heap="64k", state_dir=None, con
     finally:
         for n in nodes:
             n.stop()
-        # Every message a node counted as published was acknowledged by the broker: wait until the
-        # agent has it on disk and the last batch has reached the receiver.
+        # Every message the broker carried reaches the agent: wait until the agent has it on disk
+        # and the last batch has reached the receiver.
+        time.sleep(0.3)
+        tap.close()
         published = sum(n.published for n in nodes)
         deadline = time.monotonic() + cfg.batch_interval_s + 5
         while time.monotonic() < deadline and (
@@ -129,10 +165,11 @@ def run(n_nodes=3, duration_s=0, interval_s=1.0, heap="64k", state_dir=None, con
         stats = receiver.store.stats()
         receiver.stop()
         broker.stop()
+        world.close()
     missing = [n.node_id for n in nodes if not counts.get(n.node_id)]
-    console.print(f"summary: {len(nodes)} nodes, {sum(n.published for n in nodes)} messages published, "
-                  f"{stats['unique']} readings at the receiver ({stats['duplicates']} duplicates), "
-                  f"from {stats['nodes']} nodes")
+    console.print(f"summary: {len(nodes)} nodes, {sum(n.published for n in nodes)} messages published "
+                  f"with {sum(n.readings for n in nodes)} readings, {stats['unique']} readings at the receiver "
+                  f"({stats['duplicates']} duplicates), from {stats['nodes']} nodes")
     for n in nodes:
         if not counts.get(n.node_id):
             console.print(f"[red]{n.node_id}[/]: no readings arrived; its last words: {n.last_line or '(none)'}")

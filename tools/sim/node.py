@@ -78,25 +78,38 @@ def write_config(state, cfg):
     return state
 
 
-def node_config(node_id, host, port, interval_s=1.0, cycles=None, seed=0, speed=600.0, key=None):
+ALL_SENSORS = ("bme280", "pms5003", "noise")
+
+
+def node_config(node_id, host, port, interval_s=1.0, cycles=None, world=None, key=None, sensors=ALL_SENSORS, **extra):
+    """A node config for the simulator. world: "HOST:PORT" of the world server (sim.world)."""
     cfg = {
         "node_id": node_id,
         "board": "esp32-devkitc",
         "interval_s": interval_s,
-        "sensors": {"bme280": {"address": 0x76}},
+        "diag_interval_s": 60,
+        "sensors": {name: {} for name in sensors},
         "broker": {"host": host, "port": port},
-        "sim": {"seed": seed, "speed": speed},
+        "sim": {"world": world or "127.0.0.1:7450"},
     }
     if cycles:
         cfg["sim"]["cycles"] = cycles
     if key:
         cfg["key"] = key
+    cfg.update(extra)
     return cfg
 
 
-def start(state, app, heap="64k", **popen):
+RUN_SCRIPT = "import main\nmain.main()\n"  # what a board's boot runs; -i leaves the REPL after it
+
+
+def start(state, app, heap="64k", interactive=False, **popen):
     """Start a node whose filesystem is `state`; returns the Popen (stdout: the node's console)."""
-    cmd = [micropython(), "-X", f"heapsize={heap}", "-m", "main"]
+    if interactive:
+        (Path(state) / "run_node.py").write_text(RUN_SCRIPT)
+        cmd = [micropython(), "-X", f"heapsize={heap}", "-i", "run_node.py"]
+    else:
+        cmd = [micropython(), "-X", f"heapsize={heap}", "-m", "main"]
     return subprocess.Popen(cmd, cwd=state, env=node_env(app), **popen)
 
 

@@ -1,0 +1,118 @@
+"""Node figures on the MicroPython Unix port: heap, message size, CPU per sampling cycle.
+
+    .venv/bin/python bench/node.py [--cycles 1000]
+
+The whole node (BME280, PMS5003 and the noise meter on the simulated buses, MQTT to a real
+Mosquitto, the serial console) runs --cycles sampling cycles at a 20 ms interval.
+- heap: first under -X heapsize=48k (the design target), then the smallest heap that completes,
+  found by bisection, with the most heap the node held after a collection;
+- bytes per message against the same readings as sensor.community JSON;
+- CPU seconds per cycle (the noise DSP runs the whole time, at the audio rate).
+"""
+
+import argparse
+import json
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from helpers import Collector  # noqa: E402
+
+from openpole.edge_agent import decode  # noqa: E402
+from openpole.sim import node as simnode  # noqa: E402
+from openpole.sim.broker import Broker  # noqa: E402
+from openpole.sim.world import WorldServer  # noqa: E402
+
+
+def run(app, world, broker, cycles, heap, tmp):
+    state = Path(tempfile.mkdtemp(dir=tmp))
+    cfg = simnode.node_config("bench-1", broker.host, broker.port, interval_s=0.02, cycles=cycles,
+                              world=f"{world.host}:{world.port}")
+    cfg["sensors"]["pms5003"] = {"interval_s": 0.02}
+    simnode.write_config(state, cfg)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.monotonic()
+    p = simnode.start(state, app, heap=f"{heap}k", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = p.communicate(timeout=600)
+    wall = time.monotonic() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    m = re.search(r"done cycles=(\d+) published=(\d+) .* heap_live=(\d+)", out)
+    if p.returncode != 0 or not m:
+        err = [line for line in out.splitlines() if "Error" in line]
+        return None, (err[-1] if err else out.strip().splitlines()[-1:])
+    return {"cycles": int(m.group(1)), "published": int(m.group(2)), "heap_live": int(m.group(3)), "cpu": cpu, "wall": wall}, None
+
+
+def sensor_community_json(readings):
+    """The same readings as sensor.community firmware sends them: one JSON body per sensor."""
+    names = {"temperature": "BME280_temperature", "humidity": "BME280_humidity", "pressure": "BME280_pressure",
+             "pm10": "PMS_P1", "pm2_5": "PMS_P2", "pm1": "PMS_P0", "laeq": "noise_LAeq", "lamin": "noise_LA_min",
+             "lamax": "noise_LA_max"}
+    groups = {}
+    for r in readings:
+        if r.name in names:
+            v = r.value * 100 if r.name == "pressure" else r.value  # they send Pa
+            groups.setdefault(names[r.name].split("_")[0], []).append({"value_type": names[r.name], "value": f"{v:.2f}"})
+    return sum(len(json.dumps({"software_version": "NRZ-2024-135", "sensordatavalues": vals})) for vals in groups.values())
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cycles", type=int, default=2000, help="sampling cycles (>= 1500: the PMS5003 warms up for 30 s)")
+    args = ap.parse_args()
+    print(f"command: python bench/node.py --cycles {args.cycles}")
+    app = simnode.build_app()
+    with tempfile.TemporaryDirectory() as tmp:
+        world = WorldServer()
+        broker = Broker(Path(tmp) / "broker").start()
+        sub = Collector(broker, "openpole/v1/bench-1/data")
+        try:
+            res, err = run(app, world, broker, args.cycles, 48, tmp)
+            if res:
+                print(f"heap: runs {res['cycles']} cycles under -X heapsize=48k; most held after a collection {res['heap_live']} bytes")
+            else:
+                print(f"heap: does NOT run under -X heapsize=48k (target): {err}")
+                lo, hi = 48, 256  # lo fails, hi must work
+                best = None
+                while hi - lo > 4:
+                    mid = (lo + hi) // 2 // 4 * 4
+                    r, _ = run(app, world, broker, min(args.cycles, 200), mid, tmp)
+                    if r:
+                        hi, best = mid, r
+                    else:
+                        lo = mid
+                res, err = run(app, world, broker, args.cycles, hi, tmp)
+                if not res:
+                    print(f"heap: failed at {hi}k too: {err}")
+                    return 1
+                print(f"heap: smallest heap that runs {res['cycles']} cycles: {hi}k (4k steps); "
+                      f"most held after a collection {res['heap_live']} bytes")
+            print(f"cpu: {res['cpu'] / res['cycles'] * 1000:.2f} ms per sampling cycle "
+                  f"({res['cpu'] / res['wall'] * 100:.1f} % of one core; noise DSP at 48 kHz included)")
+            msgs = sub.wait_for(lambda m: len(m) >= res["published"], timeout=10)
+        finally:
+            sub.close()
+            broker.stop()
+            world.close()
+    full = [(len(p), decode.decode(p)) for _, p, _ in msgs]
+    full = [(n, m) for n, m in full if {r.name for r in m.readings} >= {"temperature", "pm2_5", "laeq"}]
+    if not full:
+        print("message size: no message carried all three sensors (PMS5003 still warming?)")
+        return 0
+    n, m = full[-1]
+    sc = sensor_community_json(m.readings)
+    print(f"message: {n} bytes for {len(m.readings)} readings (BME280, PMS5003, noise) as node message v1 CBOR "
+          f"(doubles on this port; an ESP32's single-precision floats make it smaller)")
+    print(f"sensor.community JSON for the {sum(1 for r in m.readings if r.name in ('temperature', 'humidity', 'pressure', 'pm1', 'pm2_5', 'pm10', 'laeq', 'lamin', 'lamax'))} "
+          f"readings it has names for: {sc} bytes; ours is {n / sc * 100:.0f} % of it (target <= 50 %)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+# Store and forward: node messages wait here until the broker acknowledges them (PUBACK).
+# RAM first (a preallocated byte FIFO); when it fills during an outage the oldest records move to
+# flash in whole segment files (written once, deleted once replayed: LittleFS spreads the wear),
+# at most max_segments of them; past that the oldest segment is dropped and counted.
+# Replay is in order: flash (oldest) first, then RAM. Records keep their (boot, seq), so a record
+# replayed after a reset is de-duplicated upstream; its age is then a lower bound.
+#
+# Record: u16 length | u32 boot | u32 seq | u32 ticks (sampled) | u32 ticks (spilled) | u8 nsamples
+#         | per sample: u8 n, CBOR values | u8 n, CBOR status
+
+import os
+import struct
+import time
+
+_HDR = ">HIIIIB"
+_HDR_LEN = 19
+
+
+class Outbox:
+    def __init__(self, ram_bytes=8192, spill_dir="spill", seg_bytes=2048, max_segments=96):
+        self.ram = bytearray(ram_bytes)
+        self.mv = memoryview(self.ram)
+        self.start = 0  # first byte of the oldest RAM record
+        self.end = 0
+        self.ram_records = 0
+        self.dir = spill_dir
+        self.seg_bytes = seg_bytes
+        self.max_segments = max_segments
+        self.seg = bytearray(seg_bytes)  # the oldest flash segment, being replayed
+        self.seg_mv = memoryview(self.seg)
+        self.seg_name = None
+        self.seg_pos = 0
+        self.seg_len = 0
+        self.spilled = 0  # records written to flash
+        self.dropped = 0  # records lost: flash full, or too big to keep
+        try:
+            os.mkdir(spill_dir)
+        except OSError:
+            pass
+        self.segments = []  # left by an earlier boot: replayed first
+        for name in sorted(os.listdir(spill_dir)):
+            if name.endswith(".tmp"):
+                self._remove(name)  # a spill cut short by a reset: its records never left RAM's count
+            else:
+                self.segments.append(name)
+        self.flash_records = sum(self._count(n) for n in self.segments)
+
+    def __len__(self):
+        return self.ram_records + self.flash_records
+
+    def _count(self, name):
+        n = 0
+        try:
+            with open(self.dir + "/" + name, "rb") as f:
+                while True:
+                    h = f.read(2)
+                    if len(h) < 2:
+                        return n
+                    ln = (h[0] << 8) | h[1]
+                    if ln < _HDR_LEN:
+                        return n  # a torn tail: stop here
+                    f.seek(ln - 2, 1)
+                    n += 1
+        except OSError:
+            return n
+
+    def put(self, boot, seq, ticks, samples, status):
+        """Queue one message: samples is a list of CBOR-encoded value maps, status CBOR bytes."""
+        size = _HDR_LEN + sum(1 + len(s) for s in samples) + 1 + len(status)
+        if size > len(self.ram) or size > self.seg_bytes or len(samples) > 255:
+            self.dropped += 1
+            return False
+        while len(self.ram) - self.end < size:
+            if self.start:
+                n = self.end - self.start  # compact: move the queue to the front (no allocation)
+                self.mv[0:n] = self.mv[self.start : self.end]
+                self.start, self.end = 0, n
+            else:
+                self._spill()
+        m = self.mv
+        e = self.end
+        struct.pack_into(_HDR, m, e, size, boot, seq, ticks, 0, len(samples))
+        e += _HDR_LEN
+        for s in samples + [status]:
+            m[e] = len(s)
+            m[e + 1 : e + 1 + len(s)] = s
+            e += 1 + len(s)
+        self.end = e
+        self.ram_records += 1
+        return True
+
+    def _spill(self):
+        """Move the oldest RAM records (up to one segment) to a new flash segment."""
+        n, pos = 0, self.start
+        now = time.ticks_ms()
+        while pos < self.end:
+            ln = (self.ram[pos] << 8) | self.ram[pos + 1]
+            if pos + ln - self.start > self.seg_bytes:
+                break
+            struct.pack_into(">I", self.ram, pos + 14, now)  # when it left RAM: dates it after a reset
+            pos += ln
+            n += 1
+        if len(self.segments) >= self.max_segments:
+            self.dropped += self._count(self.segments[0])
+            self.flash_records -= self._count(self.segments[0])
+            self._remove(self.segments.pop(0))
+        last = int(self.segments[-1]) if self.segments else 0
+        name = "%08d" % (last + 1)
+        with open(self.dir + "/" + name + ".tmp", "wb") as f:
+            f.write(self.mv[self.start : pos])
+        os.rename(self.dir + "/" + name + ".tmp", self.dir + "/" + name)  # whole or not at all
+        self.segments.append(name)
+        self.flash_records += n
+        self.spilled += n
+        self.ram_records -= n
+        self.start = pos
+        if self.start == self.end:
+            self.start = self.end = 0
+
+    def _remove(self, name):
+        try:
+            os.remove(self.dir + "/" + name)
+        except OSError:
+            pass
+        if name == self.seg_name:
+            self.seg_name = None
+
+    def _load(self):
+        while self.segments and self.seg_name != self.segments[0]:
+            name = self.segments[0]
+            try:
+                with open(self.dir + "/" + name, "rb") as f:
+                    self.seg_len = f.readinto(self.seg) or 0
+            except OSError:
+                self.seg_len = 0
+            self.seg_name, self.seg_pos = name, 0
+            if self.seg_len < _HDR_LEN:
+                self.segments.pop(0)
+                self._remove(name)
+
+    def peek(self):
+        """The oldest record as (buffer, offset), or None when empty."""
+        if self.segments:
+            self._load()
+            if self.segments:
+                return self.seg, self.seg_pos
+        if self.ram_records:
+            return self.ram, self.start
+        return None
+
+    def pop(self):
+        """Drop the oldest record: its PUBACK arrived."""
+        if self.segments:
+            ln = (self.seg[self.seg_pos] << 8) | self.seg[self.seg_pos + 1]
+            self.seg_pos += ln
+            self.flash_records -= 1
+            if self.seg_pos + _HDR_LEN > self.seg_len or ((self.seg[self.seg_pos] << 8) | self.seg[self.seg_pos + 1]) < _HDR_LEN:
+                self._remove(self.segments.pop(0))
+            return
+        ln = (self.ram[self.start] << 8) | self.ram[self.start + 1]
+        self.start += ln
+        self.ram_records -= 1
+        if not self.ram_records:
+            self.start = self.end = 0
+
+
+def record_fields(buf, off):
+    """(boot, seq, ticks, spilled_ticks, nsamples, offset of the first sample) of a record."""
+    _, boot, seq, ticks, spilled, n = struct.unpack_from(_HDR, buf, off)
+    return boot, seq, ticks, spilled, n, off + _HDR_LEN

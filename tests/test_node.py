@@ -1,0 +1,247 @@
+"""The node runtime under MicroPython (compiled with mpy-cross, heap capped) against real Mosquitto,
+its buses served by the simulated world: messages in order, boot counter, signing, secrets, config
+fallback, sensor faults, no broker."""
+
+import json
+import subprocess
+
+from helpers import Collector
+
+from openpole.edge_agent import decode
+from openpole.sim import node as simnode
+
+
+HEAP = "128k"
+
+
+def run_node(app, state, broker, cycles, world, heap=HEAP, sensors=("bme280",), **cfg_kw):
+    simnode.write_config(state, simnode.node_config("sk-1", broker.host, broker.port, interval_s=0.2, cycles=cycles,
+                                                    world=f"{world.host}:{world.port}", sensors=sensors, **cfg_kw))
+    p = simnode.start(state, app, heap=heap, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 0, out
+    return out
+
+
+def test_node_publishes_valid_v1_messages_in_order(app, tmp_path, mosquitto, world):
+    sub = Collector(mosquitto)
+    out = run_node(app, tmp_path / "node", mosquitto, cycles=5, world=world)
+    msgs = sub.wait_for(lambda m: sum(t.endswith("/data") for t, _, _ in m) >= 5)
+    sub.close()
+    data = [decode.decode(p) for t, p, _ in msgs if t == "openpole/v1/sk-1/data"]
+    assert [m.seq for m in data] == [0, 1, 2, 3, 4]
+    assert {m.boot for m in data} == {1}
+    for m in data:
+        names = {r.name: r for r in m.readings}
+        assert set(names) == {"temperature", "humidity", "pressure"}
+        assert all(r.flags == 0 for r in m.readings)  # plausible, in range
+        assert 0 <= names["temperature"].age_ms < 5000
+        assert m.status == {"bme280": [0, 0]}
+    assert ("openpole/v1/sk-1/status", b"online") in [(t, p) for t, p, _ in msgs]
+    assert "done cycles=5 published=5 queued=0 dropped=0" in out
+    assert len(msgs[1][1]) < 80, "a BME280 message should stay small"
+
+
+def test_boot_counter_persists_on_the_node_filesystem(app, tmp_path, mosquitto, world):
+    state = tmp_path / "node"
+    sub = Collector(mosquitto)
+    run_node(app, state, mosquitto, cycles=1, world=world)
+    run_node(app, state, mosquitto, cycles=1, world=world)
+    msgs = sub.wait_for(lambda m: sum(t.endswith("/data") for t, _, _ in m) >= 2)
+    sub.close()
+    boots = [decode.decode(p).boot for t, p, _ in msgs if t.endswith("/data")]
+    assert boots == [1, 2]
+    assert (state / "boot_count").read_text() == "2"
+
+
+def test_signed_messages_verify_at_the_agent_and_a_wrong_key_is_refused(app, tmp_path, mosquitto, world):
+    key = "00112233445566778899aabbccddeeff"
+    sub = Collector(mosquitto)
+    run_node(app, tmp_path / "node", mosquitto, cycles=2, world=world, key=key)
+    msgs = sub.wait_for(lambda m: sum(t.endswith("/data") for t, _, _ in m) >= 2)
+    sub.close()
+    payloads = [p for t, p, _ in msgs if t.endswith("/data")]
+    assert [decode.decode(p, {"sk-1": bytes.fromhex(key)}).seq for p in payloads] == [0, 1]
+    for keys, reason in (({"sk-1": b"\x00" * 16}, "bad_mac"), ({}, "unknown_node")):
+        try:
+            decode.decode(payloads[0], keys)
+        except decode.Rejected as e:
+            assert e.reason == reason
+        else:
+            raise AssertionError("a message with a wrong or unknown key was accepted")
+
+
+def test_node_without_a_broker_keeps_its_messages_and_never_hangs(app, tmp_path, world):
+    from openpole.sim.broker import free_port
+
+    class Nowhere:
+        host, port = "127.0.0.1", free_port()
+
+    out = run_node(app, tmp_path / "node", Nowhere, cycles=4, world=world)
+    assert "done cycles=4 published=0 queued=4 dropped=0" in out
+
+
+def test_secrets_never_reach_the_console(app, tmp_path, mosquitto, world):
+    state = tmp_path / "node"
+    cfg = simnode.node_config("sk-1", mosquitto.host, mosquitto.port, interval_s=0.2, cycles=2, key="c0ffee" * 5 + "00",
+                              world=f"{world.host}:{world.port}", sensors=("bme280",))
+    cfg["wifi"] = {"ssid": "street", "password": "wifi-pass-123"}
+    cfg["broker"]["password"] = "mqtt-pass-456"  # mosquitto here allows anonymous and ignores it
+    cfg["broker"]["user"] = "sk-1"
+    simnode.write_config(state, cfg)
+    p = simnode.start(state, app, heap=HEAP, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = p.communicate(timeout=60)
+    assert "done cycles=2" in out
+    for secret in ("wifi-pass-123", "mqtt-pass-456", "c0ffee"):
+        assert secret not in out
+
+
+def test_corrupt_config_falls_back_to_the_last_good_copy_and_says_so(app, tmp_path, mosquitto, world):
+    state = tmp_path / "node"
+    run_node(app, state, mosquitto, cycles=1, world=world)  # a good boot leaves config.last.json
+    (state / "config.json").write_text('{"node_id": "sk-1", "broker": ')  # torn by a power cut
+    p = simnode.start(state, app, heap=HEAP, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 0, out
+    assert "config: config.json is unusable" in out and "running on the last good copy" in out
+    assert "done cycles=1 published=1" in out
+
+
+def test_without_any_usable_config_the_node_runs_on_safe_defaults(app, tmp_path, world):
+    state = tmp_path / "node"
+    state.mkdir()
+    (state / "config.json").write_text("not json")
+    (state / "run.py").write_text(
+        "import config\n"
+        "cfg = config.load(unique_id=b'\\x02\\x00\\x00\\xab\\xcd\\xef')\n"
+        "print(cfg['node_id'], cfg['interval_s'], sorted(cfg['sensors']))\n"
+    )
+    r = subprocess.run([simnode.micropython(), "-X", "heapsize=64k", "run.py"], cwd=state, env=simnode.node_env(app),
+                       capture_output=True, text=True, timeout=30)
+    assert "running on safe defaults" in r.stdout
+    assert r.stdout.strip().splitlines()[-1] == "node-abcdef 60 ['bme280']"
+
+
+def test_a_missing_sensor_is_reported_while_the_others_keep_working(app, tmp_path, mosquitto, world):
+    world.world("sk-1", chips=("pms5003", "noise"))  # no BME280 on this node's bus
+    sub = Collector(mosquitto)
+    out = run_node(app, tmp_path / "node", mosquitto, cycles=3, world=world, sensors=("bme280", "noise"))
+    msgs = sub.wait_for(lambda m: sum(t.endswith("/data") for t, _, _ in m) >= 3)
+    sub.close()
+    data = [decode.decode(p) for t, p, _ in msgs if t.endswith("/data")]
+    assert all("laeq" in {r.name for r in m.readings} for m in data)
+    # Extremes and percentiles start once the meter has settled (250 ms): the last message has them.
+    assert {r.name for r in data[-1].readings} == {"laeq", "lamax", "lamin", "la10", "la50", "la90"}
+    assert all(m.status["bme280"][0] == 3 and m.status["bme280"][1] >= 1 and m.status["noise"] == [0, 0] for m in data)
+    diags = [json.loads(p) for t, p, _ in msgs if t.endswith("/diag")]
+    assert diags and diags[0]["sensors"]["bme280"]["state"] == "failed"
+    assert "no device at I2C address 0x76" in diags[0]["sensors"]["bme280"]["last_error"]
+    assert "bme280=failed" in out
+
+
+def test_redacted_config_hides_every_secret(mp):
+    out = mp.json(
+        "import json, config\n"
+        "c = config.validate({'node_id': 'n1', 'key': '00' * 16, 'wifi': {'ssid': 's', 'password': 'pw'},"
+        " 'broker': {'host': 'h', 'port': 1, 'password': 'pw2'}})\n"
+        "print(json.dumps(config.redacted(c)))\n"
+    )
+    assert out["key"] == "***" and out["wifi"] == {"ssid": "s", "password": "***"}
+    assert out["broker"]["password"] == "***" and out["broker"]["host"] == "h"
+
+
+CONFIG_GET_SET = """
+import json, config
+cfg = config.validate({"node_id": "n1", "broker": {"host": "h", "port": 1, "password": "pw2"}})
+out = [config.get(cfg, "broker.host"), config.get(cfg, "broker.password"), config.get(cfg, "broker")["password"]]
+cfg = config.set(cfg, "interval_s", "30")
+cfg = config.set(cfg, "sensors.bme280.address", "119")
+out += [cfg["interval_s"], cfg["sensors"]["bme280"]["address"], json.load(open("config.json"))["interval_s"]]
+for key, value in (("interval_s", "0"), ("node_id", "Bad Id"), ("sensors.bme280.colour", "1"), ("nope.x", "1")):
+    try:
+        config.set(cfg, key, value)
+        out.append("accepted")
+    except ValueError as e:
+        out.append(str(e))
+try:
+    config.get(cfg, "nope")
+except ValueError as e:
+    out.append(str(e))
+print(json.dumps(out))
+"""
+
+
+def test_config_get_and_set_are_validated_atomic_and_redacted(mp):
+    got = mp.json(CONFIG_GET_SET)
+    assert got[:3] == ["h", "***", "***"]
+    assert got[3:6] == [30, 119, 30]
+    assert got[6] == "interval_s: a number from 0.1 to 86400"
+    assert got[7] == "node_id: 1-32 characters of a-z, 0-9, _ and -"
+    assert got[8].startswith("sensors.bme280.colour: unknown setting")
+    assert got[9] == "accepted"  # an extra section is kept (forward compatible), validated as a whole
+    assert got[10] == "nope: no such setting"
+
+
+RAM_CAPACITY = """
+import message
+from outbox import Outbox
+ob = Outbox(spill_dir="cap")
+bme = message.encode_values({"temperature": 21.37, "humidity": 45.21, "pressure": 1013.27})
+pms = message.encode_values({"pm1": 7, "pm2_5": 11, "pm10": 17, "pm1_cf1": 8, "pm2_5_cf1": 12, "pm10_cf1": 18,
+                             "pc0_3": 1980, "pc0_5": 605, "pc1": 132, "pc2_5": 17, "pc5": 4, "pc10": 1})
+noise = message.encode_values({"laeq": 63.2, "lamax": 71.5, "lamin": 55.1, "la10": 66.3, "la50": 61.9, "la90": 57.0})
+status = bytes.fromhex("a366626d6532383082000067706d7335303033820000656e6f697365820000")
+n = 0
+while not ob.spilled:
+    ob.put(1, n, 0, [bme, pms, noise], status)
+    n += 1
+print(n - 1)
+"""
+
+
+def test_the_ram_queue_holds_at_least_600_readings(mp):
+    messages = int(mp.run(RAM_CAPACITY, heap="64k").strip())
+    assert messages * 21 >= 600, f"{messages} messages of 21 readings"  # BME280 + PMS5003 + noise
+
+
+def test_bus_errors_are_counted_and_the_sensor_recovers(app, tmp_path, mosquitto, world):
+    w = world.world("sk-1", chips=("bme280",))
+    w.i2c.fail[0x76] = 3  # three transfers fail: the chip-id check, then a reading
+    sub = Collector(mosquitto)
+    out = run_node(app, tmp_path / "node", mosquitto, cycles=6, world=world)
+    msgs = sub.wait_for(lambda m: sum(t.endswith("/data") for t, _, _ in m) >= 4)
+    sub.close()
+    data = [decode.decode(p) for t, p, _ in msgs if t.endswith("/data")]
+    assert data and data[-1].status["bme280"][0] == 0  # ok again
+    assert data[-1].status["bme280"][1] >= 1  # the errors were counted
+    assert "sensor bme280" in out or "bme280=failed" in out  # and said on the console
+
+
+def test_commands_over_mqtt_are_validated_and_answered(app, tmp_path, mosquitto, world):
+    from helpers import publish_all
+
+    state = tmp_path / "node"
+    simnode.write_config(state, simnode.node_config("sk-1", mosquitto.host, mosquitto.port, interval_s=0.2, cycles=40,
+                                                    world=f"{world.host}:{world.port}", sensors=("bme280",)))
+    sub = Collector(mosquitto, "openpole/v1/sk-1/#")
+    p = simnode.start(state, app, heap=HEAP, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        sub.wait_for(lambda m: any(t.endswith("/status") and pl == b"online" for t, pl, _ in m), timeout=20)
+        cmd = "openpole/v1/sk-1/cmd"
+        publish_all(mosquitto, [(cmd, b'{"cmd": "diag"}'), (cmd, b'{"cmd": "interval", "value": 0.3}'),
+                                (cmd, b'{"cmd": "interval", "value": -1}'), (cmd, b'{"cmd": "dance"}'), (cmd, b"\xff garbage")])
+        msgs = sub.wait_for(lambda m: sum(b'"cmd"' in pl for t, pl, _ in m if t.endswith("/diag")) >= 5, timeout=20)
+    finally:
+        out, _ = p.communicate(timeout=60)
+        sub.close()
+    replies = [json.loads(pl) for t, pl, _ in msgs if t.endswith("/diag") and b'"cmd"' in pl]
+    by_cmd = {}
+    for r in replies:
+        by_cmd.setdefault(r["cmd"], []).append(r)
+    assert by_cmd["diag"][0]["ok"] and by_cmd["diag"][0]["diag"]["node"] == "sk-1"
+    assert [r["ok"] for r in by_cmd["interval"]] == [True, False]
+    assert "interval_s" in by_cmd["interval"][1]["error"]
+    assert by_cmd["dance"][0] == {"cmd": "dance", "ok": False, "error": "unknown command (interval, diag, selftest, reboot)"}
+    assert any(r["cmd"] is None and not r["ok"] for r in replies)  # garbage: answered, not a crash
+    assert json.loads((state / "config.json").read_text())["interval_s"] == 0.3  # saved atomically
+    assert p.returncode == 0, out
