@@ -245,3 +245,26 @@ def test_commands_over_mqtt_are_validated_and_answered(app, tmp_path, mosquitto,
     assert any(r["cmd"] is None and not r["ok"] for r in replies)  # garbage: answered, not a crash
     assert json.loads((state / "config.json").read_text())["interval_s"] == 0.3  # saved atomically
     assert p.returncode == 0, out
+
+
+def test_pms5003_sleeps_between_readings_and_wakes_30_s_before_each(app, tmp_path, mosquitto, world):
+    w = world.world("sk-1", chips=("pms5003",))
+    sub = Collector(mosquitto, "openpole/v1/sk-1/data")
+    state = tmp_path / "node"
+    cfg = simnode.node_config("sk-1", mosquitto.host, mosquitto.port, interval_s=32, cycles=2,
+                              world=f"{world.host}:{world.port}", sensors=("pms5003",))
+    cfg["sensors"]["pms5003"] = {"duty_cycle": True}
+    simnode.write_config(state, cfg)
+    p = simnode.start(state, app, heap=HEAP, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 0, out
+    msgs = sub.wait_for(lambda m: len(m) >= 2, timeout=10)
+    sub.close()
+    data = [decode.decode(pl) for _, pl, _ in msgs]
+    assert len(data) == 2 and all({r.name for r in m.readings} >= {"pm2_5", "pc0_3"} for m in data)
+    # The SET pin (pin 1 in the simulated world): on at start, off after the first reading, on again
+    # 30 s before the second, off after it. Readings are asked for over the UART in passive mode.
+    assert [v for pin, v in w.pin_log if pin == 1] == [1, 0, 1, 0]
+    cmds = [bytes(w.uart.written[i : i + 7]) for i in range(0, len(w.uart.written), 7)]
+    assert cmds[0] == bytes.fromhex("424de100000170") and cmds.count(bytes.fromhex("424de200000171")) == 2
+    assert w.uart.chip.asleep  # the laser is off when the node is done

@@ -112,6 +112,7 @@ class NodeWorld:
         self.uart = FakeUART()
         self.mic = None
         self.pins = {}
+        self.pin_log = []  # (pin, value) in order: pin 1 is the PMS5003's SET (low = asleep)
         self.lock = threading.Lock()
         if "bme280" in chips:
             self.i2c.attach(0x76, FakeBME280(self.street.weather))
@@ -150,6 +151,9 @@ class NodeWorld:
                     return 0, struct.pack(">H", len(data)) + data
                 if op == OP_PIN:
                     self.pins[a] = b
+                    self.pin_log.append((a, b))
+                    if a == 1 and self.uart.chip is not None:
+                        self.uart.chip.asleep = b == 0  # SET low: fan and laser off, no frames
                     return 0, b""
             if op == OP_I2S_READ:
                 if self.mic is None:
