@@ -16,82 +16,117 @@ from .sinks import Permanent, Transient, sink_for
 from .store import Store
 
 log = logging.getLogger("openpole.edge")
-GROUP_COMMIT_MAX = 2000  # messages per transaction
+GROUP_COMMIT_MAX = 4000  # messages per transaction (the ingest window is larger)
 CLOCK_FLOOR_NS = 1_577_836_800 * 10**9  # 2020-01-01: a pole clock before this is wrong
 TQ_OK, TQ_UNSYNCED, TQ_IMPLAUSIBLE, TQ_NODE_RESET = 0, 1, 2, 3
+LIMITS_EVERY_S = 10.0
 
 
 class Agent:
-    def __init__(self, cfg, store=None, sink=None, clock=time.time_ns, ingest_factory=MqttIngest):
+    def __init__(self, cfg, store=None, sink=None, clock=time.time_ns, ingest_factory=MqttIngest, clock_synced=None):
         self.cfg = cfg
-        self.store = store or Store(cfg.state_dir)
+        self.store = store or Store(cfg.state_dir, cfg.quota_bytes, cfg.max_age_s)
         self.sink = sink or sink_for(cfg.upstream)
         self.clock = clock
+        self.clock_synced = clock_synced  # callable -> True/False/None (unknown): see timesync.py
         self.inbox = queue.SimpleQueue()
         self.ingest = ingest_factory(cfg, self._deliver)
         self.stopping = threading.Event()
         self.upstream_ok = None
         self.last_error = None
+        self.nodes = {}  # node id -> {"last_seen_ns", "boot", "seq", "gaps", "clock_offset_ms"}
         self._threads = []
 
     # --- ingest side (paho's thread) ---
     def _deliver(self, topic, payload, mid, qos):
-        self.inbox.put((self.clock(), topic, bytes(payload), mid, qos))
+        self.inbox.put((self.clock(), topic, payload, mid, qos))
 
     def time_quality(self, now_ns):
-        return TQ_IMPLAUSIBLE if now_ns < CLOCK_FLOOR_NS else TQ_OK
+        if now_ns < CLOCK_FLOOR_NS:
+            return TQ_IMPLAUSIBLE
+        if self.clock_synced is not None and self.clock_synced() is False:
+            return TQ_UNSYNCED
+        return TQ_OK
 
     # --- writer: decode, commit, then acknowledge ---
     def _writer(self):
+        group_s = self.cfg.group_commit_ms / 1000
         while not self.stopping.is_set() or not self.inbox.empty():
             try:
-                first = self.inbox.get(timeout=0.1)
+                items = [self.inbox.get(timeout=0.2)]
             except queue.Empty:
                 continue
-            items = [first]
+            # Group commit: one transaction (one fsync) for what arrives within group_commit_ms,
+            # closed early when the stream pauses for group_commit_idle_ms: that is what a broker
+            # at its in-flight limit (Mosquitto: 20 per client by default) looks like until we ack.
+            deadline = time.monotonic() + group_s
+            idle_s = self.cfg.group_commit_idle_ms / 1000
             while len(items) < GROUP_COMMIT_MAX:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
                 try:
-                    items.append(self.inbox.get_nowait())
+                    items.append(self.inbox.get(timeout=min(idle_s, left)))
                 except queue.Empty:
                     break
             self.process(items)
 
+    def _track(self, msg, receive_ns):
+        n = self.nodes.get(msg.node)
+        if n is None:
+            n = self.nodes[msg.node] = {"boot": msg.boot, "seq": msg.seq - 1, "gaps": 0, "messages": 0}
+        if msg.boot == n["boot"] and msg.seq > n["seq"] + 1:
+            n["gaps"] += msg.seq - n["seq"] - 1  # lost on the way: a loss estimate
+        if (msg.boot, msg.seq) > (n["boot"], n["seq"]):
+            n["boot"], n["seq"] = msg.boot, msg.seq
+        n["messages"] += 1
+        n["last_seen_ns"] = receive_ns
+        if msg.clock_ms is not None:
+            n["clock_offset_ms"] = msg.clock_ms - receive_ns // 1_000_000  # node clock - pole clock
+
     def process(self, items):
         """Decode a group of (receive_ns, topic, payload, mid, qos), commit it, then ack it."""
         accepted, rejected = [], []
+        pole = self.cfg.pole_id
         for receive_ns, topic, payload, mid, qos in items:
             try:
                 msg = decode.decode(payload, self.cfg.node_keys, self.cfg.require_mac)
-                topic_node = topic.split("/")[2] if topic.count("/") == 3 else None
-                if topic_node != msg.node:
+                parts = topic.split("/")
+                if len(parts) != 4 or parts[2] != msg.node:
                     raise decode.Rejected("topic_mismatch", f"node {msg.node!r} published on {topic!r}")
                 tq = self.time_quality(receive_ns)
                 if msg.age_lower_bound and tq == TQ_OK:
                     tq = TQ_NODE_RESET  # sampled before a node reset: the true time is earlier
-                accepted.append((msg, receive_ns, tq))
+                count, senml = batch.senml_records(pole, msg, receive_ns, tq)
+                accepted.append((msg.node, msg.boot, msg.seq, receive_ns, count, senml))
+                self._track(msg, receive_ns)
             except decode.Rejected as e:
-                rejected.append((receive_ns, topic, e.reason, str(e), payload))
+                rejected.append((receive_ns, topic, e.reason, str(e), bytes(payload)))
         self.store.append(accepted, rejected)
         for _, _, _, mid, qos in items:
             self.ingest.ack(mid, qos)
 
-    # --- sender: batches upstream, acknowledged batches leave the disk ---
+    # --- sender: batches upstream, acknowledged batches leave the queue ---
     def _sender(self):
         backoff = 0.0
         last_send = time.monotonic()
+        next_limits = 0.0
         while not self.stopping.is_set():
-            rows = self.store.pending(self.cfg.batch_max)
+            if time.monotonic() >= next_limits:
+                self.store.enforce_limits(self.clock())
+                next_limits = time.monotonic() + LIMITS_EVERY_S
+            rows, full = self.store.pending(self.cfg.batch_max)
+            records = sum(r[1] for r in rows)
             due = time.monotonic() - last_send >= self.cfg.batch_interval_s
-            if not rows or (len(rows) < self.cfg.batch_max and not due):
+            if not rows or not (full or due):
                 self.stopping.wait(0.05)
                 continue
             batch_id = batch.new_batch_id()
-            body = batch.encode(batch_id, self.cfg.pole_id, rows, self.clock())
+            body = batch.encode(batch_id, self.cfg.pole_id, [r[2] for r in rows], records, self.clock())
             while not self.stopping.is_set():  # the same batch id until it is acknowledged
                 try:
                     self.sink.send(batch_id, body)
-                    self.store.delete([r["id"] for r in rows])
-                    self.store.count("batches_sent")
+                    self.store.acknowledged(rows[-1][0], records)
                     self.upstream_ok, backoff = True, 0.0
                     break
                 except Transient as e:
@@ -105,7 +140,7 @@ class Agent:
                     self.last_error = str(e)
                     log.error("%s; batch %s quarantined", e, batch_id.hex())
                     self.store.append([], [(self.clock(), "upstream", "upstream_refused", str(e), body)])
-                    self.store.delete([r["id"] for r in rows], counter="records_refused_upstream")
+                    self.store.acknowledged(rows[-1][0], records, counter="records_refused_upstream")
                     break
             last_send = time.monotonic()
 

@@ -11,7 +11,6 @@ from openpole.spec.registry import REGISTRY
 
 # SenML CBOR labels (RFC 8428 table 4) and openpole's extension labels.
 BN, BT, N, U, V, T = -2, -3, 0, 1, 2, 6
-EXT = {"boot": "boot", "seq": "seq", "rt": "rt", "fl": "fl", "tq": "tq"}
 VERSION = 1
 
 
@@ -20,33 +19,47 @@ def new_batch_id():
     return os.urandom(16)
 
 
-def encode(batch_id, pole, records, created_ns=None):
-    """records: store rows -> bytes of one upstream batch."""
+def _head(major, n):
+    """A CBOR item head (major type, argument)."""
+    if n < 24:
+        return bytes((major << 5 | n,))
+    for info, size in ((24, 1), (25, 2), (26, 4), (27, 8)):
+        if n < 1 << (8 * size):
+            return bytes((major << 5 | info,)) + n.to_bytes(size, "big")
+    raise ValueError("count too large")
+
+
+def senml_records(pole, msg, receive_ns, time_quality=0):
+    """The SenML records for one node message, encoded once at ingest: (count, CBOR items)."""
+    recs = []
+    for r in msg.readings:
+        q = REGISTRY.by_key[r.key]
+        rec = {N: q.name, U: q.unit, V: r.value, T: (receive_ns - r.age_ms * 1_000_000) / 1e9,
+               "boot": msg.boot, "seq": msg.seq, "rt": receive_ns}
+        if not recs:
+            rec[BN] = f"urn:openpole:{pole}:{msg.node}:"
+            if msg.clock_ms is not None:
+                rec["nc"] = msg.clock_ms
+        if r.flags:
+            rec["fl"] = r.flags
+        if time_quality:
+            rec["tq"] = time_quality
+        recs.append(rec)
+    data = cbor2.dumps(recs)
+    return len(recs), data[len(_head(4, len(recs))):]
+
+
+def encode(batch_id, pole, blobs, records, created_ns=None):
+    """An upstream batch from pre-encoded record blobs holding `records` records in all."""
     created_ns = created_ns or time.time_ns()
-    pack = []
-    base_name = None
-    base_time = records[0]["sample_ns"] / 1e9 if records else 0.0
-    for i, r in enumerate(records):
-        q = REGISTRY.by_key[r["key"]]
-        rec = {}
-        bn = f"urn:openpole:{pole}:{r['node']}:"
-        if bn != base_name:
-            rec[BN] = base_name = bn
-        if i == 0:
-            rec[BT] = base_time
-        rec[N] = q.name
-        rec[U] = q.unit
-        rec[V] = r["value"]
-        rec[T] = r["sample_ns"] / 1e9 - base_time
-        rec["boot"] = r["boot"]
-        rec["seq"] = r["seq"]
-        rec["rt"] = r["receive_ns"]
-        if r["flags"]:
-            rec["fl"] = r["flags"]
-        if r["time_quality"]:
-            rec["tq"] = r["time_quality"]
-        pack.append(rec)
-    return cbor2.dumps({0: VERSION, 1: batch_id, 2: pole, 3: created_ns, 4: pack})
+    out = bytearray(b"\xa5\x00\x01\x01")
+    out += cbor2.dumps(batch_id)
+    out += b"\x02" + cbor2.dumps(pole)
+    out += b"\x03" + cbor2.dumps(created_ns)
+    out += b"\x04" + _head(4, records)
+    for b in blobs:
+        out += b
+    return bytes(out)
 
 
 def decode(data, max_size=8 * 1024 * 1024):
@@ -63,10 +76,12 @@ def decode(data, max_size=8 * 1024 * 1024):
     if not isinstance(batch_id, bytes) or len(batch_id) != 16 or not isinstance(pole, str) or not isinstance(pack, list):
         raise ValueError("batch needs a 16-byte id, a pole id and a record list")
     out = []
-    bn, bt = "", 0.0
+    bn, bt, nc = "", 0.0, None
     for rec in pack:
         if not isinstance(rec, dict):
             raise ValueError("a SenML record must be a map")
+        if BN in rec:  # a new message's first record: its node clock, if any, starts here
+            nc = rec.get("nc")
         bn = rec.get(BN, bn)
         bt = rec.get(BT, bt)
         name, value = rec.get(N), rec.get(V)
@@ -79,5 +94,6 @@ def decode(data, max_size=8 * 1024 * 1024):
             "pole": parts[2], "node": parts[3], "name": name, "unit": rec.get(U), "value": value,
             "time": bt + rec.get(T, 0.0), "boot": rec.get("boot"), "seq": rec.get("seq"),
             "receive_ns": rec.get("rt"), "flags": rec.get("fl", 0), "time_quality": rec.get("tq", 0),
+            "node_clock_ms": nc,
         })
     return batch_id, pole, out

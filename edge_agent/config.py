@@ -20,6 +20,13 @@ class AgentConfig:
     batch_max: int = 2000  # records per batch
     node_keys: dict = field(default_factory=dict, repr=False)  # node id -> key bytes
     require_mac: bool = False
+    group_commit_ms: int = 50  # a node message waits at most this long for its PUBACK
+    group_commit_idle_ms: float = 5.0  # ... or sooner, once nothing has arrived for this long
+    receive_maximum: int = 4096  # MQTT v5: unacknowledged messages the broker may send us
+    mqtt_version: int = 5  # 3 for brokers that only speak MQTT 3.1.1
+    quota_bytes: int = 512 * 1024 * 1024  # pending data on disk; the oldest goes first past it
+    max_age_s: float = 7 * 86400.0  # pending data older than this is dropped (counted)
+    metrics_port: int = 9108  # Prometheus text at http://127.0.0.1:PORT/metrics; 0: off
 
 
 _SECTIONS = {
@@ -32,6 +39,13 @@ _SECTIONS = {
     ("upstream", "batch_interval_s"): "batch_interval_s",
     ("upstream", "batch_max"): "batch_max",
     ("state", "dir"): "state_dir",
+    ("state", "quota_bytes"): "quota_bytes",
+    ("state", "max_age_s"): "max_age_s",
+    ("ingest", "group_commit_ms"): "group_commit_ms",
+    ("ingest", "group_commit_idle_ms"): "group_commit_idle_ms",
+    ("ingest", "receive_maximum"): "receive_maximum",
+    ("ingest", "mqtt_version"): "mqtt_version",
+    ("metrics", "port"): "metrics_port",
     ("nodes", "require_mac"): "require_mac",
 }
 
@@ -57,9 +71,13 @@ def load(path=None, **overrides):
         if value is not None:
             setattr(cfg, name, value)
     cfg.state_dir = Path(cfg.state_dir)
-    for name in ("broker_port", "batch_max"):
+    for name in ("broker_port", "batch_max", "quota_bytes", "receive_maximum"):
         if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) <= 0:
             raise UserError(f"{name.replace('_', '.', 1)} must be a positive integer, not {getattr(cfg, name)!r}")
     if not isinstance(cfg.batch_interval_s, (int, float)) or not 0 < cfg.batch_interval_s <= 3600:
         raise UserError("upstream.batch_interval_s must be a number of seconds from 0 to 3600")
+    if cfg.mqtt_version not in (3, 5):
+        raise UserError("ingest.mqtt_version must be 5, or 3 for an MQTT 3.1.1 broker")
+    if not isinstance(cfg.group_commit_ms, int) or not 0 <= cfg.group_commit_ms <= 100:
+        raise UserError("ingest.group_commit_ms must be 0 to 100 (a node waits that long for its PUBACK)")
     return cfg

@@ -1,13 +1,16 @@
 """MQTT ingest: a fixed client id and a persistent session, QoS 1, manual acknowledgement.
 
 paho-mqtt 2.x with manual_ack=True: the PUBACK for a node message is sent by ack() only after the
-writer has committed it. The broker stops at max_inflight_messages unacknowledged messages per
-client, so the writer commits and acknowledges continuously, never sitting on acks.
+writer has committed it. A broker stops sending at its in-flight limit (20 per client in
+Mosquitto) while acks wait for a group commit, so the agent speaks MQTT v5 and asks for a larger
+window (Receive Maximum); Session Expiry keeps its session and subscription across reconnects.
 """
 
 import logging
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 DATA_TOPIC = "openpole/v1/+/data"
 log = logging.getLogger("openpole.edge.ingest")
@@ -18,13 +21,17 @@ class MqttIngest:
         self.deliver = deliver  # deliver(topic, payload, mid, qos), called on paho's thread
         self.connected = False
         self.stopping = False
-        c = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"openpole-edge-{cfg.pole_id}",
-            clean_session=False,
-            manual_ack=True,
-            protocol=mqtt.MQTTv311,
-        )
+        self.v5 = cfg.mqtt_version == 5
+        if self.v5:
+            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"openpole-edge-{cfg.pole_id}",
+                            manual_ack=True, protocol=mqtt.MQTTv5)
+            self.props = Properties(PacketTypes.CONNECT)
+            self.props.SessionExpiryInterval = 7 * 86400  # the broker keeps our subscription and queue
+            self.props.ReceiveMaximum = cfg.receive_maximum
+        else:  # MQTT 3.1.1 brokers (amqtt): a persistent session, the broker's default window
+            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"openpole-edge-{cfg.pole_id}",
+                            manual_ack=True, protocol=mqtt.MQTTv311, clean_session=False)
+            self.props = None
         if cfg.broker_user:
             c.username_pw_set(cfg.broker_user, cfg.broker_password)
         c.on_connect = self._on_connect
@@ -56,7 +63,10 @@ class MqttIngest:
             self.client.ack(mid, qos)
 
     def start(self):
-        self.client.connect_async(self.host, self.port, keepalive=30)
+        if self.v5:
+            self.client.connect_async(self.host, self.port, keepalive=30, clean_start=False, properties=self.props)
+        else:
+            self.client.connect_async(self.host, self.port, keepalive=30)
         self.client.loop_start()
 
     def stop(self):

@@ -1,113 +1,170 @@
-"""The pole's durable queue: SQLite in WAL mode, synchronous=FULL.
+"""The pole's durable queue: SQLite in WAL mode, synchronous=FULL, one row per node message.
 
-A node message is acknowledged to the broker only after the transaction holding its records (and
-its (node, boot, seq) in `seen`, for de-duplication) has committed. Records leave only after the
-upstream acknowledged the batch that carried them. Rejections are kept in `quarantine` with their
-reason; every outcome is counted in `counters`.
+A node message is acknowledged to the broker only after the transaction holding it has committed.
+Its (node, boot, seq) is unique, so storing it is also the de-duplication. Each row carries its
+SenML records already encoded, so a batch is a concatenation. Upstream acknowledgement moves a
+cursor; rows behind it stay a day for de-duplication, then are pruned. Pending data has a byte
+quota and a maximum age: the oldest is dropped first, and every drop is counted by reason.
+Rejections are kept in `quarantine` with their reason. A damaged database file is moved aside and
+the agent starts on a new one (counted and logged): the agent always starts.
 """
 
+import logging
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
+log = logging.getLogger("openpole.edge.store")
+
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS records (
+CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY,
     node TEXT NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL,
-    key INTEGER NOT NULL, value NOT NULL,           -- no affinity: ints stay ints, floats floats
-    sample_ns INTEGER NOT NULL, receive_ns INTEGER NOT NULL,
-    flags INTEGER NOT NULL DEFAULT 0, time_quality INTEGER NOT NULL DEFAULT 0
+    receive_ns INTEGER NOT NULL, records INTEGER NOT NULL, senml BLOB NOT NULL,
+    UNIQUE (node, boot, seq)
 );
-CREATE TABLE IF NOT EXISTS seen (
-    node TEXT NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL, receive_ns INTEGER NOT NULL,
-    PRIMARY KEY (node, boot, seq)
-) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS quarantine (
     id INTEGER PRIMARY KEY, receive_ns INTEGER NOT NULL, source TEXT NOT NULL,
     reason TEXT NOT NULL, detail TEXT NOT NULL, payload BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 """
+KEEP_SENT_NS = 24 * 3600 * 10**9  # rows already upstream stay a day: replays in that time are caught
 
 
 class Store:
-    def __init__(self, state_dir):
+    def __init__(self, state_dir, quota_bytes=512 * 1024 * 1024, max_age_s=7 * 86400):
         self.path = Path(state_dir) / "queue.sqlite"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.quota_bytes = quota_bytes
+        self.max_age_ns = int(max_age_s * 10**9)
         self._lock = threading.Lock()
+        try:
+            self._open()
+        except sqlite3.DatabaseError as e:
+            aside = self.path.with_name(f"queue.sqlite.damaged-{int(time.time())}")
+            log.error("queue database %s is damaged (%s): moved to %s, starting a new one", self.path, e, aside.name)
+            for suffix in ("", "-wal", "-shm"):
+                p = Path(str(self.path) + suffix)
+                if p.exists():
+                    p.rename(Path(str(aside) + suffix))
+            self._open()
+            self._count({"queue_database_replaced": 1})
+
+    def _open(self):
         self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")  # the PUBACK promises the data is on disk
-        self.db.executescript(SCHEMA)
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")  # the PUBACK promises the data is on disk
+            self.db.executescript(SCHEMA)
+            self.db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('cursor', 0)")
+            self.db.execute("SELECT count(*) FROM messages").fetchone()  # reads the file: fails if damaged
+        except sqlite3.DatabaseError:
+            self.db.close()
+            raise
 
     def close(self):
         with self._lock:
             self.db.close()
 
     def _count(self, counts):
-        for name, n in counts.items():
-            if n:
-                self.db.execute(
-                    "INSERT INTO counters(name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + ?",
-                    (name, n, n),
-                )
+        self.db.executemany(
+            "INSERT INTO counters(name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+            [(k, v) for k, v in counts.items() if v],
+        )
 
     def append(self, accepted, rejected):
-        """One transaction. accepted: [(NodeMessage, receive_ns, time_quality)];
-        rejected: [(receive_ns, source, reason, detail, payload)]. Returns duplicates found."""
-        counts = {"messages_accepted": 0, "messages_duplicate": 0, "readings_accepted": 0, "readings_out_of_range": 0}
+        """One transaction. accepted: [(node, boot, seq, receive_ns, records, senml)];
+        rejected: [(receive_ns, source, reason, detail, payload)]. Returns the duplicates found."""
         with self._lock:
             self.db.execute("BEGIN IMMEDIATE")
             try:
-                for msg, receive_ns, tq in accepted:
-                    cur = self.db.execute(
-                        "INSERT OR IGNORE INTO seen(node, boot, seq, receive_ns) VALUES (?, ?, ?, ?)",
-                        (msg.node, msg.boot, msg.seq, receive_ns),
-                    )
-                    if cur.rowcount == 0:
-                        counts["messages_duplicate"] += 1
-                        continue
-                    counts["messages_accepted"] += 1
-                    rows = [
-                        (msg.node, msg.boot, msg.seq, r.key, r.value, receive_ns - r.age_ms * 1_000_000, receive_ns, r.flags, tq)
-                        for r in msg.readings
-                    ]
+                before = self.db.total_changes
+                self.db.executemany(
+                    "INSERT OR IGNORE INTO messages(node, boot, seq, receive_ns, records, senml) VALUES (?, ?, ?, ?, ?, ?)",
+                    accepted,
+                )
+                stored = self.db.total_changes - before
+                counts = {"messages_accepted": stored, "messages_duplicate": len(accepted) - stored}
+                if rejected:
                     self.db.executemany(
-                        "INSERT INTO records(node, boot, seq, key, value, sample_ns, receive_ns, flags, time_quality)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        rows,
+                        "INSERT INTO quarantine(receive_ns, source, reason, detail, payload) VALUES (?, ?, ?, ?, ?)", rejected
                     )
-                    counts["readings_accepted"] += len(rows)
-                    counts["readings_out_of_range"] += sum(1 for r in msg.readings if r.flags)
-                for row in rejected:
-                    self.db.execute(
-                        "INSERT INTO quarantine(receive_ns, source, reason, detail, payload) VALUES (?, ?, ?, ?, ?)", row
-                    )
-                    counts[f"rejected_{row[2]}"] = counts.get(f"rejected_{row[2]}", 0) + 1
+                    for row in rejected:
+                        counts["rejected_" + row[2]] = counts.get("rejected_" + row[2], 0) + 1
                 self._count(counts)
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
                 raise
-        return counts["messages_duplicate"]
+        return len(accepted) - stored
 
-    def pending(self, limit):
-        """The oldest records not yet acknowledged upstream, as dict rows."""
+    def cursor(self):
+        return self.db.execute("SELECT value FROM meta WHERE key = 'cursor'").fetchone()[0]
+
+    def pending(self, max_records):
+        """The oldest messages not yet acknowledged upstream, up to max_records records (at least
+        one message): ([(id, records, senml)], full) where full says more were left out."""
         with self._lock:
             cur = self.db.execute(
-                "SELECT id, node, boot, seq, key, value, sample_ns, receive_ns, flags, time_quality"
-                " FROM records ORDER BY id LIMIT ?",
-                (limit,),
+                "SELECT id, records, senml FROM messages WHERE id > (SELECT value FROM meta WHERE key = 'cursor') ORDER BY id"
             )
-            cols = [c[0] for c in cur.description]
-            return [dict(zip(cols, row)) for row in cur.fetchall()]
+            out, n, full = [], 0, False
+            for row in cur:
+                if out and n + row[1] > max_records:
+                    full = True
+                    break
+                out.append(row)
+                n += row[1]
+            cur.close()
+            return out, full
 
-    def delete(self, ids, counter="records_delivered"):
+    def acknowledged(self, last_id, records, counter="records_delivered"):
+        """Everything up to last_id is upstream (or refused there): move the cursor."""
         with self._lock:
             self.db.execute("BEGIN IMMEDIATE")
-            self.db.executemany("DELETE FROM records WHERE id = ?", [(i,) for i in ids])
-            self._count({counter: len(ids)})
+            self.db.execute("UPDATE meta SET value = max(value, ?) WHERE key = 'cursor'", (last_id,))
+            self._count({counter: records, "batches_sent" if counter == "records_delivered" else "batches_refused": 1})
             self.db.execute("COMMIT")
+
+    def enforce_limits(self, now_ns):
+        """Drop the oldest pending data past the maximum age or the byte quota (counted by reason);
+        prune acknowledged rows older than a day. Returns what was dropped, by reason."""
+        dropped = {}
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                c = self.cursor()
+                old = self.db.execute(
+                    "SELECT max(id), count(*), coalesce(sum(records), 0) FROM messages WHERE id > ? AND receive_ns < ?",
+                    (c, now_ns - self.max_age_ns),
+                ).fetchone()
+                if old[1]:
+                    c = old[0]
+                    dropped["dropped_max_age"] = old[2]
+                size = self.db.execute("SELECT coalesce(sum(length(senml)), 0) FROM messages WHERE id > ?", (c,)).fetchone()[0]
+                if size > self.quota_bytes:
+                    excess, last, n = size - self.quota_bytes, c, 0
+                    for mid, recs, ln in self.db.execute("SELECT id, records, length(senml) FROM messages WHERE id > ? ORDER BY id", (c,)):
+                        if excess <= 0:
+                            break
+                        excess -= ln
+                        last, n = mid, n + recs
+                    c = last
+                    dropped["dropped_quota"] = n
+                if dropped:
+                    self.db.execute("UPDATE meta SET value = ? WHERE key = 'cursor'", (c,))
+                    self._count(dropped)
+                self.db.execute("DELETE FROM messages WHERE id <= ? AND receive_ns < ?", (c, now_ns - KEEP_SENT_NS))
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+        for reason, n in dropped.items():
+            log.warning("queue: %d records dropped (%s)", n, reason.removeprefix("dropped_"))
+        return dropped
 
     def count(self, name, n=1):
         with self._lock:
@@ -118,5 +175,9 @@ class Store:
             return dict(self.db.execute("SELECT name, value FROM counters").fetchall())
 
     def depth(self):
+        """(messages, records, bytes, oldest receive_ns or None) waiting to go upstream."""
         with self._lock:
-            return self.db.execute("SELECT count(*) FROM records").fetchone()[0]
+            return self.db.execute(
+                "SELECT count(*), coalesce(sum(records), 0), coalesce(sum(length(senml)), 0), min(receive_ns) "
+                "FROM messages WHERE id > (SELECT value FROM meta WHERE key = 'cursor')"
+            ).fetchone()

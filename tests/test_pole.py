@@ -59,7 +59,7 @@ def test_messages_reach_the_receiver_once_and_garbage_is_quarantined(tmp_path, m
         assert counters["rejected_malformed"] == 2
         assert counters["rejected_schema"] == 1
         assert counters["rejected_topic_mismatch"] == 1
-        assert agent.store.depth() == 0
+        assert agent.store.depth()[0] == 0
         quarantined = agent.store.db.execute("SELECT reason, payload FROM quarantine ORDER BY id").fetchall()
         assert [r for r, _ in quarantined] == ["malformed", "malformed", "schema", "topic_mismatch"]
         assert quarantined[0][1] == b"\xff\x00garbage"
@@ -77,9 +77,9 @@ def test_records_wait_on_disk_while_the_upstream_is_down(tmp_path, mosquitto):
     try:
         publish_all(mosquitto, [node_msg("n1", 1, s, t=10.0 + s) for s in range(15)])
         assert wait(lambda: agent.store.counters().get("upstream_retries", 0) >= 1)
-        assert agent.store.depth() == 45 and agent.upstream_ok is False
+        assert agent.store.depth()[:2] == (15, 45) and agent.upstream_ok is False
         receiver = Receiver("127.0.0.1", port, tmp_path / "receiver").start()
-        assert wait(lambda: agent.store.depth() == 0, timeout=40)
+        assert wait(lambda: agent.store.depth()[0] == 0, timeout=40)
         rows = receiver.store.db.execute(
             "SELECT seq, value FROM records WHERE name = 'temperature' ORDER BY seq").fetchall()
         assert rows == [(s, 10.0 + s) for s in range(15)]
@@ -92,16 +92,18 @@ def test_records_wait_on_disk_while_the_upstream_is_down(tmp_path, mosquitto):
 def test_a_re_sent_batch_is_stored_once(tmp_path):
     from openpole.edge_agent import batch
 
+    from openpole.edge_agent import decode
+
     receiver = Receiver("127.0.0.1", free_port(), tmp_path / "receiver").start()
     try:
-        rows = [{"id": 1, "node": "n1", "boot": 1, "seq": 0, "key": 1, "value": 20.5, "sample_ns": 1_700_000_000 * 10**9,
-                 "receive_ns": 1_700_000_001 * 10**9, "flags": 0, "time_quality": 0}]
-        body = batch.encode(b"\x01" * 16, "p1", rows)
+        msg = decode.decode(node_msg("n1", 1, 0)[1])
+        count, senml = batch.senml_records("p1", msg, 1_700_000_001 * 10**9)
+        body = batch.encode(b"\x01" * 16, "p1", [senml], count)
         for _ in range(3):
             req = urllib.request.Request(receiver.url + "/v1/batches", data=body, method="POST")
             json.load(urllib.request.urlopen(req))
         s = receiver.store.stats()
-        assert (s["unique"], s["records"], s["duplicates"], s["batches"], s["batches_duplicate"]) == (1, 3, 2, 1, 2)
+        assert (s["unique"], s["records"], s["duplicates"], s["batches"], s["batches_duplicate"]) == (3, 9, 6, 1, 2)
         req = urllib.request.Request(receiver.url + "/v1/batches", data=b"\xa0not a batch", method="POST")
         try:
             urllib.request.urlopen(req)

@@ -12,10 +12,11 @@ CREATE TABLE IF NOT EXISTS batches (
 CREATE TABLE IF NOT EXISTS records (
     pole TEXT NOT NULL, node TEXT NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL, name TEXT NOT NULL,
     unit TEXT, value NOT NULL, time REAL NOT NULL, receive_ns INTEGER, flags INTEGER NOT NULL,
-    time_quality INTEGER NOT NULL, stored_ns INTEGER NOT NULL,
+    time_quality INTEGER NOT NULL, stored_ns INTEGER NOT NULL, node_clock_ms INTEGER,
     PRIMARY KEY (pole, node, boot, seq, name)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS nodes (pole TEXT NOT NULL, node TEXT NOT NULL, PRIMARY KEY (pole, node)) WITHOUT ROWID;
 """
 
 
@@ -49,14 +50,15 @@ class ReceiverStore:
                     self._bump("records_received", len(records))
                     self.db.execute("COMMIT")
                     return 0, len(records)
-                new = 0
-                for r in records:
-                    cur = self.db.execute(
-                        "INSERT OR IGNORE INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (r["pole"], r["node"], r["boot"], r["seq"], r["name"], r["unit"], r["value"], r["time"],
-                         r["receive_ns"], r["flags"], r["time_quality"], now),
-                    )
-                    new += cur.rowcount
+                before = self.db.total_changes
+                self.db.executemany(
+                    "INSERT OR IGNORE INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(r["pole"], r["node"], r["boot"], r["seq"], r["name"], r["unit"], r["value"], r["time"],
+                      r["receive_ns"], r["flags"], r["time_quality"], now, r["node_clock_ms"]) for r in records],
+                )
+                new = self.db.total_changes - before
+                self.db.executemany("INSERT OR IGNORE INTO nodes VALUES (?, ?)", {(r["pole"], r["node"]) for r in records})
+                self._bump("records_unique", new)
                 self._bump("batches", 1)
                 self._bump("records_received", len(records))
                 self.db.execute("COMMIT")
@@ -72,9 +74,9 @@ class ReceiverStore:
     def stats(self):
         with self._lock:
             counters = dict(self.db.execute("SELECT name, value FROM counters").fetchall())
-            unique = self.db.execute("SELECT count(*) FROM records").fetchone()[0]
-            nodes = self.db.execute("SELECT count(DISTINCT pole || '/' || node) FROM records").fetchone()[0]
+            nodes = self.db.execute("SELECT count(*) FROM nodes").fetchone()[0]
         received = counters.get("records_received", 0)
+        unique = counters.get("records_unique", 0)
         return {"records": received, "unique": unique, "duplicates": received - unique, "nodes": nodes,
                 "batches": counters.get("batches", 0), "batches_duplicate": counters.get("batches_duplicate", 0),
                 "batches_rejected": counters.get("batches_rejected", 0)}

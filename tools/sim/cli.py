@@ -26,6 +26,10 @@ def register(sub):
     n.add_argument("--serial-pty", action="store_true", help="put the node's console on a new pty; print its path first")
     n.set_defaults(func=run_node)
 
+    from .load import register as register_load
+
+    register_load(ssub)
+
     d = ssub.add_parser("demo", help="a simulated pole: broker, nodes, edge agent, receiver, live table")
     d.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
     d.add_argument("--duration", type=float, default=0, help="stop after S seconds (0: until Ctrl-C)")
