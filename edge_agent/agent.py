@@ -11,6 +11,7 @@ import threading
 import time
 
 from . import batch, decode
+from .aggregate import Minutes
 from .ingest import MqttIngest
 from .sinks import Permanent, Transient, sink_for
 from .store import Store
@@ -35,6 +36,8 @@ class Agent:
         self.upstream_ok = None
         self.last_error = None
         self.nodes = {}  # node id -> {"last_seen_ns", "boot", "seq", "gaps", "clock_offset_ms"}
+        self.minutes = Minutes()
+        self.minutes_lock = threading.Lock()
         self._threads = []
 
     # --- ingest side (paho's thread) ---
@@ -72,9 +75,12 @@ class Agent:
             self.process(items)
 
     def _track(self, msg, receive_ns):
+        """Per node: last seen, sequence gaps (a loss estimate), clock offset. True for a message
+        newer than any seen from the node (not a replay)."""
         n = self.nodes.get(msg.node)
         if n is None:
             n = self.nodes[msg.node] = {"boot": msg.boot, "seq": msg.seq - 1, "gaps": 0, "messages": 0}
+        new = (msg.boot, msg.seq) > (n["boot"], n["seq"])
         if msg.boot == n["boot"] and msg.seq > n["seq"] + 1:
             n["gaps"] += msg.seq - n["seq"] - 1  # lost on the way: a loss estimate
         if (msg.boot, msg.seq) > (n["boot"], n["seq"]):
@@ -83,6 +89,7 @@ class Agent:
         n["last_seen_ns"] = receive_ns
         if msg.clock_ms is not None:
             n["clock_offset_ms"] = msg.clock_ms - receive_ns // 1_000_000  # node clock - pole clock
+        return new
 
     def process(self, items):
         """Decode a group of (receive_ns, topic, payload, mid, qos), commit it, then ack it."""
@@ -99,7 +106,9 @@ class Agent:
                     tq = TQ_NODE_RESET  # sampled before a node reset: the true time is earlier
                 count, senml = batch.senml_records(pole, msg, receive_ns, tq)
                 accepted.append((msg.node, msg.boot, msg.seq, receive_ns, count, senml))
-                self._track(msg, receive_ns)
+                if self._track(msg, receive_ns):
+                    with self.minutes_lock:
+                        self.minutes.add(msg.node, msg.readings, receive_ns)
             except decode.Rejected as e:
                 rejected.append((receive_ns, topic, e.reason, str(e), bytes(payload)))
         self.store.append(accepted, rejected)
@@ -122,7 +131,9 @@ class Agent:
                 self.stopping.wait(0.05)
                 continue
             batch_id = batch.new_batch_id()
-            body = batch.encode(batch_id, self.cfg.pole_id, [r[2] for r in rows], records, self.clock())
+            with self.minutes_lock:
+                closed = self.minutes.close(self.clock())
+            body = batch.encode(batch_id, self.cfg.pole_id, [r[2] for r in rows], records, self.clock(), closed)
             while not self.stopping.is_set():  # the same batch id until it is acknowledged
                 try:
                     self.sink.send(batch_id, body)

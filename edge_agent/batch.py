@@ -49,21 +49,25 @@ def senml_records(pole, msg, receive_ns, time_quality=0):
     return len(recs), data[len(_head(4, len(recs))):]
 
 
-def encode(batch_id, pole, blobs, records, created_ns=None):
-    """An upstream batch from pre-encoded record blobs holding `records` records in all."""
+def encode(batch_id, pole, blobs, records, created_ns=None, minutes=()):
+    """An upstream batch from pre-encoded record blobs holding `records` records in all, with the
+    per-minute aggregates that closed since the last batch."""
     created_ns = created_ns or time.time_ns()
-    out = bytearray(b"\xa5\x00\x01\x01")
+    out = bytearray(b"\xa6" if minutes else b"\xa5")
+    out += b"\x00\x01\x01"
     out += cbor2.dumps(batch_id)
     out += b"\x02" + cbor2.dumps(pole)
     out += b"\x03" + cbor2.dumps(created_ns)
     out += b"\x04" + _head(4, records)
     for b in blobs:
         out += b
+    if minutes:
+        out += b"\x05" + cbor2.dumps([list(m) for m in minutes])
     return bytes(out)
 
 
 def decode(data, max_size=8 * 1024 * 1024):
-    """bytes -> (batch_id, pole, [flat records]); ValueError on anything malformed."""
+    """bytes -> (batch_id, pole, [flat records], [minute aggregates]); ValueError on anything malformed."""
     if len(data) > max_size:
         raise ValueError(f"batch of {len(data)} bytes is over {max_size}")
     try:
@@ -96,4 +100,9 @@ def decode(data, max_size=8 * 1024 * 1024):
             "receive_ns": rec.get("rt"), "flags": rec.get("fl", 0), "time_quality": rec.get("tq", 0),
             "node_clock_ms": nc,
         })
-    return batch_id, pole, out
+    minutes = env.get(5, [])
+    if not isinstance(minutes, (list, tuple)) or not all(
+        isinstance(m, (list, tuple)) and len(m) == 7 and isinstance(m[0], str) and isinstance(m[1], str) for m in minutes
+    ):
+        raise ValueError("aggregates must be [node, quantity, minute, count, mean, min, max] rows")
+    return batch_id, pole, out, [tuple(m) for m in minutes]

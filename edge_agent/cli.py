@@ -16,7 +16,12 @@ def register(sub):
     r.add_argument("--state", type=Path, help="directory for the durable queue")
     r.add_argument("--pole-id", help="this pole's id (used in the MQTT client id and upstream)")
     r.add_argument("--batch-interval", type=float, help="seconds a record may wait for its batch (default 10)")
+    r.add_argument("--metrics-port", type=int, help="local port for /status and /metrics (default 9108; 0: off)")
     r.set_defaults(func=run)
+    st = esub.add_parser("status", help="what the running agent is doing: nodes, queue, upstream, counters")
+    st.add_argument("--port", type=int, default=9108, help="the agent's metrics.port (default 9108)")
+    st.add_argument("--json", action="store_true", help="one JSON object")
+    st.set_defaults(func=show_status)
 
 
 def run(args):
@@ -30,12 +35,18 @@ def run(args):
         host, port = parse_hostport(args.broker)
     cfg = config.load(
         args.config, broker_host=host, broker_port=port, upstream=args.upstream, state_dir=args.state,
-        pole_id=args.pole_id, batch_interval_s=args.batch_interval,
+        pole_id=args.pole_id, batch_interval_s=args.batch_interval, metrics_port=args.metrics_port,
     )
-    agent = Agent(cfg)
+    from . import observe, timesync
+
+    agent = Agent(cfg, clock_synced=timesync.clock_synced)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
     agent.start()
+    try:
+        observe.serve(agent, cfg.metrics_port)
+    except OSError as e:
+        logging.getLogger("openpole.edge").warning("metrics port %d: %s; /metrics and `edge status` are off", cfg.metrics_port, e.strerror)
     logging.getLogger("openpole.edge").info(
         "edge agent %s: broker %s:%d, upstream %s, state %s", cfg.pole_id, cfg.broker_host, cfg.broker_port,
         agent.sink.describe(), cfg.state_dir)
@@ -44,4 +55,14 @@ def run(args):
     except KeyboardInterrupt:
         pass
     agent.stop()
+    return 0
+
+
+def show_status(args):
+    import json
+
+    from . import observe
+
+    st = observe.fetch(args.port)
+    print(json.dumps(st) if args.json else observe.human(st))
     return 0

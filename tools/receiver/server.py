@@ -25,11 +25,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _reply(self, code, obj):
         body = json.dumps(obj).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            # The pole went away before our answer (a power cut): it re-sends the same batch id.
+            log.info("client %s left before the reply", self.address_string())
 
     def do_POST(self):
         if self.path.rstrip("/") != "/v1/batches":
@@ -43,11 +47,11 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length)
         store = self.server.store
         try:
-            batch_id, pole, records = batch.decode(body)
+            batch_id, pole, records, minutes = batch.decode(body)
         except ValueError as e:
             store.count("batches_rejected")
             return self._reply(400, {"error": str(e)})
-        new, dup = store.add_batch(batch_id, pole, records)
+        new, dup = store.add_batch(batch_id, pole, records, minutes)
         self._reply(200, {"batch": batch_id.hex(), "stored": new, "duplicates": dup})
 
     def do_GET(self):

@@ -17,6 +17,11 @@ CREATE TABLE IF NOT EXISTS records (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS nodes (pole TEXT NOT NULL, node TEXT NOT NULL, PRIMARY KEY (pole, node)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS minutes (
+    pole TEXT NOT NULL, node TEXT NOT NULL, quantity TEXT NOT NULL, start INTEGER NOT NULL,
+    count INTEGER NOT NULL, mean REAL NOT NULL, min REAL NOT NULL, max REAL NOT NULL,
+    PRIMARY KEY (pole, node, quantity, start)
+) WITHOUT ROWID;
 """
 
 
@@ -35,7 +40,7 @@ class ReceiverStore:
             "INSERT INTO counters(name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + ?", (name, n, n)
         )
 
-    def add_batch(self, batch_id, pole, records):
+    def add_batch(self, batch_id, pole, records, minutes=()):
         """Store a decoded batch; returns (new records, duplicate records). Idempotent by batch id."""
         now = time.time_ns()
         with self._lock:
@@ -58,6 +63,7 @@ class ReceiverStore:
                 )
                 new = self.db.total_changes - before
                 self.db.executemany("INSERT OR IGNORE INTO nodes VALUES (?, ?)", {(r["pole"], r["node"]) for r in records})
+                self.db.executemany("INSERT OR REPLACE INTO minutes VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [(pole,) + tuple(m) for m in minutes])
                 self._bump("records_unique", new)
                 self._bump("batches", 1)
                 self._bump("records_received", len(records))

@@ -1,0 +1,41 @@
+"""Per node, quantity and minute: count, mean, min, max of the readings the pole received.
+
+Decibel quantities (kind "level" in the registry: LAeq and friends) are averaged as energy,
+10 log10(mean of 10^(L/10)): averaging dB values would understate loud minutes. A minute is closed
+(and sent upstream with the next batch) once readings for it have stopped arriving for a minute.
+"""
+
+import math
+
+from openpole.spec.registry import REGISTRY
+
+
+class Minutes:
+    def __init__(self):
+        self.open = {}  # (node, key, minute) -> [count, sum (or energy sum), min, max]
+
+    def add(self, node, readings, receive_ns):
+        for r in readings:
+            minute = (receive_ns - r.age_ms * 1_000_000) // 60_000_000_000 * 60
+            acc = self.open.get((node, r.key, minute))
+            level = REGISTRY.by_key[r.key].kind == "level"
+            v = 10 ** (r.value / 10) if level else r.value
+            if acc is None:
+                self.open[(node, r.key, minute)] = [1, v, r.value, r.value]
+            else:
+                acc[0] += 1
+                acc[1] += v
+                acc[2] = min(acc[2], r.value)
+                acc[3] = max(acc[3], r.value)
+
+    def close(self, now_ns, grace_s=60):
+        """Minutes that ended more than grace_s ago, as rows (node, name, minute, count, mean, min, max)."""
+        limit = now_ns // 1_000_000_000 - 60 - grace_s
+        done = [k for k in self.open if k[2] <= limit]
+        rows = []
+        for k in done:
+            count, total, lo, hi = self.open.pop(k)
+            q = REGISTRY.by_key[k[1]]
+            mean = 10 * math.log10(total / count) if q.kind == "level" else total / count
+            rows.append((k[0], q.name, k[2], count, round(mean, 6), lo, hi))
+        return rows

@@ -1,0 +1,118 @@
+"""What the agent shows about itself: /status (JSON) and /metrics (Prometheus text) on a local port,
+and `openpole edge status [--json]`, which reads /status from the running agent."""
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from openpole.errors import UserError
+
+STARTED = time.time()
+
+
+def status(agent):
+    """Everything an engineer asks first, as one dict."""
+    now = agent.clock()
+    messages, records, size, oldest = agent.store.depth()
+    nodes = {}
+    for node, n in sorted(agent.nodes.items()):
+        seen = n.get("last_seen_ns")
+        total = n["messages"] + n["gaps"]
+        nodes[node] = {"last_seen_s": None if seen is None else round((now - seen) / 1e9, 1), "boot": n["boot"],
+                       "seq": n["seq"], "messages": n["messages"], "missing": n["gaps"],
+                       "loss_estimate": round(n["gaps"] / total, 4) if total else 0.0,
+                       "clock_offset_ms": n.get("clock_offset_ms")}
+    return {
+        "pole": agent.cfg.pole_id,
+        "uptime_s": round(time.time() - STARTED),
+        "broker": {"address": f"{agent.cfg.broker_host}:{agent.cfg.broker_port}", "connected": agent.ingest.connected},
+        "upstream": {"url": agent.sink.describe(), "ok": agent.upstream_ok, "last_error": agent.last_error},
+        "queue": {"messages": messages, "records": records, "bytes": size,
+                  "oldest_age_s": None if oldest is None else round((now - oldest) / 1e9, 1)},
+        "counters": agent.store.counters(),
+        "nodes": nodes,
+    }
+
+
+def metrics(st):
+    """Prometheus text exposition of a status dict."""
+    lines = [
+        "# HELP openpole_edge_events_total Events counted by the edge agent, by name.",
+        "# TYPE openpole_edge_events_total counter",
+    ]
+    lines += [f'openpole_edge_events_total{{name="{k}"}} {v}' for k, v in sorted(st["counters"].items())]
+    q = st["queue"]
+    lines += [
+        "# TYPE openpole_edge_queue_messages gauge", f"openpole_edge_queue_messages {q['messages']}",
+        "# TYPE openpole_edge_queue_records gauge", f"openpole_edge_queue_records {q['records']}",
+        "# TYPE openpole_edge_queue_bytes gauge", f"openpole_edge_queue_bytes {q['bytes']}",
+        "# TYPE openpole_edge_queue_oldest_age_seconds gauge", f"openpole_edge_queue_oldest_age_seconds {q['oldest_age_s'] or 0}",
+        "# TYPE openpole_edge_broker_connected gauge", f"openpole_edge_broker_connected {int(bool(st['broker']['connected']))}",
+        "# TYPE openpole_edge_upstream_ok gauge", f"openpole_edge_upstream_ok {int(bool(st['upstream']['ok']))}",
+        "# TYPE openpole_edge_node_last_seen_seconds gauge",
+    ]
+    lines += [f'openpole_edge_node_last_seen_seconds{{node="{n}"}} {v["last_seen_s"]}' for n, v in st["nodes"].items()]
+    lines += ["# TYPE openpole_edge_node_missing_messages gauge"]
+    lines += [f'openpole_edge_node_missing_messages{{node="{n}"}} {v["missing"]}' for n, v in st["nodes"].items()]
+    return "\n".join(lines) + "\n"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        st = status(self.server.agent)
+        if self.path == "/metrics":
+            body, ctype = metrics(st).encode(), "text/plain; version=0.0.4"
+        elif self.path == "/status":
+            body, ctype = json.dumps(st).encode(), "application/json"
+        else:
+            self.send_error(404, "GET /status or /metrics")
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def serve(agent, port, host="127.0.0.1"):
+    """Serve /status and /metrics in a thread; returns the server (None when port is 0)."""
+    if not port:
+        return None
+    httpd = ThreadingHTTPServer((host, port), _Handler)
+    httpd.daemon_threads = True
+    httpd.agent = agent
+    threading.Thread(target=httpd.serve_forever, name="openpole-metrics", daemon=True).start()
+    return httpd
+
+
+def fetch(port, host="127.0.0.1"):
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/status", timeout=5) as r:
+            return json.load(r)
+    except (urllib.error.URLError, OSError):
+        raise UserError(f"no edge agent answers on {host}:{port}: is `openpole edge run` running (metrics.port)?") from None
+
+
+def human(st):
+    q, b, u = st["queue"], st["broker"], st["upstream"]
+    out = [f"pole {st['pole']}, up {st['uptime_s']} s",
+           f"broker {b['address']}: {'connected' if b['connected'] else 'NOT CONNECTED'}",
+           f"upstream {u['url']}: {'ok' if u['ok'] else 'not yet' if u['ok'] is None else 'FAILING: ' + str(u['last_error'])}",
+           f"queue {q['messages']} messages ({q['records']} records, {q['bytes']} bytes), oldest {q['oldest_age_s']} s"]
+    c = st["counters"]
+    drops = {k: v for k, v in c.items() if k.startswith(("rejected_", "dropped_"))}
+    out.append(f"accepted {c.get('messages_accepted', 0)}, duplicates {c.get('messages_duplicate', 0)}, "
+               f"delivered {c.get('records_delivered', 0)} records in {c.get('batches_sent', 0)} batches")
+    if drops:
+        out.append("rejected or dropped: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items())))
+    out.append(f"{'node':<16} {'last seen':>10} {'boot':>5} {'seq':>8} {'missing':>8} {'clock offset':>13}")
+    for n, v in st["nodes"].items():
+        off = "-" if v["clock_offset_ms"] is None else f"{v['clock_offset_ms']} ms"
+        out.append(f"{n:<16} {str(v['last_seen_s']) + ' s':>10} {v['boot']:>5} {v['seq']:>8} {v['missing']:>8} {off:>13}")
+    return "\n".join(out)

@@ -1,0 +1,80 @@
+"""Per-minute aggregates (decibels as energy means), `openpole edge status` and /metrics."""
+
+import json
+import math
+import subprocess
+import sys
+import time
+import urllib.request
+
+import cbor2
+
+from helpers import publish_all
+from openpole.edge_agent import decode
+from openpole.edge_agent.aggregate import Minutes
+from openpole.receiver.server import Receiver
+from openpole.sim.broker import free_port
+
+
+def msg(node, seq, values, age_ms=0):
+    return decode.decode(cbor2.dumps({0: 1, 1: node, 2: 1, 3: seq, 4: [[age_ms, values]], 5: {}}))
+
+
+def test_minutes_average_linear_quantities_and_decibels_as_energy():
+    m = Minutes()
+    t0 = 1_700_000_020 * 10**9  # 40 s into a minute (1_699_999_980 is a whole minute)
+    m.add("n1", msg("n1", 0, {1: 20.0, 16: 60.0}).readings, t0)
+    m.add("n1", msg("n1", 1, {1: 22.0, 16: 80.0}).readings, t0 + 10 * 10**9)
+    m.add("n1", msg("n1", 2, {1: 30.0}).readings, t0 + 30 * 10**9)  # the next minute
+    assert m.close(t0 + 60 * 10**9) == []  # not yet: readings may still come in
+    rows = {(r[0], r[1], r[2]): r[3:] for r in m.close(t0 + 200 * 10**9)}
+    minute = t0 // 10**9 // 60 * 60
+    assert rows[("n1", "temperature", minute)] == (2, 21.0, 20.0, 22.0)
+    count, mean, lo, hi = rows[("n1", "laeq", minute)]
+    assert count == 2 and (lo, hi) == (60.0, 80.0)
+    assert mean == round(10 * math.log10((1e6 + 1e8) / 2), 6)  # 77.0 dB, not the 70 of a plain mean
+    assert rows[("n1", "temperature", minute + 60)] == (1, 30.0, 30.0, 30.0)
+
+
+def test_status_metrics_and_aggregates_from_a_running_agent(tmp_path, mosquitto):
+    receiver = Receiver("127.0.0.1", free_port(), tmp_path / "receiver").start()
+    port = free_port()
+    agent = subprocess.Popen([sys.executable, "-m", "openpole", "edge", "run", "--broker", f"{mosquitto.host}:{mosquitto.port}",
+                              "--upstream", receiver.url, "--state", str(tmp_path / "edge"), "--pole-id", "obs",
+                              "--batch-interval", "0.3", "--metrics-port", str(port)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.5)
+        old = time.time_ns() // 1_000_000 - 300_000  # readings from five minutes ago: their minute is closed
+        items = [(f"openpole/v1/n{k}/data", cbor2.dumps({0: 1, 1: f"n{k}", 2: 1, 3: s, 4: [[300_000, {1: 20.0 + s}]], 5: {},
+                                                         6: old})) for k in range(2) for s in (0, 1, 3)]
+        items.append(("openpole/v1/n0/data", b"\x00junk"))
+        publish_all(mosquitto, items)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and receiver.store.stats()["unique"] < 6:
+            time.sleep(0.1)
+        st = json.loads(subprocess.run([sys.executable, "-m", "openpole", "edge", "status", "--json", "--port", str(port)],
+                                       capture_output=True, text=True, check=True).stdout)
+        assert st["pole"] == "obs" and st["broker"]["connected"] and st["upstream"]["ok"]
+        assert st["nodes"]["n0"]["missing"] == 1 and st["nodes"]["n0"]["seq"] == 3  # seq 2 never came
+        assert abs(st["nodes"]["n1"]["clock_offset_ms"] + 300_000) < 5_000  # the node's clock is 5 min slow
+        assert st["counters"]["rejected_malformed"] == 1 and st["queue"]["messages"] == 0
+        human = subprocess.run([sys.executable, "-m", "openpole", "edge", "status", "--port", str(port)],
+                               capture_output=True, text=True, check=True).stdout
+        assert "broker" in human and "connected" in human and "n0" in human
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+        assert 'openpole_edge_events_total{name="messages_accepted"} 6' in text
+        assert 'openpole_edge_node_missing_messages{node="n0"} 1' in text
+        # The closed minute went upstream with a batch.
+        deadline = time.monotonic() + 10
+        rows = []
+        while time.monotonic() < deadline and not rows:
+            rows = receiver.store.db.execute("SELECT node, quantity, count, mean, min, max FROM minutes ORDER BY node").fetchall()
+            time.sleep(0.2)
+        assert ("n0", "temperature", 3, 21.333333, 20.0, 23.0) in [(r[0], r[1], r[2], round(r[3], 6), r[4], r[5]) for r in rows]
+    finally:
+        agent.terminate()
+        agent.wait(timeout=20)
+        receiver.stop()
+    r = subprocess.run([sys.executable, "-m", "openpole", "edge", "status", "--port", str(port)], capture_output=True, text=True)
+    assert r.returncode == 2 and "no edge agent answers" in r.stderr
