@@ -38,6 +38,7 @@ class Agent:
         self.nodes = {}  # node id -> {"last_seen_ns", "boot", "seq", "gaps", "clock_offset_ms"}
         self.minutes = Minutes()
         self.minutes_lock = threading.Lock()
+        self.committed_records = 0  # written since the sender last looked: it reads only when worth it
         self._threads = []
 
     # --- ingest side (paho's thread) ---
@@ -64,12 +65,16 @@ class Agent:
             # at its in-flight limit (Mosquitto: 20 per client by default) looks like until we ack.
             deadline = time.monotonic() + group_s
             idle_s = self.cfg.group_commit_idle_ms / 1000
+            size = self.inbox.qsize()
+            while time.monotonic() < deadline and size < GROUP_COMMIT_MAX:
+                time.sleep(idle_s)  # a look every few ms, not a wake-up per message
+                grown = self.inbox.qsize()
+                if grown == size:
+                    break  # the stream paused
+                size = grown
             while len(items) < GROUP_COMMIT_MAX:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
                 try:
-                    items.append(self.inbox.get(timeout=min(idle_s, left)))
+                    items.append(self.inbox.get_nowait())
                 except queue.Empty:
                     break
             self.process(items)
@@ -112,6 +117,7 @@ class Agent:
             except decode.Rejected as e:
                 rejected.append((receive_ns, topic, e.reason, str(e), bytes(payload)))
         self.store.append(accepted, rejected)
+        self.committed_records += sum(a[4] for a in accepted)
         for _, _, _, mid, qos in items:
             self.ingest.ack(mid, qos)
 
@@ -120,16 +126,23 @@ class Agent:
         backoff = 0.0
         last_send = time.monotonic()
         next_limits = 0.0
+        backlog = True  # what an earlier run left goes at once
         while not self.stopping.is_set():
             if time.monotonic() >= next_limits:
                 self.store.enforce_limits(self.clock())
                 next_limits = time.monotonic() + LIMITS_EVERY_S
-            rows, full = self.store.pending(self.cfg.batch_max)
-            records = sum(r[1] for r in rows)
+            # Read the queue only when a batch is due, full, or behind: not every tick.
             due = time.monotonic() - last_send >= self.cfg.batch_interval_s
-            if not rows or not (full or due):
+            if not (backlog or due or self.committed_records >= self.cfg.batch_max):
                 self.stopping.wait(0.05)
                 continue
+            self.committed_records = 0
+            rows, backlog = self.store.pending(self.cfg.batch_max)
+            if not rows:
+                last_send = time.monotonic()  # nothing waiting: the interval starts with the next record
+                self.stopping.wait(0.05)
+                continue
+            records = sum(r[1] for r in rows)
             batch_id = batch.new_batch_id()
             with self.minutes_lock:
                 closed = self.minutes.close(self.clock())

@@ -1,9 +1,11 @@
 """MQTT ingest: a fixed client id and a persistent session, QoS 1, manual acknowledgement.
 
 paho-mqtt 2.x with manual_ack=True: the PUBACK for a node message is sent by ack() only after the
-writer has committed it. A broker stops sending at its in-flight limit (20 per client in
-Mosquitto) while acks wait for a group commit, so the agent speaks MQTT v5 and asks for a larger
-window (Receive Maximum); Session Expiry keeps its session and subscription across reconnects.
+writer has committed it. A broker stops sending at its in-flight limit (max_inflight_messages:
+20 per client by default in Mosquitto) while acks wait for a group commit: the pole's broker
+config raises it, and the writer commits early when the stream pauses. A persistent session keeps
+the subscription and the queue across reconnects. MQTT v5 (ingest.mqtt_version = 5) asks for the
+window itself (Receive Maximum), at a price in CPU: paho builds a Properties object per message.
 """
 
 import logging
@@ -28,7 +30,7 @@ class MqttIngest:
             self.props = Properties(PacketTypes.CONNECT)
             self.props.SessionExpiryInterval = 7 * 86400  # the broker keeps our subscription and queue
             self.props.ReceiveMaximum = cfg.receive_maximum
-        else:  # MQTT 3.1.1 brokers (amqtt): a persistent session, the broker's default window
+        else:  # MQTT 3.1.1: a persistent session; the window is the broker's max_inflight_messages
             c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"openpole-edge-{cfg.pole_id}",
                             manual_ack=True, protocol=mqtt.MQTTv311, clean_session=False)
             self.props = None

@@ -124,7 +124,7 @@ def run(n_nodes=3, duration_s=0, interval_s=1.0, heap="128k", state_dir=None, co
     broker = Broker(state / "broker", kind=broker_kind).start()
     receiver = Receiver("127.0.0.1", free_port(), state / "receiver").start()
     cfg = AgentConfig(pole_id="demo-pole", broker_host=broker.host, broker_port=broker.port, upstream=receiver.url,
-                      state_dir=state / "edge", batch_interval_s=1.0, mqtt_version=5 if broker.kind == "mosquitto" else 3)
+                      state_dir=state / "edge", batch_interval_s=1.0)
     agent = Agent(cfg)
     agent.start()
     console.print(f"[bold]openpole demo[/]: {broker.kind} on {broker.host}:{broker.port}, receiver {receiver.url}, "
