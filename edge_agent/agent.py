@@ -10,7 +10,7 @@ import random
 import threading
 import time
 
-from . import batch, decode
+from . import batch, decode, sign
 from .aggregate import Minutes
 from .ingest import MqttIngest
 from .sinks import Permanent, Transient, sink_for
@@ -27,7 +27,7 @@ class Agent:
     def __init__(self, cfg, store=None, sink=None, clock=time.time_ns, ingest_factory=MqttIngest, clock_synced=None):
         self.cfg = cfg
         self.store = store or Store(cfg.state_dir, cfg.quota_bytes, cfg.max_age_s)
-        self.sink = sink or sink_for(cfg.upstream)
+        self.sink = sink or sink_for(cfg.upstream, compress=cfg.compress, pole=cfg.pole_id)
         self.clock = clock
         self.clock_synced = clock_synced  # callable -> True/False/None (unknown): see timesync.py
         self.inbox = queue.SimpleQueue()
@@ -147,6 +147,8 @@ class Agent:
             with self.minutes_lock:
                 closed = self.minutes.close(self.clock())
             body = batch.encode(batch_id, self.cfg.pole_id, [r[2] for r in rows], records, self.clock(), closed)
+            if self.cfg.upstream_key:
+                body = sign.sign(body, self.cfg.pole_id, self.cfg.upstream_key)
             while not self.stopping.is_set():  # the same batch id until it is acknowledged
                 try:
                     self.sink.send(batch_id, body)

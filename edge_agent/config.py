@@ -18,6 +18,8 @@ class AgentConfig:
     state_dir: Path = Path("/var/lib/openpole")
     batch_interval_s: float = 10.0  # a batch leaves at most this long after its first record
     batch_max: int = 2000  # records per batch
+    upstream_key: bytes | None = field(default=None, repr=False)  # signs batches (COSE_Mac0 HMAC)
+    compress: bool = False  # gzip batches over HTTP
     node_keys: dict = field(default_factory=dict, repr=False)  # node id -> key bytes
     require_mac: bool = False
     group_commit_ms: int = 50  # a node message waits at most this long for its PUBACK
@@ -40,6 +42,7 @@ _SECTIONS = {
     ("upstream", "url"): "upstream",
     ("upstream", "batch_interval_s"): "batch_interval_s",
     ("upstream", "batch_max"): "batch_max",
+    ("upstream", "compress"): "compress",
     ("state", "dir"): "state_dir",
     ("state", "quota_bytes"): "quota_bytes",
     ("state", "max_age_s"): "max_age_s",
@@ -64,6 +67,11 @@ def load(path=None, **overrides):
         for (section, key), attr in _SECTIONS.items():
             if key in data.get(section, {}):
                 setattr(cfg, attr, data[section][key])
+        if "key" in data.get("upstream", {}):
+            try:
+                cfg.upstream_key = bytes.fromhex(data["upstream"]["key"])
+            except (TypeError, ValueError):
+                raise UserError(f"config {path}: upstream.key must be the pole's key in hex") from None
         for node, hexkey in data.get("nodes", {}).get("keys", {}).items():
             try:
                 cfg.node_keys[node] = bytes.fromhex(hexkey)

@@ -13,6 +13,7 @@ def register(sub):
     p = sub.add_parser("receiver", help="the reference city receiver (stores upstream batches)")
     p.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT to listen on (default 127.0.0.1:8080)")
     p.add_argument("--data", type=Path, default=Path("receiver-data"), help="directory for the receiver's database")
+    p.add_argument("--keys", type=Path, help="TOML table of pole id = key (hex): take only batches those poles signed")
     p.set_defaults(func=serve)
     rsub = p.add_subparsers(dest="receiver_command", metavar="ACTION")
     s = rsub.add_parser("stats", help="counts of stored records")
@@ -25,8 +26,9 @@ def serve(args):
     from .server import Receiver
 
     host, port = parse_hostport(args.listen, 8080)
+    keys = _keys(args.keys) if args.keys else {}
     try:
-        r = Receiver(host, port, args.data)
+        r = Receiver(host, port, args.data, keys)
     except OSError as e:
         raise UserError(f"cannot listen on {host}:{port}: {e.strerror}; choose another --listen port") from None
     logging.getLogger("openpole").info("receiver listening on %s, data in %s", r.url, args.data)
@@ -54,3 +56,15 @@ def stats(args):
     else:
         print(f"records {s['records']}, unique {s['unique']}, duplicates {s['duplicates']}, nodes {s['nodes']}")
     return 0
+
+
+def _keys(path):
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text())
+        return {pole: bytes.fromhex(key) for pole, key in data.items()}
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
+    except (tomllib.TOMLDecodeError, TypeError, ValueError, AttributeError):
+        raise UserError(f"{path}: expected lines like  pole-7 = \"00112233...\"  (the key in hex)") from None

@@ -7,9 +7,10 @@ batch gets 400 with the reason and is counted, so the pole quarantines it instea
 import json
 import logging
 import threading
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from openpole.edge_agent import batch
+from openpole.edge_agent import batch, sign
 
 from .store import ReceiverStore
 
@@ -47,7 +48,14 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length)
         store = self.server.store
         try:
+            if self.headers.get("Content-Encoding", "").lower() == "gzip":
+                body = _gunzip(body)
+            body, signer = sign.unwrap(body, self.server.keys)
+            if self.server.keys and signer is None:
+                raise ValueError("this receiver takes signed batches only")
             batch_id, pole, records, minutes = batch.decode(body)
+            if signer is not None and signer != pole:
+                raise ValueError(f"batch from pole {pole!r} signed by {signer!r}")
         except ValueError as e:
             store.count("batches_rejected")
             return self._reply(400, {"error": str(e)})
@@ -65,12 +73,25 @@ class _Handler(BaseHTTPRequestHandler):
         return self._reply(404, {"error": "GET /v1/latest, /v1/stats or /healthz"})
 
 
+def _gunzip(data, limit=8 * MAX_BODY):
+    """Inflate with a ceiling: a small body must not become gigabytes (zip bomb)."""
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = d.decompress(data, limit)
+    except zlib.error as e:
+        raise ValueError(f"bad gzip body: {e}") from None
+    if d.unconsumed_tail:
+        raise ValueError(f"batch inflates past {limit} bytes")
+    return out
+
+
 class Receiver:
-    def __init__(self, host, port, data_dir):
+    def __init__(self, host, port, data_dir, keys=None):
         self.store = ReceiverStore(data_dir)
         self.httpd = ThreadingHTTPServer((host, port), _Handler)
         self.httpd.daemon_threads = True
         self.httpd.store = self.store
+        self.httpd.keys = keys or {}  # pole id -> key: when set, only signed batches are taken
         self._thread = None
 
     @property

@@ -1,0 +1,36 @@
+"""Pole signatures on upstream batches: COSE_Mac0 (RFC 9052) with HMAC 256/256 and the pole id as
+key id, so a receiver holding the pole's key knows the batch is the pole's and whole."""
+
+import hashlib
+import hmac
+
+import cbor2
+
+COSE_MAC0 = 17
+PROTECTED = cbor2.dumps({1: 5})  # alg: HMAC 256/256
+
+
+def sign(body, pole, key):
+    tag = hmac.new(key, cbor2.dumps(["MAC0", PROTECTED, b"", body]), hashlib.sha256).digest()
+    return cbor2.dumps(cbor2.CBORTag(COSE_MAC0, [PROTECTED, {4: pole.encode()}, body, tag]))
+
+
+def unwrap(data, keys):
+    """(body, pole or None). keys: {pole id: key}. A signed batch must verify; ValueError if not."""
+    if not data or data[0] != 0xD1:  # tag 17
+        return data, None
+    try:
+        obj = cbor2.loads(data, max_depth=4)
+        protected, unprotected, body, tag = obj.value
+        pole = unprotected[4].decode()
+    except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError, cbor2.CBORDecodeError):
+        raise ValueError("not a COSE_Mac0 signed batch") from None
+    if protected != PROTECTED:
+        raise ValueError("unsupported signature algorithm (need HMAC 256/256)")
+    key = keys.get(pole)
+    if key is None:
+        raise ValueError(f"no key for pole {pole!r}")
+    expected = hmac.new(key, cbor2.dumps(["MAC0", protected, b"", body]), hashlib.sha256).digest()
+    if not hmac.compare_digest(expected, tag):
+        raise ValueError(f"bad signature for pole {pole!r}")
+    return body, pole
