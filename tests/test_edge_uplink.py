@@ -93,3 +93,49 @@ def test_batches_to_an_mqtt_upstream(tmp_path, mosquitto):
         agent.stop()
     records = [r for _, p, _ in msgs for r in batch.decode(p)[2]]
     assert sorted(r["seq"] for r in records) == list(range(10))
+
+
+def test_export_in_the_array_of_things_layout(tmp_path):
+    import csv
+    import gzip
+    import subprocess
+    import sys
+
+    receiver = Receiver("127.0.0.1", free_port(), tmp_path / "r").start()
+    try:
+        msgs = [decode.decode(p) for _, p in node_msgs(3, "n1") + node_msgs(2, "n2")]
+        blobs = [batch.senml_records("p1", m, 1_700_000_000 * 10**9 + i * 10**9) for i, m in enumerate(msgs)]
+        body = batch.encode(b"\x03" * 16, "p1", [b for _, b in blobs], sum(n for n, _ in blobs))
+        urllib.request.urlopen(urllib.request.Request(receiver.url + "/v1/batches", data=body, method="POST"))
+    finally:
+        receiver.stop()
+    out = tmp_path / "aot"
+    r = subprocess.run([sys.executable, "-m", "openpole", "receiver", "export", "--data", str(tmp_path / "r"), "--out", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.reader(gzip.open(out / "data.csv.gz", "rt")))
+    assert rows[0] == ["timestamp", "node_id", "subsystem", "sensor", "parameter", "value_raw", "value_hrf"]
+    assert rows[1] == ["2023/11/14 22:13:20", "n1", "p1", "bme280", "temperature", "20.0", "20.0"]
+    assert len(rows) == 6
+    nodes = list(csv.reader(open(out / "nodes.csv")))
+    assert [n[0] for n in nodes[1:]] == ["n1", "n2"]
+    sensors = list(csv.reader(open(out / "sensors.csv")))
+    assert ["/sensing/level/laeq", "openpole", "noise", "laeq", "dB(A)", "0", "140"] == sensors[-6][:7]
+    prov = list(csv.reader(open(out / "provenance.csv")))
+    assert prov[1][2] == "2023/11/14 22:13:20"
+
+
+def test_install_service_writes_a_unit(tmp_path):
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text("[pole]\nid = \"p7\"\n")
+    r = subprocess.run([sys.executable, "-m", "openpole", "edge", "install-service", "--config", str(cfg), "--unit-dir",
+                        str(tmp_path), "--no-start", "--user", "pi"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    unit = (tmp_path / "openpole-edge.service").read_text()
+    assert f"edge run --config {cfg}" in unit and "User=pi" in unit and "Restart=always" in unit
+    r = subprocess.run([sys.executable, "-m", "openpole", "edge", "install-service", "--config", str(tmp_path / "none.toml"),
+                        "--unit-dir", str(tmp_path), "--no-start"], capture_output=True, text=True)
+    assert r.returncode == 2 and "no such config" in r.stderr

@@ -20,6 +20,10 @@ def register(sub):
     s.add_argument("--data", type=Path, required=True)
     s.add_argument("--json", action="store_true", help="one JSON object")
     s.set_defaults(func=stats)
+    e = rsub.add_parser("export", help="CSV in the Array of Things layout (data.csv.gz, nodes, sensors, provenance)")
+    e.add_argument("--data", type=Path, required=True)
+    e.add_argument("--out", type=Path, required=True, help="directory for the CSV files")
+    e.set_defaults(func=export_cmd)
 
 
 def serve(args):
@@ -68,3 +72,11 @@ def _keys(path):
         raise UserError(f"cannot read {path}: {e.strerror}") from None
     except (tomllib.TOMLDecodeError, TypeError, ValueError, AttributeError):
         raise UserError(f"{path}: expected lines like  pole-7 = \"00112233...\"  (the key in hex)") from None
+
+
+def export_cmd(args):
+    from .export import export
+
+    n = export(args.data, args.out)
+    print(f"wrote {n} records to {args.out}/data.csv.gz, with nodes.csv, sensors.csv and provenance.csv")
+    return 0

@@ -1,0 +1,66 @@
+"""`openpole receiver export --data DIR --out DIR`: the receiver's records in the Array of Things
+layout (data.csv.gz, nodes.csv, sensors.csv, provenance.csv), for the tools people already have."""
+
+import csv
+import datetime
+import gzip
+import sqlite3
+from pathlib import Path
+
+from openpole import paths
+from openpole.errors import UserError
+from openpole.spec import model
+
+DATA_COLUMNS = ("timestamp", "node_id", "subsystem", "sensor", "parameter", "value_raw", "value_hrf")
+
+
+def _sensor_of(specs):
+    """quantity name -> the sensor model that measures it (first in sensor_specs/), 'noise' for levels."""
+    out = {}
+    for stem, t in specs.sensors.items():
+        for m in t["measures"]:
+            out.setdefault(m["quantity"], stem)
+    for q in specs.quantities:
+        out.setdefault(q["name"], "noise" if q["kind"] == "level" else "node")
+    return out
+
+
+def export(data_dir, out_dir):
+    db_path = Path(data_dir) / "receiver.sqlite"
+    if not db_path.exists():
+        raise UserError(f"no receiver data in {data_dir}: pass the --data directory the receiver used")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    specs = model.load(paths.SENSOR_SPECS, paths.BOARD_DEFS)
+    sensor = _sensor_of(specs)
+    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    n, first, last = 0, None, None
+    with gzip.open(out / "data.csv.gz", "wt", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(DATA_COLUMNS)
+        for pole, node, name, value, t in db.execute("SELECT pole, node, name, value, time FROM records ORDER BY time, pole, node, name"):
+            stamp = datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y/%m/%d %H:%M:%S")
+            w.writerow((stamp, node, pole, sensor.get(name, "node"), name, value, value))
+            first = first or stamp
+            last = stamp
+            n += 1
+    with open(out / "nodes.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(("node_id", "project_id", "vsn", "address", "lat", "lon", "description"))
+        for pole, node in db.execute("SELECT pole, node FROM nodes ORDER BY pole, node"):
+            w.writerow((node, "openpole", node, "", "", "", f"on pole {pole}"))
+    with open(out / "sensors.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(("ontology", "subsystem", "sensor", "parameter", "hrf_unit", "hrf_minval", "hrf_maxval", "datasheet"))
+        for q in specs.quantities:
+            s = sensor[q["name"]]
+            sheet = specs.sensors.get(s, {}).get("datasheet", "")
+            w.writerow((f"/sensing/{q['kind']}/{q['name']}", "openpole", s, q["name"], specs.units[q["unit"]]["symbol"],
+                        q["min"], q["max"], sheet))
+    with open(out / "provenance.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(("data_format_version", "project_id", "data_start_date", "data_end_date", "creation_date", "url"))
+        w.writerow(("2", "openpole", first or "", last or "",
+                    datetime.datetime.now(datetime.timezone.utc).strftime("%Y/%m/%d %H:%M:%S"), ""))
+    db.close()
+    return n
