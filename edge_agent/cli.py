@@ -48,7 +48,12 @@ def run(args):
     agent = Agent(cfg, clock_synced=timesync.clock_synced)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    from .sources import from_config
+
+    sources = from_config(agent, cfg.sources)
     agent.start()
+    for src in sources:
+        src.start()
     try:
         observe.serve(agent, cfg.metrics_port)
     except OSError as e:
@@ -60,6 +65,8 @@ def run(args):
         stop.wait()
     except KeyboardInterrupt:
         pass
+    for src in sources:
+        src.stop.set()  # before the store closes
     agent.stop()
     return 0
 

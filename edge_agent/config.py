@@ -31,6 +31,7 @@ class AgentConfig:
     quota_bytes: int = 512 * 1024 * 1024  # pending data on disk; the oldest goes first past it
     max_age_s: float = 7 * 86400.0  # pending data older than this is dropped (counted)
     metrics_port: int = 9108  # Prometheus text at http://127.0.0.1:PORT/metrics; 0: off
+    sources: list = field(default_factory=list)  # [[sources]] tables: sensors on the Pi, serial nodes
 
 
 _SECTIONS = {
@@ -72,6 +73,7 @@ def load(path=None, **overrides):
                 cfg.upstream_key = bytes.fromhex(data["upstream"]["key"])
             except (TypeError, ValueError):
                 raise UserError(f"config {path}: upstream.key must be the pole's key in hex") from None
+        cfg.sources = data.get("sources", [])
         for node, hexkey in data.get("nodes", {}).get("keys", {}).items():
             try:
                 cfg.node_keys[node] = bytes.fromhex(hexkey)

@@ -15,6 +15,7 @@ DEFAULTS = {
     "broker": {"host": "192.168.4.1", "port": 1883, "user": None, "password": None},
     "wifi": {"ssid": "", "password": ""},
     "key": None,
+    "uplink": "mqtt",  # or "serial": messages as OPMSG lines on the console, for a node on a Pi's USB
 }
 SENSOR_KEYS = ("address", "interval_s", "duty_cycle", "mic")
 _ID_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_-"
@@ -53,6 +54,8 @@ def validate(cfg):
                 raise ConfigError("sensors.%s.%s: unknown setting (known: %s)" % (name, k, ", ".join(SENSOR_KEYS)))
         if "interval_s" in s:
             _number(s["interval_s"], 0.1, 86400, "sensors.%s.interval_s" % name)
+    if out["uplink"] not in ("mqtt", "serial"):
+        raise ConfigError("uplink: mqtt or serial")
     b = out["broker"]
     if not isinstance(b, dict) or not isinstance(b.get("host"), str) or not isinstance(b.get("port", 1883), int):
         raise ConfigError("broker: needs host (text) and port (number)")
