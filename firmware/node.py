@@ -208,11 +208,11 @@ class Node:
         self.mqtt.publish(self.status_topic, b"online", retain=True)
 
     def flush(self, budget=8, max_ms=50):
-        """Publish queued messages oldest first, a few per tick (at most max_ms of the loop's time);
-        stop at the first failure."""
-        if self.cfg["uplink"] == "serial":
-            return self._flush_serial(budget)
-        if not len(self.outbox) or not self.hw.network_up() or not self.mqtt.ensure(self._online):
+        """Send queued messages oldest first, a few per tick (at most max_ms of the loop's time);
+        stop at the first failure. Over MQTT a message leaves the queue on its PUBACK; a node on a
+        Pi's USB ("uplink": "serial") prints each as an OPMSG line, which has no acknowledgement."""
+        serial = self.cfg["uplink"] == "serial"
+        if not len(self.outbox) or not serial and (not self.hw.network_up() or not self.mqtt.ensure(self._online)):
             return
         t0 = time.ticks_ms()
         for _ in range(budget):
@@ -224,24 +224,11 @@ class Node:
             payload = message.encode_record(self.node_id, rec[0], rec[1], time.ticks_ms(), self.boot, self.uptime_ms())
             if self.key:
                 payload = message.sign(payload, self.key)
-            if not self.mqtt.publish(self.topic, payload):
+            if serial:
+                print("OPMSG " + binascii.b2a_base64(payload).decode().strip())
+            elif not self.mqtt.publish(self.topic, payload):
                 self.log("mqtt: publish failed (%s); %d message(s) kept" % (self.mqtt.last_error, len(self.outbox)))
                 return
-            self.outbox.pop()
-            self.published += 1
-            self.last_publish = time.ticks_ms()
-
-    def _flush_serial(self, budget):
-        """A node on a Pi's USB: each message as one OPMSG line on the console (the agent's
-        node-serial source reads them; there is no acknowledgement on a serial line)."""
-        for _ in range(budget):
-            rec = self.outbox.peek()
-            if rec is None:
-                return
-            payload = message.encode_record(self.node_id, rec[0], rec[1], time.ticks_ms(), self.boot, self.uptime_ms())
-            if self.key:
-                payload = message.sign(payload, self.key)
-            print("OPMSG " + binascii.b2a_base64(payload).decode().strip())
             self.outbox.pop()
             self.published += 1
             self.last_publish = time.ticks_ms()

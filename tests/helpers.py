@@ -83,3 +83,13 @@ class BusioI2C:
     def writeto_then_readfrom(self, address, out_buf, in_buf, *, out_start=0, out_end=None, in_start=0, in_end=None):
         self.writeto(address, out_buf, start=out_start, end=out_end)
         self.readfrom_into(address, in_buf, start=in_start, end=in_end)
+
+
+def wait(predicate, timeout=20):
+    """Poll predicate until it holds or timeout seconds pass; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()

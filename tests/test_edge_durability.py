@@ -10,6 +10,7 @@ import time
 import urllib.request
 
 import cbor2
+from helpers import wait
 import pytest
 
 from openpole.edge_agent import batch, decode
@@ -19,13 +20,6 @@ from openpole.sim import load
 from openpole.sim.broker import Broker, free_port
 
 
-def wait(predicate, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 class AgentProcess:
@@ -77,7 +71,7 @@ def test_sigkill_during_a_stream_loses_nothing(pole):
         time.sleep(0.3)
         agent.start()
     assert loader.wait(timeout=60) == 0
-    assert wait(lambda: unique(receiver) >= 3 * m), receiver.store.stats()
+    assert wait(lambda: unique(receiver) >= 3 * m, timeout=60), receiver.store.stats()
     time.sleep(1.0)
     s = receiver.store.stats()
     assert s["unique"] == 3 * m  # every reading of every message, once
@@ -89,7 +83,7 @@ def test_broker_restart_mid_stream_loses_nothing(pole):
     broker.stop()
     broker.start()
     load.run(broker.host, broker.port, nodes=20, messages=500, boot=2)
-    assert wait(lambda: unique(receiver) >= 3000), receiver.store.stats()
+    assert wait(lambda: unique(receiver) >= 3000, timeout=60), receiver.store.stats()
 
 
 def test_a_torn_queue_tail_is_recovered_at_start(pole, tmp_path):
@@ -102,7 +96,7 @@ def test_a_torn_queue_tail_is_recovered_at_start(pole, tmp_path):
         f.write(os.urandom(3000))  # a frame half written when the power went
     agent.start()
     load.run(broker.host, broker.port, nodes=10, messages=300, boot=2)
-    assert wait(lambda: unique(receiver) >= 1800), receiver.store.stats()
+    assert wait(lambda: unique(receiver) >= 1800, timeout=60), receiver.store.stats()
     assert agent.proc.poll() is None
 
 

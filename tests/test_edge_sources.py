@@ -13,6 +13,8 @@ from hw.fake_bme280 import FakeBME280
 from hw.fake_pms5003 import frame
 from hw.fakebus import FakeI2C
 
+from helpers import wait
+
 from openpole.edge_agent import sources
 from openpole.edge_agent.agent import Agent
 from openpole.edge_agent.config import AgentConfig
@@ -50,11 +52,6 @@ def latest(receiver):
     return {(r["node"], r["name"]): r["value"] for r in receiver.store.latest()}
 
 
-def wait(predicate, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not predicate():
-        time.sleep(0.1)
-    return predicate()
 
 
 def test_a_bme280_on_the_pis_i2c(tmp_path, mosquitto):

@@ -7,7 +7,7 @@ import urllib.request
 
 import cbor2
 import pytest
-from helpers import Collector, publish_all
+from helpers import Collector, publish_all, wait
 
 from openpole.edge_agent import batch, decode, sign
 from openpole.edge_agent.agent import Agent
@@ -34,11 +34,6 @@ def run_agent(mosquitto, tmp_path, upstream, **kw):
     return agent
 
 
-def wait(predicate, timeout=20):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not predicate():
-        time.sleep(0.05)
-    return predicate()
 
 
 def test_signed_compressed_batches_reach_a_receiver_that_checks_them(tmp_path, mosquitto):

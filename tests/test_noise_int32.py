@@ -29,6 +29,9 @@ def stage_responses():
     for p in [chain.p_dc] + chain.p_hp:
         x = signal.lfilter([1.0, -1.0], [1.0, -p], x)
         out.append(x)
+    cz, qz, cp, qp = noise._eq(MICS["inmp441"])  # the microphone equalisation, as quantised
+    x = signal.lfilter([1.0, -(1 - cz / 2**qz)], [1.0, -(1 - cp / 2**qp)], x)
+    out.append(x)
     for p in chain.p_lp:
         x = signal.lfilter([1.0], [1.0, -p], x)
         out.append(x)

@@ -9,7 +9,7 @@ import urllib.request
 import cbor2
 
 import message
-from helpers import publish_all
+from helpers import publish_all, wait
 from openpole.edge_agent.agent import Agent
 from openpole.edge_agent.config import AgentConfig
 from openpole.receiver.server import Receiver
@@ -21,13 +21,6 @@ def node_msg(node, boot, seq, t=20.0):
     return f"openpole/v1/{node}/data", message.encode(node, boot, seq, [(250, values)], cbor2.dumps({"bme280": [0, 0]}))
 
 
-def wait(predicate, timeout=20):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def make_agent(broker, upstream, state):

@@ -3,6 +3,6 @@
 
 MICS = {
     'ics43434': {'sensitivity_dbfs': -26.0, 'frame_bits': 32, 'data_bits': 24, 'alignment': 'left', 'noise_floor_dba': 29.0, 'aop_db': 120.0},
-    'inmp441': {'sensitivity_dbfs': -26.0, 'frame_bits': 32, 'data_bits': 24, 'alignment': 'left', 'noise_floor_dba': 33.0, 'aop_db': 120.0},
+    'inmp441': {'sensitivity_dbfs': -26.0, 'frame_bits': 32, 'data_bits': 24, 'alignment': 'left', 'noise_floor_dba': 33.0, 'aop_db': 120.0, 'eq_highpass_hz': 60.0},
     'sph0645': {'sensitivity_dbfs': -26.0, 'frame_bits': 32, 'data_bits': 18, 'alignment': 'left', 'noise_floor_dba': 29.0, 'aop_db': 120.0},
 }

@@ -38,10 +38,12 @@ _HOFF = 21  # level of histogram bin 0
 _CLIP = 22  # |x| counted as overload
 _COEF = 23  # c0 q0 c1 q1 c2 q2 c3 q3 c4 q4 p4 b1 b2
 _WARM = 36  # blocks left before extremes and percentiles count (the filters settle)
+_EQ = 37  # microphone equalisation: cz qz cp qp (all 0: none)
+_EQ_Y = 41  # its state: previous input, previous output
 SETTLE_BLOCKS = 250  # 250 ms: the high-pass sections' start-up transient has died away
-_YB = 40  # the current block's output samples
-_TL = 88  # 257 entries: 10 log10(1 + i/256) in micro-dB
-_TF = 345  # log-add table: 10 log10(1 + 10^(-d/10)), d = i * 2^17 micro-dB
+_YB = 44  # the current block's output samples
+_TL = 92  # 257 entries: 10 log10(1 + i/256) in micro-dB
+_TF = 349  # log-add table: 10 log10(1 + 10^(-d/10)), d = i * 2^17 micro-dB
 _SIZE = _TF + _TF_N + 1
 
 
@@ -79,6 +81,12 @@ def _kernel(buf: ptr32, n: int, st: ptr32, hist: ptr16) -> int:
     p4 = st[33]
     b1 = (st[34] ^ sx) - sx
     b2 = (st[35] ^ sx) - sx
+    ecz = st[37]
+    eqz = st[38]
+    ecp = st[39]
+    eqp = st[40]
+    ex = (st[41] ^ sx) - sx
+    ey = (st[42] ^ sx) - sx
     i = 0
     while i < n:
         x = ((buf[i] ^ sx) - sx) >> 6
@@ -106,14 +114,25 @@ def _kernel(buf: ptr32, n: int, st: ptr32, hist: ptr16) -> int:
         d = y3 - t
         h = c4 * (y4 >> 15)
         y4 = d + y4 - ((h >> (q4 - 15)) + ((((h & ((1 << (q4 - 15)) - 1)) << 15) + c4 * (y4 & 0x7FFF) + (1 << (q4 - 1))) >> q4))
+        # Microphone equalisation (a shelf undoing the mic's own low-frequency roll-off, from its
+        # profile): y = (x - x1) + round(cz * x1 / 2^Qz) + y1 - round(cp * y1 / 2^Qp). With cz = cp
+        # = 0 it is exactly y = x. After the high-pass sections: the low end is already small here.
+        z = y4
+        if ecz:
+            h = ecz * (ex >> 15)
+            d = y4 - ex + (h >> (eqz - 15)) + ((((h & ((1 << (eqz - 15)) - 1)) << 15) + ecz * (ex & 0x7FFF) + (1 << (eqz - 1))) >> eqz)
+            h = ecp * (ey >> 15)
+            ey = d + ey - ((h >> (eqp - 15)) + ((((h & ((1 << (eqp - 15)) - 1)) << 15) + ecp * (ey & 0x7FFF) + (1 << (eqp - 1))) >> eqp))
+            ex = y4
+            z = ey  # y4 stays the high-pass section's own state
         # Low-pass sections: y = x + round(p * y1 / 2^15)
-        l1 = y4 + p4 * (l1 >> 15) + ((p4 * (l1 & 0x7FFF) + 16384) >> 15)
+        l1 = z + p4 * (l1 >> 15) + ((p4 * (l1 & 0x7FFF) + 16384) >> 15)
         l2 = l1 + p4 * (l2 >> 15) + ((p4 * (l2 & 0x7FFF) + 16384) >> 15)
         # FIR: y = x + round(b1 * x1 / 2^15) + round(b2 * x2 / 2^15)
         y = l2 + b1 * (f1 >> 15) + ((b1 * (f1 & 0x7FFF) + 16384) >> 15) + b2 * (f2 >> 15) + ((b2 * (f2 & 0x7FFF) + 16384) >> 15)
         f2 = f1
         f1 = l2
-        st[40 + j] = y
+        st[44 + j] = y
         if y < 0:
             y = 0 - y
         if y > mx:
@@ -133,7 +152,7 @@ def _kernel(buf: ptr32, n: int, st: ptr32, hist: ptr16) -> int:
         acc = 0
         k = 0
         while k < 48:
-            v = (((st[40 + k] ^ sx) - sx) + half) >> s
+            v = (((st[44 + k] ^ sx) - sx) + half) >> s
             acc += v * v
             k += 1
         # 10 log10(acc * 4^s / 48) in micro-dB: msb, then the table between powers of two.
@@ -149,8 +168,8 @@ def _kernel(buf: ptr32, n: int, st: ptr32, hist: ptr16) -> int:
             else:
                 t = acc << (12 - m)
             ti = (t >> 4) - 256
-            lo = st[88 + ti]
-            lb = m * 3010300 + lo + (((st[89 + ti] - lo) * (t & 15)) >> 4) + s * 6020600 - 16812412
+            lo = st[92 + ti]
+            lb = m * 3010300 + lo + (((st[93 + ti] - lo) * (t & 15)) >> 4) + s * 6020600 - 16812412
         # Log-adds, max + F(|a - b|): the Fast step (alpha E_f + (1 - alpha) E_b), the second's
         # sum and, once a second, the interval's sum.
         lf = (st[12] ^ sx) - sx
@@ -180,8 +199,8 @@ def _kernel(buf: ptr32, n: int, st: ptr32, hist: ptr16) -> int:
             d = a - b
             if d < 48103424:  # (_TF_N - 1) << 17: beyond, the smaller term is negligible
                 ti = d >> 17
-                lo = st[345 + ti]
-                a = a + lo + (((st[346 + ti] - lo) * ((d & 0x1FFFF) >> 5)) >> 12)
+                lo = st[349 + ti]
+                a = a + lo + (((st[350 + ti] - lo) * ((d & 0x1FFFF) >> 5)) >> 12)
             if p == 0:
                 lf = a
             elif p == 1:
@@ -226,7 +245,28 @@ def _kernel(buf: ptr32, n: int, st: ptr32, hist: ptr16) -> int:
     st[10] = j
     st[11] = mx
     st[20] = over
+    st[41] = ex
+    st[42] = ey
     return 0
+
+
+def _q15(c):
+    """(round(c * 2^Q), Q) with the largest Q that keeps the product under 2^15 (Q >= 15)."""
+    q = 15
+    while round(c * 2 ** (q + 1)) < 32768 and q < 29:
+        q += 1
+    return round(c * 2**q), q
+
+
+def _eq(mic):
+    """cz, qz, cp, qp of the shelf undoing the mic's first-order roll-off at eq_highpass_hz,
+    its boost limited to 20 dB (the pole ten times lower), matched-z; zeros: no equalisation."""
+    fc = mic.get("eq_highpass_hz")
+    if not fc:
+        return (0, 0, 0, 0)
+    cz = 1 - math.exp(-2 * math.pi * fc / 48000)
+    cp = 1 - math.exp(-2 * math.pi * fc / 10 / 48000)
+    return _q15(cz) + _q15(cp)
 
 
 def _log_table():
@@ -253,6 +293,8 @@ class NoiseMeter:
                 LOW_PASS, FIR[0], FIR[1]]
         for k, v in enumerate(coef):
             st[_COEF + k] = v
+        for k, v in enumerate(_eq(mic)):
+            st[_EQ + k] = v
         for k, v in enumerate(_log_table()):
             st[_TL + k] = v
         for k, v in enumerate(_logadd_table()):

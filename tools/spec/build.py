@@ -52,9 +52,9 @@ def boards_module(specs):
 
 
 def mics_module(specs):
-    keys = ("sensitivity_dbfs", "frame_bits", "data_bits", "alignment", "noise_floor_dba", "aop_db")
+    keys = ("sensitivity_dbfs", "frame_bits", "data_bits", "alignment", "noise_floor_dba", "aop_db", "eq_highpass_hz")
     body = ["MICS = {"]
-    body += [f"    {stem!r}: {dict((k, t[k]) for k in keys)!r}," for stem, t in specs.mics.items()]
+    body += [f"    {stem!r}: {dict((k, t[k]) for k in keys if k in t)!r}," for stem, t in specs.mics.items()]
     body += ["}"]
     return _module("Microphone profiles (sensor_specs/mics/) for the noise meter.", body)
 
@@ -137,6 +137,8 @@ def mic_md(specs, stem, t):
         ("acoustic overload point", f"{t['aop_db']} dB SPL"),
         ("datasheet", f"<{t['datasheet']}>"),
     ]
+    if "eq_highpass_hz" in t:
+        facts.append(("low-frequency roll-off", f"-3 dB at {t['eq_highpass_hz']:g} Hz, equalised by the meter (boost at most 20 dB)"))
     level = 94.0 - t["sensitivity_dbfs"]
     out += [_md_table(("", ""), facts), "", f"A full-scale sine reads {level:.1f} dB SPL.", ""]
     out += ["## Placement", "", t["placement"], ""] + _wiring(specs, t)

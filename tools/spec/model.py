@@ -246,6 +246,9 @@ def _load_mic(s, path, root):
     align = c.get(t, "alignment", str)
     if align is not None and align not in ("left", "right"):
         c.error("alignment", f"unknown alignment {align!r} (known: left, right)")
+    eq = c.get(t, "eq_highpass_hz", NUMBER, required=False)
+    if eq is not None and not 1 <= eq <= 500:
+        c.error("eq_highpass_hz", f"{eq} Hz: the mic's low-frequency corner should be 1-500 Hz")
     floor = c.get(t, "noise_floor_dba", NUMBER)
     aop = c.get(t, "aop_db", NUMBER)
     if floor is not None and aop is not None and floor >= aop:
