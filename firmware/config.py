@@ -16,6 +16,7 @@ DEFAULTS = {
     "wifi": {"ssid": "", "password": ""},
     "key": None,
     "uplink": "mqtt",  # or "serial": messages as OPMSG lines on the console, for a node on a Pi's USB
+    "queue_ram_bytes": 8192,  # messages kept in RAM (over 600 readings); beyond, they spill to flash
 }
 SENSOR_KEYS = ("address", "interval_s", "duty_cycle", "mic")
 _ID_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_-"
@@ -44,6 +45,7 @@ def validate(cfg):
         raise ConfigError("node_id: 1-32 characters of a-z, 0-9, _ and -")
     _number(out["interval_s"], 0.1, 86400, "interval_s")
     _number(out["diag_interval_s"], 1, 86400, "diag_interval_s")
+    _number(out["queue_ram_bytes"], 1024, 65536, "queue_ram_bytes")
     if not isinstance(out["sensors"], dict):
         raise ConfigError("sensors: a table of sensor name -> settings")
     for name, s in out["sensors"].items():

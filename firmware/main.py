@@ -5,7 +5,7 @@ import gc
 import sys
 
 import config
-from console import CRASH_FILE, Console
+from console import CRASH_FILE, LazyConsole
 from hw import platform
 from node import Node
 
@@ -18,7 +18,7 @@ def main():
         cfg = config.load(unique_id=hw.unique_id())
         gc.collect()  # the JSON text and import buffers, before the long-lived objects
         node = Node(cfg, platform(cfg))
-        node.console = Console(node)
+        node.console = LazyConsole(node)
         done = node.run((cfg.get("sim") or {}).get("cycles"))
         print("done cycles=%d published=%d queued=%d dropped=%d heap_live=%d" % (
             done, node.published, len(node.outbox), node.outbox.dropped, node.heap_live))

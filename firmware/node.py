@@ -143,7 +143,7 @@ class Node:
         self.last_publish = None
         self.heap_live = 0  # most heap in use after a collection: what the node really holds
         self.heap_min_free = gc.mem_free()
-        self.outbox = Outbox()
+        self.outbox = Outbox(ram_bytes=cfg["queue_ram_bytes"])
         iv = int(cfg["interval_s"] * 1000)
         self.sensors = [Sensor(n, s, iv) for n, s in cfg["sensors"].items() if n in DRIVERS]
         for n in cfg["sensors"]:
@@ -302,8 +302,7 @@ class Node:
     def run(self, cycles=None):
         self.start()
         gc.collect()  # start-up garbage (config text, import buffers) out of the way
-        if self.console is not None:
-            self.console.prompt()
+        self.console.prompt()
         while cycles is None or self.cycles < cycles:
             self.hw.feed()
             if self.noise is not None:
@@ -318,8 +317,7 @@ class Node:
             self.flush()
             self.mqtt.poll()
             self.housekeeping(now)
-            if self.console is not None:
-                self.console.poll()
+            self.console.poll()
         self.flush(budget=len(self.outbox), max_ms=60000)
         self.mqtt.publish(self.status_topic, b"offline", retain=True)
         self.mqtt.close()
