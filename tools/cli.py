@@ -14,9 +14,10 @@ def _commands():
     from .sim import cli as sim_cli
     from .receiver import cli as receiver_cli
     from .edge_agent import cli as edge_cli
+    from . import conformance
     from .noise import analyze as noise_cli
 
-    return (spec_cli, sim_cli, edge_cli, receiver_cli, noise_cli)
+    return (spec_cli, sim_cli, edge_cli, receiver_cli, noise_cli, conformance)
 
 
 def build_parser():
