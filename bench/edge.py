@@ -12,7 +12,6 @@ Everything runs on loopback, bounded in count and time.
 """
 
 import argparse
-import json
 import os
 import signal
 import sqlite3
@@ -20,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from openpole.receiver.server import Receiver

@@ -86,12 +86,11 @@ def main():
             else:
                 print(f"heap: does NOT run under -X heapsize=48k (target): {err}")
                 lo, hi = 48, 256  # lo fails, hi must work
-                best = None
                 while hi - lo > 4:
                     mid = (lo + hi) // 2 // 4 * 4
                     r, _ = run(app, world, broker, min(args.cycles, 100), mid, tmp)
                     if r:
-                        hi, best = mid, r
+                        hi = mid
                     else:
                         lo = mid
                 res, err = run(app, world, broker, args.cycles, hi, tmp)

@@ -76,7 +76,7 @@ def _uint(value, what):
     return value
 
 
-def _unwrap(obj, keys):
+def _unwrap(obj):
     """COSE_Mac0 -> (message bytes, signed); plain map -> (None, False)."""
     if isinstance(obj, dict):
         return None, False
@@ -104,7 +104,7 @@ def decode(payload, keys=None, require_mac=False):
     """payload bytes -> NodeMessage; keys: {node id: key bytes} of nodes that must sign."""
     keys = keys or {}
     obj = _loads(payload)
-    cose, signed = _unwrap(obj, keys)
+    cose, signed = _unwrap(obj)
     if signed:
         obj = _loads(cose[2])
     if not isinstance(obj, dict):

@@ -10,7 +10,6 @@ Configured as [[sources]] tables in the agent config (edge_agent/sample.toml).
 import base64
 import logging
 import threading
-import time
 from pathlib import Path
 
 import cbor2

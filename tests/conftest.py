@@ -4,7 +4,6 @@ heap, and a real Mosquitto on a free loopback port (missing Mosquitto fails, nev
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 

@@ -2,7 +2,6 @@
 firmware drivers read the same fake buses; hundreds of random calibrations and frames."""
 
 import random
-import struct
 
 import pytest
 from adafruit_bme280.basic import Adafruit_BME280_I2C

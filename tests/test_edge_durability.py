@@ -1,13 +1,11 @@
 """The edge agent keeps its promises through crashes: SIGKILL mid-stream, a broker restart, a torn
 queue tail, a damaged queue file; the queue's quota and maximum age drop the oldest, counted."""
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 
 import cbor2
 from helpers import wait

@@ -4,7 +4,6 @@ MicroPython, uplink "serial")."""
 
 import ctypes
 import os
-import subprocess
 import threading
 import time
 import tty

@@ -6,7 +6,6 @@ import urllib.error
 import urllib.request
 
 import cbor2
-import pytest
 from helpers import Collector, publish_all, wait
 
 from openpole.edge_agent import batch, decode, sign

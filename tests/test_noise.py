@@ -12,7 +12,6 @@ from array import array
 import numpy as np
 import pytest
 
-from openpole.errors import UserError
 from openpole.noise import analyze, design
 
 FS = 48000

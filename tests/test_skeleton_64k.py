@@ -2,12 +2,10 @@
 bus, its message encoder and its MQTT transport publish node messages v1 at QoS 1 to Mosquitto.
 (The whole node runtime, with scheduler, outbox, console and all sensors, needs more: bench/node.py.)"""
 
-import subprocess
 
 from helpers import Collector
 
 from openpole.edge_agent import decode
-from openpole.sim import node as simnode
 
 SKELETON = """
 import time, gc

@@ -44,7 +44,8 @@ SETTLE_BLOCKS = 250  # 250 ms: the high-pass sections' start-up transient has di
 _YB = 44  # the current block's output samples
 _TL = 92  # 257 entries: 10 log10(1 + i/256) in micro-dB
 _TF = 349  # log-add table: 10 log10(1 + 10^(-d/10)), d = i * 2^17 micro-dB
-_SIZE = _TF + _TF_N + 1
+_K = _TF + _TF_N + 1  # from aweight.py: Fast step terms, percentile spacing, last histogram bin
+_SIZE = _K + 4
 
 
 @micropython.viper
@@ -87,6 +88,10 @@ def _kernel(buf: ptr32, n: int, st: ptr32, hist: ptr16) -> int:
     eqp = st[40]
     ex = (st[41] ^ sx) - sx
     ey = (st[42] ^ sx) - sx
+    fa = (st[718] ^ sx) - sx  # _K: 10 log10(alpha), 10 log10(1 - alpha) in micro-dB
+    fb = (st[719] ^ sx) - sx
+    pe = st[720]
+    hb = st[721]
     i = 0
     while i < n:
         x = ((buf[i] ^ sx) - sx) >> 6
@@ -182,8 +187,8 @@ def _kernel(buf: ptr32, n: int, st: ptr32, hist: ptr16) -> int:
         p = 0
         while p < passes:
             if p == 0:
-                a = lf - 34744
-                b = lb - 20986460
+                a = lf + fa
+                b = lb + fb
                 if lb == neg:
                     b = neg
             elif p == 1:
@@ -222,13 +227,13 @@ def _kernel(buf: ptr32, n: int, st: ptr32, hist: ptr16) -> int:
         if lf < (st[18] ^ sx) - sx:
             st[18] = lf
         pc = st[19] + 1
-        if pc >= 10:
+        if pc >= pe:
             pc = 0
             bi = (lf - ((st[21] ^ sx) - sx)) >> 17
             if bi < 0:
                 bi = 0
-            if bi > 915:
-                bi = 915
+            if bi > hb:
+                bi = hb
             if hist[bi] < 65535:
                 hist[bi] = hist[bi] + 1
         st[19] = pc
@@ -295,6 +300,11 @@ class NoiseMeter:
             st[_COEF + k] = v
         for k, v in enumerate(_eq(mic)):
             st[_EQ + k] = v
+        # The kernel is written for 1 ms blocks (48 slots, the 10 log10(48) term) and 2^17 bins.
+        if BLOCK != 48 or HIST_SHIFT != 17 or _K != 718:
+            raise ValueError("noise: aweight.py no longer matches the kernel (BLOCK 48, HIST_SHIFT 17)")
+        for k, v in enumerate((FAST_A_UDB, FAST_B_UDB, PERCENTILE_EVERY, HIST_BINS - 1)):
+            st[_K + k] = v
         for k, v in enumerate(_log_table()):
             st[_TL + k] = v
         for k, v in enumerate(_logadd_table()):

@@ -7,6 +7,7 @@ import sys
 
 import config
 from console import CRASH_FILE, PROMPT
+from node import STATE_NAMES
 
 
 class Console:
@@ -88,7 +89,7 @@ class Console:
 
     def sensors(self, args):
         for s in self.node.sensors:
-            print("%s: %s, %d errors, last %s" % (s.name, ("ok", "warming", "degraded", "failed")[s.state], s.errors, json.dumps(s.last)))
+            print("%s: %s, %d errors, last %s" % (s.name, STATE_NAMES[s.state], s.errors, json.dumps(s.last)))
 
     def config(self, args):
         if len(args) == 2 and args[0] == "get":
