@@ -74,11 +74,16 @@ def load(path=None, **overrides):
             except (TypeError, ValueError):
                 raise UserError(f"config {path}: upstream.key must be the pole's key in hex") from None
         cfg.sources = data.get("sources", [])
-        for node, hexkey in data.get("nodes", {}).get("keys", {}).items():
+        keys_file = data.get("nodes", {}).get("keys_file")
+        if keys_file:  # `openpole pole init` keeps the keys apart, readable by the agent alone
+            keys_path = Path(path).parent / keys_file
             try:
-                cfg.node_keys[node] = bytes.fromhex(hexkey)
-            except (TypeError, ValueError):
-                raise UserError(f"config {path}: nodes.keys.{node} must be the key in hex") from None
+                _read_keys(cfg, tomllib.loads(keys_path.read_text()), keys_path)
+            except OSError as e:
+                raise UserError(f"config {path}: nodes.keys_file {keys_path}: {e.strerror}") from None
+            except tomllib.TOMLDecodeError as e:
+                raise UserError(f"{keys_path} is not valid TOML: {e}") from None
+        _read_keys(cfg, data, path)
     for name, value in overrides.items():
         if value is not None:
             setattr(cfg, name, value)
@@ -93,3 +98,11 @@ def load(path=None, **overrides):
     if not isinstance(cfg.group_commit_ms, int) or not 0 <= cfg.group_commit_ms <= 100:
         raise UserError("ingest.group_commit_ms must be 0 to 100 (a node waits that long for its PUBACK)")
     return cfg
+
+
+def _read_keys(cfg, data, path):
+    for node, hexkey in data.get("nodes", {}).get("keys", {}).items():
+        try:
+            cfg.node_keys[node] = bytes.fromhex(hexkey)
+        except (TypeError, ValueError):
+            raise UserError(f"config {path}: nodes.keys.{node} must be the key in hex") from None

@@ -161,6 +161,7 @@ class Node:
         self.mqtt.set_last_will(self.status_topic, b"offline")
         self.diag_due = time.ticks_ms()
         self.console = None
+        self.watch = False  # the console's monitor: a line per reading
 
     def log(self, line):
         print(line)
@@ -193,6 +194,8 @@ class Node:
                 values = s.read(self.hw, now)
                 if values is not None:
                     samples.append(message.encode_values(values))
+                    if self.watch:
+                        print("reading %s %s" % (s.name, json.dumps(values)))
                 elif s.state >= DEGRADED and was < DEGRADED:
                     self.log("sensor %s: %s (%s)" % (s.name, STATE_NAMES[s.state], s.last_error))
                     self.diag_due = now  # tell the pole now, not at the next diag interval

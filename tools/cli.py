@@ -16,8 +16,14 @@ def _commands():
     from .edge_agent import cli as edge_cli
     from . import conformance
     from .noise import analyze as noise_cli
+    from .field import cli as field_cli
 
-    return (spec_cli, sim_cli, edge_cli, receiver_cli, noise_cli, conformance)
+    return (field_cli, spec_cli, sim_cli, edge_cli, receiver_cli, noise_cli, conformance)
+
+
+# Optional dependencies -> the extra that brings them (pyproject.toml).
+EXTRAS = {"esptool": "field", "littlefs": "field", "mpremote": "field", "serial": "field",
+          "smbus2": "pi", "amqtt": "sim"}
 
 
 def build_parser():
@@ -40,6 +46,12 @@ def main(argv=None):
         return 2
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as e:
+        extra = EXTRAS.get((e.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"openpole: {e.name} is not installed: pip install 'openpole[{extra}]'", file=sys.stderr)
+        return 2
     return status or 0
 
 

@@ -13,6 +13,7 @@ _RESET_CAUSES = {
     machine.SOFT_RESET: "soft",
 }
 WDT_MS = 8000  # the loop feeds it every 10 ms; 8 s covers a slow Wi-Fi reconnect step
+REPL_WDT_MS = 3600000  # at the REPL nothing feeds it, and an ESP32's WDT cannot be stopped
 
 
 class Hardware:
@@ -77,6 +78,12 @@ class Hardware:
 
     def feed(self):
         self._wdt.feed()
+
+    def at_repl(self):
+        """The app stopped for the REPL (Ctrl-C): give the technician an hour before the watchdog
+        resets the node; an update over the raw REPL takes a minute."""
+        self._wdt = machine.WDT(timeout=REPL_WDT_MS)
+        print("at the REPL: the watchdog resets the node in 60 min; Ctrl-D restarts the app now")
 
     def reset(self):
         time.sleep_ms(100)  # let the console's last line out

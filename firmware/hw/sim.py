@@ -96,8 +96,11 @@ class Hardware:
     name = "sim"
 
     def __init__(self, cfg):
+        import os
+
         sim = cfg.get("sim") or {}
-        self.world = _World(sim.get("world", "127.0.0.1:7450"), cfg["node_id"])
+        # OPENPOLE_WORLD: set by `openpole sim node --image`, whose config was made for a board.
+        self.world = _World(os.getenv("OPENPOLE_WORLD") or sim.get("world", "127.0.0.1:7450"), cfg["node_id"])
 
     def i2c(self):
         return SimI2C(self.world)
@@ -123,7 +126,14 @@ class Hardware:
     def feed(self):
         pass
 
+    def at_repl(self):
+        pass  # no watchdog in the simulator
+
     def reset(self):
+        # A board's reset line: the process ends with SIGUSR1 (its shell's parent is this
+        # MicroPython) and `openpole sim node` starts it again, as a board reboots.
+        import os
         import sys
 
-        sys.exit(3)  # the simulator restarts a node that asks for a reset
+        os.system("kill -USR1 $PPID")
+        sys.exit(3)

@@ -1,5 +1,5 @@
 # The serial diagnostics console: lines typed on the USB serial port while the node keeps sampling.
-# help, status, diag (one JSON line), sensors, config get/set, log, selftest, reboot.
+# help, status, diag (one JSON line), sensors, config get/set, log, selftest, monitor, reboot.
 # Unknown input gets one error line; Ctrl-C still interrupts to the REPL (nothing catches it).
 # Loaded by console.LazyConsole at the first byte typed.
 import json
@@ -26,6 +26,7 @@ class Console:
             "config": (self.config, "config get KEY | config set KEY VALUE"),
             "log": (self.log, "recent log lines and the last crash"),
             "selftest": (self.selftest, "check each sensor is present and plausible"),
+            "monitor": (self.monitor, "a line per reading until Enter is pressed"),
             "reboot": (self.reboot, "restart the node"),
         }
 
@@ -41,6 +42,9 @@ class Console:
             if c == 3:  # Ctrl-C: on an ESP32 the UART driver raises this; on a pty the byte comes here
                 raise KeyboardInterrupt
             if c in (10, 13):
+                if self.node.watch:
+                    self.node.watch = False
+                    print("monitor: stopped")
                 if self.n:
                     text = bytes(self.line[: self.n]).decode("utf-8", "replace")
                     self.n = 0
@@ -115,6 +119,10 @@ class Console:
         for name, verdict in result.items():
             print("%s: %s" % (name, verdict))
         print("selftest: %s" % ("PASS" if all(v == "ok" for v in result.values()) else "FAIL"))
+
+    def monitor(self, args):
+        print("monitor: a line per reading (reading SENSOR {values}); press Enter to stop")
+        self.node.watch = True
 
     def reboot(self, args):
         print("rebooting")

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import tty
 from pathlib import Path
 
@@ -20,10 +21,16 @@ def register(sub):
     n.add_argument("--node-id", default="sim-1", help="node id (a-z, 0-9, _ and -)")
     n.add_argument("--interval", type=float, default=1.0, help="seconds between sampling cycles")
     n.add_argument("--cycles", type=int, help="exit 0 after N sampling cycles and print the peak heap")
-    n.add_argument("--heap", default="128k", help="MicroPython heap size, e.g. 48k (default 128k)")
+    n.add_argument("--heap", help="MicroPython heap size, e.g. 48k (default 128k; 192k with --image, whose block "
+                                  "device is Python code in the node's heap where a board has a C flash driver)")
     n.add_argument("--state", type=Path, help="the node's filesystem directory (default: a temporary one)")
     n.add_argument("--sensors", default=",".join(simnode.ALL_SENSORS), help="sensors to fit (default: all)")
     n.add_argument("--serial-pty", action="store_true", help="put the node's console on a new pty; print its path first")
+    n.add_argument("--fs-app", action="store_true",
+                   help="the app lives in the node's filesystem (--state), as on a board: install it with "
+                        "`openpole deploy`; without one the node boots to the MicroPython REPL")
+    n.add_argument("--image", type=Path,
+                   help="boot this image from `openpole image build --sim` instead (its config says the broker)")
     n.set_defaults(func=run_node)
 
     from .load import register as register_load
@@ -45,26 +52,43 @@ def run_node(args):
     from .world import WorldServer
 
     host, port = simnode.parse_hostport(args.broker)
-    app = simnode.build_app()
+    args.heap = args.heap or ("192k" if args.image else "128k")
+    app = None if args.fs_app else simnode.build_app()
     world = WorldServer()
     sensors = tuple(s for s in args.sensors.split(",") if s)
     with tempfile.TemporaryDirectory(prefix="openpole-node-") as tmp:
         state = args.state or Path(tmp)
         cfg = simnode.node_config(args.node_id, host, port, args.interval, cycles=args.cycles,
                                   world=f"{world.host}:{world.port}", sensors=sensors)
-        simnode.write_config(state, cfg)
+        if not (args.fs_app and (state / "config.json").exists()):
+            simnode.write_config(state, cfg)
         if args.serial_pty:
             master, slave = os.openpty()
             tty.setraw(slave)
             print(os.ttyname(slave), flush=True)
-            proc = simnode.start(state, app, heap=args.heap, interactive=True, stdin=master, stdout=master, stderr=master)
+            popen = dict(interactive=True, stdin=master, stdout=master, stderr=master)
         else:
-            proc = simnode.start(state, app, heap=args.heap, stdout=sys.stdout, stderr=subprocess.STDOUT)
+            popen = dict(stdout=sys.stdout, stderr=subprocess.STDOUT)
         # Terminated ourselves (a test, a supervisor): take the node down too, never orphan it.
         signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+        proc = None
         try:
-            return proc.wait()
+            fs = simnode.fs_from_image(args.image, tmp) if args.image else None
+            while True:
+                if fs:
+                    proc = simnode.start_image(fs, f"{world.host}:{world.port}", heap=args.heap, **popen)
+                else:
+                    proc = simnode.start(state, app, heap=args.heap, **popen)
+                rc = proc.wait()
+                # A reset (the firmware's hw.reset()) or, on the console, Ctrl-D at the REPL (a soft
+                # reset on a board) boots the node again; anything else ends the simulation.
+                if rc == -signal.SIGUSR1 or (args.serial_pty and rc == 0 and not args.cycles):
+                    time.sleep(0.2)
+                    continue
+                return rc
         except KeyboardInterrupt:
+            if proc is None or proc.poll() is not None:
+                return 130
             proc.terminate()
             try:
                 return proc.wait(timeout=5)

