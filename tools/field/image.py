@@ -85,8 +85,10 @@ def read_fs(image, block_count=None):
     """Mount a filesystem image with littlefs-python: {path: bytes} of every file."""
     count = block_count or len(image) // BLOCK
     ctx = UserContext(buffer=bytearray(image))
+    # mount=False, then mount(): with mount=True littlefs-python formats an image it cannot mount.
+    fs = LittleFS(context=ctx, block_size=BLOCK, block_count=count, mount=False, **LFS)
     try:
-        fs = LittleFS(context=ctx, block_size=BLOCK, block_count=count, mount=True, **LFS)
+        fs.mount()
     except Exception as e:  # littlefs reports a bad image as LittleFSError
         raise UserError(f"the filesystem image does not mount: {e}") from None
     out = {}

@@ -1,0 +1,86 @@
+"""Field tool figures: deploy throughput over a pty, and image build time.
+
+    .venv/bin/python bench/field.py [--rounds 3]
+
+- deploy: the whole app onto a blank simulated node (`openpole sim node --serial-pty --fs-app`,
+  the real MicroPython raw REPL), then again with nothing changed (hashes only). A pty has no baud
+  rate, so the figure is the protocol's and the VM's ceiling; the bytes that crossed the line give
+  the time the same update takes over a 115200-baud USB-UART.
+- image: `openpole image build` for an ESP32 board, the app already compiled and from cold
+  (mpy-cross for every file), each mounted and checked.
+"""
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from openpole.field import deploy as fdeploy
+from openpole.field import image
+from openpole.sim import node as simnode
+
+
+def deploy_round(files, tmp):
+    state = Path(tempfile.mkdtemp(dir=tmp))
+    proc = subprocess.Popen([sys.executable, "-m", "openpole", "sim", "node", "--serial-pty", "--fs-app",
+                             "--broker", "127.0.0.1:9", "--state", str(state), "--node-id", "bench-1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        port = proc.stdout.readline().strip()
+        time.sleep(1.0)  # the node boots to its REPL
+        full = fdeploy.deploy(port, files, restart=False)
+        same = fdeploy.deploy(port, files, restart=False)
+        return full, same
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    app = simnode.build_app(arch="x64", include_sim=True, umqtt=False)
+    files = simnode.app_files(app)
+    total = sum(map(len, files.values()))
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = [deploy_round(files, tmp) for _ in range(args.rounds)]
+    rate = statistics.median(f.bytes_sent / f.seconds for f, _ in runs)
+    full_s = statistics.median(f.seconds for f, _ in runs)
+    same_s = statistics.median(s.seconds for _, s in runs)
+    wire = runs[0][0].wire_bytes
+    print(f"deploy, full app ({len(files)} files, {total} bytes) over a pty: {full_s:.2f} s, {rate / 1000:.0f} kB/s "
+          f"of file data (median of {args.rounds})")
+    print(f"deploy, nothing changed (one hash listing): {same_s:.2f} s, {runs[0][1].skipped} files skipped")
+    print(f"bytes on the line for the full app: {wire} ({wire / total:.2f}x the files: base64 and commands); "
+          f"at 115200 baud that is {wire * 10 / 115200:.1f} s")
+
+    board, chip = image.board_info("esp32-devkitc")
+    cfg = image.node_config("bench-1", "esp32-devkitc")
+    times = []
+    for _ in range(args.rounds):
+        t0 = time.perf_counter()
+        files, _ = image.app_for(chip)
+        fs = image.build_fs(board, files, cfg)
+        image.verify_fs(fs, files, cfg)
+        times.append(time.perf_counter() - t0)
+    print(f"image build (esp32-devkitc, {len(fs) // 1024} KB filesystem, app compiled): "
+          f"{statistics.median(times) * 1000:.0f} ms, mounted and checked")
+    cold = Path(tempfile.mkdtemp())
+    try:
+        t0 = time.perf_counter()
+        app_dir = simnode.build_app(cold, arch=chip["mpy_arch"], include_sim=False, umqtt=False)
+        files = simnode.app_files(app_dir)
+        fs = image.build_fs(board, files, cfg)
+        image.verify_fs(fs, files, cfg)
+        print(f"image build from cold (mpy-cross for {len(files) - 1} files): {time.perf_counter() - t0:.2f} s")
+    finally:
+        shutil.rmtree(cold)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""`openpole pole init` against a real Mosquitto started with the files it writes: each node may
+publish only to its own topics and read only its own command topic; the agent reads them all;
+a wrong password is refused; the agent's config loads the node keys."""
+
+import base64
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from openpole.edge_agent import config as agent_config
+from openpole.field import pole
+from openpole.field.site import Site
+from openpole.sim.broker import free_port, mosquitto_path
+
+
+def openpole(*args):
+    return subprocess.run([sys.executable, "-m", "openpole", *map(str, args)], capture_output=True, text=True, timeout=60)
+
+
+class Client:
+    def __init__(self, port, user, password, subscribe=None):
+        self.got = []
+        self.rc = None
+        self.ready = threading.Event()
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"t-{user}-{os.urandom(3).hex()}")
+        c.username_pw_set(user, password)
+
+        def on_connect(cl, u, flags, rc, props):
+            self.rc = rc
+            if subscribe and not rc.is_failure:
+                cl.subscribe(subscribe, qos=1)
+            else:
+                self.ready.set()
+
+        c.on_connect = on_connect
+        c.on_subscribe = lambda *a: self.ready.set()
+        c.on_message = lambda cl, u, m: self.got.append(m.topic)
+        c.connect("127.0.0.1", port)
+        c.loop_start()
+        assert self.ready.wait(10)
+        self.c = c
+
+    def publish(self, topic):
+        self.c.publish(topic, b"x", qos=1).wait_for_publish(5)
+
+    def close(self):
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+@pytest.fixture
+def site(tmp_path):
+    s = Site(tmp_path / "site")
+    for n in ("pole1-a", "pole1-b"):
+        s.node_secrets(n)
+        s.record(node_id=n, mac="24:0a:c4:00:00:01", board="esp32-devkitc", chip="ESP32", app="x", how="flash")
+    return s
+
+
+def test_pole_init_writes_a_broker_that_fences_each_node(site, tmp_path):
+    port = free_port()
+    persist = tmp_path / "mosq"
+    persist.mkdir()
+    r = openpole("pole", "init", "--site", site.root, "--out", tmp_path / "out", "--listen", f"127.0.0.1:{port}",
+                 "--pole-id", "pole1", "--persistence-dir", persist)
+    assert r.returncode == 0, r.stderr
+    etc = tmp_path / "out" / "etc"
+    passwd = etc / "mosquitto" / "openpole.passwd"
+    assert stat.S_IMODE(os.stat(passwd).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(etc / "openpole" / "node-keys.toml").st_mode) == 0o600
+    secrets = {n: site.node_secrets(n) for n in ("pole1-a", "pole1-b")}
+    for n, s in secrets.items():
+        assert s["broker_password"] not in passwd.read_text()  # hashed, never in clear
+    conf = (etc / "mosquitto" / "conf.d" / "openpole.conf").read_text()
+    assert "set_tcp_nodelay true" in conf and "allow_anonymous false" in conf and "max_queued_messages" in conf
+
+    # As Debian's /etc/mosquitto/mosquitto.conf does: include conf.d. (As root, stay root: pytest's
+    # temporary directory is private, where /etc/mosquitto is not.)
+    main_conf = tmp_path / "mosquitto.conf"
+    main_conf.write_text(("user root\n" if os.geteuid() == 0 else "") + f"include_dir {etc / 'mosquitto' / 'conf.d'}\n")
+    broker = subprocess.Popen([mosquitto_path(), "-c", str(main_conf)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        agent_cfg = agent_config.load(etc / "openpole" / "agent.toml")
+        while True:
+            try:
+                agent = Client(port, agent_cfg.broker_user, agent_cfg.broker_password, subscribe="openpole/v1/#")
+                break
+            except (ConnectionRefusedError, OSError):
+                assert time.monotonic() < deadline, broker.stdout.read() if broker.poll() is not None else "no broker"
+                time.sleep(0.2)
+        assert not agent.rc.is_failure
+        a = Client(port, "pole1-a", secrets["pole1-a"]["broker_password"], subscribe="openpole/v1/+/cmd")
+        b = Client(port, "pole1-b", secrets["pole1-b"]["broker_password"])
+        a.publish("openpole/v1/pole1-a/data")
+        a.publish("openpole/v1/pole1-a/status")
+        a.publish("openpole/v1/pole1-b/data")   # a node posing as another: dropped by the ACL
+        a.publish("openpole/v1/pole1-a/cmd")    # a node commanding itself: not allowed either
+        b.publish("openpole/v1/pole1-b/diag")
+        agent.publish("openpole/v1/pole1-a/cmd")
+        agent.publish("openpole/v1/pole1-b/cmd")
+        time.sleep(1.0)
+        assert sorted(agent.got) == ["openpole/v1/pole1-a/cmd", "openpole/v1/pole1-a/data", "openpole/v1/pole1-a/status",
+                                     "openpole/v1/pole1-b/cmd", "openpole/v1/pole1-b/diag"]
+        assert a.got == ["openpole/v1/pole1-a/cmd"]  # its own command topic only
+        bad = Client(port, "pole1-a", "not-the-password")
+        assert bad.rc.is_failure
+        for c in (agent, a, b, bad):
+            c.close()
+    finally:
+        broker.terminate()
+        broker.wait(timeout=10)
+    assert agent_cfg.require_mac and agent_cfg.node_keys == {n: bytes.fromhex(s["key"]) for n, s in secrets.items()}
+
+    # Run again after one more node: the agent config you may have edited is kept, the keys follow.
+    (etc / "openpole" / "agent.toml").write_text((etc / "openpole" / "agent.toml").read_text() + "\n[upstream]\nurl = \"https://city\"\n")
+    site.node_secrets("pole1-c")
+    site.record(node_id="pole1-c", board="esp32-devkitc", how="flash")
+    assert openpole("pole", "init", "--site", site.root, "--out", tmp_path / "out", "--listen", f"127.0.0.1:{port}").returncode == 0
+    cfg = agent_config.load(etc / "openpole" / "agent.toml")
+    assert cfg.upstream == "https://city" and set(cfg.node_keys) == {"pole1-a", "pole1-b", "pole1-c"}
+
+
+def test_password_lines_are_what_mosquitto_passwd_writes(tmp_path):
+    line = pole.password_line("n1", "s3cret", salt=b"0123456789ab")
+    user, _, h = line.partition(":")
+    _, kind, rounds, salt, dk = h.split("$")
+    assert (user, kind, rounds) == ("n1", "7", "101")
+    assert base64.b64decode(dk) == hashlib.pbkdf2_hmac("sha512", b"s3cret", b"0123456789ab", 101)
+    tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    f = tmp_path / "pw"
+    subprocess.run([tool, "-c", "-b", str(f), "n1", "s3cret"], check=True)
+    theirs = f.read_text().strip().split(":")[1].split("$")
+    assert theirs[1:3] == ["7", "101"] and len(base64.b64decode(theirs[3])) == 12 and len(base64.b64decode(theirs[4])) == 64
+
+
+def test_pole_init_without_an_inventory_says_what_to_do(tmp_path):
+    r = openpole("pole", "init", "--site", tmp_path / "nothing", "--out", tmp_path / "out")
+    assert r.returncode == 2 and "no inventory yet: flash a node first" in r.stderr
