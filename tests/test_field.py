@@ -111,6 +111,13 @@ def test_deploy_onto_a_blank_node_then_every_console_tool(blank, mosquitto):
     r = openpole("selftest", "--port", blank.port)
     assert r.returncode == 0 and "bme280: ok" in r.stdout and "selftest: PASS" in r.stdout, r.stdout
 
+    # What `openpole flash` does once esptool has reset the node: its console, its diag, its name.
+    from openpole.field.flash import verify_console
+
+    assert verify_console(blank.port, "fa-1") == ("ok", True)
+    verdict, ok = verify_console(blank.port, "fa-9", timeout=2)
+    assert not ok and "the node calls itself 'fa-1', not 'fa-9'" in verdict
+
 
 def test_a_failing_sensor_is_reported_first_and_selftest_fails(mosquitto, tmp_path):
     # The sht31 is configured but not on the simulated bus: the technician must see it first.

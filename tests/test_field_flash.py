@@ -128,6 +128,9 @@ def test_esptool_meets_a_port_that_is_not_an_esp(tmp_path, firmware):
         assert r.stderr.strip() == (f"openpole: {port}: no ESP chip answering: hold the node's BOOT button, press EN "
                                     f"(reset), release BOOT, and run again; or check the cable carries data")
         assert not (tmp_path / "site" / "inventory.csv").exists()
+        # After a flash, a node that never answers on its console gets a verdict, not a hang.
+        verdict, ok = fflash.verify_console(port, "n1", timeout=2)
+        assert not ok and verdict.startswith("flashed, but the node's console is not answering")
     finally:
         os.close(master)
         os.close(slave)
