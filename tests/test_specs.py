@@ -101,6 +101,14 @@ BAD_SPECS = [
      "board_defs/esp32-devkitc.toml: chip: unknown chip 'esp8266'"),
     ("bad TOML", "sensor_specs/sensors/sht31.toml", 'model = "SHT31"', 'model = "SHT31',
      "sensor_specs/sensors/sht31.toml: (file): not valid TOML"),
+    ("unknown mpy arch", "board_defs/chips.toml", 'mpy_arch = "xtensawin"', 'mpy_arch = "xtensa-win"',
+     "board_defs/chips.toml: esp32.mpy_arch: 'xtensa-win' is not an mpy-cross architecture"),
+    ("box with an unknown sensor", "sensor_specs/boxes/street.toml", 'sensors = ["bme280", "pms5003"]',
+     'sensors = ["bme280", "sds011"]', "sensor_specs/boxes/street.toml: sensors[1]: unknown sensor 'sds011'"),
+    ("box on an unknown board", "sensor_specs/boxes/poe.toml", 'board = "olimex-esp32-poe"', 'board = "olimex-poe"',
+     "sensor_specs/boxes/poe.toml: board: unknown board 'olimex-poe'"),
+    ("box part without a quantity", "sensor_specs/boxes/school.toml", "qty = 1\nnote = \"holds the SHT31", "note = \"holds the SHT31",
+     "sensor_specs/boxes/school.toml: parts[0].qty: missing field"),
 ]
 
 

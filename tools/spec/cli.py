@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 from .. import paths
-from . import build, model
+from . import build, model, site
 
 
 def register(sub):
@@ -16,6 +16,8 @@ def register(sub):
     b = ssub.add_parser("build", help="generate the firmware constants and docs/specs/")
     _dirs(b)
     b.add_argument("--check", action="store_true", help="write nothing; exit 1 if a generated file is stale")
+    b.add_argument("--site", type=Path, default=paths.ROOT / "build" / "site",
+                   help="where to write the HTML site (default build/site)")
     b.set_defaults(func=run_build)
 
 
@@ -61,5 +63,9 @@ def run_build(args):
         print(f"{len(files)} generated files are fresh")
         return 0
     build.write(files)
-    print(f"wrote {len(files)} files (firmware constants and docs/specs/)")
-    return 0
+    pages = site.write_site(files, args.site)
+    bad = site.broken_links(args.site)
+    for b in bad:
+        print(f"broken link: {b}", file=sys.stderr)
+    print(f"wrote {len(files)} files (firmware constants and docs/specs/) and {pages} HTML pages in {args.site}")
+    return 1 if bad else 0

@@ -37,6 +37,7 @@ class Specs:
     chips: dict = field(default_factory=dict)
     roles: dict = field(default_factory=dict)       # role -> in/out/io
     boards: dict = field(default_factory=dict)      # board id -> table
+    boxes: dict = field(default_factory=dict)       # box profile (file stem) -> table
     errors: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
 
@@ -114,6 +115,12 @@ def load(spec_dir, board_dir):
     for path in sorted(board_dir.glob("*.toml")):
         if path.name not in ("chips.toml", "roles.toml"):
             _load_board(s, path, root)
+    # A box naming a file that exists but has errors is not reported again: its own errors are.
+    files = {"sensors": {p.stem for p in (spec_dir / "sensors").glob("*.toml")},
+             "mics": {p.stem for p in (spec_dir / "mics").glob("*.toml")},
+             "boards": {p.stem for p in board_dir.glob("*.toml")}}
+    for path in sorted((spec_dir / "boxes").glob("*.toml")):
+        _load_box(s, path, root, files)
     return s
 
 
@@ -275,7 +282,6 @@ def _load_chips(s, path, root):
         arch = c.get(chip, "mpy_arch", str, p)
         if arch is not None and arch not in MPY_ARCHS:
             c.error(f"{p}mpy_arch", f"{arch!r} is not an mpy-cross architecture ({', '.join(MPY_ARCHS)})")
-            ok = False
         if ok:
             s.chips[cid] = chip
 
@@ -348,3 +354,36 @@ def _check_pins(c, pins, chip, reserved, roles):
         if gpio in used:
             c.error(fld, f"GPIO {gpio} is already used by {used[gpio]}")
         used.setdefault(gpio, role)
+
+
+def _load_box(s, path, root, files):
+    """A box profile: a board, its sensors and microphone, and the other parts (its bill of materials)."""
+    t = _read_toml(path, s, root)
+    if t is None:
+        return
+    c = _Checker(s, path, root)
+    n_err = len(s.errors)
+    for key in ("name", "description"):
+        c.get(t, key, str)
+    board = c.get(t, "board", str)
+    if board is not None and board not in files["boards"]:
+        c.error("board", f"unknown board {board!r} (known: {', '.join(sorted(files['boards'] - {'chips', 'roles'}))})")
+    for i, name in enumerate(c.get(t, "sensors", list) or []):
+        if name not in files["sensors"]:
+            c.error(f"sensors[{i}]", f"unknown sensor {name!r} (known: {', '.join(sorted(files['sensors']))})")
+    mic = c.get(t, "mic", str, required=False)
+    if mic is not None and mic not in files["mics"]:
+        c.error("mic", f"unknown microphone {mic!r} (known: {', '.join(sorted(files['mics']))})")
+    for i, part in enumerate(c.get(t, "parts", list, required=False) or []):
+        p = f"parts[{i}]."
+        if not isinstance(part, dict):
+            c.error(f"parts[{i}]", "a table with part, qty and an optional note")
+            continue
+        c.get(part, "part", str, p)
+        qty = c.get(part, "qty", int, p)
+        if qty is not None and qty < 1:
+            c.error(f"{p}qty", "at least 1")
+        c.get(part, "note", str, p, required=False)
+    known = board in s.boards and all(n in s.sensors for n in t.get("sensors", [])) and (mic is None or mic in s.mics)
+    if len(s.errors) == n_err and known:
+        s.boxes[path.stem] = t

@@ -1,0 +1,460 @@
+"""The published spec site: pages and drawings beyond the datasheets (payload contract, noise
+meter, bills of materials, pin maps), and the HTML rendering of every Markdown page.
+
+Everything comes from sensor_specs/ and board_defs/ (and, for the example messages, the node's
+own encoder in firmware/lib): nothing here is written by hand per sensor or board.
+"""
+
+import html
+import importlib
+import math
+import re
+import shutil
+import sys
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+from .. import paths
+from ..noise import design
+
+BUS_COLOURS = {"i2c": "#1f77b4", "uart_pm": "#2ca02c", "pm": "#2ca02c", "i2s": "#9467bd"}
+
+
+# ---------------------------------------------------------------- pin maps
+
+
+def _role_users(specs, role):
+    """'BME280 SDA, SHT31 SDA' for a role."""
+    users = []
+    for t in list(specs.sensors.values()) + list(specs.mics.values()):
+        users += [f"{t['model']} {pin}" for pin, target in t["wiring"].items() if target == role]
+    return ", ".join(users)
+
+
+def pinmap_svg(specs, bid, b):
+    """Every GPIO of the board's chip, in order: the pins openpole uses labelled with their role and
+    the sensor pins that go there; pins that must not be used marked with why."""
+    chip = specs.chips[b["chip"]]
+    by_gpio = {g: r for r, g in b["pins"].items()}
+    reserved = set(b.get("reserved", []))
+    rows = ["3V3", "5V", "GND"] + [f"GPIO {g}" for g in chip["gpio"]]
+    top, step, w = 60, 18, 860
+    h = top + step * len(rows) + 50
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="{w}" height="{h}" '
+           f'font-family="sans-serif" font-size="12" role="img" aria-label="{escape(b["name"])} pin map">',
+           f'<title>{escape(b["name"])}: pin map</title>',
+           f'<text x="20" y="24" font-size="16" font-weight="bold">{escape(b["name"])} ({escape(chip["name"])})</text>',
+           '<text x="20" y="44" fill="#555">Pins openpole uses, by role; pins to leave alone, with the reason.</text>',
+           f'<rect x="20" y="{top - 12}" width="150" height="{step * len(rows) + 6}" rx="8" fill="#f4f4f4" stroke="#333"/>']
+    for i, label in enumerate(rows):
+        y = top + i * step
+        g = int(label.split()[1]) if label.startswith("GPIO") else None
+        role = by_gpio.get(g)
+        colour, note = "#bbb", ""
+        if label in ("3V3", "5V"):
+            colour, note = "#d62728", "power: sensor VIN/VCC (see the wiring tables)"
+        elif label == "GND":
+            colour, note = "#000", "ground"
+        elif role:
+            colour = BUS_COLOURS.get(role.split(".")[0], "#ff7f0e")
+            note = f"{role} ({specs.roles[role]}): {_role_users(specs, role)}"
+        elif g in chip["flash_pins"]:
+            colour, note = "#eee", "do not use: wired to the SPI flash"
+        elif g in reserved:
+            colour, note = "#eee", "do not use: reserved on this board"
+        elif g in chip.get("console_pins", []):
+            colour, note = "#eee", "do not use: the serial console and flasher"
+        elif g in chip["strapping"]:
+            colour, note = "#fff", "strapping pin: free, but a sensor on it can stop boot"
+        elif g in chip["input_only"]:
+            colour, note = "#fff", "free (input only)"
+        out.append(f'<text x="150" y="{y + 4}" text-anchor="end">{escape(label)}</text>')
+        out.append(f'<circle cx="170" cy="{y}" r="5" fill="{colour}" stroke="#333"/>')
+        if note:
+            weight = ' font-weight="bold"' if role else ""
+            fill = "#333" if role or label in ("3V3", "5V", "GND") else "#777"
+            out.append(f'<line x1="175" y1="{y}" x2="200" y2="{y}" stroke="{colour if role else "#ccc"}" stroke-width="2"/>')
+            out.append(f'<text x="206" y="{y + 4}" fill="{fill}"{weight}>{escape(note)}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------- A-weighting plot
+
+
+def _freqs(lo=10.0, hi=20000.0, n=400):
+    return [lo * (hi / lo) ** (i / (n - 1)) for i in range(n)]
+
+
+def aweighting_svg():
+    """The firmware filter's response (its quantised constants) against the IEC 61672-1 curve,
+    with the class 1 tolerance band: the response itself, and its deviation from nominal."""
+    c = design.constants()
+    _, real = design.quantise(design.design())
+    g1k = real.gain_db(1000.0)
+    tol = {float(f): v for f, v in c["class1_tolerance"].items()}
+    w, h = 860, 760
+    left, right = 70, w - 30
+    panels = [(60, 360, -80.0, 10.0, 10.0, "Response, dB"), (440, 700, -6.0, 6.0, 1.0, "Deviation from nominal, dB")]
+
+    def x(f):
+        return left + (right - left) * math.log10(f / 10.0) / math.log10(2000.0)
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="{w}" height="{h}" '
+           'font-family="sans-serif" font-size="12" role="img" aria-label="A-weighting of the openpole noise meter">',
+           "<title>A-weighting: the openpole noise meter's filter against IEC 61672-1</title>",
+           '<text x="20" y="24" font-size="16" font-weight="bold">A-weighting at 48 kHz: firmware filter vs IEC 61672-1</text>',
+           '<text x="20" y="44" fill="#555">Grey: class 1 tolerance around the nominal curve. Blue: the filter as the node '
+           'computes it (quantised constants, gain set at 1 kHz).</text>']
+    for top, bottom, lo, hi, grid, label in panels:
+        def y(v, top=top, bottom=bottom, lo=lo, hi=hi):
+            return bottom - (bottom - top) * (min(max(v, lo), hi) - lo) / (hi - lo)
+
+        out.append(f'<rect x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" fill="#fff" stroke="#333"/>')
+        v = lo
+        while v <= hi + 1e-9:
+            out.append(f'<line x1="{left}" y1="{y(v):.1f}" x2="{right}" y2="{y(v):.1f}" stroke="#eee"/>')
+            out.append(f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:g}</text>')
+            v += grid
+        for f in (10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000):
+            out.append(f'<line x1="{x(f):.1f}" y1="{top}" x2="{x(f):.1f}" y2="{bottom}" stroke="#eee"/>')
+            out.append(f'<text x="{x(f):.1f}" y="{bottom + 16}" text-anchor="middle">{f if f < 1000 else f"{f // 1000}k"}</text>')
+        out.append(f'<text x="{(left + right) / 2}" y="{bottom + 34}" text-anchor="middle">Frequency, Hz</text>')
+        out.append(f'<text x="18" y="{(top + bottom) / 2}" transform="rotate(-90 18 {(top + bottom) / 2})" '
+                   f'text-anchor="middle">{label}</text>')
+        # tolerance band: a step per one-third-octave band, around nominal (or around 0 for the deviation)
+        nominal = label.startswith("Response")
+        upper, lower = [], []
+        for f, (up, dn) in sorted(tol.items()):
+            fe = design.a_weighting_db(f) if nominal else 0.0
+            f0, f1 = f / 2 ** (1 / 6), f * 2 ** (1 / 6)
+            f0, f1 = max(f0, 10.0), min(f1, 20000.0)
+            dn = lo - 10 if dn == -math.inf else dn
+            upper += [(x(f0), y(fe + up)), (x(f1), y(fe + up))]
+            lower += [(x(f0), y(fe + dn)), (x(f1), y(fe + dn))]
+        pts = " ".join(f"{a:.1f},{b:.1f}" for a, b in upper + lower[::-1])
+        out.append(f'<polygon points="{pts}" fill="#ddd" stroke="none"/>')
+        fs = _freqs()
+        if nominal:
+            nom = " ".join(f"{x(f):.1f},{y(design.a_weighting_db(f)):.1f}" for f in fs)
+            out.append(f'<polyline points="{nom}" fill="none" stroke="#333" stroke-width="1.5" stroke-dasharray="5 3"/>')
+        fw = " ".join(f"{x(f):.1f},{y(real.gain_db(f) - g1k - (0.0 if nominal else design.a_weighting_db(f))):.1f}" for f in fs)
+        out.append(f'<polyline points="{fw}" fill="none" stroke="#1f77b4" stroke-width="2"/>')
+    out.append(f'<text x="{left + 10}" y="{panels[0][0] + 18}" fill="#333">dashed: IEC 61672-1 nominal A-weighting</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def noise_md(specs):
+    from .build import _head, _md_table
+
+    c = design.constants()
+    _, real = design.quantise(design.design())
+    g1k = real.gain_db(1000.0)
+    rows = []
+    for f, (up, dn) in c["class1_tolerance"].items():
+        fe = float(f)
+        exact = 1000 * 10 ** (round(10 * math.log10(fe / 1000)) / 10)
+        dev = real.gain_db(exact) - g1k - design.a_weighting_db(exact)
+        rows.append((f, f"{design.a_weighting_db(exact):+.1f}", f"{dev:+.3f}",
+                     f"+{up} / {'-∞' if dn == -math.inf else dn}"))
+    out = _head("The noise meter")
+    out += [
+        "A node computes A-weighted levels from its I2S microphone at 48 kHz: LAeq (the energy mean),",
+        "LAmax and LAmin of the Fast-weighted level (τ = 125 ms), and LA10, LA50, LA90 from a histogram of",
+        "Fast levels taken every 10 ms. The microphone profiles say how a digital word becomes a",
+        "pressure (sensitivity at 94 dB SPL) and correct a microphone's low-frequency roll-off.",
+        "",
+        "![A-weighting of the firmware filter against IEC 61672-1](aweighting.svg)",
+        "",
+        "## Deviation from the IEC 61672-1 curve",
+        "",
+        "At the standard's exact (base-ten) one-third-octave frequencies, from the filter constants the",
+        "node runs; the test suite measures the same through the node's kernel under MicroPython.",
+        "",
+        _md_table(("nominal Hz", "A-weighting at the exact frequency, dB", "firmware deviation, dB", "class 1 tolerance, dB"), rows),
+        "",
+        "The meter is a digital filter and its microphone: a box's own class depends on the",
+        "microphone, its windscreen and its calibration (see each [microphone](README.md#microphones)).",
+        "",
+    ]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------- payload contract
+
+
+def _firmware_lib():
+    """The node's own encoder (firmware/lib) on CPython, for real example messages."""
+    lib = str(paths.FIRMWARE / "lib")
+    added = lib not in sys.path
+    if added:
+        sys.path.insert(0, lib)
+    try:
+        return importlib.import_module("message"), importlib.import_module("cbor")
+    finally:
+        if added:
+            sys.path.remove(lib)
+
+
+EXAMPLE_KEY = bytes(range(32))
+
+
+def example_messages():
+    """(plain, signed) node messages as a street box sends them, made by the node's encoder."""
+    message, cbor = _firmware_lib()
+    weather = message.encode_values({"temperature": 21.37, "humidity": 48.2, "pressure": 1013.62})
+    air = message.encode_values({"pm1": 4, "pm2_5": 7, "pm10": 11})
+    noise = message.encode_values({"laeq": 62.4, "lamax": 71.8, "lamin": 55.1})
+    status = cbor.dumps({"bme280": [0, 0], "pms5003": [0, 0], "noise": [0, 0]})
+    plain = message.encode("pole17-a", 12, 4031, [(1200, weather), (1200, air), (1200, noise)], status)
+    return plain, message.sign(plain, EXAMPLE_KEY)
+
+
+def _hex_lines(b, width=32):
+    h = b.hex()
+    return [h[i: i + 2 * width] for i in range(0, len(h), 2 * width)]
+
+
+def payload_md(specs):
+    import cbor2
+
+    from ..conformance import diagnostic
+    from .build import _head, _md_table
+
+    plain, signed = example_messages()
+    cddl = (paths.SENSOR_SPECS / "node_message.cddl").read_text().rstrip()
+    batch = (paths.SENSOR_SPECS / "upstream_batch.cddl").read_text().rstrip()
+    fields = [
+        ("0", "v", "uint", "message format version: 1"),
+        ("1", "node", "text", "the node id: 1-32 of a-z, 0-9, _ and -, starting with a letter or digit"),
+        ("2", "boot", "uint", "the node's boot counter, kept on its flash"),
+        ("3", "seq", "uint", "message number within this boot, from 0"),
+        ("4", "samples", "array", "[age ms, {quantity key: value}] per reading, oldest first"),
+        ("5", "status", "map", "sensor name: [state, errors] (state 0 ok, 1 warming, 2 degraded, 3 failed)"),
+        ("6", "clock", "uint", "optional: the node's wall clock at send time, ms since 1970 (only if set)"),
+        ("7", "flags", "uint", "optional: 1 = the ages are lower bounds (sampled before a reset)"),
+    ]
+    out = _head("The payload contract")
+    out += [
+        "What a compatible box sends, and what the pole's edge agent accepts. `openpole conformance`",
+        "checks a box against this page: `openpole conformance --broker HOST:PORT --node-id ID`.",
+        "",
+        "## MQTT",
+        "",
+        _md_table(("topic", "QoS", "retain", "what"), [
+            ("`openpole/v1/<node>/data`", 1, "no", "one node message per publish (CBOR, below)"),
+            ("`openpole/v1/<node>/status`", 1, "yes", "`online` on connect; `offline` as the last will and on a clean stop"),
+            ("`openpole/v1/<node>/diag`", 0, "no", "diagnostics as JSON (secrets redacted), and command replies"),
+            ("`openpole/v1/<node>/cmd`", 1, "no", "commands to the node, JSON: `{\"cmd\": \"interval\", \"value\": 30}`, `diag`, `selftest`, `reboot`"),
+        ]),
+        "",
+        "## Node message v1",
+        "",
+        "One CBOR data item (RFC 8949) per publish, a map with small integer keys:",
+        "",
+        _md_table(("key", "name", "type", "meaning"), [(f"`{k}`", n, t, m) for k, n, t, m in fields]),
+        "",
+        "Quantity keys and units come from the [quantity registry](quantities.md). Integers are sent",
+        "as integers; other values rounded to the quantity's resolution, as single-precision floats",
+        "when that is shorter. Values outside a quantity's range are kept and flagged, not dropped.",
+        "",
+        "### Timing",
+        "",
+        "A node needs no clock. Each sample carries its age in milliseconds at send time, from the",
+        "node's monotonic clock; the pole dates it as *receive time − age*. A message queued through",
+        "an outage and sent later is still dated right. Samples taken before a reset carry flag 1:",
+        "their ages leave out the time the node was down, so they are lower bounds.",
+        "",
+        "### De-duplication",
+        "",
+        "(node, boot, seq) identifies a message. QoS 1 may deliver a message twice, and a node re-sends",
+        "what was not acknowledged: the pole stores each (node, boot, seq) once. A node must increase",
+        "boot at every start (it keeps the counter on flash) and seq by one per message within a boot.",
+        "",
+        "### An example",
+        "",
+        "A street box's message (temperature, humidity and pressure; PM1, PM2.5 and PM10; LAeq, LAmax",
+        f"and LAmin), {len(plain)} bytes, made by the node's own encoder:",
+        "",
+        "```",
+        *_hex_lines(plain),
+        "```",
+        "",
+        "In CBOR diagnostic notation (RFC 8949 section 8):",
+        "",
+        "```",
+        diagnostic(cbor2.loads(plain)),
+        "```",
+        "",
+        "## Keyed nodes: the MAC rule",
+        "",
+        "A node with a key (32 random bytes, made by `openpole flash` and given to the pole by",
+        "`openpole pole init`) sends its message inside a COSE_Mac0 (RFC 9052, CBOR tag 17) with",
+        "algorithm HMAC 256/64 (alg 4): the tag is the first 8 bytes of HMAC-SHA-256 over the",
+        "MAC_structure `[\"MAC0\", protected, h'', payload]` with the node's key. The pole rejects a",
+        "keyed node's unsigned or wrongly signed messages, and counts them.",
+        "",
+        f"The example above signed with the key `{EXAMPLE_KEY.hex()}` ({len(signed)} bytes):",
+        "",
+        "```",
+        *_hex_lines(signed),
+        "```",
+        "",
+        "```",
+        diagnostic(cbor2.loads(signed)),
+        "```",
+        "",
+        "## The schema (CDDL, RFC 8610)",
+        "",
+        "```cddl",
+        cddl,
+        "```",
+        "",
+        "## Upstream: what the pole sends the city",
+        "",
+        "Batches of SenML records (RFC 8428) in CBOR, posted to the city's receiver:",
+        "",
+        "```cddl",
+        batch,
+        "```",
+        "",
+    ]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------- bills of materials
+
+
+def box_md(specs, stem, box):
+    from .build import _head, _md_table
+
+    board = specs.boards[box["board"]]
+    rows = [(1, f"[{board['name']}](../boards/{box['board']}.md)", f"{specs.chips[board['chip']]['name']}, {board['flash_mb']} MB flash", "the node")]
+    for name in box["sensors"]:
+        t = specs.sensors[name]
+        rows.append((1, f"[{t['model']}](../sensors/{name}.md) ({t['manufacturer']})",
+                     ", ".join(m["quantity"] for m in t["measures"]), f"[datasheet]({t['datasheet']})"))
+    if box.get("mic"):
+        m = specs.mics[box["mic"]]
+        rows.append((1, f"[{m['model']}](../mics/{box['mic']}.md) microphone ({m['manufacturer']})",
+                     "A-weighted sound levels", f"[datasheet]({m['datasheet']})"))
+    for p in box.get("parts", []):
+        rows.append((p["qty"], p["part"], p.get("note", ""), ""))
+    out = _head(f"{box['name']}")
+    out += [box["description"], "", "## Bill of materials", "",
+            _md_table(("qty", "part", "what for", "reference"), rows), "",
+            "Plus jumper wires or a carrier board, and the node config: see "
+            f"[the wiring for this board](../boards/{box['board']}.md#wiring-per-sensor).", ""]
+    config = ["[sensors." + s + "]" for s in box["sensors"]] + (
+        [f'[sensors.noise]\nmic = "{box["mic"]}"'] if box.get("mic") else [])
+    out += ["## Its node settings (site.toml for `openpole flash`)", "", "```toml", "interval_s = 60", *config, "```", ""]
+    return "\n".join(out)
+
+
+def boxes_index_md(specs):
+    from .build import _head, _md_table
+
+    rows = [(f"[{b['name']}]({stem}.md)", specs.boards[b["board"]]["name"],
+             ", ".join([specs.sensors[s]["model"] for s in b["sensors"]] + ([specs.mics[b["mic"]]["model"]] if b.get("mic") else [])))
+            for stem, b in specs.boxes.items()]
+    return "\n".join(_head("Box profiles") + [
+        "Boxes people build, each with its bill of materials. Any combination of the specs works;",
+        "these are tested starting points.", "", _md_table(("box", "board", "sensors"), rows), ""])
+
+
+# ---------------------------------------------------------------- HTML
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:980px;margin:0 auto;padding:0 1rem 3rem;color:#222;line-height:1.5}
+nav{border-bottom:1px solid #ccc;padding:.6rem 0;margin-bottom:1rem}nav a{margin-right:1rem}
+table{border-collapse:collapse;margin:.5rem 0}th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:left;vertical-align:top}
+pre{background:#f6f6f6;padding:.6rem;overflow-x:auto}code{font-size:.95em}img{max-width:100%}
+footer{margin-top:2rem;color:#777;font-size:.9em}"""
+
+NAV = [("README.md", "openpole specs"), ("quantities.md", "quantities"), ("payload.md", "payload"),
+       ("noise.md", "noise meter"), ("boards/README.md", "boards"), ("boxes/README.md", "boxes")]
+
+
+def _rel(from_path, to_path):
+    import posixpath
+
+    return posixpath.relpath(to_path, posixpath.dirname(from_path) or ".")
+
+
+def _link_md_to_html(text):
+    return re.sub(r'(href="(?![a-z]+:)[^"#]*?)\.md(#[^"]*)?"', lambda m: f'{m.group(1)}.html{m.group(2) or ""}"', text)
+
+
+def render_html(rel, md_text):
+    import markdown
+
+    body = markdown.markdown(md_text, extensions=["tables", "fenced_code", "toc"], output_format="html")
+    body = _link_md_to_html(body)
+    title = next((ln[2:] for ln in md_text.splitlines() if ln.startswith("# ")), "openpole specs")
+    nav = " ".join(f'<a href="{_rel(rel, p)[:-3]}.html">{escape(name)}</a>' for p, name in NAV)
+    src = Path(rel).name
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            f"<title>{escape(title)} · openpole</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+            f"<nav>{nav}</nav>\n<main>\n{body}\n</main>\n"
+            f'<footer>Generated by <code>openpole spec build</code> from sensor_specs/ and board_defs/. '
+            f'Source: <a href="{html.escape(src)}">{html.escape(src)}</a></footer>\n</body>\n</html>\n')
+
+
+def write_site(files, out_dir):
+    """The HTML site from the generated docs: every .md page as HTML beside its Markdown source,
+    every drawing as is. Returns the number of pages."""
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    pages = 0
+    for rel, text in files.items():
+        if not rel.startswith("docs/specs/"):
+            continue
+        sub = rel[len("docs/specs/"):]
+        dest = out_dir / sub
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(text)
+        if sub.endswith(".md"):
+            dest.with_suffix(".html").write_text(render_html(sub, text))
+            pages += 1
+    return pages
+
+
+class _Links:
+    """hrefs, srcs and ids of an HTML page."""
+
+    def __init__(self, text):
+        from html.parser import HTMLParser
+
+        self.links, self.ids = [], set()
+        links, ids = self.links, self.ids
+
+        class P(HTMLParser):
+            def handle_starttag(self, tag, attrs):
+                for k, v in attrs:
+                    if k in ("href", "src") and v:
+                        links.append(v)
+                    if k == "id" and v:
+                        ids.add(v)
+
+        P().feed(text)
+
+
+def broken_links(site_dir):
+    """Internal links of the site that lead nowhere: ['page.html: target', ...]."""
+    site_dir = Path(site_dir)
+    pages = {p: _Links(p.read_text()) for p in site_dir.rglob("*.html")}
+    bad = []
+    for page, info in pages.items():
+        for link in info.links:
+            if re.match(r"^[a-z][a-z0-9+.-]*:", link):  # http:, https:, mailto:: not checked offline
+                continue
+            target, _, frag = link.partition("#")
+            path = (page.parent / target).resolve() if target else page
+            if not path.is_file() or not path.resolve().is_relative_to(site_dir.resolve()):
+                bad.append(f"{page.relative_to(site_dir)}: {link}")
+            elif frag and path.suffix == ".html" and frag not in pages.get(path, _Links(path.read_text())).ids:
+                bad.append(f"{page.relative_to(site_dir)}: {link} (no such anchor)")
+    return bad
