@@ -111,6 +111,15 @@ def test_deploy_onto_a_blank_node_then_every_console_tool(blank, mosquitto):
     r = openpole("selftest", "--port", blank.port)
     assert r.returncode == 0 and "bme280: ok" in r.stdout and "selftest: PASS" in r.stdout, r.stdout
 
+    # Without --board, deploy asks the node which board it is and compiles for that board's chip.
+    import argparse
+
+    from openpole.field.cli import _deploy_target
+
+    files, _ = _deploy_target(argparse.Namespace(sim=False, board=None), blank.port)
+    assert files["lib/noise.mpy"][2] >> 2 == 10  # xtensawin: the ESP32-DevKitC the node says it is
+    assert "hw/sim.mpy" not in files
+
     # What `openpole flash` does once esptool has reset the node: its console, its diag, its name.
     from openpole.field.flash import verify_console
 
@@ -195,3 +204,15 @@ def test_port_errors_are_one_line_with_the_fix(blank, tmp_path):
     finally:
         os.chmod(blank.port, 0o620)
     assert r.returncode == 2 and "permission denied: add yourself to the dialout group" in r.stderr, r.stderr
+
+
+def test_ports_expand_globs_and_repeats(tmp_path):
+    from openpole.errors import UserError
+    from openpole.field import ports
+
+    for name in ("ttyUSB1", "ttyUSB0", "ttyACM0"):
+        (tmp_path / name).touch()
+    got = ports.expand([str(tmp_path / "ttyUSB*"), str(tmp_path / "ttyACM0"), str(tmp_path / "ttyUSB0")])
+    assert got == [str(tmp_path / "ttyUSB0"), str(tmp_path / "ttyUSB1"), str(tmp_path / "ttyACM0")]
+    with pytest.raises(UserError, match="no --port given"):
+        ports.expand([])
