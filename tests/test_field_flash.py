@@ -66,6 +66,7 @@ def test_image_build_makes_a_verified_merged_image_and_records_the_node(tmp_path
     assert stat.S_IMODE(os.stat(site / "secrets").st_mode) == 0o700
     rows = list(csv.DictReader(open(site / "inventory.csv")))
     assert rows[-1]["node_id"] == "n1" and rows[-1]["board"] == "esp32-devkitc" and rows[-1]["how"] == "image"
+    assert rows[-1]["app"].startswith(image.app_version() + "+") and rows[-1]["firmware"] == "ESP32_GENERIC.bin"
     assert secrets["broker_password"] not in (site / "inventory.csv").read_text()
 
     # Rebuilt under the same id: the same credentials (the pole keeps trusting the node).

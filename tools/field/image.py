@@ -162,4 +162,12 @@ def app_for(chip, include_sim=False):
     from ..sim import node as simnode
 
     app = simnode.build_app(arch=chip["mpy_arch"], include_sim=include_sim, umqtt=False)
-    return simnode.app_files(app), app.name
+    return simnode.app_files(app), f"{app_version()}+{app.name}"
+
+
+def app_version():
+    """The firmware's VERSION (firmware/node.py): with the build hash, what the inventory records."""
+    import re
+
+    m = re.search(r'^VERSION = "([^"]+)"', (paths.FIRMWARE / "node.py").read_text(), re.M)
+    return m.group(1) if m else "unknown"
