@@ -1,7 +1,8 @@
 """A node's `diag` answer, read for a technician: what is wrong first, then the details."""
 
-BAD_RESETS = {"watchdog": "the watchdog reset it (the app hung)", "panic": "it crashed (panic)",
-              "brownout": "its supply dipped (brownout): check the power and cable"}
+# What the node's reset cause says (firmware/hw/esp32.py). An ESP32 reports a brownout as power_on
+# and a panic as hard, the same as the reset button: only the watchdog is unambiguous.
+BAD_RESETS = {"watchdog": "the watchdog reset it (the app hung)"}
 
 
 def values_text(values):
