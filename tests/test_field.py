@@ -24,11 +24,11 @@ def openpole(*args, timeout=120):
 class SimNode:
     """`openpole sim node --serial-pty --fs-app`: a board whose filesystem starts blank."""
 
-    def __init__(self, broker, state, node_id, sensors="bme280,noise", extra=()):
+    def __init__(self, broker, state, node_id, sensors="bme280,noise", extra=("--fs-app",)):
         self.state = state
         self.node_id = node_id
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "openpole", "sim", "node", "--serial-pty", "--fs-app", "--broker",
+            [sys.executable, "-m", "openpole", "sim", "node", "--serial-pty", "--broker",
              f"{broker.host}:{broker.port}", "--node-id", node_id, "--interval", "0.5", "--state", str(state),
              "--sensors", sensors, *extra],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -216,3 +216,22 @@ def test_ports_expand_globs_and_repeats(tmp_path):
     assert got == [str(tmp_path / "ttyUSB0"), str(tmp_path / "ttyUSB1"), str(tmp_path / "ttyACM0")]
     with pytest.raises(UserError, match="no --port given"):
         ports.expand([])
+
+
+def test_monitor_stops_cleanly_on_ctrl_c(mosquitto, tmp_path):
+    import signal
+
+    node = SimNode(mosquitto, tmp_path / "node", "mon-1", extra=())  # the app served from the build
+    try:
+        wait_ready(node.port)
+        mon = subprocess.Popen([sys.executable, "-m", "openpole", "monitor", "--port", node.port],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        first = mon.stdout.readline()
+        assert " bme280 " in first or " noise " in first, first
+        mon.send_signal(signal.SIGINT)
+        out, err = mon.communicate(timeout=20)
+        assert mon.returncode == 0 and "Traceback" not in err, err
+        r = openpole("log", "--port", node.port)  # the node's monitor is off: no reading lines mixed in
+        assert r.returncode == 0 and "reading " not in r.stdout, r.stdout
+    finally:
+        node.close()

@@ -254,13 +254,14 @@ def run_monitor(args):
     port_list = _ports(args)
     console = Console()
     errors = []
+    stop = threading.Event()
 
     def one(port):
         prefix = f"{port} " if len(port_list) > 1 else ""
         try:
             with NodeConsole(port) as c:
                 c.attach()
-                for name, values in c.monitor(duration=args.duration, count=args.count):
+                for name, values in c.monitor(duration=args.duration, count=args.count, stop=stop):
                     console.print(f"{prefix}{time.strftime('%H:%M:%S')} [bold]{name}[/] {report.values_text(values)}",
                                   highlight=False)
         except UserError as e:
@@ -269,9 +270,14 @@ def run_monitor(args):
     threads = [threading.Thread(target=one, args=(p,), daemon=True) for p in port_list]
     for t in threads:
         t.start()
-    for t in threads:
-        while t.is_alive():
-            t.join(0.2)
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(0.2)
+    except KeyboardInterrupt:  # Ctrl-C: switch every node's monitor off before leaving
+        stop.set()
+        for t in threads:
+            t.join(6)
     if errors:
         raise UserError(errors[0] if len(errors) == 1 else "; ".join(errors))
     return 0

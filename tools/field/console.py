@@ -89,14 +89,15 @@ class NodeConsole:
                     break
         raise UserError(f"{self.port}: the node's diag answer was not readable: {out.strip()[:80]!r}")
 
-    def monitor(self, duration=None, count=None):
-        """Yield (sensor, values) for each reading until the duration, the count or Ctrl-C."""
+    def monitor(self, duration=None, count=None, stop=None):
+        """Yield (sensor, values) for each reading until the duration, the count or `stop` (an
+        Event: Ctrl-C); the node's monitor is switched off on the way out."""
         self.ser.write(b"monitor\r")
         end = None if duration is None else time.monotonic() + duration
         n = 0
         buf = bytearray()
         try:
-            while (end is None or time.monotonic() < end) and (count is None or n < count):
+            while (end is None or time.monotonic() < end) and (count is None or n < count) and not (stop and stop.is_set()):
                 chunk = self.ser.read(self.ser.in_waiting or 1)
                 buf += chunk
                 while b"\n" in buf:
