@@ -45,10 +45,13 @@ class Agent:
     def _deliver(self, topic, payload, mid, qos):
         self.inbox.put((self.clock(), topic, payload, mid, qos))
 
-    def time_quality(self, now_ns):
+    def time_quality(self, now_ns, synced=None):
+        """synced: the clock check's answer when the caller has it (once per group, not per message)."""
         if now_ns < CLOCK_FLOOR_NS:
             return TQ_IMPLAUSIBLE
-        if self.clock_synced is not None and self.clock_synced() is False:
+        if synced is None and self.clock_synced is not None:
+            synced = self.clock_synced()
+        if synced is False:
             return TQ_UNSYNCED
         return TQ_OK
 
@@ -100,13 +103,14 @@ class Agent:
         """Decode a group of (receive_ns, topic, payload, mid, qos), commit it, then ack it."""
         accepted, rejected = [], []
         pole = self.cfg.pole_id
+        synced = self.clock_synced() if self.clock_synced is not None else None
         for receive_ns, topic, payload, mid, qos in items:
             try:
                 msg = decode.decode(payload, self.cfg.node_keys, self.cfg.require_mac)
                 parts = topic.split("/")
                 if len(parts) != 4 or parts[2] != msg.node:
                     raise decode.Rejected("topic_mismatch", f"node {msg.node!r} published on {topic!r}")
-                tq = self.time_quality(receive_ns)
+                tq = self.time_quality(receive_ns, synced)
                 if msg.age_lower_bound and tq == TQ_OK:
                     tq = TQ_NODE_RESET  # sampled before a node reset: the true time is earlier
                 count, senml = batch.senml_records(pole, msg, receive_ns, tq)

@@ -134,10 +134,11 @@ def decode(payload, keys=None, require_mac=False):
         for key, value in sample[1].items():
             readings.append(_reading(key, value, age))
     status = obj.get(5, {})
-    if not isinstance(status, dict) or not all(
-        isinstance(k, str) and isinstance(v, list) and len(v) == 2 and all(type(x) is int for x in v) for k, v in status.items()
-    ):
+    if type(status) is not dict:
         raise Rejected("schema", "status must map sensor name -> [state, errors]")
+    for k, v in status.items():
+        if type(k) is not str or type(v) is not list or len(v) != 2 or type(v[0]) is not int or type(v[1]) is not int:
+            raise Rejected("schema", "status must map sensor name -> [state, errors]")
     clock = obj.get(6)
     if clock is not None:
         _uint(clock, "clock")

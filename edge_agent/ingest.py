@@ -46,6 +46,11 @@ class _ReadAheadClient(mqtt.Client):
         self._rpos = min(end, len(self._rbuf))
         return out
 
+    def _handle_on_message(self, message):
+        # The agent adds no per-topic callbacks: skip paho's walk of its topic matcher per message.
+        with self._in_callback_mutex:
+            self.on_message(self, self._userdata, message)
+
     def loop_read(self, max_packets=1):
         while True:
             rc = super().loop_read(max_packets)
