@@ -85,10 +85,11 @@ def main():
                 print(f"heap: runs {res['cycles']} cycles under -X heapsize=48k; most held after a collection {res['heap_live']} bytes")
             else:
                 print(f"heap: does NOT run under -X heapsize=48k (target): {err}")
-                lo, hi = 48, 256  # lo fails, hi must work
+                lo, hi = 48, 192  # lo fails, hi must work
                 while hi - lo > 4:
                     mid = (lo + hi) // 2 // 4 * 4
-                    r, _ = run(app, world, broker, min(args.cycles, 100), mid, tmp)
+                    # every cycle: the PMS5003 reads after 30 s and the diag goes out every 60 s
+                    r, _ = run(app, world, broker, args.cycles, mid, tmp)
                     if r:
                         hi = mid
                     else:

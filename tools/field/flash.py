@@ -122,14 +122,13 @@ def flash(port, board_id, node_id, firmware_path, site, base_config=None, baud=4
     res = FlashResult(port, node_id)
     esp = _connect(port, baud, attempts)
     try:
-        from esptool.cmds import attach_flash, detect_flash_size, reset_chip, write_flash
+        from esptool.cmds import attach_flash, detect_flash_size, reset_chip, run_stub, write_flash
 
         res.chip = esp.get_chip_description()
         mac = esp.read_mac()
         res.mac = ":".join(f"{b:02x}" for b in mac)
         res.node_id = node_id = node_id.replace("{mac}", "".join(f"{b:02x}" for b in mac[-3:]))
-        if not esp.IS_STUB:
-            esp = esp.run_stub()
+        esp = run_stub(esp)  # esptool's flasher stub: faster writes, flash size detection
         attach_flash(esp)
         check_device(board, chip, esp.CHIP_NAME, detect_flash_size(esp))
         files, app_build = image.app_for(chip)
