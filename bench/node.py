@@ -52,6 +52,27 @@ def run(app, world, broker, cycles, heap, tmp):
     return {"cycles": int(m.group(1)), "published": int(m.group(2)), "heap_live": int(m.group(3)), "cpu": cpu, "wall": wall}, None
 
 
+MODULES_SCRIPT = """
+import gc, sys
+gc.collect()
+a = gc.mem_alloc()
+import umqtt.simple
+gc.collect()
+b = gc.mem_alloc()
+import app, hw.sim, drivers.bme280, drivers.pms5003, noise, mics
+gc.collect()
+print("MODULES", b - a, gc.mem_alloc() - b, len(sys.modules))
+"""
+
+
+def module_bytes(app):
+    """Heap the node's modules take once imported from .mpy: (umqtt.simple, the app's own)."""
+    r = subprocess.run([simnode.micropython(), "-X", "heapsize=512k", "-c", MODULES_SCRIPT], env=simnode.node_env(app),
+                       capture_output=True, text=True, timeout=60)
+    m = re.search(r"MODULES (\d+) (\d+)", r.stdout)
+    return (int(m.group(1)), int(m.group(2))) if m else (None, None)
+
+
 SC_NAMES = ("temperature", "humidity", "pressure", "pm1", "pm2_5", "pm10", "laeq", "lamin", "lamax")
 
 
@@ -100,6 +121,12 @@ def main():
                     return 1
                 print(f"heap: smallest heap that runs {res['cycles']} cycles: {hi}k (4k steps); "
                       f"most held after a collection {res['heap_live']} bytes")
+            umqtt_b, app_b = module_bytes(app)
+            if app_b:
+                print(f"heap: of what the node holds, its modules loaded from .mpy take {app_b} bytes (umqtt.simple "
+                      f"{umqtt_b} more); the rest, {res['heap_live'] - app_b - umqtt_b} bytes, is the node's data. On a "
+                      f"board whose firmware has the modules frozen (as umqtt.simple is in the stock build) "
+                      f"the heap holds only the data (x64 viper code here; xtensawin's differs in size)")
             print(f"cpu: {res['cpu'] / res['cycles'] * 1000:.2f} ms per sampling cycle "
                   f"({res['cpu'] / res['wall'] * 100:.1f} % of one core; noise DSP at 48 kHz included)")
             msgs = sub.wait_for(lambda m: len(m) >= res["published"], timeout=10)
