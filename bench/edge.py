@@ -151,14 +151,21 @@ def main():
     ap.add_argument("--procs", type=int, default=4, help="publishing processes of the load generator")
     ap.add_argument("--realistic-seconds", type=int, default=30)
     ap.add_argument("--soak-kills", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=5, help="throughput rounds (the median is reported)")
     args = ap.parse_args()
     print(f"command: python bench/edge.py --messages {args.messages} --procs {args.procs} "
-          f"--realistic-seconds {args.realistic_seconds} --soak-kills {args.soak_kills}   ({os.cpu_count()} cores)")
+          f"--realistic-seconds {args.realistic_seconds} --soak-kills {args.soak_kills} --rounds {args.rounds}   "
+          f"({os.cpu_count()} cores)")
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
-        ceiling, rate = throughput(tmp, args.messages, args.procs)
-        print(f"throughput: ceiling (mosquitto_sub -q 1) {ceiling:,.0f} msg/s; agent end to end {rate:,.0f} msg/s "
-              f"= {rate / ceiling * 100:.0f} % of the ceiling (target >= 80 %)")
+        # The ceiling and the agent share two cores with the load generator: one round swings by
+        # +-5 points, so the figure is the median of --rounds.
+        rounds = [throughput(tmp / f"t{i}", args.messages, args.procs) for i in range(args.rounds)]
+        for ceiling, rate in rounds:
+            print(f"throughput round: ceiling (mosquitto_sub -q 1) {ceiling:,.0f} msg/s; agent end to end "
+                  f"{rate:,.0f} msg/s = {rate / ceiling * 100:.0f} %")
+        ratio = sorted(rate / ceiling for ceiling, rate in rounds)[len(rounds) // 2]
+        print(f"throughput: median {ratio * 100:.0f} % of the ceiling over {len(rounds)} rounds (target >= 80 %)")
         agent_us, broker_us, rss, p50, p99, n = realistic(tmp, args.realistic_seconds)
         print(f"realistic load (1,000 nodes at 1 msg/s, {args.realistic_seconds} s): agent {agent_us:.0f} us CPU/msg, "
               f"broker {broker_us:.0f} us CPU/msg: {agent_us / broker_us:.2f}x (target <= 3x)")
