@@ -14,12 +14,14 @@ from openpole.edge_agent.ingest import MqttIngest
 class Sink:
     def __init__(self):
         self.got = []
+        self.seen = []
         self.lock = threading.Lock()
         self.ingest = None
 
     def __call__(self, topic, payload, mid, qos):
         with self.lock:
             self.got.append(bytes(payload))
+            self.seen.append((topic, len(payload), qos))
         self.ingest.ack(mid, qos)
 
     def count(self):
@@ -67,5 +69,34 @@ def test_a_burst_is_delivered_whole_and_a_reconnect_starts_clean(mosquitto):
         publish_burst(mosquitto, 500, start=2000)
         assert wait_for(lambda: sink.count() >= 2500, 5), sink.count()
         assert len(set(sink.got)) == 2500
+    finally:
+        ingest.stop()
+
+
+def test_every_kind_of_publish_arrives_intact(mosquitto):
+    """QoS 0 and 1, retained, a topic in UTF-8, and a payload larger than the read-ahead buffer
+    (parsed by paho across several reads) among small ones parsed from the buffer."""
+    sink = Sink()
+    cfg = config.load(broker_host=mosquitto.host, broker_port=mosquitto.port, pole_id="ingest-kinds")
+    ingest = sink.ingest = MqttIngest(cfg, sink)
+    ingest.start()
+    try:
+        assert wait_for(lambda: ingest.connected, 10)
+        time.sleep(0.3)
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="kinds")
+        c.connect(mosquitto.host, mosquitto.port)
+        c.loop_start()
+        big = bytes(range(256)) * 400  # 102,400 bytes
+        sent = [("openpole/v1/n1/data", b"a" * 50, 1, False), ("openpole/v1/n1/data", b"b" * 50, 0, False),
+                ("openpole/v1/n2/data", big, 1, False), ("openpole/v1/n1/data", b"c" * 50, 1, True),
+                ("openpole/v1/straße-1/data", b"d" * 50, 1, False)]
+        for topic, payload, qos, retain in sent:
+            c.publish(topic, payload, qos=qos, retain=retain).wait_for_publish(10)
+        c.loop_stop()
+        c.disconnect()
+        assert wait_for(lambda: sink.count() >= len(sent), 10), sink.seen
+        assert sink.got == [p for _, p, _, _ in sent]
+        assert [s[0] for s in sink.seen][-1] == "openpole/v1/straße-1/data"
+        assert [s[2] for s in sink.seen] == [1, 0, 1, 1, 1]
     finally:
         ingest.stop()
