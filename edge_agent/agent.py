@@ -45,12 +45,11 @@ class Agent:
     def _deliver(self, topic, payload, mid, qos):
         self.inbox.put((self.clock(), topic, payload, mid, qos))
 
-    def time_quality(self, now_ns, synced=None):
-        """synced: the clock check's answer when the caller has it (once per group, not per message)."""
+    @staticmethod
+    def time_quality(now_ns, synced):
+        """synced: the clock check's answer (True, False, or None when unknown), asked once a group."""
         if now_ns < CLOCK_FLOOR_NS:
             return TQ_IMPLAUSIBLE
-        if synced is None and self.clock_synced is not None:
-            synced = self.clock_synced()
         if synced is False:
             return TQ_UNSYNCED
         return TQ_OK

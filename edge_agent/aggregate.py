@@ -10,22 +10,12 @@ import math
 from openpole.spec.registry import REGISTRY
 
 
-_LEVELS = set()
-
-
-def _levels():
-    """Keys of the decibel quantities (made at first use)."""
-    if not _LEVELS:
-        _LEVELS.update(k for k, q in REGISTRY.by_key.items() if q.kind == "level")
-    return _LEVELS
-
-
 class Minutes:
     def __init__(self):
         self.open = {}  # (node, key, minute) -> [count, sum (or energy sum), min, max]
 
     def add(self, node, readings, receive_ns):
-        levels = _levels()
+        levels = REGISTRY.level_keys
         for r in readings:
             minute = (receive_ns - r.age_ms * 1_000_000) // 60_000_000_000 * 60
             acc = self.open.get((node, r.key, minute))

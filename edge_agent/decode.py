@@ -146,27 +146,17 @@ def decode(payload, keys=None, require_mac=False):
     return NodeMessage(node, boot, seq, readings, status, clock, signed, bool(flags & FLAG_AGE_LOWER_BOUND))
 
 
-_LIMITS = {}  # quantity key -> (name, min, max, decimals of its resolution), made at first use
-
-
-def _limits():
-    if not _LIMITS:
-        for k, q in REGISTRY.by_key.items():
-            _LIMITS[k] = (q.name, q.min, q.max, max(0, -math.floor(math.log10(q.resolution) + 1e-9)))
-    return _LIMITS
-
-
 def _reading(key, value, age):
-    q = _limits().get(key) if type(key) is int else None
+    q = REGISTRY.by_key.get(key) if type(key) is int else None
     if q is None:
         raise Rejected("unknown_quantity", f"key {key!r} is not in the registry")
     kind = type(value)
     if kind is float:
         if not math.isfinite(value):
-            raise Rejected("not_finite", f"{q[0]} = {value}")
+            raise Rejected("not_finite", f"{q.name} = {value}")
         # Nodes send floats at single precision, quantised to the resolution: undo the float noise.
-        value = round(value, q[3])
+        value = round(value, q.digits)
     elif kind is not int:
-        raise Rejected("schema", f"{q[0]}: value must be a number, not {kind.__name__}")
-    flags = 0 if q[1] <= value <= q[2] else FLAG_OUT_OF_RANGE
-    return Reading(key, q[0], value, age, flags)
+        raise Rejected("schema", f"{q.name}: value must be a number, not {kind.__name__}")
+    flags = 0 if q.min <= value <= q.max else FLAG_OUT_OF_RANGE
+    return Reading(key, q.name, value, age, flags)

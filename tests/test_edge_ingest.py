@@ -2,10 +2,12 @@
 holds per wake-up: a burst that arrives in one read is delivered whole, at once, not one packet per
 select() with the rest stranded until the next byte arrives; a reconnect starts clean."""
 
+import socket
 import threading
 import time
 
 import paho.mqtt.client as mqtt
+import pytest
 
 from openpole.edge_agent import config
 from openpole.edge_agent.ingest import MqttIngest
@@ -47,56 +49,52 @@ def publish_burst(broker, n, start=0):
     c.disconnect()
 
 
-def test_a_burst_is_delivered_whole_and_a_reconnect_starts_clean(mosquitto):
-    sink = Sink()
+@pytest.fixture
+def sink(mosquitto):
+    """The agent's ingest on the test broker, delivering to a Sink that acknowledges."""
+    s = Sink()
     cfg = config.load(broker_host=mosquitto.host, broker_port=mosquitto.port, pole_id="ingest-test")
-    ingest = sink.ingest = MqttIngest(cfg, sink)
-    ingest.start()
+    s.ingest = MqttIngest(cfg, s)
+    s.ingest.start()
     try:
-        assert wait_for(lambda: ingest.connected, 10)
+        assert wait_for(lambda: s.ingest.connected, 10)
         time.sleep(0.3)  # subscribed
-        publish_burst(mosquitto, 2000)
-        # Stranded packets would wait for the 30 s keepalive's PINGRESP: 5 s is plenty.
-        assert wait_for(lambda: sink.count() >= 2000, 5), sink.count()
-        assert sorted(sink.got) == sorted(b"%08d" % i + b"x" * 90 for i in range(2000))
-
-        import socket
-
-        ingest.client.socket().shutdown(socket.SHUT_RDWR)  # the connection drops; paho reconnects
-        assert wait_for(lambda: not ingest.connected, 10)
-        assert wait_for(lambda: ingest.connected, 15)
-        time.sleep(0.3)
-        publish_burst(mosquitto, 500, start=2000)
-        assert wait_for(lambda: sink.count() >= 2500, 5), sink.count()
-        assert len(set(sink.got)) == 2500
+        yield s
     finally:
-        ingest.stop()
+        s.ingest.stop()
 
 
-def test_every_kind_of_publish_arrives_intact(mosquitto):
+def test_a_burst_is_delivered_whole_and_a_reconnect_starts_clean(sink, mosquitto):
+    ingest = sink.ingest
+    publish_burst(mosquitto, 2000)
+    # Stranded packets would wait for the 30 s keepalive's PINGRESP: 5 s is plenty.
+    assert wait_for(lambda: sink.count() >= 2000, 5), sink.count()
+    assert sorted(sink.got) == sorted(b"%08d" % i + b"x" * 90 for i in range(2000))
+
+    ingest.client.socket().shutdown(socket.SHUT_RDWR)  # the connection drops; paho reconnects
+    assert wait_for(lambda: not ingest.connected, 10)
+    assert wait_for(lambda: ingest.connected, 15)
+    time.sleep(0.3)
+    publish_burst(mosquitto, 500, start=2000)
+    assert wait_for(lambda: sink.count() >= 2500, 5), sink.count()
+    assert len(set(sink.got)) == 2500
+
+
+def test_every_kind_of_publish_arrives_intact(sink, mosquitto):
     """QoS 0 and 1, retained, a topic in UTF-8, and a payload larger than the read-ahead buffer
     (parsed by paho across several reads) among small ones parsed from the buffer."""
-    sink = Sink()
-    cfg = config.load(broker_host=mosquitto.host, broker_port=mosquitto.port, pole_id="ingest-kinds")
-    ingest = sink.ingest = MqttIngest(cfg, sink)
-    ingest.start()
-    try:
-        assert wait_for(lambda: ingest.connected, 10)
-        time.sleep(0.3)
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="kinds")
-        c.connect(mosquitto.host, mosquitto.port)
-        c.loop_start()
-        big = bytes(range(256)) * 400  # 102,400 bytes
-        sent = [("openpole/v1/n1/data", b"a" * 50, 1, False), ("openpole/v1/n1/data", b"b" * 50, 0, False),
-                ("openpole/v1/n2/data", big, 1, False), ("openpole/v1/n1/data", b"c" * 50, 1, True),
-                ("openpole/v1/straße-1/data", b"d" * 50, 1, False)]
-        for topic, payload, qos, retain in sent:
-            c.publish(topic, payload, qos=qos, retain=retain).wait_for_publish(10)
-        c.loop_stop()
-        c.disconnect()
-        assert wait_for(lambda: sink.count() >= len(sent), 10), sink.seen
-        assert sink.got == [p for _, p, _, _ in sent]
-        assert [s[0] for s in sink.seen][-1] == "openpole/v1/straße-1/data"
-        assert [s[2] for s in sink.seen] == [1, 0, 1, 1, 1]
-    finally:
-        ingest.stop()
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="kinds")
+    c.connect(mosquitto.host, mosquitto.port)
+    c.loop_start()
+    big = bytes(range(256)) * 400  # 102,400 bytes
+    sent = [("openpole/v1/n1/data", b"a" * 50, 1, False), ("openpole/v1/n1/data", b"b" * 50, 0, False),
+            ("openpole/v1/n2/data", big, 1, False), ("openpole/v1/n1/data", b"c" * 50, 1, True),
+            ("openpole/v1/straße-1/data", b"d" * 50, 1, False)]
+    for topic, payload, qos, retain in sent:
+        c.publish(topic, payload, qos=qos, retain=retain).wait_for_publish(10)
+    c.loop_stop()
+    c.disconnect()
+    assert wait_for(lambda: sink.count() >= len(sent), 10), sink.seen
+    assert sink.got == [p for _, p, _, _ in sent]
+    assert [s[0] for s in sink.seen][-1] == "openpole/v1/straße-1/data"
+    assert [s[2] for s in sink.seen] == [1, 0, 1, 1, 1]

@@ -202,18 +202,13 @@ def run_deploy(args):
 
 def _after_restart(port):
     from . import report
-    from .console import NodeConsole
+    from .console import wait_for_diag
 
-    end = time.monotonic() + 30
-    while True:
-        try:
-            with NodeConsole(port, timeout=10) as c:
-                d = c.attach().diag()
-            return f"node {d.get('node')} {report.verdict(d)}", True
-        except UserError as e:
-            if time.monotonic() > end:
-                return f"the app did not come back: {e}", False
-            time.sleep(1)
+    try:
+        d = wait_for_diag(port, timeout=30)
+    except UserError as e:
+        return f"the app did not come back: {e}", False
+    return f"node {d.get('node')} {report.verdict(d)}", True
 
 
 def run_diag(args):

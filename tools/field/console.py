@@ -114,3 +114,17 @@ class NodeConsole:
         finally:
             self.ser.write(b"\r")  # Enter stops the monitor
             self._read_until(PROMPT, 5.0)
+
+
+def wait_for_diag(port, timeout=30.0):
+    """The node's diag once its console answers (after a reset: a flash, a deploy); the last
+    error when it has not answered within `timeout`."""
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            with NodeConsole(port, timeout=min(10.0, timeout)) as c:
+                return c.attach().diag()
+        except UserError:
+            if time.monotonic() > end:
+                raise
+            time.sleep(1.0)

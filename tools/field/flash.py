@@ -6,12 +6,11 @@ reset. Then wait for the node's console, run `diag`, print a verdict and append 
 """
 
 import threading
-import time
 from dataclasses import dataclass
 
 from ..errors import UserError
 from . import image, ports, report
-from .console import NodeConsole
+from .console import wait_for_diag
 
 
 class _Log:
@@ -78,8 +77,8 @@ def check_device(board, chip, chip_name, flash_text):
                         f"{chip['esptool_name']}: pick the right --board (docs/specs lists the boards)")
     mb = flash_size_mb(flash_text)
     if mb is None:
-        raise UserError(f"the flash chip did not report its size: check the module is genuine and its "
-                        f"power is steady, then retry")
+        raise UserError("the flash chip did not report its size: check the module is genuine and its "
+                        "power is steady, then retry")
     if mb != board["flash_mb"]:
         raise UserError(f"flash size mismatch: the node has {flash_text} of flash, board {board['id']} has "
                         f"{board['flash_mb']} MB: pick the right --board, or this is a different module")
@@ -153,16 +152,10 @@ def flash(port, board_id, node_id, firmware_path, site, base_config=None, baud=4
 
 def verify_console(port, node_id, timeout=30.0):
     """After flashing: the node boots, its console answers, its diag names it. (verdict, ok)."""
-    end = time.monotonic() + timeout
-    while True:
-        try:
-            with NodeConsole(port, timeout=min(10.0, timeout)) as c:
-                d = c.attach().diag()
-            break
-        except UserError as e:
-            if time.monotonic() > end:
-                return f"flashed, but the node's console is not answering: {e}", False
-            time.sleep(1.0)
+    try:
+        d = wait_for_diag(port, timeout)
+    except UserError as e:
+        return f"flashed, but the node's console is not answering: {e}", False
     if d.get("node") != node_id:
         return f"flashed, but the node calls itself {d.get('node')!r}, not {node_id!r}: its config did not load", False
     return report.verdict(d), True

@@ -22,12 +22,13 @@ LFS = dict(read_size=32, prog_size=32, lookahead_size=32, name_max=255, disk_ver
 
 
 def specs():
-    from ..spec import model
+    """The repository's specs, loaded once per process (the registry's cache)."""
+    from ..spec.registry import REGISTRY
 
-    s = model.load(paths.SENSOR_SPECS, paths.BOARD_DEFS)
-    if s.errors:
-        raise UserError(f"the specs do not load: {s.errors[0]} (run `openpole spec check`)")
-    return s
+    try:
+        return REGISTRY.specs
+    except RuntimeError as e:
+        raise UserError(str(e)) from None
 
 
 def board_info(board_id, s=None):

@@ -10,12 +10,11 @@ Written under OUT as they go on the Pi (OUT=/ installs them):
 
 import base64
 import hashlib
-import os
-import pwd
 import secrets as rnd
 from pathlib import Path
 
 from ..errors import UserError
+from .site import write_file
 
 # mosquitto_passwd's format since Mosquitto 2.0: $7$ = PBKDF2-HMAC-SHA512, 101 iterations,
 # 12-byte salt, all base64.
@@ -60,23 +59,6 @@ def _toml_str(s):
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _write(path, text, private=False, owner=None):
-    """Write a file; private ones are 0600, and handed to `owner` (a user name) when we are root
-    and it exists: Mosquitto reads its password file after dropping to its own user."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    if private:
-        os.chmod(path, 0o600)
-    if owner and os.geteuid() == 0:
-        try:
-            pw = pwd.getpwnam(owner)
-        except KeyError:
-            return
-        os.chown(path, pw.pw_uid, pw.pw_gid)
-
-
 def init(site, out, listen="0.0.0.0:1883", pole_id="pole", persistence_dir=None):
     """Write the files; returns {what: path}."""
     nodes = site.nodes()
@@ -101,14 +83,14 @@ def init(site, out, listen="0.0.0.0:1883", pole_id="pole", persistence_dir=None)
         "keys": etc_o / "node-keys.toml",
         "agent": etc_o / "agent.toml",
     }
-    _write(files["passwd"], "\n".join(users) + "\n", private=True, owner="mosquitto")
-    _write(files["acl"], acl(agent["broker_user"], nodes))
-    _write(files["conf"], mosquitto_conf(listen, files["passwd"].resolve(), files["acl"].resolve(), len(nodes), persistence_dir))
-    _write(files["keys"], "# openpole node keys: node id = key in hex. Written by `openpole pole init`.\n"
+    write_file(files["passwd"], "\n".join(users) + "\n", private=True, owner="mosquitto")
+    write_file(files["acl"], acl(agent["broker_user"], nodes))
+    write_file(files["conf"], mosquitto_conf(listen, files["passwd"].resolve(), files["acl"].resolve(), len(nodes), persistence_dir))
+    write_file(files["keys"], "# openpole node keys: node id = key in hex. Written by `openpole pole init`.\n"
                           "[nodes.keys]\n" + "\n".join(keys) + "\n", private=True)
     if not files["agent"].exists():
         host, _, port = listen.rpartition(":")
-        _write(files["agent"], (
+        write_file(files["agent"], (
             "# openpole edge agent: written once by `openpole pole init`; edit freely (see `openpole edge run --help`).\n"
             f"[pole]\nid = {_toml_str(pole_id)}\n\n"
             f"[broker]\nhost = \"127.0.0.1\"\nport = {int(port)}\n"

@@ -11,12 +11,32 @@ secrets/       one JSON file per node (broker user and password, node key), mode
 import csv
 import json
 import os
+import pwd
 import secrets as rnd
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import UserError
+
+def write_file(path, text, private=False, owner=None):
+    """Write a file whole or not at all (temporary name, then rename); a private one is 0600 from
+    its creation, and handed to `owner` (a user name) when we are root and that user exists."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    if owner and os.geteuid() == 0:
+        try:
+            pw = pwd.getpwnam(owner)
+        except KeyError:
+            pw = None
+        if pw:
+            os.chown(tmp, pw.pw_uid, pw.pw_gid)
+    os.replace(tmp, path)
+
 
 FIELDS = ("date", "node_id", "mac", "board", "chip", "firmware", "app", "secrets", "how")
 
@@ -34,11 +54,7 @@ class Site:
 
     def _write_private(self, path, data):
         self._private_dir()
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
+        write_file(path, json.dumps(data, indent=1), private=True)
 
     def secrets_path(self, node_id):
         return self.secrets_dir / f"{node_id}.json"

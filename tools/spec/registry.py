@@ -1,9 +1,15 @@
 """The quantity registry as the edge agent and the receiver use it: by key and by name."""
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 
 from .. import paths
+
+
+def digits(resolution):
+    """Decimal places of a resolution (0.01 -> 2, 1 -> 0, 10 -> 0)."""
+    return max(0, -math.floor(math.log10(resolution) + 1e-9))
 
 
 @dataclass(frozen=True)
@@ -16,6 +22,7 @@ class Quantity:
     max: float
     resolution: float
     kind: str
+    digits: int = 0  # decimals of the resolution: what a value is rounded to
 
 
 class Registry:
@@ -37,8 +44,14 @@ class Registry:
         out = {}
         for q in self.specs.quantities:
             symbol = self.specs.units[q["unit"]]["symbol"]
-            out[q["key"]] = Quantity(q["name"], q["key"], q["unit"], symbol, q["min"], q["max"], q["resolution"], q["kind"])
+            out[q["key"]] = Quantity(q["name"], q["key"], q["unit"], symbol, q["min"], q["max"], q["resolution"], q["kind"],
+                                     digits(q["resolution"]))
         return out
+
+    @cached_property
+    def level_keys(self):
+        """Keys of the decibel quantities: averaged as energy, never arithmetically."""
+        return frozenset(k for k, q in self.by_key.items() if q.kind == "level")
 
     @cached_property
     def by_name(self):
