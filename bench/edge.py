@@ -14,7 +14,6 @@ Everything runs on loopback, bounded in count and time.
 import argparse
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -107,10 +106,8 @@ def realistic(tmp, seconds):
         peak_rss = max(peak_rss, rss_mb(a.pid))
         a.terminate()
         a.wait()
-        db = sqlite3.connect(tmp / "r2" / "receiver.sqlite")
-        lat = sorted(stored - nc * 1_000_000 for stored, nc in
-                     db.execute("SELECT stored_ns, node_clock_ms FROM records WHERE name = 'temperature'"))
-        db.close()
+        lat = sorted(r["stored_ns"] - r["node_clock_ms"] * 1_000_000 for r in receiver.store.readings()
+                     if r["name"] == "temperature")
     finally:
         receiver.stop()
         broker.stop()

@@ -1,6 +1,6 @@
 """Upstream batches: SenML-CBOR records (RFC 8428) in an envelope with a batch id
-(sensor_specs/upstream_batch.cddl). The receiver de-duplicates on the batch id and on
-(node, boot, seq, name), so a batch re-sent after a lost acknowledgement is harmless."""
+(sensor_specs/upstream_batch.cddl). The receiver de-duplicates on the batch id and on a message's
+(pole, node, boot, seq), so a batch re-sent after a lost acknowledgement is harmless."""
 
 import os
 import time
@@ -66,8 +66,11 @@ def encode(batch_id, pole, blobs, records, created_ns=None, minutes=()):
     return bytes(out)
 
 
-def decode(data, max_size=8 * 1024 * 1024):
-    """bytes -> (batch_id, pole, [flat records], [minute aggregates]); ValueError on anything malformed."""
+def decode_messages(data, max_size=8 * 1024 * 1024):
+    """bytes -> (batch_id, pole, messages, minutes); ValueError on anything malformed.
+
+    A message is a run of records with the same base name, boot and seq: (pole, node, boot, seq,
+    node_clock_ms, [(name, unit, value, time, flags, time_quality, receive_ns)])."""
     if len(data) > max_size:
         raise ValueError(f"batch of {len(data)} bytes is over {max_size}")
     try:
@@ -79,30 +82,49 @@ def decode(data, max_size=8 * 1024 * 1024):
     batch_id, pole, pack = env.get(1), env.get(2), env.get(4)
     if not isinstance(batch_id, bytes) or len(batch_id) != 16 or not isinstance(pole, str) or not isinstance(pack, list):
         raise ValueError("batch needs a 16-byte id, a pole id and a record list")
-    out = []
-    bn, bt, nc = "", 0.0, None
+    msgs = []
+    bn, where, bt, nc, key, cur = None, None, 0.0, None, None, None
     for rec in pack:
-        if not isinstance(rec, dict):
+        if type(rec) is not dict:
             raise ValueError("a SenML record must be a map")
-        if BN in rec:  # a new message's first record: its node clock, if any, starts here
+        b = rec.get(BN)
+        if b is not None:  # a new message's first record: its node clock, if any, starts here
+            if b != bn:
+                parts = b.split(":") if type(b) is str else ()
+                if len(parts) != 5 or parts[0] != "urn" or parts[1] != "openpole" or parts[4]:
+                    raise ValueError(f"base name {b!r} is not urn:openpole:<pole>:<node>:")
+                bn, where = b, (parts[2], parts[3])
             nc = rec.get("nc")
-        bn = rec.get(BN, bn)
+        elif where is None:
+            raise ValueError("the first SenML record needs a base name")
         bt = rec.get(BT, bt)
-        name, value = rec.get(N), rec.get(V)
-        if not isinstance(name, str) or type(value) not in (int, float):
-            raise ValueError("a SenML record needs a name and a numeric value")
-        parts = bn.split(":")
-        if len(parts) != 5 or parts[0] != "urn" or parts[1] != "openpole":
-            raise ValueError(f"base name {bn!r} is not urn:openpole:<pole>:<node>:")
-        out.append({
-            "pole": parts[2], "node": parts[3], "name": name, "unit": rec.get(U), "value": value,
-            "time": bt + rec.get(T, 0.0), "boot": rec.get("boot"), "seq": rec.get("seq"),
-            "receive_ns": rec.get("rt"), "flags": rec.get("fl", 0), "time_quality": rec.get("tq", 0),
-            "node_clock_ms": nc,
-        })
+        name, value, t, boot, seq = rec.get(N), rec.get(V), rec.get(T, 0.0), rec.get("boot"), rec.get("seq")
+        if type(name) is not str or type(value) not in (int, float) or type(t) not in (int, float) or type(bt) not in (int, float):
+            raise ValueError("a SenML record needs a name, a numeric value and a numeric time")
+        if type(boot) is not int or type(seq) is not int:
+            raise ValueError("an openpole record needs integer boot and seq")
+        if key is None or key[0] is not where or key[1] != boot or key[2] != seq:
+            key, cur = (where, boot, seq), []
+            msgs.append((where[0], where[1], boot, seq, nc, cur))
+        cur.append((name, rec.get(U), value, bt + t, rec.get("fl", 0), rec.get("tq", 0), rec.get("rt")))
     minutes = env.get(5, [])
     if not isinstance(minutes, (list, tuple)) or not all(
         isinstance(m, (list, tuple)) and len(m) == 7 and isinstance(m[0], str) and isinstance(m[1], str) for m in minutes
     ):
         raise ValueError("aggregates must be [node, quantity, minute, count, mean, min, max] rows")
-    return batch_id, pole, out, [tuple(m) for m in minutes]
+    return batch_id, pole, msgs, [tuple(m) for m in minutes]
+
+
+RECORD_FIELDS = ("pole", "node", "boot", "seq", "node_clock_ms", "name", "unit", "value", "time", "flags", "time_quality",
+                 "receive_ns")
+
+
+def records(messages):
+    """Decoded messages -> one flat dict per reading (RECORD_FIELDS)."""
+    return [dict(zip(RECORD_FIELDS, m[:5] + r)) for m in messages for r in m[5]]
+
+
+def decode(data, max_size=8 * 1024 * 1024):
+    """bytes -> (batch_id, pole, [flat records], [minute aggregates]); ValueError on anything malformed."""
+    batch_id, pole, msgs, minutes = decode_messages(data, max_size)
+    return batch_id, pole, records(msgs), minutes

@@ -119,6 +119,47 @@ def test_export_in_the_array_of_things_layout(tmp_path):
     assert prov[1][2] == "2023/11/14 22:13:20"
 
 
+def test_the_receiver_keeps_each_message_once_across_batches(tmp_path):
+    import csv
+    import subprocess
+    import sys
+
+    def body(batch_id, seqs):
+        msgs = [decode.decode(p) for _, p in node_msgs(6)]
+        blobs = [batch.senml_records("p1", msgs[s], 1_700_000_000 * 10**9 + s * 10**9) for s in seqs]
+        return batch.encode(batch_id * 16, "p1", [b for _, b in blobs], sum(n for n, _ in blobs))
+
+    def post(data):
+        try:
+            return urllib.request.urlopen(urllib.request.Request(receiver.url + "/v1/batches", data=data, method="POST")).status
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    receiver = Receiver("127.0.0.1", free_port(), tmp_path / "r").start()
+    try:
+        assert post(body(b"\x0a", [0, 1, 2])) == 200
+        assert post(body(b"\x0a", [0, 1, 2])) == 200  # the same batch again: its acknowledgement was lost
+        assert post(body(b"\x0b", [1, 2, 3, 4])) == 200  # a pole re-sending after a crash, under a new batch id
+        s = receiver.store.stats()
+        assert (s["unique"], s["records"], s["duplicates"], s["batches"], s["batches_duplicate"]) == (5, 10, 5, 2, 1)
+        assert sorted(r["seq"] for r in receiver.store.readings()) == [0, 1, 2, 3, 4]
+        assert receiver.store.per_node() == {"n1": 5}
+        assert [(r["name"], r["value"]) for r in receiver.store.latest()] == [("temperature", 24.0)]
+        bad = cbor2.loads(body(b"\x0c", [5]))
+        bad[4][0]["boot"] = "1"
+        assert post(cbor2.dumps(bad)) == (400, '{"error": "an openpole record needs integer boot and seq"}')
+        del bad[4][0][-2]
+        assert post(cbor2.dumps(bad)) == (400, '{"error": "the first SenML record needs a base name"}')
+    finally:
+        receiver.stop()
+    out = tmp_path / "aot"
+    r = subprocess.run([sys.executable, "-m", "openpole", "receiver", "export", "--data", str(tmp_path / "r"), "--out", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.reader(gzip.open(out / "data.csv.gz", "rt")))[1:]
+    assert [row[5] for row in rows] == ["20.0", "21.0", "22.0", "23.0", "24.0"]
+
+
 def test_install_service_writes_a_unit(tmp_path):
     import subprocess
     import sys

@@ -73,8 +73,7 @@ def test_records_wait_on_disk_while_the_upstream_is_down(tmp_path, mosquitto):
         assert agent.store.depth()[:2] == (15, 45) and agent.upstream_ok is False
         receiver = Receiver("127.0.0.1", port, tmp_path / "receiver").start()
         assert wait(lambda: agent.store.depth()[0] == 0, timeout=40)
-        rows = receiver.store.db.execute(
-            "SELECT seq, value FROM records WHERE name = 'temperature' ORDER BY seq").fetchall()
+        rows = sorted((r["seq"], r["value"]) for r in receiver.store.readings() if r["name"] == "temperature")
         assert rows == [(s, 10.0 + s) for s in range(15)]
     finally:
         agent.stop()

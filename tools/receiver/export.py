@@ -4,12 +4,13 @@ layout (data.csv.gz, nodes.csv, sensors.csv, provenance.csv), for the tools peop
 import csv
 import datetime
 import gzip
-import sqlite3
 from pathlib import Path
 
 from openpole import paths
 from openpole.errors import UserError
 from openpole.spec import model
+
+from .store import connect, readings
 
 DATA_COLUMNS = ("timestamp", "node_id", "subsystem", "sensor", "parameter", "value_raw", "value_hrf")
 
@@ -33,17 +34,27 @@ def export(data_dir, out_dir):
     out.mkdir(parents=True, exist_ok=True)
     specs = model.load(paths.SENSOR_SPECS, paths.BOARD_DEFS)
     sensor = _sensor_of(specs)
-    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    db = connect(data_dir, readonly=True)
+    owners = db.cursor()
+
+    def owner(m):
+        row = owners.execute("SELECT batch FROM messages WHERE pole = ? AND node = ? AND boot = ? AND seq = ?", m[:4]).fetchone()
+        return row[0] if row else None
+
     n, first, last = 0, None, None
     with gzip.open(out / "data.csv.gz", "wt", newline="") as f:
         w = csv.writer(f)
         w.writerow(DATA_COLUMNS)
-        for pole, node, name, value, t in db.execute("SELECT pole, node, name, value, time FROM records ORDER BY time, pole, node, name"):
-            stamp = datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y/%m/%d %H:%M:%S")
-            w.writerow((stamp, node, pole, sensor.get(name, "node"), name, value, value))
-            first = first or stamp
-            last = stamp
-            n += 1
+        # Batch by batch as they arrived (a batch holds seconds of data), by time within each.
+        batches = db.execute("SELECT id, received_ns, duplicates, body FROM batches ORDER BY received_ns")
+        for row in batches:
+            for r in sorted(readings([row], owner), key=lambda r: (r["time"], r["pole"], r["node"], r["name"])):
+                t = datetime.datetime.fromtimestamp(r["time"], datetime.timezone.utc)
+                stamp = t.strftime("%Y/%m/%d %H:%M:%S")
+                w.writerow((stamp, r["node"], r["pole"], sensor.get(r["name"], "node"), r["name"], r["value"], r["value"]))
+                first = min(first or t, t)
+                last = max(last or t, t)
+                n += 1
     with open(out / "nodes.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(("node_id", "project_id", "vsn", "address", "lat", "lon", "description"))
@@ -60,7 +71,8 @@ def export(data_dir, out_dir):
     with open(out / "provenance.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(("data_format_version", "project_id", "data_start_date", "data_end_date", "creation_date", "url"))
-        w.writerow(("2", "openpole", first or "", last or "",
+        fmt = "%Y/%m/%d %H:%M:%S"
+        w.writerow(("2", "openpole", first.strftime(fmt) if first else "", last.strftime(fmt) if last else "",
                     datetime.datetime.now(datetime.timezone.utc).strftime("%Y/%m/%d %H:%M:%S"), ""))
     db.close()
     return n

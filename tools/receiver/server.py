@@ -53,13 +53,13 @@ class _Handler(BaseHTTPRequestHandler):
             body, signer = sign.unwrap(body, self.server.keys)
             if self.server.keys and signer is None:
                 raise ValueError("this receiver takes signed batches only")
-            batch_id, pole, records, minutes = batch.decode(body)
+            batch_id, pole, messages, minutes = batch.decode_messages(body)
             if signer is not None and signer != pole:
                 raise ValueError(f"batch from pole {pole!r} signed by {signer!r}")
         except ValueError as e:
             store.count("batches_rejected")
             return self._reply(400, {"error": str(e)})
-        new, dup = store.add_batch(batch_id, pole, records, minutes)
+        new, dup = store.add_batch(batch_id, pole, body, messages, minutes)
         self._reply(200, {"batch": batch_id.hex(), "stored": new, "duplicates": dup})
 
     def do_GET(self):

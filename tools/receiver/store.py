@@ -1,19 +1,28 @@
-"""The reference receiver's storage: SQLite, de-duplicated by batch id and by record identity."""
+"""The reference receiver's storage: SQLite. Each batch is kept as the pole sent it (the verified
+CBOR body); a message index de-duplicates on (pole, node, boot, seq) and says which batch holds
+each message's first copy. Readings are read back out of the bodies (`readings()`): one index row
+per node message instead of one table row per reading is what lets the receiver keep pace."""
 
 import sqlite3
 import threading
 import time
 from pathlib import Path
 
+from openpole.edge_agent import batch as upstream
+from openpole.errors import UserError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (
-    id BLOB PRIMARY KEY, pole TEXT NOT NULL, received_ns INTEGER NOT NULL, records INTEGER NOT NULL
+    id BLOB PRIMARY KEY, pole TEXT NOT NULL, received_ns INTEGER NOT NULL, records INTEGER NOT NULL,
+    duplicates INTEGER NOT NULL, body BLOB NOT NULL
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS records (
-    pole TEXT NOT NULL, node TEXT NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL, name TEXT NOT NULL,
-    unit TEXT, value NOT NULL, time REAL NOT NULL, receive_ns INTEGER, flags INTEGER NOT NULL,
-    time_quality INTEGER NOT NULL, stored_ns INTEGER NOT NULL, node_clock_ms INTEGER,
-    PRIMARY KEY (pole, node, boot, seq, name)
+CREATE TABLE IF NOT EXISTS messages (
+    pole TEXT NOT NULL, node TEXT NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL, batch BLOB NOT NULL,
+    readings INTEGER NOT NULL, PRIMARY KEY (pole, node, boot, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS latest (
+    pole TEXT NOT NULL, node TEXT NOT NULL, name TEXT NOT NULL, unit TEXT, value NOT NULL, time REAL NOT NULL,
+    PRIMARY KEY (pole, node, name)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS nodes (pole TEXT NOT NULL, node TEXT NOT NULL, PRIMARY KEY (pole, node)) WITHOUT ROWID;
@@ -25,12 +34,25 @@ CREATE TABLE IF NOT EXISTS minutes (
 """
 
 
+def connect(data_dir, readonly=False):
+    path = Path(data_dir) / "receiver.sqlite"
+    if readonly:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    old = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'records' AND type = 'table'").fetchone()
+    if old:
+        db.close()
+        raise UserError(f"{path} is in the receiver's first layout (a row per reading): "
+                        "export it with that release, or give this receiver a new --data directory")
+    return db
+
+
 class ReceiverStore:
     def __init__(self, data_dir):
-        path = Path(data_dir) / "receiver.sqlite"
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self.db = connect(data_dir)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")  # a 2xx promises the batch is on disk
         self.db.executescript(SCHEMA)
@@ -40,38 +62,59 @@ class ReceiverStore:
             "INSERT INTO counters(name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + ?", (name, n, n)
         )
 
-    def add_batch(self, batch_id, pole, records, minutes=()):
-        """Store a decoded batch; returns (new records, duplicate records). Idempotent by batch id."""
+    def add_batch(self, batch_id, pole, body, messages, minutes=()):
+        """Store a verified batch (its CBOR body and its decoded messages, batch.decode_messages);
+        returns (new readings, duplicate readings). Idempotent by batch id and by message."""
         now = time.time_ns()
+        total = sum(len(m[5]) for m in messages)
         with self._lock:
             self.db.execute("BEGIN IMMEDIATE")
             try:
-                cur = self.db.execute(
-                    "INSERT OR IGNORE INTO batches(id, pole, received_ns, records) VALUES (?, ?, ?, ?)",
-                    (batch_id, pole, now, len(records)),
-                )
-                if cur.rowcount == 0:
+                if self.db.execute("SELECT 1 FROM batches WHERE id = ?", (batch_id,)).fetchone():
                     self._bump("batches_duplicate", 1)
-                    self._bump("records_received", len(records))
+                    self._bump("records_received", total)
                     self.db.execute("COMMIT")
-                    return 0, len(records)
+                    return 0, total
                 before = self.db.total_changes
-                self.db.executemany(
-                    "INSERT OR IGNORE INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(r["pole"], r["node"], r["boot"], r["seq"], r["name"], r["unit"], r["value"], r["time"],
-                      r["receive_ns"], r["flags"], r["time_quality"], now, r["node_clock_ms"]) for r in records],
-                )
-                new = self.db.total_changes - before
-                self.db.executemany("INSERT OR IGNORE INTO nodes VALUES (?, ?)", {(r["pole"], r["node"]) for r in records})
+                self.db.executemany("INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?, ?)",
+                                    [(m[0], m[1], m[2], m[3], batch_id, len(m[5])) for m in messages])
+                fresh = self.db.total_changes - before
+                if fresh == len(messages):
+                    new = total
+                elif fresh == 0:
+                    new = 0
+                else:  # some messages came before in another batch (a pole re-sent after a crash)
+                    new = sum(len(m[5]) for m in messages if self._owner(m) == batch_id)
+                self.db.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?)",
+                                (batch_id, pole, now, total, len(messages) - fresh, body))
+                self._latest(messages)
+                self.db.executemany("INSERT OR IGNORE INTO nodes VALUES (?, ?)", {(m[0], m[1]) for m in messages})
                 self.db.executemany("INSERT OR REPLACE INTO minutes VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [(pole,) + tuple(m) for m in minutes])
                 self._bump("records_unique", new)
                 self._bump("batches", 1)
-                self._bump("records_received", len(records))
+                self._bump("records_received", total)
                 self.db.execute("COMMIT")
-                return new, len(records) - new
+                return new, total - new
             except BaseException:
                 self.db.execute("ROLLBACK")
                 raise
+
+    def _owner(self, m):
+        row = self.db.execute("SELECT batch FROM messages WHERE pole = ? AND node = ? AND boot = ? AND seq = ?", m[:4]).fetchone()
+        return row[0] if row else None
+
+    def _latest(self, messages):
+        newest = {}
+        for m in messages:
+            for name, unit, value, t, *_ in m[5]:
+                k = (m[0], m[1], name)
+                if k not in newest or t >= newest[k][5]:
+                    newest[k] = (m[0], m[1], name, unit, value, t)
+        self.db.executemany(
+            "INSERT INTO latest VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(pole, node, name) DO UPDATE SET "
+            "unit = excluded.unit, value = excluded.value, time = excluded.time WHERE excluded.time >= latest.time",
+            newest.values(),
+        )
 
     def count(self, name, n=1):
         with self._lock:
@@ -90,15 +133,38 @@ class ReceiverStore:
     def latest(self):
         """Newest value per (pole, node, quantity): [{pole, node, name, unit, value, time}]."""
         with self._lock:
-            rows = self.db.execute(
-                "SELECT pole, node, name, unit, value, max(time) FROM records GROUP BY pole, node, name ORDER BY pole, node, name"
-            ).fetchall()
+            rows = self.db.execute("SELECT pole, node, name, unit, value, time FROM latest ORDER BY pole, node, name").fetchall()
         return [dict(zip(("pole", "node", "name", "unit", "value", "time"), r)) for r in rows]
 
     def per_node(self):
+        """Readings stored per node."""
         with self._lock:
-            return dict(self.db.execute("SELECT node, count(*) FROM records GROUP BY node").fetchall())
+            return dict(self.db.execute("SELECT node, sum(readings) FROM messages GROUP BY node").fetchall())
+
+    def readings(self):
+        with self._lock:
+            rows = self.db.execute("SELECT id, received_ns, duplicates, body FROM batches ORDER BY received_ns").fetchall()
+        return readings(rows, self._owner_locked)
+
+    def _owner_locked(self, m):
+        with self._lock:
+            return self._owner(m)
 
     def close(self):
         with self._lock:
             self.db.close()
+
+
+def readings(rows, owner):
+    """Every stored reading once, batch by batch in arrival order: a dict of batch.RECORD_FIELDS and
+    stored_ns. rows: (batch id, received_ns, duplicates, body); owner(message) -> the batch id
+    holding that message's first copy (asked only of batches that carried duplicates)."""
+    for batch_id, received_ns, dups, body in rows:
+        _, _, messages, _ = upstream.decode_messages(body)
+        for m in messages:
+            if dups and owner(m) != batch_id:
+                continue
+            for r in m[5]:
+                rec = dict(zip(upstream.RECORD_FIELDS, m[:5] + r))
+                rec["stored_ns"] = received_ns
+                yield rec
