@@ -121,8 +121,7 @@ class Agent:
                 rejected.append((receive_ns, topic, e.reason, str(e), bytes(payload)))
         self.store.append(accepted, rejected)
         self.committed_records += sum(a[4] for a in accepted)
-        for _, _, _, mid, qos in items:
-            self.ingest.ack(mid, qos)
+        self.ingest.ack_group([(mid, qos) for _, _, _, mid, qos in items])
 
     # --- sender: batches upstream, acknowledged batches leave the queue ---
     def _sender(self):

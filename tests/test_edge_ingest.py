@@ -24,7 +24,7 @@ class Sink:
         with self.lock:
             self.got.append(bytes(payload))
             self.seen.append((topic, len(payload), qos))
-        self.ingest.ack(mid, qos)
+        self.ingest.ack_group([(mid, qos)])
 
     def count(self):
         with self.lock:
