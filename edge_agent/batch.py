@@ -3,6 +3,7 @@
 (pole, node, boot, seq), so a batch re-sent after a lost acknowledgement is harmless."""
 
 import os
+import struct
 import time
 
 import cbor2
@@ -29,24 +30,53 @@ def _head(major, n):
     raise ValueError("count too large")
 
 
+_READING = {}  # registry key -> the CBOR of `n: name, u: unit, v:` (the value follows)
+_OPEN = {}  # (pole, node) -> the CBOR of `bn: "urn:openpole:<pole>:<node>:", bt:` (the time follows)
+_F64 = struct.Struct(">Bd").pack
+_U64 = struct.Struct(">BQ").pack
+
+
+def _uint(n):
+    """A CBOR unsigned integer, shortest form."""
+    if n < 24:
+        return bytes((n,))
+    return _head(0, n)
+
+
 def senml_records(pole, msg, receive_ns, time_quality=0):
-    """The SenML records for one node message, encoded once at ingest: (count, CBOR items)."""
-    recs = []
+    """The SenML records for one node message, encoded once at ingest: (count, CBOR items).
+
+    The first record opens the message: bn, bt (the pole's receive time) and the message's fields
+    (boot, seq, rt, nc, tq); every record's t is its reading's age, as a negative offset from bt."""
+    out = bytearray()
+    first = True
     for r in msg.readings:
-        q = REGISTRY.by_key[r.key]
-        rec = {N: q.name, U: q.unit, V: r.value, T: (receive_ns - r.age_ms * 1_000_000) / 1e9,
-               "boot": msg.boot, "seq": msg.seq, "rt": receive_ns}
-        if not recs:
-            rec[BN] = f"urn:openpole:{pole}:{msg.node}:"
+        pairs = 3 + (r.age_ms != 0) + (r.flags != 0)
+        if first:
+            pairs += 5 + (msg.clock_ms is not None) + (time_quality != 0)
+        out += _head(5, pairs)
+        if first:
+            head = _OPEN.get((pole, msg.node))
+            if head is None:
+                head = _OPEN[(pole, msg.node)] = b"\x21" + cbor2.dumps(f"urn:openpole:{pole}:{msg.node}:") + b"\x22"
+            out += head + _F64(0xFB, receive_ns / 1e9)
+            out += b"\x64boot" + _uint(msg.boot) + b"\x63seq" + _uint(msg.seq) + b"\x62rt" + _U64(0x1B, receive_ns)
             if msg.clock_ms is not None:
-                rec["nc"] = msg.clock_ms
+                out += b"\x62nc" + _uint(msg.clock_ms)
+            if time_quality:
+                out += b"\x62tq" + _uint(time_quality)
+            first = False
+        prefix = _READING.get(r.key)
+        if prefix is None:
+            q = REGISTRY.by_key[r.key]
+            prefix = _READING[r.key] = b"\x00" + cbor2.dumps(q.name) + b"\x01" + cbor2.dumps(q.unit) + b"\x02"
+        out += prefix
+        out += _F64(0xFB, r.value) if type(r.value) is float else cbor2.dumps(r.value)
+        if r.age_ms:
+            out += b"\x06" + _F64(0xFB, -r.age_ms / 1000)
         if r.flags:
-            rec["fl"] = r.flags
-        if time_quality:
-            rec["tq"] = time_quality
-        recs.append(rec)
-    data = cbor2.dumps(recs)
-    return len(recs), data[len(_head(4, len(recs))):]
+            out += b"\x62fl" + _uint(r.flags)
+    return len(msg.readings), bytes(out)
 
 
 def encode(batch_id, pole, blobs, records, created_ns=None, minutes=()):
@@ -69,8 +99,8 @@ def encode(batch_id, pole, blobs, records, created_ns=None, minutes=()):
 def decode_messages(data, max_size=8 * 1024 * 1024):
     """bytes -> (batch_id, pole, messages, minutes); ValueError on anything malformed.
 
-    A message is a run of records with the same base name, boot and seq: (pole, node, boot, seq,
-    node_clock_ms, [(name, unit, value, time, flags, time_quality, receive_ns)])."""
+    A message is a record with a base name and the records after it, up to the next base name:
+    (pole, node, boot, seq, node_clock_ms, [(name, unit, value, time, flags, time_quality, receive_ns)])."""
     if len(data) > max_size:
         raise ValueError(f"batch of {len(data)} bytes is over {max_size}")
     try:
@@ -83,30 +113,29 @@ def decode_messages(data, max_size=8 * 1024 * 1024):
     if not isinstance(batch_id, bytes) or len(batch_id) != 16 or not isinstance(pole, str) or not isinstance(pack, list):
         raise ValueError("batch needs a 16-byte id, a pole id and a record list")
     msgs = []
-    bn, where, bt, nc, key, cur = None, None, 0.0, None, None, None
+    where, bt, cur = None, 0.0, None
     for rec in pack:
         if type(rec) is not dict:
             raise ValueError("a SenML record must be a map")
         b = rec.get(BN)
-        if b is not None:  # a new message's first record: its node clock, if any, starts here
-            if b != bn:
-                parts = b.split(":") if type(b) is str else ()
-                if len(parts) != 5 or parts[0] != "urn" or parts[1] != "openpole" or parts[4]:
-                    raise ValueError(f"base name {b!r} is not urn:openpole:<pole>:<node>:")
-                bn, where = b, (parts[2], parts[3])
-            nc = rec.get("nc")
-        elif where is None:
+        if b is not None:  # a message's first record: the message's fields are here
+            parts = b.split(":") if type(b) is str else ()
+            if len(parts) != 5 or parts[0] != "urn" or parts[1] != "openpole" or parts[4]:
+                raise ValueError(f"base name {b!r} is not urn:openpole:<pole>:<node>:")
+            boot, seq, bt = rec.get("boot"), rec.get("seq"), rec.get(BT, bt)
+            if type(boot) is not int or type(seq) is not int:
+                raise ValueError("the first record of a message needs integer boot and seq")
+            if type(bt) not in (int, float):
+                raise ValueError("bt must be a number")
+            cur = []
+            msgs.append((parts[2], parts[3], boot, seq, rec.get("nc"), cur))
+            tq, rt = rec.get("tq", 0), rec.get("rt")
+        elif cur is None:
             raise ValueError("the first SenML record needs a base name")
-        bt = rec.get(BT, bt)
-        name, value, t, boot, seq = rec.get(N), rec.get(V), rec.get(T, 0.0), rec.get("boot"), rec.get("seq")
-        if type(name) is not str or type(value) not in (int, float) or type(t) not in (int, float) or type(bt) not in (int, float):
+        name, value, t = rec.get(N), rec.get(V), rec.get(T, 0)
+        if type(name) is not str or type(value) not in (int, float) or type(t) not in (int, float):
             raise ValueError("a SenML record needs a name, a numeric value and a numeric time")
-        if type(boot) is not int or type(seq) is not int:
-            raise ValueError("an openpole record needs integer boot and seq")
-        if key is None or key[0] is not where or key[1] != boot or key[2] != seq:
-            key, cur = (where, boot, seq), []
-            msgs.append((where[0], where[1], boot, seq, nc, cur))
-        cur.append((name, rec.get(U), value, bt + t, rec.get("fl", 0), rec.get("tq", 0), rec.get("rt")))
+        cur.append((name, rec.get(U), value, bt + t, rec.get("fl", 0), tq, rt))
     minutes = env.get(5, [])
     if not isinstance(minutes, (list, tuple)) or not all(
         isinstance(m, (list, tuple)) and len(m) == 7 and isinstance(m[0], str) and isinstance(m[1], str) for m in minutes

@@ -6,8 +6,8 @@ and kept with the payload in quarantine. Out-of-range values are kept and flagge
 
 import hashlib
 import hmac
-import io
 import math
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -55,19 +55,25 @@ class NodeMessage:
     age_lower_bound: bool = False  # sampled before a node reset: the sample time is an upper bound
 
 
+# cbor2.loads is the C decoder's fast path, but it ignores whatever follows the first item. So it
+# decodes [payload, nonce]: bytes after the payload's item would be read as the second element, and
+# they cannot spell a random nonce they never saw. Twice as fast as a stream decoder per message.
+_END = os.urandom(16)
+_PAIR_END = cbor2.dumps(_END)
+
+
 def _loads(payload):
     if len(payload) > MAX_PAYLOAD:
         raise Rejected("oversized", f"{len(payload)} bytes > {MAX_PAYLOAD}")
-    fp = io.BytesIO(payload)
     try:
-        obj = cbor2.CBORDecoder(fp, max_depth=MAX_DEPTH, allow_duplicate_keys=False).decode()
+        pair = cbor2.loads(b"\x82" + payload + _PAIR_END, max_depth=MAX_DEPTH + 1, allow_duplicate_keys=False)
     except RecursionError:
         raise Rejected("malformed", "nesting too deep") from None
     except Exception as e:  # cbor2 raises CBORDecodeError subclasses and ValueErrors
         raise Rejected("malformed", str(e)[:120]) from None
-    if fp.tell() != len(payload):  # cbor2.loads would ignore what follows the first item
-        raise Rejected("malformed", f"{len(payload) - fp.tell()} bytes after the CBOR item")
-    return obj
+    if pair[1] != _END:
+        raise Rejected("malformed", "bytes after the CBOR item")
+    return pair[0]
 
 
 def _uint(value, what):

@@ -104,16 +104,16 @@ class ReceiverStore:
         return row[0] if row else None
 
     def _latest(self, messages):
+        # A node's messages arrive in order, so the last reading of a quantity in a batch is its
+        # newest; across batches the upsert keeps whichever is newer.
         newest = {}
         for m in messages:
-            for name, unit, value, t, *_ in m[5]:
-                k = (m[0], m[1], name)
-                if k not in newest or t >= newest[k][5]:
-                    newest[k] = (m[0], m[1], name, unit, value, t)
+            for r in m[5]:
+                newest[m[0], m[1], r[0]] = r
         self.db.executemany(
             "INSERT INTO latest VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(pole, node, name) DO UPDATE SET "
             "unit = excluded.unit, value = excluded.value, time = excluded.time WHERE excluded.time >= latest.time",
-            newest.values(),
+            [(k[0], k[1], k[2], r[1], r[2], r[3]) for k, r in newest.items()],
         )
 
     def count(self, name, n=1):
