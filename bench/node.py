@@ -73,6 +73,53 @@ def module_bytes(app):
     return (int(m.group(1)), int(m.group(2))) if m else (None, None)
 
 
+def romfs_image(app):
+    """The compiled app (umqtt.simple included) as a ROMFS image (MicroPython >= 1.25, mpremote's writer)."""
+    from mpremote.romfs import VfsRomWriter
+
+    w = VfsRomWriter()
+
+    def add(d):
+        for p in sorted(d.iterdir()):
+            if p.is_dir():
+                w.opendir(p.name)
+                add(p)
+                w.closedir()
+            elif p.suffix == ".mpy":
+                w.mkfile(p.name, p.read_bytes())
+
+    add(Path(app))
+    return w.finalise()
+
+
+ROMFS_SCRIPT = """
+import gc, sys, vfs
+f = open(sys.argv[1], 'rb')
+img = f.read()
+f.close()
+vfs.mount(vfs.VfsRom(memoryview(img)), '/rom')
+sys.path[:] = ['/rom', '/rom/lib']
+gc.collect()
+a = gc.mem_alloc()
+import umqtt.simple, app, hw.sim, drivers.bme280, drivers.pms5003, noise, mics
+gc.collect()
+print("ROMFS", gc.mem_alloc() - a, len(img))
+"""
+
+
+def romfs_module_bytes(app, tmp):
+    """Heap the same modules take imported from a ROMFS image: bytecode and constants stay in the
+    image (memory-mapped flash on a board; here a bytes object, not counted): (heap, image bytes)."""
+    img = Path(tmp) / "app.romfs"
+    img.write_bytes(romfs_image(app))
+    script = Path(tmp) / "romfs_modules.py"
+    script.write_text(ROMFS_SCRIPT)
+    r = subprocess.run([simnode.micropython(), "-X", "heapsize=512k", str(script), str(img)], capture_output=True, text=True,
+                       timeout=60)
+    m = re.search(r"ROMFS (\d+) (\d+)", r.stdout)
+    return (int(m.group(1)), int(m.group(2))) if m else (None, r.stderr.strip()[-200:])
+
+
 SC_NAMES = ("temperature", "humidity", "pressure", "pm1", "pm2_5", "pm10", "laeq", "lamin", "lamax")
 
 
@@ -124,9 +171,14 @@ def main():
             umqtt_b, app_b = module_bytes(app)
             if app_b:
                 print(f"heap: of what the node holds, its modules loaded from .mpy take {app_b} bytes (umqtt.simple "
-                      f"{umqtt_b} more); the rest, {res['heap_live'] - app_b - umqtt_b} bytes, is the node's data. On a "
-                      f"board whose firmware has the modules frozen (as umqtt.simple is in the stock build) "
-                      f"the heap holds only the data (x64 viper code here; xtensawin's differs in size)")
+                      f"{umqtt_b} more); the rest, {res['heap_live'] - app_b - umqtt_b} bytes, is the node's data")
+            rom_b, img_b = romfs_module_bytes(app, tmp)
+            if rom_b is not None:
+                print(f"heap: the same modules imported from a ROMFS image ({img_b} bytes, flash on a board) take "
+                      f"{rom_b} bytes instead of {app_b + umqtt_b}: functions, dicts and interned names stay in RAM")
+            else:
+                print(f"heap: ROMFS figure failed: {img_b}")
+            print("heap: this is the x64 Unix port: 8-byte pointers and 32-byte heap blocks; an ESP32 has 4 and 16")
             print(f"cpu: {res['cpu'] / res['cycles'] * 1000:.2f} ms per sampling cycle "
                   f"({res['cpu'] / res['wall'] * 100:.1f} % of one core; noise DSP at 48 kHz included)")
             msgs = sub.wait_for(lambda m: len(m) >= res["published"], timeout=10)
