@@ -16,17 +16,24 @@ class Minutes:
 
     def add(self, node, readings, receive_ns):
         levels = REGISTRY.level_keys
+        opened = self.open
+        age, minute = None, 0
         for r in readings:
-            minute = (receive_ns - r.age_ms * 1_000_000) // 60_000_000_000 * 60
-            acc = self.open.get((node, r.key, minute))
+            if r.age_ms != age:  # a sample's readings share their age
+                age = r.age_ms
+                minute = (receive_ns - age * 1_000_000) // 60_000_000_000 * 60
+            k = (node, r.key, minute)
+            acc = opened.get(k)
             v = 10 ** (r.value / 10) if r.key in levels else r.value
             if acc is None:
-                self.open[(node, r.key, minute)] = [1, v, r.value, r.value]
+                opened[k] = [1, v, r.value, r.value]
             else:
                 acc[0] += 1
                 acc[1] += v
-                acc[2] = min(acc[2], r.value)
-                acc[3] = max(acc[3], r.value)
+                if r.value < acc[2]:
+                    acc[2] = r.value
+                elif r.value > acc[3]:
+                    acc[3] = r.value
 
     def close(self, now_ns, grace_s=60):
         """Minutes that ended more than grace_s ago, as rows (node, name, minute, count, mean, min, max)."""

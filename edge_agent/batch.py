@@ -54,7 +54,7 @@ def senml_records(pole, msg, receive_ns, time_quality=0):
         pairs = 3 + (r.age_ms != 0) + (r.flags != 0)
         if first:
             pairs += 5 + (msg.clock_ms is not None) + (time_quality != 0)
-        out += _head(5, pairs)
+        out.append(0xA0 | pairs)  # at most 12 pairs: the count fits the head byte
         if first:
             head = _OPEN.get((pole, msg.node))
             if head is None:

@@ -23,6 +23,8 @@ COSE_MAC0 = 17
 _PROTECTED_HMAC_256_64 = b"\xa1\x01\x04"
 
 FLAG_OUT_OF_RANGE = 1
+_FIELDS = frozenset(range(8))  # the v1 message's keys
+_BY_KEY = REGISTRY.by_key
 FLAG_AGE_LOWER_BOUND = 1  # message flags (key 7)
 
 
@@ -124,9 +126,8 @@ def decode(payload, keys=None, require_mac=False):
         _verify(cose, node, keys)
     elif require_mac or node in keys:
         raise Rejected("unsigned", f"node {node!r} has a key but sent no MAC")
-    unknown = set(obj) - {0, 1, 2, 3, 4, 5, 6, 7}
-    if unknown:
-        raise Rejected("schema", f"unknown field(s) {sorted(unknown, key=repr)}")
+    if not _FIELDS.issuperset(obj):
+        raise Rejected("schema", f"unknown field(s) {sorted(set(obj) - _FIELDS, key=repr)}")
     boot = _uint(obj.get(2), "boot")
     seq = _uint(obj.get(3), "seq")
     samples = obj.get(4)
@@ -138,7 +139,18 @@ def decode(payload, keys=None, require_mac=False):
             raise Rejected("schema", "a sample must be [age-ms, {key: value}]")
         age = _uint(sample[0], "age")
         for key, value in sample[1].items():
-            readings.append(_reading(key, value, age))
+            q = _BY_KEY.get(key) if type(key) is int else None
+            if q is None:
+                raise Rejected("unknown_quantity", f"key {key!r} is not in the registry")
+            kind = type(value)
+            if kind is float:
+                if not math.isfinite(value):
+                    raise Rejected("not_finite", f"{q.name} = {value}")
+                # Nodes send floats at single precision, quantised to the resolution: undo the float noise.
+                value = round(value, q.digits)
+            elif kind is not int:
+                raise Rejected("schema", f"{q.name}: value must be a number, not {kind.__name__}")
+            readings.append(Reading(key, q.name, value, age, 0 if q.min <= value <= q.max else FLAG_OUT_OF_RANGE))
     status = obj.get(5, {})
     if type(status) is not dict:
         raise Rejected("schema", "status must map sensor name -> [state, errors]")
@@ -151,18 +163,3 @@ def decode(payload, keys=None, require_mac=False):
     flags = _uint(obj.get(7, 0), "flags")
     return NodeMessage(node, boot, seq, readings, status, clock, signed, bool(flags & FLAG_AGE_LOWER_BOUND))
 
-
-def _reading(key, value, age):
-    q = REGISTRY.by_key.get(key) if type(key) is int else None
-    if q is None:
-        raise Rejected("unknown_quantity", f"key {key!r} is not in the registry")
-    kind = type(value)
-    if kind is float:
-        if not math.isfinite(value):
-            raise Rejected("not_finite", f"{q.name} = {value}")
-        # Nodes send floats at single precision, quantised to the resolution: undo the float noise.
-        value = round(value, q.digits)
-    elif kind is not int:
-        raise Rejected("schema", f"{q.name}: value must be a number, not {kind.__name__}")
-    flags = 0 if q.min <= value <= q.max else FLAG_OUT_OF_RANGE
-    return Reading(key, q.name, value, age, flags)

@@ -25,11 +25,12 @@ def test_minutes_average_linear_quantities_and_decibels_as_energy():
     t0 = 1_700_000_020 * 10**9  # 40 s into a minute (1_699_999_980 is a whole minute)
     m.add("n1", msg("n1", 0, {1: 20.0, 16: 60.0}).readings, t0)
     m.add("n1", msg("n1", 1, {1: 22.0, 16: 80.0}).readings, t0 + 10 * 10**9)
+    m.add("n1", msg("n1", 3, {1: 18.0}).readings, t0 + 15 * 10**9)  # a new low after a new high
     m.add("n1", msg("n1", 2, {1: 30.0}).readings, t0 + 30 * 10**9)  # the next minute
     assert m.close(t0 + 60 * 10**9) == []  # not yet: readings may still come in
     rows = {(r[0], r[1], r[2]): r[3:] for r in m.close(t0 + 200 * 10**9)}
     minute = t0 // 10**9 // 60 * 60
-    assert rows[("n1", "temperature", minute)] == (2, 21.0, 20.0, 22.0)
+    assert rows[("n1", "temperature", minute)] == (3, 20.0, 18.0, 22.0)
     count, mean, lo, hi = rows[("n1", "laeq", minute)]
     assert count == 2 and (lo, hi) == (60.0, 80.0)
     assert mean == round(10 * math.log10((1e6 + 1e8) / 2), 6)  # 77.0 dB, not the 70 of a plain mean

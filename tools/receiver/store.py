@@ -106,10 +106,7 @@ class ReceiverStore:
     def _latest(self, messages):
         # A node's messages arrive in order, so the last reading of a quantity in a batch is its
         # newest; across batches the upsert keeps whichever is newer.
-        newest = {}
-        for m in messages:
-            for r in m[5]:
-                newest[m[0], m[1], r[0]] = r
+        newest = {(m[0], m[1], r[0]): r for m in messages for r in m[5]}
         self.db.executemany(
             "INSERT INTO latest VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(pole, node, name) DO UPDATE SET "
             "unit = excluded.unit, value = excluded.value, time = excluded.time WHERE excluded.time >= latest.time",
