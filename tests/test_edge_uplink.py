@@ -1,6 +1,9 @@
 """Upstream: signed batches (COSE_Mac0) verified by the receiver, gzip over HTTP, and the MQTT sink."""
 
+import csv
 import gzip
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -89,12 +92,16 @@ def test_batches_to_an_mqtt_upstream(tmp_path, mosquitto):
     assert sorted(r["seq"] for r in records) == list(range(10))
 
 
-def test_export_in_the_array_of_things_layout(tmp_path):
-    import csv
-    import gzip
-    import subprocess
-    import sys
+def export(tmp_path):
+    """`openpole receiver export` of the receiver data in tmp_path/r: the output directory."""
+    out = tmp_path / "aot"
+    r = subprocess.run([sys.executable, "-m", "openpole", "receiver", "export", "--data", str(tmp_path / "r"), "--out", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return out
 
+
+def test_export_in_the_array_of_things_layout(tmp_path):
     receiver = Receiver("127.0.0.1", free_port(), tmp_path / "r").start()
     try:
         msgs = [decode.decode(p) for _, p in node_msgs(3, "n1") + node_msgs(2, "n2")]
@@ -103,10 +110,7 @@ def test_export_in_the_array_of_things_layout(tmp_path):
         urllib.request.urlopen(urllib.request.Request(receiver.url + "/v1/batches", data=body, method="POST"))
     finally:
         receiver.stop()
-    out = tmp_path / "aot"
-    r = subprocess.run([sys.executable, "-m", "openpole", "receiver", "export", "--data", str(tmp_path / "r"), "--out", str(out)],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    out = export(tmp_path)
     rows = list(csv.reader(gzip.open(out / "data.csv.gz", "rt")))
     assert rows[0] == ["timestamp", "node_id", "subsystem", "sensor", "parameter", "value_raw", "value_hrf"]
     assert rows[1] == ["2023/11/14 22:13:20", "n1", "p1", "bme280", "temperature", "20.0", "20.0"]
@@ -120,10 +124,6 @@ def test_export_in_the_array_of_things_layout(tmp_path):
 
 
 def test_the_receiver_keeps_each_message_once_across_batches(tmp_path):
-    import csv
-    import subprocess
-    import sys
-
     def body(batch_id, seqs):
         msgs = [decode.decode(p) for _, p in node_msgs(6)]
         blobs = [batch.senml_records("p1", msgs[s], 1_700_000_000 * 10**9 + s * 10**9) for s in seqs]
@@ -152,18 +152,11 @@ def test_the_receiver_keeps_each_message_once_across_batches(tmp_path):
         assert post(cbor2.dumps(bad)) == (400, '{"error": "the first SenML record needs a base name"}')
     finally:
         receiver.stop()
-    out = tmp_path / "aot"
-    r = subprocess.run([sys.executable, "-m", "openpole", "receiver", "export", "--data", str(tmp_path / "r"), "--out", str(out)],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    rows = list(csv.reader(gzip.open(out / "data.csv.gz", "rt")))[1:]
+    rows = list(csv.reader(gzip.open(export(tmp_path) / "data.csv.gz", "rt")))[1:]
     assert [row[5] for row in rows] == ["20.0", "21.0", "22.0", "23.0", "24.0"]
 
 
 def test_install_service_writes_a_unit(tmp_path):
-    import subprocess
-    import sys
-
     cfg = tmp_path / "agent.toml"
     cfg.write_text("[pole]\nid = \"p7\"\n")
     r = subprocess.run([sys.executable, "-m", "openpole", "edge", "install-service", "--config", str(cfg), "--unit-dir",

@@ -10,8 +10,9 @@ from openpole import paths
 from openpole.errors import UserError
 from openpole.spec import model
 
-from .store import connect, readings
+from .store import BATCHES, connect, owner, readings
 
+STAMP = "%Y/%m/%d %H:%M:%S"
 DATA_COLUMNS = ("timestamp", "node_id", "subsystem", "sensor", "parameter", "value_raw", "value_hrf")
 
 
@@ -35,23 +36,16 @@ def export(data_dir, out_dir):
     specs = model.load(paths.SENSOR_SPECS, paths.BOARD_DEFS)
     sensor = _sensor_of(specs)
     db = connect(data_dir, readonly=True)
-    owners = db.cursor()
-
-    def owner(m):
-        row = owners.execute("SELECT batch FROM messages WHERE pole = ? AND node = ? AND boot = ? AND seq = ?", m[:4]).fetchone()
-        return row[0] if row else None
-
+    owners = db.cursor()  # asked while the batch cursor is open
     n, first, last = 0, None, None
     with gzip.open(out / "data.csv.gz", "wt", newline="") as f:
         w = csv.writer(f)
         w.writerow(DATA_COLUMNS)
         # Batch by batch as they arrived (a batch holds seconds of data), by time within each.
-        batches = db.execute("SELECT id, received_ns, duplicates, body FROM batches ORDER BY received_ns")
-        for row in batches:
-            for r in sorted(readings([row], owner), key=lambda r: (r["time"], r["pole"], r["node"], r["name"])):
+        for row in db.execute(BATCHES):
+            for r in sorted(readings([row], lambda m: owner(owners, m)), key=lambda r: (r["time"], r["pole"], r["node"], r["name"])):
                 t = datetime.datetime.fromtimestamp(r["time"], datetime.timezone.utc)
-                stamp = t.strftime("%Y/%m/%d %H:%M:%S")
-                w.writerow((stamp, r["node"], r["pole"], sensor.get(r["name"], "node"), r["name"], r["value"], r["value"]))
+                w.writerow((t.strftime(STAMP), r["node"], r["pole"], sensor.get(r["name"], "node"), r["name"], r["value"], r["value"]))
                 first = min(first or t, t)
                 last = max(last or t, t)
                 n += 1
@@ -71,8 +65,7 @@ def export(data_dir, out_dir):
     with open(out / "provenance.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(("data_format_version", "project_id", "data_start_date", "data_end_date", "creation_date", "url"))
-        fmt = "%Y/%m/%d %H:%M:%S"
-        w.writerow(("2", "openpole", first.strftime(fmt) if first else "", last.strftime(fmt) if last else "",
-                    datetime.datetime.now(datetime.timezone.utc).strftime("%Y/%m/%d %H:%M:%S"), ""))
+        w.writerow(("2", "openpole", first.strftime(STAMP) if first else "", last.strftime(STAMP) if last else "",
+                    datetime.datetime.now(datetime.timezone.utc).strftime(STAMP), ""))
     db.close()
     return n

@@ -100,8 +100,7 @@ class ReceiverStore:
                 raise
 
     def _owner(self, m):
-        row = self.db.execute("SELECT batch FROM messages WHERE pole = ? AND node = ? AND boot = ? AND seq = ?", m[:4]).fetchone()
-        return row[0] if row else None
+        return owner(self.db, m)
 
     def _latest(self, messages):
         # A node's messages arrive in order, so the last reading of a quantity in a batch is its
@@ -140,7 +139,7 @@ class ReceiverStore:
 
     def readings(self):
         with self._lock:
-            rows = self.db.execute("SELECT id, received_ns, duplicates, body FROM batches ORDER BY received_ns").fetchall()
+            rows = self.db.execute(BATCHES).fetchall()
         return readings(rows, self._owner_locked)
 
     def _owner_locked(self, m):
@@ -150,6 +149,16 @@ class ReceiverStore:
     def close(self):
         with self._lock:
             self.db.close()
+
+
+# What readings() takes, in arrival order.
+BATCHES = "SELECT id, received_ns, duplicates, body FROM batches ORDER BY received_ns"
+
+
+def owner(db, m):
+    """The id of the batch holding the first copy of decoded message m, or None."""
+    row = db.execute("SELECT batch FROM messages WHERE pole = ? AND node = ? AND boot = ? AND seq = ?", m[:4]).fetchone()
+    return row[0] if row else None
 
 
 def readings(rows, owner):
