@@ -4,5 +4,5 @@
 BOARDS = {
     'esp32-devkitc': {'chip': 'esp32', 'network': 'wifi', 'pins': {'i2c.sda': 21, 'i2c.scl': 22, 'uart_pm.rx': 16, 'uart_pm.tx': 17, 'pm.set': 4, 'pm.reset': 27, 'i2s.sck': 26, 'i2s.ws': 25, 'i2s.sd': 33}},
     'esp32-s3-devkitc-1': {'chip': 'esp32s3', 'network': 'wifi', 'pins': {'i2c.sda': 8, 'i2c.scl': 9, 'uart_pm.rx': 18, 'uart_pm.tx': 17, 'pm.set': 16, 'pm.reset': 15, 'i2s.sck': 4, 'i2s.ws': 5, 'i2s.sd': 6, 'status_led': 48}},
-    'olimex-esp32-poe': {'chip': 'esp32', 'network': 'ethernet', 'pins': {'i2c.sda': 13, 'i2c.scl': 16, 'uart_pm.rx': 36, 'uart_pm.tx': 4, 'pm.set': 14, 'i2s.sck': 32, 'i2s.ws': 33, 'i2s.sd': 35}},
+    'olimex-esp32-poe': {'chip': 'esp32', 'network': 'ethernet', 'pins': {'i2c.sda': 13, 'i2c.scl': 16, 'uart_pm.rx': 36, 'uart_pm.tx': 4, 'pm.set': 14, 'i2s.sck': 32, 'i2s.ws': 33, 'i2s.sd': 35}, 'ethernet': {'phy': 'LAN8720', 'phy_addr': 0, 'mdc': 23, 'mdio': 18, 'power': 12, 'ref_clk': 17, 'ref_clk_mode': 'out'}},
 }

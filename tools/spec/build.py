@@ -42,7 +42,8 @@ def registry_module(specs):
 def boards_module(specs):
     body = ["BOARDS = {"]
     for bid, b in specs.boards.items():
-        body.append(f"    {bid!r}: {{'chip': {b['chip']!r}, 'network': {b['network']!r}, 'pins': {dict(b['pins'])!r}}},")
+        eth = f", 'ethernet': {dict(b['ethernet'])!r}" if "ethernet" in b else ""
+        body.append(f"    {bid!r}: {{'chip': {b['chip']!r}, 'network': {b['network']!r}, 'pins': {dict(b['pins'])!r}{eth}}},")
     body += ["}"]
     return _module("Pins by role for each board (board_defs/): imported only on the ESP32.", body)
 

@@ -322,11 +322,42 @@ def _load_board(s, path, root):
         if flash_mb is not None and off + size > flash_mb * 1024 * 1024:
             c.error("fs_size", f"filesystem ends at 0x{off + size:x}, past the {flash_mb} MB flash")
     reserved = c.get(t, "reserved", list, required=False) or []
+    network = t.get("network")
+    if network is not None and network not in NETWORKS:
+        c.error("network", f"{network!r} is not a network the node brings up ({', '.join(NETWORKS)})")
+    if network == "ethernet":
+        _check_ethernet(c, t, chip)
     pins = c.get(t, "pins", dict)
     if pins is not None and chip is not None:
         _check_pins(c, pins, chip, reserved, s.roles)
     if len(s.errors) == n_err and bid is not None:
         s.boards[bid] = t
+
+
+NETWORKS = ("wifi", "ethernet")
+# MicroPython's network.PHY_* names (esp32 port): the PHY chips network.LAN drives.
+ETHERNET_PHYS = ("LAN8710", "LAN8720", "IP101", "RTL8201", "DP83848", "KSZ8041", "KSZ8081")
+
+
+def _check_ethernet(c, t, chip):
+    """[ethernet]: the PHY and its pins, read by the node to bring up network.LAN."""
+    eth = c.get(t, "ethernet", dict)
+    if eth is None:
+        return
+    p = "ethernet."
+    phy = c.get(eth, "phy", str, p)
+    if phy is not None and phy not in ETHERNET_PHYS:
+        c.error(f"{p}phy", f"{phy!r} is not a PHY MicroPython drives ({', '.join(ETHERNET_PHYS)})")
+    addr = c.get(eth, "phy_addr", int, p)
+    if addr is not None and not 0 <= addr <= 31:
+        c.error(f"{p}phy_addr", "an MDIO address from 0 to 31")
+    for key, required in (("mdc", True), ("mdio", True), ("power", False), ("ref_clk", False)):
+        gpio = c.get(eth, key, int, p, required=required)
+        if gpio is not None and chip is not None and gpio not in chip["gpio"]:
+            c.error(f"{p}{key}", f"GPIO {gpio} does not exist on the {chip.get('name')}")
+    mode = c.get(eth, "ref_clk_mode", str, p, required=False)
+    if mode is not None and mode not in ("in", "out"):
+        c.error(f"{p}ref_clk_mode", "in (the PHY drives the clock) or out (the ESP32 does)")
 
 
 def _check_pins(c, pins, chip, reserved, roles):
