@@ -23,6 +23,20 @@ TQ_OK, TQ_UNSYNCED, TQ_IMPLAUSIBLE, TQ_NODE_RESET = 0, 1, 2, 3
 LIMITS_EVERY_S = 10.0
 
 
+def node_acks(accepted):
+    """{node: [[boot, first seq, last seq], ...]}: the runs of node messages a group commit put on
+    disk, for each node's ack topic (the node frees its outbox from them, sensor_specs/node_ack.cddl)."""
+    out = {}
+    for node, boot, seq, *_ in sorted(accepted, key=lambda a: a[:3]):
+        runs = out.setdefault(node, [])
+        last = runs[-1] if runs else None
+        if last and last[0] == boot and last[2] + 1 >= seq:
+            last[2] = max(last[2], seq)
+        else:
+            runs.append([boot, seq, seq])
+    return out
+
+
 class Agent:
     def __init__(self, cfg, store=None, sink=None, clock=time.time_ns, ingest_factory=MqttIngest, clock_synced=None):
         self.cfg = cfg
@@ -121,7 +135,7 @@ class Agent:
                 rejected.append((receive_ns, topic, e.reason, str(e), bytes(payload)))
         self.store.append(accepted, rejected)
         self.committed_records += sum(a[4] for a in accepted)
-        self.ingest.ack_group([(mid, qos) for _, _, _, mid, qos in items])
+        self.ingest.ack_group([(mid, qos) for _, _, _, mid, qos in items], node_acks(accepted))
 
     # --- sender: batches upstream, acknowledged batches leave the queue ---
     def _sender(self):

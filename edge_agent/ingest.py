@@ -12,11 +12,13 @@ import logging
 import ssl
 import struct
 
+import cbor2
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 _PUBACK = struct.Struct("!BBH").pack
+ACK_TOPIC = "openpole/v1/{}/ack"
 
 DATA_TOPIC = "openpole/v1/+/data"
 log = logging.getLogger("openpole.edge.ingest")
@@ -101,11 +103,12 @@ class _ReadAheadClient(mqtt.Client):
         with self._in_callback_mutex:
             self.on_message(self, self._userdata, message)
 
-    def ack_many(self, mids):
-        """PUBACK a group of QoS 1 messages (after their group commit) as one write: paho queues and
-        wakes its loop once per call, which per message costs the agent two system calls."""
-        if mids:
-            packet = b"".join([_PUBACK(0x40, 2, mid) for mid in mids])
+    def ack_many(self, mids, publishes=()):
+        """PUBACK a group of QoS 1 messages (after their group commit), and send the QoS 0 PUBLISH
+        packets `publishes`, as one write: paho queues and wakes its loop once per call, which per
+        message costs the agent two system calls."""
+        if mids or publishes:
+            packet = b"".join([_PUBACK(0x40, 2, mid) for mid in mids] + list(publishes))
             self._packet_queue(mqtt.PUBACK, packet, 0, 0)
 
     def loop_read(self, max_packets=1):
@@ -116,6 +119,18 @@ class _ReadAheadClient(mqtt.Client):
             rc = super().loop_read(max_packets)
             if rc != mqtt.MQTT_ERR_SUCCESS or self._sock is None or self._rpos >= len(self._rbuf):
                 return rc
+
+
+def _publish0(topic, payload, v5=False):
+    """A QoS 0 PUBLISH packet (MQTT 3.1.1 section 3.3; v5 adds an empty property length)."""
+    t = topic.encode()
+    body = struct.pack("!H", len(t)) + t + (b"\x00" if v5 else b"") + payload
+    n, length = len(body), bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        length.append(b | 0x80 if n else b)
+        if not n:
+            return b"\x30" + bytes(length) + body
 
 
 class MqttIngest:
@@ -160,9 +175,12 @@ class MqttIngest:
     def _on_message(self, client, userdata, msg):
         self.deliver(msg.topic, msg.payload, msg.mid, msg.qos)
 
-    def ack_group(self, items):
-        """items: (mid, qos) of the messages of one group commit, in the order they arrived."""
-        self.client.ack_many([mid for mid, qos in items if qos == 1])
+    def ack_group(self, items, node_acks=None):
+        """items: (mid, qos) of the messages of one group commit, in the order they arrived;
+        node_acks: {node: runs} for the nodes' ack topics (QoS 0: a lost one is asked again by the
+        node's re-send). Both go after the commit, in one write."""
+        pubs = [_publish0(ACK_TOPIC.format(node), cbor2.dumps(runs), self.v5) for node, runs in (node_acks or {}).items()]
+        self.client.ack_many([mid for mid, qos in items if qos == 1], pubs)
 
     def start(self):
         if self.v5:

@@ -17,6 +17,8 @@ DEFAULTS = {
     "key": None,
     "uplink": "mqtt",  # or "serial": messages as OPMSG lines on the console, for a node on a Pi's USB
     "queue_ram_bytes": 8192,  # messages kept in RAM (over 600 readings); beyond, they spill to flash
+    "ack": "pole",  # a message leaves the node when the pole's agent has it on disk; "broker": on PUBACK
+    "ack_timeout_s": 30,  # no ack for this long: the unacknowledged messages are sent again
 }
 SENSOR_KEYS = ("address", "interval_s", "duty_cycle", "mic")
 _ID_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_-"
@@ -31,8 +33,9 @@ def _number(v, lo, hi, what):
         raise ConfigError("%s: a number from %s to %s" % (what, lo, hi))
 
 
-def validate(cfg):
-    """Fill defaults and check types; raise ConfigError naming the field."""
+def validate(cfg, boards=None):
+    """Fill defaults and check types; raise ConfigError naming the field. boards: the board ids
+    (a host tool passes them from board_defs/; the node has them generated in lib/boards.py)."""
     if not isinstance(cfg, dict):
         raise ConfigError("config: must be a JSON object")
     out = {}
@@ -58,9 +61,26 @@ def validate(cfg):
             _number(s["interval_s"], 0.1, 86400, "sensors.%s.interval_s" % name)
     if out["uplink"] not in ("mqtt", "serial"):
         raise ConfigError("uplink: mqtt or serial")
+    _number(out["ack_timeout_s"], 1, 3600, "ack_timeout_s")
+    if out["ack"] not in ("pole", "broker"):
+        raise ConfigError("ack: pole (the agent's ack frees a message) or broker (its PUBACK does)")
+    if boards is None:
+        from boards import BOARDS as boards
+    if out["board"] not in boards:
+        raise ConfigError("board: unknown %r (known: %s)" % (out["board"], ", ".join(boards)))
     b = out["broker"]
-    if not isinstance(b, dict) or not isinstance(b.get("host"), str) or not isinstance(b.get("port", 1883), int):
-        raise ConfigError("broker: needs host (text) and port (number)")
+    port = b.get("port", 1883) if isinstance(b, dict) else None
+    if not isinstance(b, dict) or not isinstance(b.get("host"), str) or not b["host"] or not isinstance(port, int) \
+            or isinstance(port, bool) or not 1 <= port <= 65535:
+        raise ConfigError("broker: a table with host (text) and port (1-65535)")
+    for k in ("user", "password"):
+        if b.get(k) is not None and not isinstance(b[k], str):
+            raise ConfigError("broker.%s: text" % k)
+    if "timeout_s" in b:
+        _number(b["timeout_s"], 1, 60, "broker.timeout_s")
+    w = out["wifi"]
+    if not isinstance(w, dict) or not all(isinstance(w.get(k, ""), str) for k in ("ssid", "password")):
+        raise ConfigError("wifi: a table with ssid and password (text)")
     key = out.get("key")
     if key is not None:
         try:

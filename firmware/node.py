@@ -1,6 +1,8 @@
 # The node: sample the sensors on their intervals, queue node messages in the outbox, publish them
 # at QoS 1, answer the console and the command topic, publish diagnostics. One tick scheduler,
 # paced by the microphone's 10 ms I2S reads (or a 10 ms sleep without one): no step blocks longer.
+# A message leaves the outbox when the pole's agent says it is on the pole's disk (the ack topic),
+# not on the broker's PUBACK: a broker keeps its store in RAM between autosaves.
 import binascii
 import gc
 import json
@@ -10,7 +12,7 @@ import time
 import cbor
 import config
 import message
-from outbox import Outbox
+from outbox import Outbox, record_fields
 from registry import SENSORS
 from transport import Transport
 
@@ -27,6 +29,8 @@ STATE_NAMES = ("ok", "warming", "degraded", "failed")
 PMS_WARMUP_MS = 30000  # readings within 30 s of waking the laser are not used (Plantower)
 I2S_SAMPLES = 480  # 10 ms at 48 kHz
 LOG_LINES = 12
+BOOT_ID_SPAN = 0x3FF00000  # first boot id: random below 2**30 (a small int on a 32-bit VM), a million boots of room
+HEALTHY_MS = 600000  # up this long, or a message delivered: the crash counter (main.py) starts again
 
 
 class Sensor:
@@ -139,7 +143,13 @@ class Node:
         self.t0 = time.ticks_ms()
         self.seq = 0
         self.cycles = 0
-        self.published = 0
+        self.published = 0  # messages handed to the broker (first sends)
+        self.delivered = 0  # messages the pole acknowledged (or the broker, with "ack": "broker")
+        self.resent = 0
+        self.inflight = 0  # outbox records from the oldest that were sent and await their ack
+        self.sent_before = 0  # of those, how many had been sent before (a re-send carries DUP)
+        self.ack_wait = time.ticks_ms()
+        self.commands = []  # command payloads, run by the loop (never inside a read)
         self.last_publish = None
         self.heap_live = 0  # most heap in use after a collection: what the node really holds
         self.heap_min_free = gc.mem_free()
@@ -155,11 +165,18 @@ class Node:
         b = cfg["broker"]
         base = "openpole/v1/%s/" % self.node_id
         self.topic, self.status_topic, self.diag_topic = base + "data", base + "status", base + "diag"
+        self.ack_by_pole = cfg["ack"] == "pole"
+        # No word from the pole for this long: send the unacknowledged ones again (a broker that
+        # restarted before the agent subscribed again dropped them).
+        self.ack_timeout_ms = int(cfg["ack_timeout_s"] * 1000)
         self.mqtt = Transport(self.node_id, b["host"], b.get("port", 1883), b.get("user"), b.get("password"),
-                              timeout_s=b.get("timeout_s", 0.1), cmd_topic=base + "cmd",
-                              backoff_max_ms=int(b.get("backoff_max_s", 60) * 1000))
+                              timeout_s=b.get("timeout_s", 10), subscribe=(base + "cmd", base + "ack"),
+                              backoff_max_ms=int(b.get("backoff_max_s", 60) * 1000), resolve=hw.resolve)
         self.mqtt.set_last_will(self.status_topic, b"offline")
+        self.mqtt.on_message = self._on_message
+        self.mqtt.on_puback = None if self.ack_by_pole else self._freed
         self.diag_due = time.ticks_ms()
+        self.healthy_due = time.ticks_add(self.diag_due, HEALTHY_MS)
         self.console = None
         self.watch = False  # the console's monitor: a line per reading
 
@@ -208,33 +225,100 @@ class Node:
         return True
 
     def _online(self):
-        self.mqtt.publish(self.status_topic, b"online", retain=True)
+        self.mqtt.publish(self.status_topic, b"online", qos=0, retain=True)
+        self._rewind()  # what was in flight on the old connection may be lost: send it again
+
+    def _on_message(self, topic, payload):
+        if topic.endswith(b"/ack"):
+            self._pole_acked(payload)
+        elif len(self.commands) < 8:  # a burst from one read; more waits for the sender to ask again
+            self.commands.append(payload)
+
+    def _pole_acked(self, payload):
+        """The agent's ack, CBOR [[boot, first seq, last seq], ...]: what it has on disk. The outbox
+        frees from its oldest record while that one is covered; the rest waits for a re-send."""
+        try:
+            ranges = cbor.loads(payload)
+            while True:
+                rec = self.outbox.peek()
+                if rec is None:
+                    return
+                boot, seq = record_fields(rec[0], rec[1])[:2]
+                for r in ranges:
+                    if r[0] == boot and r[1] <= seq <= r[2]:
+                        break
+                else:
+                    return
+                self._freed()
+        except (ValueError, TypeError, IndexError, KeyError):
+            self.log("mqtt: unreadable ack from the pole ignored")
+
+    def _freed(self, pid=None):
+        """The oldest record is safe (at the pole, or at the broker with "ack": "broker")."""
+        if self.outbox.peek() is None:
+            return
+        self.outbox.pop()
+        self.delivered += 1
+        self.inflight = max(0, self.inflight - 1)
+        self.sent_before = max(0, self.sent_before - 1)
+        self.ack_wait = time.ticks_ms()
+
+    def _rewind(self):
+        """Send everything unacknowledged again from the oldest, flagged DUP."""
+        self.sent_before = max(self.sent_before, self.inflight)
+        self.resent += self.inflight
+        self.inflight = 0
+        self.ack_wait = time.ticks_ms()
 
     def flush(self, budget=8, max_ms=50):
-        """Send queued messages oldest first, a few per tick (at most max_ms of the loop's time);
-        stop at the first failure. Over MQTT a message leaves the queue on its PUBACK; a node on a
-        Pi's USB ("uplink": "serial") prints each as an OPMSG line, which has no acknowledgement."""
+        """Send queued messages oldest first, a few per tick (at most max_ms of the loop's time),
+        never waiting for an ack: up to the transport's window are in flight. A node on a Pi's USB
+        ("uplink": "serial") prints each as an OPMSG line, which has no acknowledgement."""
         serial = self.cfg["uplink"] == "serial"
         if not len(self.outbox) or not serial and (not self.hw.network_up() or not self.mqtt.ensure(self._online)):
             return
-        t0 = time.ticks_ms()
+        now = time.ticks_ms()
+        if self.inflight and time.ticks_diff(now, self.ack_wait) > self.ack_timeout_ms:
+            self._rewind()
         for _ in range(budget):
-            if time.ticks_diff(time.ticks_ms(), t0) > max_ms:
+            if time.ticks_diff(time.ticks_ms(), now) > max_ms:
                 return
-            rec = self.outbox.peek()
-            if rec is None:
+            rec = self.outbox.peek() if serial else self.outbox.nth(self.inflight)
+            if rec is None or not serial and not self.mqtt.can_publish():
                 return
             payload = message.encode_record(self.node_id, rec[0], rec[1], time.ticks_ms(), self.boot, self.uptime_ms())
             if self.key:
                 payload = message.sign(payload, self.key)
             if serial:
                 print("OPMSG " + binascii.b2a_base64(payload).decode().strip())
-            elif not self.mqtt.publish(self.topic, payload):
+                self.outbox.pop()
+                self.delivered += 1
+            elif not self.mqtt.publish(self.topic, payload, dup=self.inflight < self.sent_before):
                 self.log("mqtt: publish failed (%s); %d message(s) kept" % (self.mqtt.last_error, len(self.outbox)))
                 return
-            self.outbox.pop()
-            self.published += 1
+            else:
+                if not self.inflight:
+                    self.ack_wait = time.ticks_ms()
+                if self.inflight >= self.sent_before:
+                    self.published += 1
+                self.inflight += 1
             self.last_publish = time.ticks_ms()
+
+    def drain(self):
+        """Before a planned stop (the simulator's --cycles): send and take in acks for a while."""
+        max_ms = max(10000, self.ack_timeout_ms + 5000)  # time for one re-send
+        t0 = time.ticks_ms()
+        while len(self.outbox) and time.ticks_diff(time.ticks_ms(), t0) < max_ms:
+            self.flush()
+            self.mqtt.poll()
+            if not self.mqtt.connected and self.mqtt.errors:
+                return
+            time.sleep_ms(5)
+
+    def reset(self):
+        """A deliberate reset: the outbox goes to flash first, so nothing queued is lost."""
+        self.outbox.save()
+        self.hw.reset()
 
     def diag(self):
         ob, mq = self.outbox, self.mqtt
@@ -245,7 +329,8 @@ class Node:
             "net": self.hw.net_info(),
             "mqtt": {"connected": mq.connected, "errors": mq.errors, "last_error": mq.last_error,
                      "last_publish_age_s": None if self.last_publish is None else time.ticks_diff(time.ticks_ms(), self.last_publish) // 1000,
-                     "published": self.published},
+                     "published": self.published, "delivered": self.delivered, "resent": self.resent,
+                     "in_flight": self.inflight, "ack": "pole" if self.ack_by_pole else "broker"},
             "queue": {"depth": len(ob), "ram": ob.ram_records, "flash": ob.flash_records, "spilled": ob.spilled, "dropped": ob.dropped},
             "sensors": {s.name: {"state": STATE_NAMES[s.state], "errors": s.errors, "last_error": s.last_error, "last": s.last}
                         for s in self.sensors},
@@ -286,7 +371,7 @@ class Node:
                 reply = {"ok": True, "selftest": self.selftest()}
             elif name == "reboot":
                 self.mqtt.publish(self.diag_topic, b'{"cmd": "reboot", "ok": true}', qos=0)
-                self.hw.reset()
+                self.reset()
                 return
             else:
                 reply = {"ok": False, "error": "unknown command (interval, diag, selftest, reboot)"}
@@ -296,8 +381,14 @@ class Node:
         self.mqtt.publish(self.diag_topic, json.dumps(reply).encode(), qos=0)
 
     def housekeeping(self, now):
-        while self.mqtt.commands:
-            self.command(self.mqtt.commands.pop(0))
+        if self.healthy_due is not None and (self.delivered or time.ticks_diff(now, self.healthy_due) >= 0):
+            self.healthy_due = None  # running well: the next crash starts main.py's delays afresh
+            try:
+                os.remove("crashes.txt")
+            except OSError:
+                pass
+        while self.commands:
+            self.command(self.commands.pop(0))
         if time.ticks_diff(now, self.diag_due) >= 0 and self.mqtt.connected:
             self.diag_due = time.ticks_add(now, int(self.cfg["diag_interval_s"] * 1000))
             self.mqtt.publish(self.diag_topic, json.dumps(self.diag()).encode(), qos=0)
@@ -321,8 +412,8 @@ class Node:
             self.mqtt.poll()
             self.housekeeping(now)
             self.console.poll()
-        self.flush(budget=len(self.outbox), max_ms=60000)
-        self.mqtt.publish(self.status_topic, b"offline", retain=True)
+        self.drain()
+        self.mqtt.publish(self.status_topic, b"offline", qos=0, retain=True)
         self.mqtt.close()
         return self.cycles
 
@@ -336,11 +427,13 @@ def _plausible(name, v):
 
 
 def _next_boot(path="boot_count"):
+    """This boot's id: one more than the last. A filesystem without one (new, reflashed, another
+    board) starts at a random point, so (node, boot, seq) never repeats across a reflash."""
     try:
         with open(path) as f:
             n = int(f.read()) + 1
     except (OSError, ValueError):
-        n = 1
+        n = int.from_bytes(os.urandom(4), "big") % BOOT_ID_SPAN + 1
     with open(path + ".tmp", "w") as f:
         f.write(str(n))
     os.rename(path + ".tmp", path)  # atomic on LittleFS and POSIX

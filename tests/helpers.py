@@ -1,5 +1,8 @@
 """Test helpers shared by the MQTT tests: a paho subscriber that records what arrives."""
 
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -93,3 +96,26 @@ def wait(predicate, timeout=20):
             return True
         time.sleep(0.05)
     return predicate()
+
+
+class AgentProcess:
+    """`openpole edge run` as a pole runs it: a process that can be killed."""
+
+    def __init__(self, broker, upstream, state, pole_id="dur", start=True):
+        self.args = [sys.executable, "-m", "openpole", "edge", "run", "--broker", f"{broker.host}:{broker.port}",
+                     "--upstream", upstream, "--state", str(state), "--pole-id", pole_id, "--batch-interval", "0.5"]
+        self.proc = None
+        if start:
+            self.start()
+
+    def start(self):
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def kill(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=20)

@@ -2,13 +2,12 @@
 queue tail, a damaged queue file; the queue's quota and maximum age drop the oldest, counted."""
 
 import os
-import signal
 import subprocess
 import sys
 import time
 
 import cbor2
-from helpers import wait
+from helpers import AgentProcess, wait
 import pytest
 
 from openpole.edge_agent import batch, decode
@@ -20,33 +19,11 @@ from openpole.sim.broker import Broker, free_port
 
 
 
-class AgentProcess:
-    """`openpole edge run` as a pole runs it: a process that can be killed."""
-
-    def __init__(self, broker, upstream, state):
-        self.args = [sys.executable, "-m", "openpole", "edge", "run", "--broker", f"{broker.host}:{broker.port}",
-                     "--upstream", upstream, "--state", str(state), "--pole-id", "dur", "--batch-interval", "0.5"]
-        self.proc = None
-        self.start()
-
-    def start(self):
-        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-    def kill(self):
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=20)
-
-
 @pytest.fixture
 def pole(tmp_path):
     broker = Broker(tmp_path / "broker", kind="mosquitto", persistent=True).start()
     receiver = Receiver("127.0.0.1", free_port(), tmp_path / "receiver").start()
-    agent = AgentProcess(broker, receiver.url, tmp_path / "edge")
+    agent = AgentProcess(broker, receiver.url, tmp_path / "edge", pole_id="dur")
     time.sleep(1.5)  # connected and subscribed
     yield broker, receiver, agent
     agent.stop()

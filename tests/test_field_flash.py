@@ -95,7 +95,7 @@ def test_an_image_boots_under_micropython_from_littlefs(tmp_path, mosquitto, fir
         sub.close()
     assert sum(t.endswith("/data") for t, _, _ in msgs) >= 3, log[-2000:]
     diag = next(json.loads(p) for t, p, _ in msgs if t.endswith("/diag"))
-    assert diag["node"] == "img-1" and diag["boot"] == 1 and diag["config"]["broker"]["password"] == "***"
+    assert diag["node"] == "img-1" and diag["boot"] >= 1 and diag["config"]["broker"]["password"] == "***"
 
 
 def test_firmware_checks_come_before_any_serial_work(tmp_path, firmware):

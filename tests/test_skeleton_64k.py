@@ -16,13 +16,19 @@ from hw.sim import _World, SimI2C
 from transport import Transport
 world = _World(%(world)r, "skel-1")
 bme = BME280(SimI2C(world))
-mqtt = Transport("skel-1", "127.0.0.1", %(port)d, timeout_s=1)
-assert mqtt.ensure()
+mqtt = Transport("skel-1", "127.0.0.1", %(port)d, timeout_s=2)
+t0 = time.ticks_ms()
+while not mqtt.ensure() and time.ticks_diff(time.ticks_ms(), t0) < 3000:
+    time.sleep_ms(5)
 status = cbor.dumps({"bme280": [0, 0]})
 for seq in range(5):
     values = message.encode_values(bme.read())
     assert mqtt.publish("openpole/v1/skel-1/data", message.encode("skel-1", 1, seq, [(0, values)], status))
     gc.collect()
+while mqtt.unacked and time.ticks_diff(time.ticks_ms(), t0) < 5000:
+    mqtt.poll()
+    time.sleep_ms(5)
+assert not mqtt.unacked, "every PUBACK arrived"
 mqtt.close()
 print("published 5, heap in use", gc.mem_alloc())
 """

@@ -1,7 +1,8 @@
-# Store and forward: node messages wait here until the broker acknowledges them (PUBACK).
+# Store and forward: node messages wait here until the pole's agent says they are on its disk.
 # RAM first (a preallocated byte FIFO); when it fills during an outage the oldest records move to
 # flash in whole segment files (written once, deleted once replayed: LittleFS spreads the wear),
-# at most max_segments of them; past that the oldest segment is dropped and counted.
+# at most max_segments of them (sized from the free flash); past that the oldest segment is
+# dropped and counted. Before a deliberate reset save() moves what is in RAM to flash.
 # Replay is in order: flash (oldest) first, then RAM. Records keep their (boot, seq), so a record
 # replayed after a reset is de-duplicated upstream; its age is then a lower bound.
 #
@@ -17,7 +18,7 @@ _HDR_LEN = 19
 
 
 class Outbox:
-    def __init__(self, ram_bytes=8192, spill_dir="spill", seg_bytes=2048, max_segments=96):
+    def __init__(self, ram_bytes=8192, spill_dir="spill", seg_bytes=2048, max_segments=None, flash_share=0.5):
         self.ram = bytearray(ram_bytes)
         self.mv = memoryview(self.ram)
         self.start = 0  # first byte of the oldest RAM record
@@ -25,7 +26,7 @@ class Outbox:
         self.ram_records = 0
         self.dir = spill_dir
         self.seg_bytes = seg_bytes
-        self.max_segments = max_segments
+        self.max_segments = max_segments or flash_segments(seg_bytes, flash_share)
         self.seg = bytearray(seg_bytes)  # the oldest flash segment, being replayed
         self.seg_mv = memoryview(self.seg)
         self.seg_name = None
@@ -89,6 +90,11 @@ class Outbox:
         self.ram_records += 1
         return True
 
+    def save(self):
+        """Move every RAM record to flash: called before a deliberate reset."""
+        while self.ram_records:
+            self._spill()
+
     def _spill(self):
         """Move the oldest RAM records (up to one segment) to a new flash segment."""
         n, pos = 0, self.start
@@ -148,8 +154,23 @@ class Outbox:
             return self.ram, self.start
         return None
 
+    def nth(self, i):
+        """Record i from the oldest, as (buffer, offset), within the oldest region (the first flash
+        segment, or RAM when nothing is in flash); None past it: a send window never spans regions."""
+        rec = self.peek()
+        if rec is None:
+            return None
+        buf, off = rec
+        end = self.seg_len if buf is self.seg else self.end
+        while i:
+            off += (buf[off] << 8) | buf[off + 1]
+            if off + _HDR_LEN > end or ((buf[off] << 8) | buf[off + 1]) < _HDR_LEN:
+                return None
+            i -= 1
+        return buf, off
+
     def pop(self):
-        """Drop the oldest record: its PUBACK arrived."""
+        """Drop the oldest record: the pole has it."""
         if self.segments:
             ln = (self.seg[self.seg_pos] << 8) | self.seg[self.seg_pos + 1]
             self.seg_pos += ln
@@ -162,6 +183,17 @@ class Outbox:
         self.ram_records -= 1
         if not self.ram_records:
             self.start = self.end = 0
+
+
+def flash_segments(seg_bytes, share, path=".", floor=16):
+    """How many segments `share` of the free flash holds (at least `floor`): with 2 MB of LittleFS
+    that is a 24 h outage at a 60 s interval many times over."""
+    try:
+        st = os.statvfs(path)
+        free = st[0] * st[3]  # f_bsize * f_bfree
+    except (OSError, AttributeError):
+        return floor
+    return max(floor, int(free * share) // seg_bytes)
 
 
 def record_fields(buf, off):

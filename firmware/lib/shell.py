@@ -126,4 +126,4 @@ class Console:
 
     def reboot(self, args):
         print("rebooting")
-        self.node.hw.reset()
+        self.node.reset()

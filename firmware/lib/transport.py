@@ -1,152 +1,350 @@
-# MQTT for the node: umqtt.simple (frozen into the stock ESP32 firmware) made safe for a pole.
-# umqtt.simple waits for PUBACK with no timeout, resets its socket to blocking after every read,
-# sends no PINGREQ by itself, and old releases overflow the packet id after 65535 publishes.
-# This wrapper gives it a socket with a timeout that stays set, TCP_NODELAY (QoS 1 on loopback:
-# 44-88 ms without, 0.1 ms with), keepalive pings, and reconnects with backoff and jitter.
+# MQTT 3.1.1 for the node (OASIS mqtt-v3.1.1-os), written for a pole: QoS 0 and 1, non-blocking from
+# the TCP connect to the CONNACK, a bounded window of publishes awaiting PUBACK, DUP on a re-send,
+# keepalive pings, reconnects with backoff and jitter. Why not the firmware's umqtt.simple: each
+# stock firmware freezes another release (1.4.0 in v1.24, 1.6.0 in v1.25/1.26, 1.7.0 in v1.27/1.28)
+# with another socket surface, and every release blocks on connect and on each PUBACK, which stalls
+# the 10 ms audio loop. This client uses only the socket calls listed in SOCKET_CALLS.
+import errno
 import random
+import select
 import socket
+import struct
 import time
 
-import umqtt.simple as _umqtt
-
 _IPPROTO_TCP = 6  # lwIP and Linux
-_TCP_NODELAY = 1
+_TCP_NODELAY = 1  # QoS 1 on loopback: 44-88 ms per publish without, 0.1 ms with
 _BACKOFF_MIN_MS = 500
 _BACKOFF_MAX_MS = 60000
+_RESOLVE_AFTER = 3  # failed connects in a row before the broker's name is looked up again
+DOWN, CONNECTING, WAIT_CONNACK, UP = 0, 1, 2, 3
+# What this client calls on a socket: a test checks it against a fake socket with only these.
+SOCKET_CALLS = ("setblocking", "setsockopt", "connect", "write", "readinto", "close")
+_CONNACK_CODES = ("accepted", "unacceptable protocol version", "client id rejected", "server unavailable",
+                  "bad user name or password", "not authorised")
 
 
-class _TimedSocket:
-    """A socket whose timeout survives umqtt's setblocking(True)."""
-
-    def __init__(self, sock, timeout_s):
-        self.s = sock
-        self.timeout = timeout_s
-        self.blocking = True
-        sock.settimeout(timeout_s)
-        try:
-            sock.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
-        except OSError:
-            pass  # not every stack lets it be set before connect; the write path still works
-
-    def connect(self, addr):
-        self.s.connect(addr)
-
-    def read(self, n):
-        data = self.s.read(n)
-        if data is None and self.blocking:
-            raise OSError(110)  # ETIMEDOUT: umqtt would index into None
-        return data
-
-    def write(self, buf, n=None):
-        return self.s.write(buf) if n is None else self.s.write(buf, n)
-
-    def setblocking(self, flag):
-        self.blocking = flag
-        self.s.settimeout(self.timeout if flag else 0)
-
-    def close(self):
-        self.s.close()
+def since(t0, ms):
+    """True once ms have passed since ticks t0 (or t0 is None). A span that wrapped past half the
+    ticks period (about 3 days on an ESP32) counts as passed: a stale timer never waits days."""
+    if t0 is None:
+        return True
+    d = time.ticks_diff(time.ticks_ms(), t0)
+    return d < 0 or d >= ms
 
 
-class _SocketModule:
-    """Stands in for umqtt.simple's `socket` module name: same calls, timed sockets."""
+def _str(out, s):
+    if isinstance(s, str):
+        s = s.encode()
+    out.extend(struct.pack(">H", len(s)))
+    out.extend(s)
 
-    def __init__(self, timeout_s):
-        self.timeout = timeout_s
 
-    def getaddrinfo(self, *args):
-        return socket.getaddrinfo(*args)
-
-    def socket(self, *args):
-        return _TimedSocket(socket.socket(*args), self.timeout)
+def _packet(first, body):
+    """Fixed header (type and flags, remaining length as a varint) + body."""
+    out = bytearray((first,))
+    n = len(body)
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | 0x80 if n else b)
+        if not n:
+            break
+    out.extend(body)
+    return out
 
 
 class Transport:
-    def __init__(self, client_id, host, port=1883, user=None, password=None, keepalive_s=60, timeout_s=5, cmd_topic=None,
-                 backoff_max_ms=_BACKOFF_MAX_MS):
-        _umqtt.socket = _SocketModule(timeout_s)
-        self.client = _umqtt.MQTTClient(client_id, host, port, user=user, password=password, keepalive=keepalive_s)
-        self.cmd_topic = cmd_topic
-        self.commands = []  # received command payloads, run by the node loop (never inside a read)
-        self.client.set_callback(self._on_message)
-        self.keepalive_ms = keepalive_s * 1000
+    def __init__(self, client_id, host, port=1883, user=None, password=None, keepalive_s=60, timeout_s=10,
+                 subscribe=(), backoff_max_ms=_BACKOFF_MAX_MS, window=8, rx_bytes=768, resolve=None):
+        self.client_id = client_id
+        self.host, self.port = host, port
+        self.user, self.password = user, password
+        self.keepalive_s = keepalive_s
+        self.timeout_ms = int(timeout_s * 1000)  # TCP connect + CONNACK, and a PINGRESP: fits Wi-Fi power save
+        self.topics = subscribe
         self.backoff_max_ms = backoff_max_ms
-        self.connected = False
+        self.window = window
+        self.resolve = resolve or socket.getaddrinfo  # the node gives one that holds the watchdog
+        self.will = None
+        self.on_message = None  # (topic bytes, payload bytes): called from poll(), never inside a write
+        self.on_puback = None  # (packet id): the broker has a QoS 1 publish; PUBACKs come in order
+        self.addr = None
+        self.fails_in_row = 0
+        self.sock = None
+        self.poller = None
+        self.state = DOWN
+        self.deadline = 0
+        self.rx = bytearray(rx_bytes)
+        self.rxn = 0
+        self.skip = 0  # bytes of an oversized incoming packet still to drop
+        self.pid = 0
+        self.unacked = []  # packet ids published at QoS 1 and not yet PUBACKed by the broker
         self.backoff_ms = 0
-        self.next_try = time.ticks_ms()
-        self.last_io = time.ticks_ms()
+        self.failed_at = None  # ticks of the last failure; the next try waits `wait_ms` after it
+        self.wait_ms = 0
+        self.last_out = time.ticks_ms()
+        self.ping_sent = None
         self.errors = 0
+        self.oversized = 0
         self.last_error = None
+        self.on_connect = None
 
-    def _on_message(self, topic, msg):
-        if len(self.commands) < 4:
-            self.commands.append(msg)
+    @property
+    def connected(self):
+        return self.state == UP
 
     def set_last_will(self, topic, msg):
-        self.client.set_last_will(topic, msg, retain=True, qos=1)
+        self.will = (topic, msg)
 
-    def _failed(self, e):
+    def _failed(self, why):
         self.errors += 1
-        self.last_error = repr(e)
-        self.connected = False
-        try:
-            self.client.sock.close()
-        except Exception:
-            pass
+        self.fails_in_row += 1
+        self.last_error = why
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+        self.sock = self.poller = None
+        self.state = DOWN
+        self.rxn = self.skip = 0
+        self.unacked = []
+        self.ping_sent = None
+        if self.fails_in_row >= _RESOLVE_AFTER:
+            self.addr = None  # the broker may have moved: look its name up again
         # Exponential backoff with full jitter: many nodes on one pole must not reconnect in step.
         self.backoff_ms = min(self.backoff_max_ms, max(_BACKOFF_MIN_MS, self.backoff_ms * 2))
-        self.next_try = time.ticks_add(time.ticks_ms(), random.getrandbits(16) % self.backoff_ms + 1)
+        self.wait_ms = random.getrandbits(16) % self.backoff_ms + 1
+        self.failed_at = time.ticks_ms()
+
+    def _send(self, buf):
+        """Write a whole packet. The socket is non-blocking; a packet of a few hundred bytes fits
+        the TCP send buffer, so a short write means the link is stuck: give it 200 ms, then fail."""
+        mv = memoryview(buf)
+        t0 = time.ticks_ms()
+        while len(mv):
+            n = self.sock.write(mv)
+            if n:
+                mv = mv[n:]
+            elif time.ticks_diff(time.ticks_ms(), t0) > 200:
+                raise OSError(errno.ETIMEDOUT)
+            else:
+                time.sleep_ms(1)
+        self.last_out = time.ticks_ms()
 
     def ensure(self, on_connect=None):
-        """Connect when down and the backoff allows; True when connected."""
-        if self.connected:
+        """One non-blocking step towards a connection; True when connected."""
+        if self.state == UP:
             return True
-        if time.ticks_diff(self.next_try, time.ticks_ms()) > 0:
-            return False
+        now = time.ticks_ms()
+        if on_connect is not None:
+            self.on_connect = on_connect
         try:
-            self.client.connect(clean_session=True)
-            if self.cmd_topic:
-                self.client.subscribe(self.cmd_topic, qos=0)
-            self.connected = True
-            self.backoff_ms = 0
-            self.last_io = time.ticks_ms()
-            if on_connect:
-                on_connect()
-        except Exception as e:  # OSError, MQTTException, umqtt's asserts on a bad CONNACK
-            self._failed(e)
-        return self.connected
+            if self.state == DOWN:
+                if not since(self.failed_at, self.wait_ms):
+                    return False
+                self._start(now)
+            if self.state == CONNECTING:
+                for _, ev in self.poller.ipoll(0):
+                    if ev & (select.POLLERR | select.POLLHUP):
+                        raise OSError(errno.ECONNREFUSED)
+                    if ev & select.POLLOUT:
+                        self._send(self._connect_packet())
+                        self.state = WAIT_CONNACK
+            if self.state == WAIT_CONNACK:
+                self._read()
+            if self.state != UP and time.ticks_diff(now, self.deadline) > 0:
+                raise OSError(errno.ETIMEDOUT)
+        except (OSError, ValueError) as e:
+            self._failed("connect: %s" % _reason(e))
+        return self.state == UP
 
-    def publish(self, topic, payload, qos=1, retain=False):
-        """Publish and, at QoS 1, wait (bounded) for PUBACK. False when the link failed."""
-        if not self.connected:
-            return False
-        c = self.client
-        if c.pid >= 65535:
-            c.pid = 0
+    def _start(self, now):
+        if self.addr is None:
+            self.addr = self.resolve(self.host, self.port)[0][-1]
+        s = socket.socket()
+        self.sock = s
+        s.setblocking(False)
         try:
-            c.publish(topic, payload, retain=retain, qos=qos)
-            self.last_io = time.ticks_ms()
-            return True
-        except Exception as e:
-            self._failed(e)
+            s.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
+        except OSError:
+            pass  # a stack without the option still works, slower
+        try:
+            s.connect(self.addr)
+        except OSError as e:
+            if e.args[0] not in (errno.EINPROGRESS, errno.EAGAIN):
+                raise
+        self.poller = select.poll()
+        self.poller.register(s, select.POLLOUT)
+        self.state = CONNECTING
+        self.deadline = time.ticks_add(now, self.timeout_ms)
+
+    def _connect_packet(self):
+        flags = 0x02  # clean session: the node keeps its own queue
+        body = bytearray(b"\x00\x04MQTT\x04\x00")
+        body.extend(struct.pack(">H", self.keepalive_s))
+        _str(body, self.client_id)
+        if self.will:
+            flags |= 0x04 | 0x08 | 0x20  # will, QoS 1, retained
+            _str(body, self.will[0])
+            _str(body, self.will[1])
+        if self.user:
+            flags |= 0x80
+            _str(body, self.user)
+            if self.password:
+                flags |= 0x40
+                _str(body, self.password)
+        body[7] = flags
+        return _packet(0x10, body)
+
+    def _subscribe(self):
+        if not self.topics:
+            return
+        body = bytearray(struct.pack(">H", self._next_pid()))
+        for t in self.topics:
+            _str(body, t)
+            body.append(0)  # QoS 0: a lost command or ack is asked again, never queued for a node
+        self._send(_packet(0x82, body))
+
+    def _next_pid(self):
+        self.pid = self.pid % 65535 + 1  # 1..65535: 0 is not a packet id
+        return self.pid
+
+    def can_publish(self):
+        return self.state == UP and len(self.unacked) < self.window
+
+    def publish(self, topic, payload, qos=1, retain=False, dup=False):
+        """Send one PUBLISH without waiting; True when written. At QoS 1 the broker's PUBACK is
+        taken in by poll(); at most `window` wait for it."""
+        if self.state != UP or qos and len(self.unacked) >= self.window:
             return False
+        body = bytearray()
+        _str(body, topic)
+        if qos:
+            pid = self._next_pid()
+            body.extend(struct.pack(">H", pid))
+        body.extend(payload)
+        try:
+            self._send(_packet(0x30 | (0x08 if dup else 0) | qos << 1 | (1 if retain else 0), body))
+        except OSError as e:
+            self._failed("publish: %s" % _reason(e))
+            return False
+        if qos:
+            self.unacked.append(pid)
+        return True
 
     def poll(self):
-        """Take in commands; keep the connection alive: ping when idle for half the keepalive."""
-        if not self.connected:
+        """Take in what the broker sent (PUBACKs, messages, PINGRESP); ping when idle. Never blocks."""
+        if self.state != UP:
             return
         try:
-            if time.ticks_diff(time.ticks_ms(), self.last_io) > self.keepalive_ms // 2:
-                self.client.ping()
-                self.last_io = time.ticks_ms()
-            self.client.check_msg()  # a command or the PINGRESP, if one is waiting
-        except Exception as e:
-            self._failed(e)
+            self._read()
+            now = time.ticks_ms()
+            if self.ping_sent is not None:
+                if time.ticks_diff(now, self.ping_sent) > max(self.timeout_ms, self.keepalive_s * 500):
+                    raise OSError(errno.ETIMEDOUT)
+            elif time.ticks_diff(now, self.last_out) > self.keepalive_s * 500:
+                self._send(b"\xc0\x00")
+                self.ping_sent = now
+        except (OSError, ValueError) as e:
+            self._failed("link: %s" % _reason(e))
+
+    def _read(self):
+        while True:
+            n = self.sock.readinto(memoryview(self.rx)[self.rxn:]) if self.rxn < len(self.rx) else 0
+            if n is None:
+                return  # nothing more for now
+            if n == 0 and self.rxn < len(self.rx):
+                raise OSError(errno.ECONNRESET)  # the broker closed the connection
+            self.rxn += n
+            self._packets()
+
+    def _packets(self):
+        rx = self.rx
+        while self.rxn:
+            if self.skip:
+                k = min(self.skip, self.rxn)
+                self._consume(k)
+                self.skip -= k
+                continue
+            length, i, mult = 0, 1, 1
+            while True:
+                if i >= self.rxn:
+                    return  # the length is not all here yet
+                b = rx[i]
+                length += (b & 0x7F) * mult
+                mult <<= 7
+                i += 1
+                if not b & 0x80:
+                    break
+                if i > 4:
+                    raise ValueError("malformed packet length")
+            if i + length > len(rx):
+                self.oversized += 1  # a message larger than the node takes: dropped, counted
+                self.skip = i + length
+                continue
+            if i + length > self.rxn:
+                return
+            self._handle(rx[0], i, length)
+            self._consume(i + length)
+
+    def _consume(self, n):
+        self.rx[0 : self.rxn - n] = self.rx[n : self.rxn]
+        self.rxn -= n
+
+    def _handle(self, first, i, length):
+        rx = self.rx
+        kind = first & 0xF0
+        if kind == 0x20:  # CONNACK
+            code = rx[i + 1]
+            if code:
+                raise ValueError("broker refused: %s" % (_CONNACK_CODES[code] if code < 6 else code))
+            self.state = UP
+            self.fails_in_row = 0
+            self.backoff_ms = 0
+            self.failed_at = None
+            self._subscribe()
+            if self.on_connect:
+                self.on_connect()
+        elif kind == 0x40:  # PUBACK
+            pid = (rx[i] << 8) | rx[i + 1]
+            if pid in self.unacked:
+                self.unacked.remove(pid)
+                if self.on_puback:
+                    self.on_puback(pid)
+        elif kind == 0xD0:  # PINGRESP
+            self.ping_sent = None
+        elif kind == 0x30:  # PUBLISH to us (commands, acks of the pole)
+            qos = (first >> 1) & 3
+            tl = (rx[i] << 8) | rx[i + 1]
+            p = i + 2 + tl
+            topic = bytes(rx[i + 2 : p])
+            if qos:
+                pid = (rx[p] << 8) | rx[p + 1]
+                p += 2
+                self._send(struct.pack(">BBH", 0x40, 2, pid))
+            if self.on_message:
+                self.on_message(topic, bytes(rx[p : i + length]))
+        # SUBACK and anything else: nothing to do
 
     def close(self):
-        if self.connected:
+        if self.state == UP:
             try:
-                self.client.disconnect()
-            except Exception:
+                self._send(b"\xe0\x00")
+            except OSError:
                 pass
-        self.connected = False
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+        self.sock = None
+        self.state = DOWN
+
+
+def _reason(e):
+    if isinstance(e, OSError) and e.args and isinstance(e.args[0], int):
+        return {errno.ECONNREFUSED: "connection refused", errno.ETIMEDOUT: "timed out",
+                errno.ECONNRESET: "connection closed by the broker", errno.EHOSTUNREACH: "host unreachable"}.get(
+            e.args[0], "OSError %d" % e.args[0])
+    return str(e)

@@ -38,7 +38,7 @@ def wait_port(host, port, timeout_s, proc=None):
 class Broker:
     """A broker process: .host, .port, .kind ('mosquitto' or 'amqtt'), stop()."""
 
-    def __init__(self, workdir, port=None, kind=None, extra_conf="", persistent=False):
+    def __init__(self, workdir, port=None, kind=None, extra_conf="", persistent=False, autosave_s=1):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.host = "127.0.0.1"
@@ -46,6 +46,7 @@ class Broker:
         self.kind = kind or ("mosquitto" if mosquitto_path() else "amqtt")
         self.extra_conf = extra_conf
         self.persistent = persistent  # keep sessions and subscriptions across a restart, as a pole should
+        self.autosave_s = autosave_s  # Mosquitto's default is 1800: what it holds between saves dies with it
         self.proc = None
         self.log = self.workdir / f"{self.kind}.log"
 
@@ -54,7 +55,7 @@ class Broker:
         if exe is None:
             raise UserError("mosquitto is not installed: apt-get install -y mosquitto")
         conf = self.workdir / "mosquitto.conf"
-        persistence = (f"persistence true\npersistence_location {self.workdir}/\nautosave_interval 1\n"
+        persistence = (f"persistence true\npersistence_location {self.workdir}/\nautosave_interval {self.autosave_s}\n"
                        if self.persistent else "persistence false\n")
         # Started as root, mosquitto drops to its own user and could not write to our directory.
         user = "user root\n" if os.geteuid() == 0 else ""
@@ -100,6 +101,12 @@ class Broker:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+    def kill(self):
+        """SIGKILL, as a power cut: nothing is saved on the way out."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
     def __enter__(self):
         return self.start()
