@@ -1,7 +1,55 @@
-# Runs at boot, after boot.py. It stays source (MicroPython boots main.py, not main.mpy); the app
-# it starts is compiled (.mpy), so the node never spends heap compiling it.
+# Boots the node. It stays source (MicroPython boots main.py, never main.mpy) and does only what
+# cannot fail: arm the watchdog, then start the compiled app inside a guard. Any failure, a missing
+# app module included, ends in a hard reset after a growing delay (1 s, 2 s, 4 s ... 5 min; the run
+# is counted in crashes.txt, and crash.txt keeps its first traceback), never in a soft-reset loop.
 import sys
+import time
 
-import app
+try:
+    import machine
 
-sys.exit(app.main())
+    wdt = machine.WDT(timeout=8000)  # before anything that can fail or hang
+except (ImportError, AttributeError):  # the Unix port (the simulator) has no watchdog
+    wdt = None
+
+
+def failed(e):
+    n = 1
+    try:
+        with open("crashes.txt") as f:
+            n = int(f.read()) + 1
+    except (OSError, ValueError):
+        pass
+    try:
+        with open("crashes.txt", "w") as f:
+            f.write(str(n))
+        if n == 1:
+            with open("crash.txt", "w") as f:
+                sys.print_exception(e, f)
+    except OSError:
+        pass  # a full or broken filesystem must not stop the reset
+    sys.print_exception(e)
+    delay = min(300, 1 << min(n - 1, 9))
+    print("crash %d in a row (first kept in crash.txt): hard reset in %d s" % (n, delay))
+    t0 = time.ticks_ms()
+    while time.ticks_diff(time.ticks_ms(), t0) < delay * 1000:
+        if wdt:
+            wdt.feed()
+        time.sleep_ms(50)
+    try:
+        from hw import hard_reset
+    except Exception:
+        hard_reset = machine.reset
+    hard_reset()
+
+
+try:
+    import app
+
+    rc = app.main(wdt)
+except KeyboardInterrupt:  # Ctrl-C (a technician, `openpole deploy`): on to the REPL
+    raise
+except Exception as e:
+    failed(e)
+else:
+    sys.exit(rc)  # only the simulator's --cycles ends the app

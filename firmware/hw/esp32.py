@@ -1,9 +1,12 @@
-# ESP32 hardware: real buses on the board's pins (board_defs/, via lib/boards.py), Wi-Fi, watchdog.
+# ESP32 hardware: real buses on the board's pins (board_defs/, via lib/boards.py), the network
+# (Wi-Fi, or Ethernet where the board file has an [ethernet] table), the watchdog main.py armed.
 import machine
 import network
+import socket
 import time
 
 from boards import BOARDS
+from transport import since
 
 _RESET_CAUSES = {
     machine.PWRON_RESET: "power_on",  # also reported after a brownout on the ESP32
@@ -12,23 +15,24 @@ _RESET_CAUSES = {
     machine.DEEPSLEEP_RESET: "deepsleep",
     machine.SOFT_RESET: "soft",
 }
-WDT_MS = 8000  # the loop feeds it every 10 ms; 8 s covers a slow Wi-Fi reconnect step
+WDT_MS = 8000  # the loop feeds it every 10 ms
+DNS_WDT_MS = 30000  # lwIP's resolver retries for up to ~20 s: the one call allowed to outlast WDT_MS
 REPL_WDT_MS = 3600000  # at the REPL nothing feeds it, and an ESP32's WDT cannot be stopped
+WIFI_RETRY_MS = 10000
 
 
 class Hardware:
     name = "esp32"
 
-    def __init__(self, cfg):
-        board = BOARDS.get(cfg["board"])
-        if board is None:
-            raise ValueError("unknown board %r in config" % cfg["board"])
+    def __init__(self, cfg, wdt=None):
+        board = BOARDS[cfg["board"]]  # config.validate() has checked it is known
         self.pins = board["pins"]
+        self.eth = board.get("ethernet") if board["network"] == "ethernet" else None
         self.cfg = cfg
-        self._wlan = None
-        self._wifi_try = 0
+        self._nic = None
+        self._net_try = None
         self._i2c = None
-        self._wdt = machine.WDT(timeout=WDT_MS)
+        self._wdt = wdt or machine.WDT(timeout=WDT_MS)
 
     def i2c(self):
         if self._i2c is None:
@@ -42,9 +46,10 @@ class Hardware:
 
     def i2s(self, rate, bits):
         p = self.pins
+        # The RX DMA is 32-bit stereo whatever the mode: 20000 bytes hold 2500 frames, 52 ms at
+        # 48 kHz. The node keeps every tick's work well under that and counts what overflows.
         return machine.I2S(0, sck=machine.Pin(p["i2s.sck"]), ws=machine.Pin(p["i2s.ws"]), sd=machine.Pin(p["i2s.sd"]),
-                           mode=machine.I2S.RX, bits=bits, format=machine.I2S.MONO, rate=rate,
-                           ibuf=20000)  # 100 ms of audio: a slow loop step loses none
+                           mode=machine.I2S.RX, bits=bits, format=machine.I2S.MONO, rate=rate, ibuf=20000)
 
     def pin(self, role):
         num = self.pins.get(role)
@@ -54,27 +59,66 @@ class Hardware:
         return _RESET_CAUSES.get(machine.reset_cause(), "unknown")
 
     def net_info(self):
-        w = self._wlan
-        if w is None or not w.isconnected():
-            return {"ssid": (self.cfg.get("wifi") or {}).get("ssid"), "connected": False}
-        return {"ssid": w.config("essid"), "connected": True, "rssi": w.status("rssi"), "ip": w.ifconfig()[0]}
+        n = self._nic
+        kind = "ethernet" if self.eth else "wifi"
+        if n is None or not n.isconnected():
+            info = {"type": kind, "connected": False}
+            if not self.eth:
+                info["ssid"] = (self.cfg.get("wifi") or {}).get("ssid")
+            return info
+        info = {"type": kind, "connected": True, "ip": n.ifconfig()[0]}
+        if not self.eth:
+            info["ssid"], info["rssi"] = n.config("essid"), n.status("rssi")
+        return info
+
+    def _lan(self):
+        e = self.eth
+        kw = {"mdc": machine.Pin(e["mdc"]), "mdio": machine.Pin(e["mdio"]), "phy_addr": e["phy_addr"],
+              "phy_type": getattr(network, "PHY_" + e["phy"])}
+        if "power" in e:
+            kw["power"] = machine.Pin(e["power"])
+        if "ref_clk" in e:
+            kw["ref_clk"] = machine.Pin(e["ref_clk"])
+            kw["ref_clk_mode"] = machine.Pin.OUT if e.get("ref_clk_mode") == "out" else machine.Pin.IN
+        lan = network.LAN(**kw)
+        lan.active(True)  # DHCP starts by itself once the link is up
+        return lan
+
+    def _wlan(self):
+        w = network.WLAN(network.STA_IF)
+        w.active(True)
+        try:
+            # Pole power, not a battery: power save delays every received packet by up to a DTIM
+            # beacon interval (100-300 ms), longer than the pole's ack round trip should take.
+            w.config(pm=network.WLAN.PM_NONE)
+        except (AttributeError, ValueError, OSError):
+            pass
+        return w
 
     def network_up(self):
-        """Start or check Wi-Fi without blocking the loop; True when the station has an address.
-        After a drop it asks again every 10 s (connect() returns at once; the driver does the rest)."""
-        wifi = self.cfg.get("wifi") or {}
-        if self._wlan is None:
-            self._wlan = network.WLAN(network.STA_IF)
-            self._wlan.active(True)
-        if self._wlan.isconnected():
+        """Start or check the network without blocking the loop; True when it has an address.
+        Wi-Fi: after a drop, connect() again every 10 s (it returns at once; the driver does the rest)."""
+        if self._nic is None:
+            self._nic = self._lan() if self.eth else self._wlan()
+        if self._nic.isconnected():
+            self._net_try = None  # a connected spell of days must not leave a stale retry timer
             return True
-        if wifi.get("ssid") and time.ticks_diff(time.ticks_ms(), self._wifi_try) >= 0:
-            self._wifi_try = time.ticks_add(time.ticks_ms(), 10000)
+        wifi = self.cfg.get("wifi") or {}
+        if not self.eth and wifi.get("ssid") and since(self._net_try, WIFI_RETRY_MS):
+            self._net_try = time.ticks_ms()
             try:
-                self._wlan.connect(wifi["ssid"], wifi.get("password") or "")
+                self._nic.connect(wifi["ssid"], wifi.get("password") or "")
             except OSError:
                 pass
         return False
+
+    def resolve(self, host, port):
+        """getaddrinfo with the watchdog held longer: the resolver can block for many seconds."""
+        self._wdt = machine.WDT(timeout=DNS_WDT_MS)
+        try:
+            return socket.getaddrinfo(host, port)
+        finally:
+            self._wdt = machine.WDT(timeout=WDT_MS)
 
     def feed(self):
         self._wdt.feed()

@@ -95,7 +95,7 @@ class SimPin:
 class Hardware:
     name = "sim"
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, wdt=None):
         import os
 
         sim = cfg.get("sim") or {}
@@ -120,8 +120,11 @@ class Hardware:
     def net_info(self):
         return {"ssid": "simulated", "connected": True, "rssi": -60, "ip": "127.0.0.1"}
 
-    def network_up(self, timeout_ms=0):
+    def network_up(self):
         return True
+
+    def resolve(self, host, port):
+        return socket.getaddrinfo(host, port)
 
     def feed(self):
         pass
@@ -130,10 +133,14 @@ class Hardware:
         pass  # no watchdog in the simulator
 
     def reset(self):
-        # A board's reset line: the process ends with SIGUSR1 (its shell's parent is this
-        # MicroPython) and `openpole sim node` starts it again, as a board reboots.
-        import os
-        import sys
+        board_reset()
 
-        os.system("kill -USR1 $PPID")
-        sys.exit(3)
+
+def board_reset():
+    # A board's reset line: the process ends with SIGUSR1 (its shell's parent is this MicroPython)
+    # and `openpole sim node` starts it again, as a board reboots.
+    import os
+    import sys
+
+    os.system("kill -USR1 $PPID")
+    sys.exit(3)
