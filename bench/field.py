@@ -44,7 +44,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    app = simnode.build_app(arch="x64", include_sim=True, umqtt=False)
+    app = simnode.build_app(arch="x64", include_sim=True)
     files = simnode.app_files(app)
     total = sum(map(len, files.values()))
     with tempfile.TemporaryDirectory() as tmp:
@@ -73,7 +73,7 @@ def main():
     cold = Path(tempfile.mkdtemp())
     try:
         t0 = time.perf_counter()
-        app_dir = simnode.build_app(cold, arch=chip["mpy_arch"], include_sim=False, umqtt=False)
+        app_dir = simnode.build_app(cold, arch=chip["mpy_arch"], include_sim=False)
         files = simnode.app_files(app_dir)
         fs = image.build_fs(board, files, cfg)
         image.verify_fs(fs, files, cfg)

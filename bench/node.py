@@ -33,14 +33,14 @@ from openpole.sim.broker import Broker  # noqa: E402
 from openpole.sim.world import WorldServer  # noqa: E402
 
 
-def run(app, world, broker, cycles, heap, tmp):
+def run(app, world, broker, cycles, heap, tmp, vm=None):
     state = Path(tempfile.mkdtemp(dir=tmp))
     cfg = simnode.node_config("bench-1", broker.host, broker.port, interval_s=0.1, cycles=cycles,
-                              world=f"{world.host}:{world.port}")
+                              world=f"{world.host}:{world.port}", ack="broker")
     simnode.write_config(state, cfg)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
-    p = simnode.start(state, app, heap=f"{heap}k", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = simnode.start(state, app, heap=f"{heap}k", vm=vm, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out, _ = p.communicate(timeout=600)
     wall = time.monotonic() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)

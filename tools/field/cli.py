@@ -167,7 +167,7 @@ def _deploy_target(args, port):
     if args.sim:
         from ..sim import node as simnode
 
-        app = simnode.build_app(arch="x64", include_sim=True, umqtt=False)
+        app = simnode.build_app(arch="x64", include_sim=True)
         return simnode.app_files(app), f"{image.app_version()}+{app.name}"
     board_id = args.board
     if board_id is None:

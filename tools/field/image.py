@@ -62,7 +62,7 @@ def node_config(node_id, board_id, base=None, secrets=None):
         cfg["key"] = secrets["key"]
     mod = _node_config_module()
     try:
-        return mod.validate(cfg)
+        return mod.validate(cfg, boards=specs().boards)
     except mod.ConfigError as e:
         raise UserError(f"node config: {e}") from None
 
@@ -162,7 +162,7 @@ def app_for(chip, include_sim=False):
     """The app files for a chip's architecture, as they go on the node's filesystem."""
     from ..sim import node as simnode
 
-    app = simnode.build_app(arch=chip["mpy_arch"], include_sim=include_sim, umqtt=False)
+    app = simnode.build_app(arch=chip["mpy_arch"], include_sim=include_sim)
     return simnode.app_files(app), f"{app_version()}+{app.name}"
 
 

@@ -9,6 +9,7 @@ import time
 import tty
 from pathlib import Path
 
+from ..errors import UserError
 from . import node as simnode
 
 
@@ -25,12 +26,19 @@ def register(sub):
                                   "device is Python code in the node's heap where a board has a C flash driver)")
     n.add_argument("--state", type=Path, help="the node's filesystem directory (default: a temporary one)")
     n.add_argument("--sensors", default=",".join(simnode.ALL_SENSORS), help="sensors to fit (default: all)")
+    n.add_argument("--ack", choices=("pole", "broker"), default="pole",
+                   help="what frees a sent message: the pole agent's ack (default; needs `openpole edge run`) or the "
+                        "broker's PUBACK (a broker with no agent)")
     n.add_argument("--serial-pty", action="store_true", help="put the node's console on a new pty; print its path first")
     n.add_argument("--fs-app", action="store_true",
                    help="the app lives in the node's filesystem (--state), as on a board: install it with "
                         "`openpole deploy`; without one the node boots to the MicroPython REPL")
     n.add_argument("--image", type=Path,
                    help="boot this image from `openpole image build --sim` instead (its config says the broker)")
+    n.add_argument("--micropython", type=Path, metavar="PATH",
+                   help="run on this MicroPython Unix port build (e.g. a 32-bit one); the app is compiled for its architecture")
+    n.add_argument("--firmware-lib", type=Path, metavar="DIR",
+                   help="modules that stand for a firmware's frozen ones (e.g. another umqtt), on the path after the app's")
     n.set_defaults(func=run_node)
 
     from .load import register as register_load
@@ -53,13 +61,15 @@ def run_node(args):
 
     host, port = simnode.parse_hostport(args.broker)
     args.heap = args.heap or ("192k" if args.image else "128k")
-    app = None if args.fs_app else simnode.build_app()
+    if args.firmware_lib and not args.firmware_lib.is_dir():
+        raise UserError(f"--firmware-lib {args.firmware_lib}: not a directory")
+    app = None if args.fs_app else simnode.build_app(arch=simnode.vm_arch(args.micropython))
     world = WorldServer()
     sensors = tuple(s for s in args.sensors.split(",") if s)
     with tempfile.TemporaryDirectory(prefix="openpole-node-") as tmp:
         state = args.state or Path(tmp)
         cfg = simnode.node_config(args.node_id, host, port, args.interval, cycles=args.cycles,
-                                  world=f"{world.host}:{world.port}", sensors=sensors)
+                                  world=f"{world.host}:{world.port}", sensors=sensors, ack=args.ack)
         if not (args.fs_app and (state / "config.json").exists()):
             simnode.write_config(state, cfg)
         if args.serial_pty:
@@ -76,9 +86,11 @@ def run_node(args):
             fs = simnode.fs_from_image(args.image, tmp) if args.image else None
             while True:
                 if fs:
-                    proc = simnode.start_image(fs, f"{world.host}:{world.port}", heap=args.heap, **popen)
+                    proc = simnode.start_image(fs, f"{world.host}:{world.port}", heap=args.heap, vm=args.micropython,
+                                               firmware_lib=args.firmware_lib, **popen)
                 else:
-                    proc = simnode.start(state, app, heap=args.heap, **popen)
+                    proc = simnode.start(state, app, heap=args.heap, vm=args.micropython, firmware_lib=args.firmware_lib,
+                                         **popen)
                 rc = proc.wait()
                 # A reset (the firmware's hw.reset()) or, on the console, Ctrl-D at the REPL (a soft
                 # reset on a board) boots the node again; anything else ends the simulation.

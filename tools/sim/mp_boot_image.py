@@ -1,7 +1,7 @@
 # Runs under the MicroPython Unix port: boot a node's filesystem image as an ESP32 would.
-# argv: IMAGE_FILE [FROZEN_DIR]. The image is mounted with VfsLfs2 on a block device whose writes
+# argv: IMAGE_FILE [FIRMWARE_LIB_DIR]. The image is mounted with VfsLfs2 on a block device whose writes
 # stay in RAM (the file is never changed), at /flash; the node runs from there with sys.path as
-# on a board ('' and /lib; FROZEN_DIR stands for the modules frozen into the firmware).
+# on a board ('', then FIRMWARE_LIB_DIR for the modules frozen into a firmware, then /lib).
 import os
 import sys
 import vfs
@@ -50,5 +50,5 @@ class RAMOverlay:
 
 vfs.mount(vfs.VfsLfs2(RAMOverlay(sys.argv[1])), "/flash")
 os.chdir("/flash")
-sys.path[:] = ["", "/flash/lib"] + sys.argv[2:3]
+sys.path[:] = [""] + sys.argv[2:3] + ["/flash/lib"]  # as an ESP32's ['', '.frozen', '/lib']
 import main  # noqa: E402,F401  (MicroPython boots main.py)

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from .. import paths
 from ..errors import UserError
-from . import mplib
 
 
 def _venv_tool(name):
@@ -25,8 +24,33 @@ def _venv_tool(name):
     return str(found)
 
 
-def micropython():
+def micropython(vm=None):
+    """The MicroPython Unix port to run nodes on: `vm` (another build, e.g. a 32-bit one), else the venv's."""
+    if vm:
+        vm = Path(vm)
+        if not (vm.is_file() and os.access(vm, os.X_OK)):
+            raise UserError(f"--micropython {vm}: not an executable MicroPython Unix port")
+        return str(vm.resolve())
     return _venv_tool("micropython")
+
+
+# sys.implementation._mpy >> 10: the native-code architecture a VM loads (py/persistentcode.h).
+_MPY_ARCHS = {1: "x86", 2: "x64", 3: "armv6", 4: "armv6m", 5: "armv7m", 6: "armv7em", 7: "armv7emsp", 8: "armv7emdp",
+              9: "xtensa", 10: "xtensawin", 11: "rv32imc"}
+_arch_cache = {}
+
+
+def vm_arch(vm=None):
+    """The mpy-cross -march for a VM's viper code, asked of the VM itself."""
+    exe = micropython(vm)
+    if exe not in _arch_cache:
+        r = subprocess.run([exe, "-c", "import sys; print(sys.implementation._mpy >> 10)"], capture_output=True,
+                           text=True, timeout=30)
+        try:
+            _arch_cache[exe] = _MPY_ARCHS[int(r.stdout.strip())]
+        except (ValueError, KeyError):
+            raise UserError(f"{exe} did not say its architecture: is it a MicroPython Unix port?") from None
+    return _arch_cache[exe]
 
 
 # What runs only in the simulator: never put on a board.
@@ -37,22 +61,17 @@ SOURCE_FILES = ("main.py",)
 
 def _sources(include_sim=True):
     files = sorted(p for p in paths.FIRMWARE.rglob("*.py") if "__pycache__" not in p.parts)
-    if not mplib.installed():
-        raise UserError("umqtt.simple for the MicroPython Unix port is missing: run `make install`")
-    extra = [(mplib.lib_dir() / mplib.MEMBER, Path("lib") / mplib.MEMBER)]
-    out = [(p, p.relative_to(paths.FIRMWARE)) for p in files] + extra
+    out = [(p, p.relative_to(paths.FIRMWARE)) for p in files]
     if not include_sim:
         out = [(p, rel) for p, rel in out if not str(rel.as_posix()).startswith(SIM_ONLY)]
     return out
 
 
-def build_app(build_root=None, arch="x64", include_sim=True, umqtt=True, only=None):
-    """Compile the firmware to .mpy for `arch` (x64: the Unix port; xtensawin: ESP32 and ESP32-S3);
-    returns the app directory, laid out as on the node's filesystem (cached by content).
-    umqtt: add umqtt.simple (the Unix port lacks it; an ESP32's firmware has it frozen)."""
-    sources = [(s, r) for s, r in _sources(include_sim) if umqtt or not str(r).startswith("lib/umqtt")]
-    if only:
-        sources = [(s, r) for s, r in sources if str(r.as_posix()).startswith(only)]
+def build_app(build_root=None, arch="x64", include_sim=True):
+    """Compile the firmware to .mpy for `arch` (x64: the Unix port; x86: a 32-bit one; xtensawin:
+    ESP32 and ESP32-S3); returns the app directory, laid out as on the node's filesystem (cached
+    by content)."""
+    sources = _sources(include_sim)
     h = hashlib.sha256(f"{arch}\0".encode())
     for src, rel in sources:
         h.update(str(rel).encode() + b"\0" + src.read_bytes())
@@ -81,12 +100,6 @@ def build_app(build_root=None, arch="x64", include_sim=True, umqtt=True, only=No
     return app
 
 
-def frozen_dir():
-    """What an ESP32's firmware has frozen in (umqtt.simple), compiled, for a node whose app lives
-    in its filesystem (`--fs-app`, `--image`): on the path, never in the node's filesystem."""
-    return build_app(paths.ROOT / "build" / "frozen", arch="x64", include_sim=False, only=("lib/umqtt/",)) / "lib"
-
-
 def app_files(app):
     """The app's files as {path on the node: bytes}, in a stable order."""
     app = Path(app)
@@ -94,13 +107,16 @@ def app_files(app):
             for p in sorted(app.rglob("*")) if p.is_file() and p.name != ".complete"}
 
 
-def node_env(app=None):
+def node_env(app=None, firmware_lib=None):
     """The environment of a node process. app=None: the app lives in the node's filesystem (the
-    state directory), as on a board, put there by `openpole deploy` or a flashed image."""
-    # '' first, as on a device: with an absolute entry first, the Unix port resolves
-    # `umqtt.simple` against a relative package path and fails to import it.
+    state directory), as on a board, put there by `openpole deploy` or a flashed image.
+    firmware_lib: a directory of modules standing for those a firmware has frozen in, where an ESP32
+    keeps them: sys.path is ['', '.frozen', '/lib'] there."""
+    # '' first, as on a device: a package is then found relative to the node's filesystem.
+    frozen = [str(Path(firmware_lib).resolve())] if firmware_lib else []
+    path = ["", str(app)] + frozen + [str(app / "lib")] if app else [""] + frozen + ["lib"]
     env = dict(os.environ)
-    env["MICROPYPATH"] = os.pathsep.join(["", str(app), str(app / "lib")] if app else ["", "lib", str(frozen_dir())])
+    env["MICROPYPATH"] = os.pathsep.join(path)
     return env
 
 
@@ -144,15 +160,15 @@ except ImportError as e:
 """
 
 
-def start(state, app, heap="64k", interactive=False, **popen):
+def start(state, app, heap="64k", interactive=False, vm=None, firmware_lib=None, **popen):
     """Start a node whose filesystem is `state`; returns the Popen (stdout: the node's console).
-    app=None: the app is in `state` itself (see node_env)."""
+    app=None: the app is in `state` itself (see node_env). vm: another MicroPython build."""
     if interactive:
         (Path(state) / "run_node.py").write_text(RUN_SCRIPT)
-        cmd = [micropython(), "-X", f"heapsize={heap}", "-i", "run_node.py"]
+        cmd = [micropython(vm), "-X", f"heapsize={heap}", "-i", "run_node.py"]
     else:
-        cmd = [micropython(), "-X", f"heapsize={heap}", "-m", "main"]
-    return subprocess.Popen(cmd, cwd=state, env=node_env(app), **popen)
+        cmd = [micropython(vm), "-X", f"heapsize={heap}", "-m", "main"]
+    return subprocess.Popen(cmd, cwd=state, env=node_env(app, firmware_lib), **popen)
 
 
 BOOT_IMAGE = Path(__file__).with_name("mp_boot_image.py")
@@ -172,10 +188,10 @@ def fs_from_image(image, workdir):
     raise UserError(f"--image {image}: {len(data)} bytes is neither a filesystem nor a merged image of a known board")
 
 
-def start_image(fs_path, world, heap="128k", interactive=False, **popen):
+def start_image(fs_path, world, heap="128k", interactive=False, vm=None, firmware_lib=None, **popen):
     """Boot a filesystem image under the Unix port (VfsLfs2, writes in RAM); returns the Popen."""
-    cmd = [micropython(), "-X", f"heapsize={heap}"] + (["-i"] if interactive else [])
-    cmd += [str(BOOT_IMAGE), str(fs_path), str(frozen_dir())]
+    cmd = [micropython(vm), "-X", f"heapsize={heap}"] + (["-i"] if interactive else [])
+    cmd += [str(BOOT_IMAGE), str(fs_path)] + ([str(Path(firmware_lib).resolve())] if firmware_lib else [])
     env = dict(os.environ, OPENPOLE_WORLD=world)
     env.pop("MICROPYPATH", None)
     return subprocess.Popen(cmd, cwd=Path(fs_path).parent, env=env, **popen)
