@@ -155,8 +155,9 @@ def decode(payload, keys=None, require_mac=False):
     if type(status) is not dict:
         raise Rejected("schema", "status must map sensor name -> [state, errors]")
     for k, v in status.items():
-        if type(k) is not str or type(v) is not list or len(v) != 2 or type(v[0]) is not int or type(v[1]) is not int:
-            raise Rejected("schema", "status must map sensor name -> [state, errors]")
+        # [state, errors], and for the noise meter optionally audio blocks lost since boot
+        if type(k) is not str or type(v) is not list or len(v) not in (2, 3) or any(type(x) is not int for x in v):
+            raise Rejected("schema", "status must map sensor name -> [state, errors] or [state, errors, lost]")
     clock = obj.get(6)
     if clock is not None:
         _uint(clock, "clock")

@@ -3,11 +3,15 @@
 # An unhandled exception goes up to main.py's guard (crash.txt, a delayed hard reset); what the
 # outbox holds in RAM is saved to flash first.
 import gc
+import sys
 
-import config
-from console import LazyConsole
-from hw import platform
-from node import Node
+
+def lazy(name):
+    """Import a module used now and then (config, diag, commands) and drop it from sys.modules, so
+    the heap holds it only while it is in use: the node lives in the ESP32's 56 KB starting heap."""
+    mod = __import__(name)
+    del sys.modules[name]
+    return mod
 
 
 def main(wdt=None):
@@ -15,13 +19,19 @@ def main(wdt=None):
     try:
         import hw
 
-        cfg = config.load(unique_id=hw.unique_id())
-        gc.collect()  # the JSON text and import buffers, before the long-lived objects
-        node = Node(cfg, platform(cfg, wdt))
+        # The config first, while the heap is empty: its module and the JSON text go before the
+        # long-lived modules and objects are laid out.
+        cfg = lazy("config").load(unique_id=hw.unique_id())
+        gc.collect()
+        from console import LazyConsole
+        from node import Node
+
+        node = Node(cfg, hw.platform(cfg, wdt))
         node.console = LazyConsole(node)
         done = node.run((cfg.get("sim") or {}).get("cycles"))
-        print("done cycles=%d published=%d delivered=%d queued=%d dropped=%d heap_live=%d" % (
-            done, node.published, node.delivered, len(node.outbox), node.outbox.dropped, node.heap_live))
+        print("done cycles=%d published=%d delivered=%d queued=%d dropped=%d heap_live=%d tick_max_ms=%d audio_lost=%d" % (
+            done, node.published, node.delivered, len(node.outbox), node.outbox.dropped, node.heap_live,
+            node.tick_max_ms, node.noise.lost if node.noise else 0))
         return 0
     except KeyboardInterrupt:
         if node is not None:

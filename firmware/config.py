@@ -16,7 +16,7 @@ DEFAULTS = {
     "wifi": {"ssid": "", "password": ""},
     "key": None,
     "uplink": "mqtt",  # or "serial": messages as OPMSG lines on the console, for a node on a Pi's USB
-    "queue_ram_bytes": 8192,  # messages kept in RAM (over 600 readings); beyond, they spill to flash
+    "queue_ram_bytes": 1024,  # messages kept in RAM (half a dozen); beyond, they spill to flash (half the free LittleFS)
     "ack": "pole",  # a message leaves the node when the pole's agent has it on disk; "broker": on PUBACK
     "ack_timeout_s": 30,  # no ack for this long: the unacknowledged messages are sent again
 }
@@ -48,7 +48,7 @@ def validate(cfg, boards=None):
         raise ConfigError("node_id: 1-32 characters of a-z, 0-9, _ and -")
     _number(out["interval_s"], 0.1, 86400, "interval_s")
     _number(out["diag_interval_s"], 1, 86400, "diag_interval_s")
-    _number(out["queue_ram_bytes"], 1024, 65536, "queue_ram_bytes")
+    _number(out["queue_ram_bytes"], 512, 65536, "queue_ram_bytes")
     if not isinstance(out["sensors"], dict):
         raise ConfigError("sensors: a table of sensor name -> settings")
     for name, s in out["sensors"].items():
@@ -65,7 +65,11 @@ def validate(cfg, boards=None):
     if out["ack"] not in ("pole", "broker"):
         raise ConfigError("ack: pole (the agent's ack frees a message) or broker (its PUBACK does)")
     if boards is None:
+        import sys
+
         from boards import BOARDS as boards
+
+        del sys.modules["boards"]  # wanted for this check only: its heap goes back
     if out["board"] not in boards:
         raise ConfigError("board: unknown %r (known: %s)" % (out["board"], ", ".join(boards)))
     b = out["broker"]

@@ -10,8 +10,8 @@ import os
 import time
 
 import cbor
-import config
 import message
+from app import lazy as _lazy
 from outbox import Outbox, record_fields
 from registry import SENSORS
 from transport import Transport
@@ -28,6 +28,8 @@ OK, WARMING, DEGRADED, FAILED = 0, 1, 2, 3
 STATE_NAMES = ("ok", "warming", "degraded", "failed")
 PMS_WARMUP_MS = 30000  # readings within 30 s of waking the laser are not used (Plantower)
 I2S_SAMPLES = 480  # 10 ms at 48 kHz
+I2S_BLOCK_MS = 10
+I2S_DMA_MS = 52  # what the ESP32's RX DMA holds: ibuf 20000 bytes, 32-bit stereo frames, 2500 at 48 kHz
 LOG_LINES = 12
 BOOT_ID_SPAN = 0x3FF00000  # first boot id: random below 2**30 (a small int on a 32-bit VM), a million boots of room
 HEALTHY_MS = 600000  # up this long, or a message delivered: the crash counter (main.py) starts again
@@ -45,6 +47,7 @@ class Sensor:
         self.last_error = None
         self.due = time.ticks_ms()
         self.awake_since = None  # PMS5003: when the laser was switched on
+        self.pending = False  # a reading asked for and not yet in (PMS5003)
 
     def start(self, hw):
         module, cls, bus = DRIVERS[self.name]
@@ -91,10 +94,33 @@ class Sensor:
             if time.ticks_diff(now, self.awake_since) < PMS_WARMUP_MS:
                 self.state = WARMING
                 return None
+        if self.name == "pms5003":
+            self.driver.request()  # the frame comes in over the next ticks: poll()
+            self.pending = True
+            return None
         try:
             values = self.driver.read()
         except (OSError, ValueError) as e:
             self.fault(e)
+            return None
+        return self._got(values)
+
+    def poll(self):
+        """The reading asked for by read() (PMS5003): its values, or None while it is on its way."""
+        try:
+            values = self.driver.poll()
+        except (OSError, ValueError) as e:
+            self.pending = False
+            self.fault(e)
+            return None
+        if values is None:
+            return None
+        self.pending = False
+        return self._got(values)
+
+    def _got(self, values):
+        if values is None:  # the noise meter's first interval, thrown away
+            self.state = WARMING
             return None
         if self.duty_cycled():
             self.driver.sleep()  # spare the laser until the next reading
@@ -115,19 +141,34 @@ class Sensor:
 
 
 class NoiseSensor:
-    """The noise meter fed continuously from I2S; read() gives the levels since the last read."""
+    """The noise meter fed continuously from I2S; read() gives the levels since the last read.
+    Audio the loop was too late to read is counted: `lost` blocks of 10 ms since boot."""
 
     def __init__(self, meter, hw):
         self.meter = meter
         self.i2s = hw.i2s(48000, 32)
         self.buf = bytearray(4 * I2S_SAMPLES)
+        self.next = None  # ticks when the audio read so far ends, had it been read on time
+        self.lost = 0
+        self.first = True
 
     def block(self):
-        self.i2s.readinto(self.buf)  # blocks for 10 ms of audio
+        self.i2s.readinto(self.buf)  # blocks for 10 ms of audio (at once when the DMA holds more)
+        now = time.ticks_ms()
+        self.next = now if self.next is None else time.ticks_add(self.next, I2S_BLOCK_MS)
+        # Samples due by elapsed time against samples read: past what the DMA holds, audio was
+        # overwritten. Count it, and move on to the audio the DMA still has.
+        late = time.ticks_diff(now, self.next) - I2S_DMA_MS
+        if late > 0:
+            self.lost += (late + I2S_BLOCK_MS - 1) // I2S_BLOCK_MS
+            self.next = time.ticks_add(self.next, late)
         self.meter.process(self.buf, I2S_SAMPLES)
 
     def read(self):
         r = self.meter.report()
+        if self.first:  # it began with the filters' start-up transient: not a level of the street
+            self.first = False
+            return None
         if r["laeq"] is None:
             raise ValueError("noise: no audio in the interval")
         return r
@@ -152,8 +193,10 @@ class Node:
         self.commands = []  # command payloads, run by the loop (never inside a read)
         self.last_publish = None
         self.heap_live = 0  # most heap in use after a collection: what the node really holds
+        self.tick_max_ms = 0
         self.heap_min_free = gc.mem_free()
         self.outbox = Outbox(ram_bytes=cfg["queue_ram_bytes"])
+        self.samples = []  # of the message being gathered
         iv = int(cfg["interval_s"] * 1000)
         self.sensors = [Sensor(n, s, iv) for n, s in cfg["sensors"].items() if n in DRIVERS]
         for n in cfg["sensors"]:
@@ -199,30 +242,46 @@ class Node:
             ", ".join("%s=%s" % (s.name, STATE_NAMES[s.state]) for s in self.sensors), len(self.outbox)))
 
     def sample(self, now):
-        """Read every sensor that is due; queue one message with their samples."""
-        samples = []
+        """Read every sensor that is due, take in readings on their way (PMS5003); queue one
+        message with the samples once none is pending."""
+        samples = self.samples
+        pending = False
         for s in self.sensors:
             s.before(now)
-            if time.ticks_diff(now, s.due) >= 0:
+            was = s.state
+            if s.pending:
+                values = s.poll()
+            elif time.ticks_diff(now, s.due) >= 0:
                 s.due = time.ticks_add(s.due, s.interval_ms)
                 if time.ticks_diff(now, s.due) >= 0:
                     s.due = time.ticks_add(now, s.interval_ms)  # fell behind: no burst of catch-up reads
-                was = s.state
                 values = s.read(self.hw, now)
-                if values is not None:
-                    samples.append(message.encode_values(values))
-                    if self.watch:
-                        print("reading %s %s" % (s.name, json.dumps(values)))
-                elif s.state >= DEGRADED and was < DEGRADED:
-                    self.log("sensor %s: %s (%s)" % (s.name, STATE_NAMES[s.state], s.last_error))
-                    self.diag_due = now  # tell the pole now, not at the next diag interval
-        if not samples:
+            else:
+                continue
+            pending = pending or s.pending
+            if values is not None:
+                samples.append(message.encode_values(values))
+                if self.watch:
+                    print("reading %s %s" % (s.name, json.dumps(values)))
+            elif s.state >= DEGRADED and was < DEGRADED:
+                self.log("sensor %s: %s (%s)" % (s.name, STATE_NAMES[s.state], s.last_error))
+                self.diag_due = now  # tell the pole now, not at the next diag interval
+        if not samples or pending:
             return False
-        status = cbor.dumps({s.name: [s.state, s.errors] for s in self.sensors})
-        self.outbox.put(self.boot, self.seq, now, samples, status)
+        self.outbox.put(self.boot, self.seq, now, samples, cbor.dumps(self.status()))
+        self.samples = []
         self.seq += 1
         self.cycles += 1
         return True
+
+    def status(self):
+        """{sensor: [state, errors]} for the message; the noise meter adds its lost audio blocks."""
+        out = {}
+        for s in self.sensors:
+            out[s.name] = [s.state, s.errors]
+            if s.name == "noise" and s.driver is not None and s.driver.lost:
+                out[s.name].append(s.driver.lost)
+        return out
 
     def _online(self):
         self.mqtt.publish(self.status_topic, b"online", qos=0, retain=True)
@@ -238,7 +297,7 @@ class Node:
         """The agent's ack, CBOR [[boot, first seq, last seq], ...]: what it has on disk. The outbox
         frees from its oldest record while that one is covered; the rest waits for a re-send."""
         try:
-            ranges = cbor.loads(payload)
+            ranges = message.decode_ack(payload)
             while True:
                 rec = self.outbox.peek()
                 if rec is None:
@@ -250,7 +309,7 @@ class Node:
                 else:
                     return
                 self._freed()
-        except (ValueError, TypeError, IndexError, KeyError):
+        except ValueError:
             self.log("mqtt: unreadable ack from the pole ignored")
 
     def _freed(self, pid=None):
@@ -321,64 +380,16 @@ class Node:
         self.hw.reset()
 
     def diag(self):
-        ob, mq = self.outbox, self.mqtt
-        return {
-            "fw": VERSION, "board": self.cfg["board"], "node": self.node_id, "uptime_s": self.uptime_ms() // 1000,
-            "reset_cause": self.hw.reset_cause(), "boot": self.boot,
-            "heap_free": gc.mem_free(), "heap_min_free": self.heap_min_free,
-            "net": self.hw.net_info(),
-            "mqtt": {"connected": mq.connected, "errors": mq.errors, "last_error": mq.last_error,
-                     "last_publish_age_s": None if self.last_publish is None else time.ticks_diff(time.ticks_ms(), self.last_publish) // 1000,
-                     "published": self.published, "delivered": self.delivered, "resent": self.resent,
-                     "in_flight": self.inflight, "ack": "pole" if self.ack_by_pole else "broker"},
-            "queue": {"depth": len(ob), "ram": ob.ram_records, "flash": ob.flash_records, "spilled": ob.spilled, "dropped": ob.dropped},
-            "sensors": {s.name: {"state": STATE_NAMES[s.state], "errors": s.errors, "last_error": s.last_error, "last": s.last}
-                        for s in self.sensors},
-            "clock": {"synced": time.time() > 1577836800, "unix": time.time()},
-            "config": config.redacted(self.cfg),
-        }
+        """The diagnostics report (a dict): commands.py, loaded for the call and let go after."""
+        return _lazy("commands").diag(self)
 
     def selftest(self):
         """Each sensor present and plausible: {name: "ok" or the problem}."""
-        out = {}
-        for s in self.sensors:
-            if s.driver is None:
-                s.start(self.hw)
-            if s.driver is None:
-                out[s.name] = "missing: %s" % s.last_error
-            elif s.last is None:
-                out[s.name] = "no reading yet (%s)" % STATE_NAMES[s.state]
-            else:
-                bad = [k for k, v in s.last.items() if isinstance(v, (int, float)) and not _plausible(k, v)]
-                out[s.name] = "implausible: " + ", ".join(bad) if bad else "ok"
-        return out
+        return _lazy("commands").selftest(self)
 
     def command(self, raw):
         """A command from the MQTT command topic: JSON {"cmd": ..., "value": ...}."""
-        c = None
-        try:
-            c = json.loads(raw)
-            name = c["cmd"]
-            if name == "interval":
-                self.cfg = config.set(self.cfg, "interval_s", json.dumps(c["value"]))
-                for s in self.sensors:
-                    if "interval_s" not in s.settings:
-                        s.interval_ms = int(self.cfg["interval_s"] * 1000)
-                reply = {"ok": True}
-            elif name == "diag":
-                reply = {"ok": True, "diag": self.diag()}
-            elif name == "selftest":
-                reply = {"ok": True, "selftest": self.selftest()}
-            elif name == "reboot":
-                self.mqtt.publish(self.diag_topic, b'{"cmd": "reboot", "ok": true}', qos=0)
-                self.reset()
-                return
-            else:
-                reply = {"ok": False, "error": "unknown command (interval, diag, selftest, reboot)"}
-        except (ValueError, KeyError, TypeError) as e:
-            reply = {"ok": False, "error": "bad command: %s" % e}
-        reply["cmd"] = c.get("cmd") if isinstance(c, dict) else None
-        self.mqtt.publish(self.diag_topic, json.dumps(reply).encode(), qos=0)
+        _lazy("commands").command(self, raw)
 
     def housekeeping(self, now):
         if self.healthy_due is not None and (self.delivered or time.ticks_diff(now, self.healthy_due) >= 0):
@@ -412,18 +423,13 @@ class Node:
             self.mqtt.poll()
             self.housekeeping(now)
             self.console.poll()
+            work = time.ticks_diff(time.ticks_ms(), now)
+            if work > self.tick_max_ms:
+                self.tick_max_ms = work  # the loop's longest time away from the audio
         self.drain()
         self.mqtt.publish(self.status_topic, b"offline", qos=0, retain=True)
         self.mqtt.close()
         return self.cycles
-
-
-_RANGES = {"temperature": (-40, 85), "humidity": (0, 100), "pressure": (300, 1100), "laeq": (20, 140)}
-
-
-def _plausible(name, v):
-    lo, hi = _RANGES.get(name, (0, 1e9))
-    return lo <= v <= hi
 
 
 def _next_boot(path="boot_count"):

@@ -1,7 +1,8 @@
 # Plantower PMS5003 particle sensor on a UART (9600 8N1), used in passive mode.
 # Usage: PMS5003(uart, set_pin=None, reset_pin=None).read() -> {"pm2_5": ug/m3, ..., "pc0_3": n/0.1L}
 # Frames (manual appendix I): 0x42 0x4D, length 28, 13 big-endian words, checksum = byte sum.
-# read() never sleeps for warm-up: the node's scheduler duty-cycles the laser (sleep()/wake()).
+# The node asks with request() and takes the frame in with poll() over its loop ticks, never
+# blocking its audio; read() does both for tools. Warm-up: the scheduler duty-cycles the laser.
 
 import time
 
@@ -27,10 +28,11 @@ class PMS5003:
         self._mv = memoryview(self._buf)
         self._n = 0
         self.bad_frames = 0  # damaged or truncated frames skipped since start
+        self._t0 = self._last = 0
+        self._requests = 0
         if reset_pin is not None:
             reset_pin(1)
         self.wake()
-        uart.write(_CMD_PASSIVE)
 
     def sleep(self):
         """Stop the fan and laser (about 8,000 h of life: keep them off between readings)."""
@@ -40,11 +42,13 @@ class PMS5003:
             self.uart.write(_CMD_SLEEP)
 
     def wake(self):
-        """Start fan and laser; readings are valid about 30 s later (the scheduler waits)."""
+        """Start fan and laser; readings are valid about 30 s later (the scheduler waits). Passive
+        mode is asked for again: a sensor whose power was cut starts in active mode."""
         if self.set_pin is not None:
             self.set_pin(1)
         else:
             self.uart.write(_CMD_WAKE)
+        self.uart.write(_CMD_PASSIVE)
 
     def _drop(self, k):
         # Shift the unread bytes down by k (in place: no allocation).
@@ -87,40 +91,56 @@ class PMS5003:
         return (w[0] <= w[1] <= w[2] and w[3] <= w[4] <= w[5]
                 and w[6] >= w[7] >= w[8] >= w[9] >= w[10] >= w[11])
 
-    def read(self):
-        """Ask for one frame and parse it; OSError if none arrives in timeout_ms."""
+    def request(self):
+        """Ask for one frame; poll() takes it in over the next loop ticks. Passive mode is asked for
+        again each time: a sensor that lost power or reset since is back in active mode."""
         uart = self.uart
         while uart.any():  # stale bytes (acks, frames from before) would date the reading wrong
             uart.readinto(self._buf)
         self._n = 0
+        uart.write(_CMD_PASSIVE)
         uart.write(_CMD_READ)
-        t0 = last = time.ticks_ms()
-        requests = 1
+        self._t0 = self._last = time.ticks_ms()
+        self._requests = 1
+
+    def poll(self):
+        """The frame asked for by request(), as {quantity: value}, or None while it is on its way
+        (33 ms at 9600 baud); OSError when none came in timeout_ms. Never waits."""
+        uart = self.uart
+        while self._n < _BUF and uart.any():
+            got = uart.readinto(self._mv[self._n :], _BUF - self._n)
+            self._n += got or 0
+            self._last = time.ticks_ms()
+            if self._frame() == 0:
+                b = self._buf
+                out = {}
+                for i in range(12):
+                    out[_KEYS[i]] = (b[4 + 2 * i] << 8) | b[5 + 2 * i]
+                self._drop(_FRAME)
+                return out
+            if self._n >= _BUF:
+                self._drop(self._n - 1)
+        now = time.ticks_ms()
+        if time.ticks_diff(now, self._t0) > self.timeout_ms:
+            raise OSError("PMS5003: no valid frame in %d ms (%d damaged)" % (self.timeout_ms, self.bad_frames))
+        # 100 ms of silence ends an answer. Count what was cut short and ask once more (passive
+        # mode too: the silence may be a sensor that reset), so one glitch costs one frame.
+        if self._requests == 1 and time.ticks_diff(now, self._last) > 100:
+            if self._n and self._buf[0] == 0x42:  # a frame cut short (not the tail of a command ack)
+                self.bad_frames += 1
+                self._n = 0
+            uart.write(_CMD_PASSIVE)
+            uart.write(_CMD_READ)
+            self._requests = 2
+            self._last = now
+        return None
+
+    def read(self):
+        """request() and poll() until the frame is in: blocks up to timeout_ms (for tools and tests;
+        the node polls over its loop ticks instead)."""
+        self.request()
         while True:
-            if self._n < _BUF and uart.any():
-                got = uart.readinto(self._mv[self._n :], _BUF - self._n)
-                self._n += got or 0
-                last = time.ticks_ms()
-                if self._frame() == 0:
-                    b = self._buf
-                    out = {}
-                    for i in range(12):
-                        out[_KEYS[i]] = (b[4 + 2 * i] << 8) | b[5 + 2 * i]
-                    self._drop(_FRAME)
-                    return out
-                if self._n >= _BUF:
-                    self._drop(self._n - 1)
-                continue
-            now = time.ticks_ms()
-            if time.ticks_diff(now, t0) > self.timeout_ms:
-                raise OSError("PMS5003: no valid frame in %d ms (%d damaged)" % (self.timeout_ms, self.bad_frames))
-            # A frame takes 33 ms at 9600 baud: 100 ms of silence ends this answer. Count what was
-            # cut short and ask once more, so one glitch costs one frame, not the reading.
-            if requests == 1 and time.ticks_diff(now, last) > 100:
-                if self._n:
-                    self.bad_frames += 1
-                    self._n = 0
-                uart.write(_CMD_READ)
-                requests = 2
-                last = now
+            out = self.poll()
+            if out is not None:
+                return out
             time.sleep_ms(5)

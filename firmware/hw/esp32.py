@@ -3,9 +3,9 @@
 import machine
 import network
 import socket
+import sys
 import time
 
-from boards import BOARDS
 from transport import since
 
 _RESET_CAUSES = {
@@ -25,7 +25,10 @@ class Hardware:
     name = "esp32"
 
     def __init__(self, cfg, wdt=None):
+        from boards import BOARDS
+
         board = BOARDS[cfg["board"]]  # config.validate() has checked it is known
+        del sys.modules["boards"]  # keep this board's pins, not every board's
         self.pins = board["pins"]
         self.eth = board.get("ethernet") if board["network"] == "ethernet" else None
         self.cfg = cfg

@@ -79,6 +79,44 @@ def encode_record(node_id, buf, off, now, boot_now, uptime_ms):
     return encode(node_id, boot, seq, samples, bytes(buf[p + 1 : p + 1 + ln]), flags)
 
 
+def _uint(b, i):
+    """The CBOR unsigned integer at b[i]: (value, next index)."""
+    info = b[i] & 31
+    if b[i] >> 5 or info > 27:
+        raise ValueError("ack: not an unsigned integer")
+    if info < 24:
+        return info, i + 1
+    n = 1 << (info - 24)
+    v = 0
+    for k in range(i + 1, i + 1 + n):
+        v = (v << 8) | b[k]
+    return v, i + 1 + n
+
+
+def decode_ack(b):
+    """The pole's ack (sensor_specs/node_ack.cddl), CBOR [[boot, first seq, last seq], ...], read by
+    hand: the node carries no general CBOR decoder. A list of (boot, first, last); ValueError."""
+    try:
+        n, i = b[0] & 31, 1
+        if b[0] >> 5 != 4 or n > 24:
+            raise ValueError("ack: not an array")
+        if n == 24:
+            n, i = b[1], 2
+        out = []
+        for _ in range(n):
+            if b[i] != 0x83:
+                raise ValueError("ack: each run is [boot, first, last]")
+            boot, i = _uint(b, i + 1)
+            first, i = _uint(b, i)
+            last, i = _uint(b, i)
+            out.append((boot, first, last))
+        if i != len(b):
+            raise ValueError("ack: trailing bytes")
+        return out
+    except IndexError:
+        raise ValueError("ack: truncated")
+
+
 def hmac_sha256(key, data):
     if len(key) > _BLOCK:
         key = hashlib.sha256(key).digest()

@@ -18,7 +18,7 @@ _HDR_LEN = 19
 
 
 class Outbox:
-    def __init__(self, ram_bytes=8192, spill_dir="spill", seg_bytes=2048, max_segments=None, flash_share=0.5):
+    def __init__(self, ram_bytes=1024, spill_dir="spill", seg_bytes=2048, max_segments=None, flash_share=0.5):
         self.ram = bytearray(ram_bytes)
         self.mv = memoryview(self.ram)
         self.start = 0  # first byte of the oldest RAM record
@@ -27,9 +27,8 @@ class Outbox:
         self.dir = spill_dir
         self.seg_bytes = seg_bytes
         self.max_segments = max_segments or flash_segments(seg_bytes, flash_share)
-        self.seg = bytearray(seg_bytes)  # the oldest flash segment, being replayed
-        self.seg_mv = memoryview(self.seg)
-        self.seg_name = None
+        self.seg = None  # the oldest flash segment, being replayed: allocated only while there is one
+        self.seg_loaded = None  # the number of the segment in self.seg
         self.seg_pos = 0
         self.seg_len = 0
         self.spilled = 0  # records written to flash
@@ -38,21 +37,37 @@ class Outbox:
             os.mkdir(spill_dir)
         except OSError:
             pass
-        self.segments = []  # left by an earlier boot: replayed first
-        for name in sorted(os.listdir(spill_dir)):
+        # Segments are files numbered first..next-1 (a number each, not a list of names: a day's
+        # outage is a hundred files). Those left by an earlier boot are replayed first.
+        self.first = self.next = 0
+        self.flash_records = 0
+        for name in os.listdir(spill_dir):
             if name.endswith(".tmp"):
                 self._remove(name)  # a spill cut short by a reset: its records never left RAM's count
-            else:
-                self.segments.append(name)
-        self.flash_records = sum(self._count(n) for n in self.segments)
+                continue
+            try:
+                n = int(name)
+            except ValueError:
+                continue  # not a segment
+            self.first = n if not self.next else min(self.first, n)
+            self.next = max(self.next, n + 1)
+            self.flash_records += self._count(n)
 
     def __len__(self):
         return self.ram_records + self.flash_records
 
-    def _count(self, name):
+    def _path(self, n):
+        return "%s/%08d" % (self.dir, n)
+
+    @property
+    def segments(self):
+        """Segments on flash (some numbers may be gone: a file removed by hand is skipped)."""
+        return self.next - self.first
+
+    def _count(self, num):
         n = 0
         try:
-            with open(self.dir + "/" + name, "rb") as f:
+            with open(self._path(num), "rb") as f:
                 while True:
                     h = f.read(2)
                     if len(h) < 2:
@@ -106,16 +121,18 @@ class Outbox:
             struct.pack_into(">I", self.ram, pos + 14, now)  # when it left RAM: dates it after a reset
             pos += ln
             n += 1
-        if len(self.segments) >= self.max_segments:
-            self.dropped += self._count(self.segments[0])
-            self.flash_records -= self._count(self.segments[0])
-            self._remove(self.segments.pop(0))
-        last = int(self.segments[-1]) if self.segments else 0
-        name = "%08d" % (last + 1)
-        with open(self.dir + "/" + name + ".tmp", "wb") as f:
+        if self.segments >= self.max_segments:
+            lost = self._count(self.first)
+            self.dropped += lost
+            self.flash_records -= lost
+            self._drop_first()
+        if not self.segments:
+            self.first = self.next = self.next or 1
+        path = self._path(self.next)
+        with open(path + ".tmp", "wb") as f:
             f.write(self.mv[self.start : pos])
-        os.rename(self.dir + "/" + name + ".tmp", self.dir + "/" + name)  # whole or not at all
-        self.segments.append(name)
+        os.rename(path + ".tmp", path)  # whole or not at all
+        self.next += 1
         self.flash_records += n
         self.spilled += n
         self.ram_records -= n
@@ -128,21 +145,27 @@ class Outbox:
             os.remove(self.dir + "/" + name)
         except OSError:
             pass
-        if name == self.seg_name:
-            self.seg_name = None
+
+    def _drop_first(self):
+        self._remove("%08d" % self.first)
+        if self.seg_loaded == self.first:
+            self.seg_loaded = None
+        self.first += 1
+        if self.first == self.next:
+            self.seg = None  # flash is empty again: its buffer goes back to the heap
 
     def _load(self):
-        while self.segments and self.seg_name != self.segments[0]:
-            name = self.segments[0]
+        while self.segments and self.seg_loaded != self.first:
+            if self.seg is None:
+                self.seg = bytearray(self.seg_bytes)
             try:
-                with open(self.dir + "/" + name, "rb") as f:
+                with open(self._path(self.first), "rb") as f:
                     self.seg_len = f.readinto(self.seg) or 0
             except OSError:
                 self.seg_len = 0
-            self.seg_name, self.seg_pos = name, 0
+            self.seg_loaded, self.seg_pos = self.first, 0
             if self.seg_len < _HDR_LEN:
-                self.segments.pop(0)
-                self._remove(name)
+                self._drop_first()
 
     def peek(self):
         """The oldest record as (buffer, offset), or None when empty."""
@@ -176,7 +199,7 @@ class Outbox:
             self.seg_pos += ln
             self.flash_records -= 1
             if self.seg_pos + _HDR_LEN > self.seg_len or ((self.seg[self.seg_pos] << 8) | self.seg[self.seg_pos + 1]) < _HDR_LEN:
-                self._remove(self.segments.pop(0))
+                self._drop_first()
             return
         ln = (self.ram[self.start] << 8) | self.ram[self.start + 1]
         self.start += ln

@@ -5,8 +5,8 @@
 import json
 import sys
 
-import config
 from console import CRASH_FILE, PROMPT
+from app import lazy as _lazy
 from node import STATE_NAMES
 
 
@@ -97,9 +97,9 @@ class Console:
 
     def config(self, args):
         if len(args) == 2 and args[0] == "get":
-            print(json.dumps(config.get(self.node.cfg, args[1])))
+            print(json.dumps(_lazy("config").get(self.node.cfg, args[1])))
         elif len(args) >= 3 and args[0] == "set":
-            self.node.cfg = config.set(self.node.cfg, args[1], " ".join(args[2:]))
+            self.node.cfg = _lazy("config").set(self.node.cfg, args[1], " ".join(args[2:]))
             print("ok: %s saved; it takes effect at the next reboot" % args[1])
         else:
             print("error: usage: config get KEY | config set KEY VALUE")

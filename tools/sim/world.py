@@ -72,7 +72,10 @@ class Street:
 
 
 class Microphone:
-    """I2S words from a -26 dBFS/94 dB SPL microphone hearing the street, paced in real time."""
+    """I2S words from a -26 dBFS/94 dB SPL microphone hearing the street, paced in real time, through
+    a DMA buffer of an ESP32's size: audio the node leaves unread past it is lost, and counted."""
+
+    DMA_FRAMES = 2500  # ibuf=20000 bytes of 32-bit stereo frames (hw/esp32.py)
 
     def __init__(self, street, sensitivity_dbfs=-26.0, seed=0):
         self.street = street
@@ -81,11 +84,16 @@ class Microphone:
         self.n = 0
         self.t0 = None
         self.lp = 0.0
+        self.lost = 0  # samples overwritten in the DMA buffer before the node read them
 
     def read(self, nbytes):
         k = nbytes // 4
         if self.t0 is None:
             self.t0 = time.monotonic()
+        behind = int((time.monotonic() - self.t0) * FS) - self.n - self.DMA_FRAMES
+        if behind > 0:  # the DMA kept only its newest DMA_FRAMES: the older audio is gone
+            self.lost += behind
+            self.n += behind
         due = self.t0 + (self.n + k) / FS  # an ESP32's I2S DMA delivers audio at the audio rate
         wait = due - time.monotonic()
         if wait > 0:
@@ -109,6 +117,7 @@ class NodeWorld:
     def __init__(self, seed=1, speed=600.0, chips=("bme280", "pms5003", "noise")):
         self.street = Street(seed, speed)
         self.i2c = FakeI2C()
+        self.i2c_delay_s = 0.0  # a slow bus (clock stretching, a long cable): each I2C transfer waits
         self.uart = FakeUART()
         self.mic = None
         self.pins = {}
@@ -126,6 +135,8 @@ class NodeWorld:
     def handle(self, op, a, b, payload, n):
         """One bus operation -> (status, reply bytes). Status is 0 or an errno (19 no device, 5 I/O)."""
         try:
+            if op <= OP_I2C_READ and self.i2c_delay_s:
+                time.sleep(self.i2c_delay_s)
             with self.lock:
                 if op == OP_I2C_READ_MEM:
                     buf = bytearray(n)

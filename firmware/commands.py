@@ -1,0 +1,81 @@
+# What the node does now and then: the diagnostics report, the node-test and the MQTT commands.
+# Loaded for a call and dropped after it (node.py's _lazy), so the heap holds it only in use.
+import gc
+import json
+import time
+
+from app import lazy as _lazy
+from node import STATE_NAMES, VERSION
+
+
+def diag(node):
+    """The report `openpole diag` reads: what is wrong shows in its fields."""
+    ob, mq = node.outbox, node.mqtt
+    return {
+        "fw": VERSION, "board": node.cfg["board"], "node": node.node_id, "uptime_s": node.uptime_ms() // 1000,
+        "reset_cause": node.hw.reset_cause(), "boot": node.boot,
+        "heap_free": gc.mem_free(), "heap_min_free": node.heap_min_free, "tick_max_ms": node.tick_max_ms,
+        "audio_lost_blocks": node.noise.lost if node.noise else 0,
+        "net": node.hw.net_info(),
+        "mqtt": {"connected": mq.connected, "errors": mq.errors, "last_error": mq.last_error,
+                 "last_publish_age_s": None if node.last_publish is None else time.ticks_diff(time.ticks_ms(), node.last_publish) // 1000,
+                 "published": node.published, "delivered": node.delivered, "resent": node.resent,
+                 "in_flight": node.inflight, "ack": "pole" if node.ack_by_pole else "broker"},
+        "queue": {"depth": len(ob), "ram": ob.ram_records, "flash": ob.flash_records, "spilled": ob.spilled, "dropped": ob.dropped},
+        "sensors": {s.name: {"state": STATE_NAMES[s.state], "errors": s.errors, "last_error": s.last_error, "last": s.last}
+                    for s in node.sensors},
+        "clock": {"synced": time.time() > 1577836800, "unix": time.time()},
+        "config": _lazy("config").redacted(node.cfg),
+    }
+
+
+def selftest(node):
+    """Each sensor present and plausible: {name: "ok" or the problem}."""
+    out = {}
+    for s in node.sensors:
+        if s.driver is None:
+            s.start(node.hw)
+        if s.driver is None:
+            out[s.name] = "missing: %s" % s.last_error
+        elif s.last is None:
+            out[s.name] = "no reading yet (%s)" % STATE_NAMES[s.state]
+        else:
+            bad = [k for k, v in s.last.items() if isinstance(v, (int, float)) and not _plausible(k, v)]
+            out[s.name] = "implausible: " + ", ".join(bad) if bad else "ok"
+    return out
+
+
+def command(node, raw):
+    """A command from the MQTT command topic: JSON {"cmd": ..., "value": ...}."""
+    c = None
+    try:
+        c = json.loads(raw)
+        name = c["cmd"]
+        if name == "interval":
+            node.cfg = _lazy("config").set(node.cfg, "interval_s", json.dumps(c["value"]))
+            for s in node.sensors:
+                if "interval_s" not in s.settings:
+                    s.interval_ms = int(node.cfg["interval_s"] * 1000)
+            reply = {"ok": True}
+        elif name == "diag":
+            reply = {"ok": True, "diag": node.diag()}
+        elif name == "selftest":
+            reply = {"ok": True, "selftest": node.selftest()}
+        elif name == "reboot":
+            node.mqtt.publish(node.diag_topic, b'{"cmd": "reboot", "ok": true}', qos=0)
+            node.reset()
+            return
+        else:
+            reply = {"ok": False, "error": "unknown command (interval, diag, selftest, reboot)"}
+    except (ValueError, KeyError, TypeError) as e:
+        reply = {"ok": False, "error": "bad command: %s" % e}
+    reply["cmd"] = c.get("cmd") if isinstance(c, dict) else None
+    node.mqtt.publish(node.diag_topic, json.dumps(reply).encode(), qos=0)
+
+
+_RANGES = {"temperature": (-40, 85), "humidity": (0, 100), "pressure": (300, 1100), "laeq": (20, 140)}
+
+
+def _plausible(name, v):
+    lo, hi = _RANGES.get(name, (0, 1e9))
+    return lo <= v <= hi
