@@ -2,6 +2,7 @@
 # Loaded for a call and dropped after it (node.py's _lazy), so the heap holds it only in use.
 import gc
 import json
+import sys
 import time
 
 from app import lazy as _lazy
@@ -12,7 +13,7 @@ def diag(node):
     """The report `openpole diag` reads: what is wrong shows in its fields."""
     ob, mq = node.outbox, node.mqtt
     return {
-        "fw": VERSION, "board": node.cfg["board"], "node": node.node_id, "uptime_s": node.uptime_ms() // 1000,
+        "fw": VERSION, "micropython": "%d.%d.%d" % sys.implementation.version[:3], "board": node.cfg["board"], "node": node.node_id, "uptime_s": node.uptime_ms() // 1000,
         "reset_cause": node.hw.reset_cause(), "boot": node.boot,
         "heap_free": gc.mem_free(), "heap_min_free": node.heap_min_free, "tick_max_ms": node.tick_max_ms,
         "audio_lost_blocks": node.noise.lost if node.noise else 0,

@@ -94,8 +94,12 @@ class Sensor:
             if time.ticks_diff(now, self.awake_since) < PMS_WARMUP_MS:
                 self.state = WARMING
                 return None
-        if self.name == "pms5003":
-            self.driver.request()  # the frame comes in over the next ticks: poll()
+        if hasattr(self.driver, "request"):  # PMS5003, BME280: the answer comes in over the next ticks
+            try:
+                self.driver.request()
+            except OSError as e:
+                self.fault(e)
+                return None
             self.pending = True
             return None
         try:

@@ -161,3 +161,35 @@ def test_bme280_runs_with_the_settings_from_its_spec(mp):
     assert ctrl_hum == code[s["osrs_h"]]
     assert ctrl_meas == (code[s["osrs_t"]] << 5) | (code[s["osrs_p"]] << 2)  # back to sleep after forced
     assert config >> 2 == {0: 0, 2: 1, 4: 2, 8: 3, 16: 4}[s["iir_filter"]]
+
+
+STUCK = """
+import json, time
+from hw.fakebus import FakeI2C
+from hw.fake_bme280 import FakeBME280
+from drivers.bme280 import BME280
+bus = FakeI2C()
+chip = bus.attach(0x76, FakeBME280(lambda: (20.0, 50.0, 1000.0)))
+limits = [BME280(bus, osrs_t=o, osrs_p=o, osrs_h=o).timeout_ms for o in (1, 16)]
+dev = BME280(bus, osrs_t=16, osrs_p=16, osrs_h=16)
+dev.request()
+first = dev.poll()  # the fake converts at once: the reading is in at the first look
+chip.regs[0xF3] = 0x08  # measuring, and it stays so
+dev.request()
+t0 = time.ticks_ms()
+err = None
+while err is None and time.ticks_diff(time.ticks_ms(), t0) < 1000:
+    try:
+        assert dev.poll() is None
+    except OSError as e:
+        err = [str(e), time.ticks_diff(time.ticks_ms(), t0)]
+print(json.dumps([limits, sorted(first), err]))
+"""
+
+
+def test_bme280_polls_its_conversion_with_a_time_limit_from_its_oversampling(mp):
+    limits, first, (err, waited) = mp.json(STUCK, heap="48k")
+    # Datasheet 9.1: 9.3 ms at 1x and 112.8 ms at 16x, doubled.
+    assert limits == [20, 227]
+    assert first == ["humidity", "pressure", "temperature"]
+    assert err == "BME280: conversion did not finish in 227 ms" and 227 <= waited < 400

@@ -48,3 +48,18 @@ def test_each_problem_says_what_to_do():
 
 def test_values_are_rounded_for_people():
     assert report.values_text({"temperature": 21.3712, "pm2_5": 7, "la10": None, "hist": [1, 2]}) == "temperature 21.37, pm2_5 7"
+
+
+def test_a_firmware_outside_the_supported_versions_is_a_warning_with_what_to_do():
+    for version in ("1.24.0", "1.26.1", "1.28.0", "1.29.0"):
+        assert report.problems(changed(micropython=version)) == []
+    for version in ("1.22.2", "1.30.0", "2.0.0"):
+        p = report.problems(changed(micropython=version))
+        assert p == [f"MicroPython {version} on the node: openpole is tested on v1.24 to v1.29; flash a supported "
+                     "firmware (openpole flash --firmware)"]
+    assert report.problems(changed(micropython="garbage")) == []  # unreadable: no guess
+
+
+def test_flash_and_deploy_verdicts_carry_the_firmware_warning():
+    d = changed(micropython="1.20.0")
+    assert report.verdict(d).startswith("1 problem(s): MicroPython 1.20.0 on the node")

@@ -22,7 +22,6 @@ _MODE_FORCED = const(0x01)
 _STATUS_MEASURING = const(0x08)
 _OSRS = {0: 0, 1: 1, 2: 2, 4: 3, 8: 4, 16: 5}  # oversampling -> register code
 _FILTER = {0: 0, 2: 1, 4: 2, 8: 3, 16: 4}
-_TIMEOUT_MS = const(50)  # worst case at 16x oversampling is 112.8 ms; 1x is 9.3 ms
 
 
 def _tdiv(a, b):
@@ -46,6 +45,12 @@ class BME280:
         if osrs_t not in _OSRS or osrs_p not in _OSRS or osrs_h not in _OSRS or iir_filter not in _FILTER:
             raise ValueError("BME280: oversampling must be 0/1/2/4/8/16 and filter 0/2/4/8/16")
         self._meas = (_OSRS[osrs_t] << 5) | (_OSRS[osrs_p] << 2) | _MODE_FORCED
+        # Datasheet 9.1: t_measure,max = 1.25 + 2.3 osrs_t + (2.3 osrs_p + 0.575) + (2.3 osrs_h + 0.575)
+        # ms, a term left out when its measurement is skipped: 9.3 ms at 1x, 112.8 ms at 16x. Twice
+        # that before a conversion counts as stuck.
+        us = 1250 + 2300 * osrs_t + (2300 * osrs_p + 575 if osrs_p else 0) + (2300 * osrs_h + 575 if osrs_h else 0)
+        self.timeout_ms = 2 * us // 1000 + 2
+        self._t0 = 0
         self._read_calibration()
         self._write(_REG_CONFIG, _FILTER[iir_filter] << 2)
         # ctrl_hum takes effect only after a write to ctrl_meas (datasheet 5.4.3).
@@ -70,17 +75,33 @@ class BME280:
         self.h5 = (e6 << 4) | (h[4] >> 4)
         self.h6 = h[6] - 256 if h[6] > 127 else h[6]
 
-    def read_raw(self):
-        """Run one forced conversion; return (adc_T, adc_P, adc_H)."""
+    def request(self):
+        """Start one forced conversion; poll() takes it in once done (the node never waits for it)."""
         self._write(_REG_CTRL_MEAS, self._meas)
-        t0 = time.ticks_ms()
+        self._t0 = time.ticks_ms()
+
+    def poll(self):
+        """The reading request() started, or None while the chip is converting; OSError past the
+        conversion's time limit (from the oversampling)."""
+        self.i2c.readfrom_mem_into(self.address, _REG_STATUS, self._buf1)
+        if self._buf1[0] & _STATUS_MEASURING:
+            if time.ticks_diff(time.ticks_ms(), self._t0) > self.timeout_ms:
+                raise OSError("BME280: conversion did not finish in %d ms" % self.timeout_ms)
+            return None
+        return self._values(*self.compensate(*self._adc()))
+
+    def read_raw(self):
+        """Run one forced conversion, waiting for it; return (adc_T, adc_P, adc_H)."""
+        self.request()
         while True:
             time.sleep_ms(2)
             self.i2c.readfrom_mem_into(self.address, _REG_STATUS, self._buf1)
             if not self._buf1[0] & _STATUS_MEASURING:
-                break
-            if time.ticks_diff(time.ticks_ms(), t0) > _TIMEOUT_MS:
-                raise OSError("BME280: conversion did not finish in %d ms" % _TIMEOUT_MS)
+                return self._adc()
+            if time.ticks_diff(time.ticks_ms(), self._t0) > self.timeout_ms:
+                raise OSError("BME280: conversion did not finish in %d ms" % self.timeout_ms)
+
+    def _adc(self):
         d = self._data
         self.i2c.readfrom_mem_into(self.address, _REG_DATA, d)
         adc_p = (d[0] << 12) | (d[1] << 4) | (d[2] >> 4)
@@ -119,6 +140,9 @@ class BME280:
         return t, p, x >> 12
 
     def read(self):
-        """One reading: temperature (degC), humidity (%RH), pressure (hPa)."""
-        t, p, h = self.compensate(*self.read_raw())
+        """One reading, waiting for the conversion: temperature (degC), humidity (%RH), pressure (hPa)."""
+        return self._values(*self.compensate(*self.read_raw()))
+
+    @staticmethod
+    def _values(t, p, h):
         return {"temperature": t / 100, "humidity": h / 1024, "pressure": p / 25600}

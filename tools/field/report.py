@@ -3,6 +3,22 @@
 # What the node's reset cause says (firmware/hw/esp32.py). An ESP32 reports a brownout as power_on
 # and a panic as hard, the same as the reset button: only the watchdog is unambiguous.
 BAD_RESETS = {"watchdog": "the watchdog reset it (the app hung)"}
+# The stock MicroPython firmwares the node is tested on (README: supported firmware). The node's
+# MQTT client is its own, so this no longer hangs on which umqtt.simple a firmware freezes.
+SUPPORTED_MICROPYTHON = ((1, 24), (1, 29))
+
+
+def firmware_problem(version):
+    """A warning for a MicroPython version outside SUPPORTED_MICROPYTHON ('1.26.0'), else None."""
+    try:
+        v = tuple(int(x) for x in str(version).split(".")[:2])
+    except ValueError:
+        return None
+    lo, hi = SUPPORTED_MICROPYTHON
+    if lo <= v <= hi:
+        return None
+    return (f"MicroPython {version} on the node: openpole is tested on v{lo[0]}.{lo[1]} to v{hi[0]}.{hi[1]}; "
+            f"flash a supported firmware (openpole flash --firmware)")
 
 
 def values_text(values):
@@ -35,6 +51,9 @@ def problems(d):
         out.append(f"last reset: {BAD_RESETS[d['reset_cause']]}; `openpole log` shows the last crash")
     if isinstance(d.get("heap_min_free"), int) and d["heap_min_free"] < 8192:
         out.append(f"low memory: {d['heap_min_free']} bytes free at worst")
+    fw = firmware_problem(d["micropython"]) if d.get("micropython") else None
+    if fw:
+        out.append(fw)
     if isinstance(net.get("rssi"), int) and net["rssi"] < -80:
         out.append(f"weak Wi-Fi signal ({net['rssi']} dBm): move the antenna or the access point")
     return out
