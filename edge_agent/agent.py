@@ -5,6 +5,7 @@ the logic. Two threads besides paho's: the writer (group commit, then PUBACK) an
 """
 
 import logging
+import os
 import queue
 import random
 import threading
@@ -21,6 +22,7 @@ GROUP_COMMIT_MAX = 4000  # messages per transaction (the ingest window is larger
 CLOCK_FLOOR_NS = 1_577_836_800 * 10**9  # 2020-01-01: a pole clock before this is wrong
 TQ_OK, TQ_UNSYNCED, TQ_IMPLAUSIBLE, TQ_NODE_RESET = 0, 1, 2, 3
 LIMITS_EVERY_S = 10.0
+EXIT_WORKER_DIED = 70  # EX_SOFTWARE
 
 
 def node_acks(accepted):
@@ -133,6 +135,9 @@ class Agent:
                         self.minutes.add(msg.node, msg.readings, receive_ns)
             except decode.Rejected as e:
                 rejected.append((receive_ns, topic, e.reason, str(e), bytes(payload)))
+            except Exception as e:  # a message this code could not handle: kept and counted, never fatal
+                log.exception("message on %s could not be processed; quarantined", topic)
+                rejected.append((receive_ns, topic, "internal_error", f"{type(e).__name__}: {e}", bytes(payload)))
         self.store.append(accepted, rejected)
         self.committed_records += sum(a[4] for a in accepted)
         self.ingest.ack_group([(mid, qos) for _, _, _, mid, qos in items], node_acks(accepted))
@@ -186,9 +191,21 @@ class Agent:
                     break
             last_send = time.monotonic()
 
+    def _guarded(self, target):
+        """A worker that dies takes the process down (exit 70): a pole agent that looks alive while
+        it neither stores nor sends would never be restarted by systemd."""
+        def run():
+            try:
+                target()
+            except BaseException:
+                log.critical("the %s thread died; exiting so the service restarts", target.__name__[1:], exc_info=True)
+                logging.shutdown()
+                os._exit(EXIT_WORKER_DIED)
+        return run
+
     def start(self):
         for target in (self._writer, self._sender):
-            t = threading.Thread(target=target, name=f"openpole-{target.__name__[1:]}", daemon=True)
+            t = threading.Thread(target=self._guarded(target), name=f"openpole-{target.__name__[1:]}", daemon=True)
             t.start()
             self._threads.append(t)
         self.ingest.start()

@@ -19,6 +19,8 @@ class Minutes:
         opened = self.open
         age, minute = None, 0
         for r in readings:
+            if r.flags:
+                continue  # out of the quantity's range: sent upstream flagged, kept out of the means
             if r.age_ms != age:  # a sample's readings share their age
                 age = r.age_ms
                 minute = (receive_ns - age * 1_000_000) // 60_000_000_000 * 60

@@ -78,6 +78,9 @@ def _loads(payload):
     return pair[0]
 
 
+MAX_INT = 2**53  # the integers a SenML reader's double holds exactly
+
+
 def _uint(value, what):
     if type(value) is not int or value < 0 or value >= 1 << 64:
         raise Rejected("schema", f"{what} must be an unsigned integer")
@@ -150,6 +153,8 @@ def decode(payload, keys=None, require_mac=False):
                 value = round(value, q.digits)
             elif kind is not int:
                 raise Rejected("schema", f"{q.name}: value must be a number, not {kind.__name__}")
+            elif not -MAX_INT <= value <= MAX_INT:  # a bignum: no sensor says that, and SenML cannot carry it
+                raise Rejected("not_finite", f"{q.name}: an integer of {value.bit_length()} bits")
             readings.append(Reading(key, q.name, value, age, 0 if q.min <= value <= q.max else FLAG_OUT_OF_RANGE))
     status = obj.get(5, {})
     if type(status) is not dict:

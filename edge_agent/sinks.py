@@ -74,7 +74,10 @@ class MqttSink:
             self.client.loop_start()
             self.started = True
         info = self.client.publish(self.topic, body, qos=1)
-        info.wait_for_publish(self.timeout)
+        try:
+            info.wait_for_publish(self.timeout)
+        except (RuntimeError, ValueError) as e:  # paho: not connected, or the queue is full
+            raise Transient(f"upstream broker {self.host}:{self.port}: {e}") from None
         if not info.is_published():
             raise Transient(f"upstream broker {self.host}:{self.port} did not acknowledge in {self.timeout:.0f} s")
 

@@ -17,13 +17,16 @@ from pathlib import Path
 
 log = logging.getLogger("openpole.edge.store")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY,
+# AUTOINCREMENT: an id is never used twice, even after pruning emptied the table. Without it, new
+# rows took ids below the upload cursor and were never sent (and pruned unsent a day later).
+MESSAGES_COLUMNS = """(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     node TEXT NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL,
     receive_ns INTEGER NOT NULL, records INTEGER NOT NULL, senml BLOB NOT NULL,
     UNIQUE (node, boot, seq)
-);
+)"""
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS messages {MESSAGES_COLUMNS};
 CREATE TABLE IF NOT EXISTS quarantine (
     id INTEGER PRIMARY KEY, receive_ns INTEGER NOT NULL, source TEXT NOT NULL,
     reason TEXT NOT NULL, detail TEXT NOT NULL, payload BLOB NOT NULL
@@ -32,6 +35,17 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 """
 KEEP_SENT_NS = 24 * 3600 * 10**9  # rows already upstream stay a day: replays in that time are caught
+
+
+SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26
+
+
+def damaged(e):
+    """True for an error that says the file itself is bad (not busy, read-only, full or unreadable)."""
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (SQLITE_CORRUPT, SQLITE_NOTADB)
+    return type(e) is sqlite3.DatabaseError  # Python < 3.11: corruption is raised as the base class
 
 
 class Store:
@@ -44,6 +58,8 @@ class Store:
         try:
             self._open()
         except sqlite3.DatabaseError as e:
+            if not damaged(e):
+                raise  # locked, read-only, I/O, disk full: a good queue, not to be moved aside
             aside = self.path.with_name(f"queue.sqlite.damaged-{int(time.time())}")
             log.error("queue database %s is damaged (%s): moved to %s, starting a new one", self.path, e, aside.name)
             for suffix in ("", "-wal", "-shm"):
@@ -61,8 +77,31 @@ class Store:
             self.db.executescript(SCHEMA)
             self.db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('cursor', 0)")
             self.db.execute("SELECT count(*) FROM messages").fetchone()  # reads the file: fails if damaged
+            self._ids_above_cursor()
         except sqlite3.DatabaseError:
             self.db.close()
+            raise
+
+    def _ids_above_cursor(self):
+        """A queue from before AUTOINCREMENT is rebuilt with it; either way the next id is above the
+        upload cursor and every id ever used."""
+        db = self.db
+        sql = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'messages'").fetchone()[0]
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if "AUTOINCREMENT" not in sql.upper():
+                db.execute(f"CREATE TABLE messages_new {MESSAGES_COLUMNS}")
+                db.execute("INSERT INTO messages_new SELECT id, node, boot, seq, receive_ns, records, senml FROM messages")
+                db.execute("DROP TABLE messages")
+                db.execute("ALTER TABLE messages_new RENAME TO messages")
+                log.info("queue database: message ids now never reused (AUTOINCREMENT)")
+            floor = db.execute("SELECT max(coalesce((SELECT max(id) FROM messages), 0), value) FROM meta "
+                               "WHERE key = 'cursor'").fetchone()[0]
+            if not db.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'messages'", (floor,)).rowcount:
+                db.execute("INSERT INTO sqlite_sequence(name, seq) VALUES ('messages', ?)", (floor,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
             raise
 
     def close(self):
@@ -125,9 +164,13 @@ class Store:
         """Everything up to last_id is upstream (or refused there): move the cursor."""
         with self._lock:
             self.db.execute("BEGIN IMMEDIATE")
-            self.db.execute("UPDATE meta SET value = max(value, ?) WHERE key = 'cursor'", (last_id,))
-            self._count({counter: records, "batches_sent" if counter == "records_delivered" else "batches_refused": 1})
-            self.db.execute("COMMIT")
+            try:
+                self.db.execute("UPDATE meta SET value = max(value, ?) WHERE key = 'cursor'", (last_id,))
+                self._count({counter: records, "batches_sent" if counter == "records_delivered" else "batches_refused": 1})
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")  # never leave the connection inside a transaction
+                raise
 
     def enforce_limits(self, now_ns):
         """Drop the oldest pending data past the maximum age or the byte quota (counted by reason);
