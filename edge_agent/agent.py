@@ -14,7 +14,7 @@ import time
 from . import batch, decode, sign
 from .aggregate import Minutes
 from .ingest import MqttIngest
-from .sinks import Permanent, Transient, sink_for
+from .sinks import Permanent, TooLarge, Transient, sink_for
 from .store import Store
 
 log = logging.getLogger("openpole.edge")
@@ -143,15 +143,17 @@ class Agent:
         self.ingest.ack_group([(mid, qos) for _, _, _, mid, qos in items], node_acks(accepted))
 
     # --- sender: batches upstream, acknowledged batches leave the queue ---
+    def _limits(self):
+        """The queue's quota and maximum age on their own timer: an outage (the sender retrying one
+        batch for hours) must not stop them, or the disk fills."""
+        while not self.stopping.is_set():
+            self.store.enforce_limits(self.clock())
+            self.stopping.wait(LIMITS_EVERY_S)
+
     def _sender(self):
-        backoff = 0.0
         last_send = time.monotonic()
-        next_limits = 0.0
         backlog = True  # what an earlier run left goes at once
         while not self.stopping.is_set():
-            if time.monotonic() >= next_limits:
-                self.store.enforce_limits(self.clock())
-                next_limits = time.monotonic() + LIMITS_EVERY_S
             # Read the queue only when a batch is due, full, or behind: not every tick.
             due = time.monotonic() - last_send >= self.cfg.batch_interval_s
             if not (backlog or due or self.committed_records >= self.cfg.batch_max):
@@ -163,33 +165,60 @@ class Agent:
                 last_send = time.monotonic()  # nothing waiting: the interval starts with the next record
                 self.stopping.wait(0.05)
                 continue
-            records = sum(r[1] for r in rows)
-            batch_id = batch.new_batch_id()
             with self.minutes_lock:
                 closed = self.minutes.close(self.clock())
-            body = batch.encode(batch_id, self.cfg.pole_id, [r[2] for r in rows], records, self.clock(), closed)
-            if self.cfg.upstream_key:
-                body = sign.sign(body, self.cfg.pole_id, self.cfg.upstream_key)
-            while not self.stopping.is_set():  # the same batch id until it is acknowledged
-                try:
-                    self.sink.send(batch_id, body)
-                    self.store.acknowledged(rows[-1][0], records)
-                    self.upstream_ok, backoff = True, 0.0
-                    break
-                except Transient as e:
-                    self.upstream_ok, self.last_error = False, str(e)
-                    self.store.count("upstream_retries")
-                    # Decorrelated jitter (AWS architecture blog): spreads retries of many poles.
-                    backoff = min(30.0, random.uniform(0.5, max(0.5, backoff * 3)))
-                    log.warning("%s; retrying in %.1f s", e, backoff)
-                    self.stopping.wait(backoff)
-                except Permanent as e:
-                    self.last_error = str(e)
-                    log.error("%s; batch %s quarantined", e, batch_id.hex())
-                    self.store.append([], [(self.clock(), "upstream", "upstream_refused", str(e), body)])
-                    self.store.acknowledged(rows[-1][0], records, counter="records_refused_upstream")
-                    break
+            if self._deliver_batch(rows, closed):
+                backlog = True  # split: the rest of what was due goes at once
             last_send = time.monotonic()
+
+    def _batch(self, rows, closed):
+        records = sum(r[1] for r in rows)
+        batch_id = batch.new_batch_id()
+        body = batch.encode(batch_id, self.cfg.pole_id, [r[2] for r in rows], records, self.clock(), closed)
+        if self.cfg.upstream_key:
+            body = sign.sign(body, self.cfg.pole_id, self.cfg.upstream_key)
+        return batch_id, body, records
+
+    def _deliver_batch(self, rows, closed):
+        """Send one batch until the upstream acknowledges it (the same batch id each time), halve it
+        on a 413, quarantine it on a refusal of its content. True when it was split."""
+        batch_id, body, records = self._batch(rows, closed)
+        backoff = 0.0
+        split = False
+        while not self.stopping.is_set():
+            try:
+                self.sink.send(batch_id, body)
+                self.store.acknowledged(rows[-1][0], records)
+                self.upstream_ok, self.last_error = True, None
+                return split
+            except TooLarge as e:
+                if len(rows) == 1:
+                    self._refused(Permanent(f"{e}; a single message is that large"), batch_id, body, rows, records)
+                    return split
+                rows = rows[: len(rows) // 2]  # the rest goes in the next batches
+                split = True
+                batch_id, body, records = self._batch(rows, closed)
+                self.store.count("upstream_batches_split")
+                log.warning("%s; sending %d messages instead", e, len(rows))
+            except Transient as e:
+                self.upstream_ok, self.last_error = False, str(e)
+                self.store.count("upstream_retries")
+                if e.code:
+                    self.store.count(f"upstream_http_{e.code}")
+                # Decorrelated jitter (AWS architecture blog): spreads retries of many poles.
+                backoff = min(30.0, random.uniform(0.5, max(0.5, backoff * 3)))
+                log.warning("%s; retrying in %.1f s", e, backoff)
+                self.stopping.wait(backoff)
+            except Permanent as e:
+                self._refused(e, batch_id, body, rows, records)
+                return split
+        return split
+
+    def _refused(self, e, batch_id, body, rows, records):
+        self.last_error = str(e)
+        log.error("%s; batch %s quarantined", e, batch_id.hex())
+        self.store.append([], [(self.clock(), "upstream", "upstream_refused", str(e), body)])
+        self.store.acknowledged(rows[-1][0], records, counter="records_refused_upstream")
 
     def _guarded(self, target):
         """A worker that dies takes the process down (exit 70): a pole agent that looks alive while
@@ -204,7 +233,7 @@ class Agent:
         return run
 
     def start(self):
-        for target in (self._writer, self._sender):
+        for target in (self._writer, self._sender, self._limits):
             t = threading.Thread(target=self._guarded(target), name=f"openpole-{target.__name__[1:]}", daemon=True)
             t.start()
             self._threads.append(t)

@@ -2,16 +2,37 @@
 body) returns normally once the upstream acknowledged, raises Transient (retry) or Permanent."""
 
 import gzip
+import json
 import urllib.error
 import urllib.request
 
 
 class Transient(Exception):
-    """Worth retrying: network down, timeout, 5xx, 429."""
+    """Worth retrying, as an alarm: network down, timeout, 5xx, 429, and 401/403/404 (a credential
+    or URL the city will fix: emptying the queue into quarantine would lose the data meanwhile)."""
+
+    def __init__(self, message, code=None):
+        super().__init__(message)
+        self.code = code
 
 
 class Permanent(Exception):
-    """Retrying will not help: the upstream refused this batch (4xx)."""
+    """Retrying will not help: the upstream refused this batch's content (400, 422)."""
+
+
+class TooLarge(Exception):
+    """413: the batch is too large for the upstream; smaller ones may pass."""
+
+
+PERMANENT = (400, 422)
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None  # a 3xx then comes back as an HTTPError: a captive portal's 200 is no delivery
+
+
+_opener = urllib.request.build_opener(_NoRedirects)
 
 
 class HttpSink:
@@ -32,14 +53,27 @@ class HttpSink:
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as r:
-                r.read()
+            with _opener.open(req, timeout=self.timeout) as r:
+                answer = r.read(65536)
         except urllib.error.HTTPError as e:
-            if e.code == 429 or e.code >= 500:
-                raise Transient(f"upstream answered {e.code}") from None
-            raise Permanent(f"upstream refused the batch: {e.code} {e.reason}") from None
+            if e.code in PERMANENT:
+                raise Permanent(f"upstream refused the batch: {e.code} {e.reason}") from None
+            if e.code == 413:
+                raise TooLarge(f"upstream: batch of {len(body)} bytes too large (413)") from None
+            if 300 <= e.code < 400:
+                raise Transient(f"upstream redirected ({e.code}) to {e.headers.get('Location')}: check the upstream URL "
+                                f"(a captive portal or a moved receiver)", e.code) from None
+            raise Transient(f"upstream answered {e.code} {e.reason}", e.code) from None
         except (urllib.error.URLError, OSError) as e:
             raise Transient(f"upstream unreachable: {getattr(e, 'reason', e)}") from None
+        # Delivered only when the answer names the batch: a proxy or portal that says 200 to
+        # anything would otherwise empty the queue.
+        try:
+            echoed = json.loads(answer).get("batch")
+        except (ValueError, AttributeError):
+            echoed = None
+        if echoed != batch_id.hex():
+            raise Transient(f"upstream answered {r.status} without this batch's id: not counted as delivered", r.status)
 
     def describe(self):
         return self.url

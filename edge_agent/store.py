@@ -201,6 +201,10 @@ class Store:
                     self.db.execute("UPDATE meta SET value = ? WHERE key = 'cursor'", (c,))
                     self._count(dropped)
                 self.db.execute("DELETE FROM messages WHERE id <= ? AND receive_ns < ?", (c, now_ns - KEEP_SENT_NS))
+                q = self._cap_quarantine()
+                if q:
+                    dropped["dropped_quarantine"] = q
+                    self._count({"dropped_quarantine": q})
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
@@ -208,6 +212,22 @@ class Store:
         for reason, n in dropped.items():
             log.warning("queue: %d records dropped (%s)", n, reason.removeprefix("dropped_"))
         return dropped
+
+    def _cap_quarantine(self):
+        """Keep the quarantine within a tenth of the quota, dropping its oldest rows: a node that
+        sends garbage all day must not fill the disk. Returns the rows dropped."""
+        cap = self.quota_bytes // 10
+        size = self.db.execute("SELECT coalesce(sum(length(payload) + length(detail)), 0) FROM quarantine").fetchone()[0]
+        if size <= cap:
+            return 0
+        excess, last, n = size - cap, None, 0
+        for qid, ln in self.db.execute("SELECT id, length(payload) + length(detail) FROM quarantine ORDER BY id"):
+            if excess <= 0:
+                break
+            excess -= ln
+            last, n = qid, n + 1
+        self.db.execute("DELETE FROM quarantine WHERE id <= ?", (last,))
+        return n
 
     def count(self, name, n=1):
         with self._lock:

@@ -163,3 +163,14 @@ def test_a_worker_thread_that_dies_takes_the_process_down_with_a_non_zero_exit(t
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert r.returncode == 70 and "still running" not in r.stdout
     assert "the writer thread died; exiting so the service restarts" in r.stderr
+
+
+def test_the_quarantine_has_its_own_cap(tmp_path):
+    s = Store(tmp_path / "q", quota_bytes=100_000)
+    now = time.time_ns()
+    for _ in range(30):
+        s.append([], [(now, "openpole/v1/x/data", "schema", "garbage", b"\x00" * 1000)])
+    dropped = s.enforce_limits(now)
+    kept = s.db.execute("SELECT count(*), sum(length(payload) + length(detail)) FROM quarantine").fetchone()
+    assert dropped["dropped_quarantine"] == 21 and kept[1] <= 10_000 and s.counters()["dropped_quarantine"] == 21
+    s.close()

@@ -1,0 +1,139 @@
+"""What the city's side answers, and what the pole does with it: only a 2xx that names the batch is
+a delivery; 400/422 quarantine the batch; 401, 403, 404, 5xx, a redirect or a 2xx without the id
+keep the data and retry, as an alarm; 413 halves the batch. Storage limits run during an outage."""
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import cbor2
+from helpers import wait
+from test_edge_poison import Ingest
+
+from openpole.edge_agent.agent import Agent
+from openpole.edge_agent.config import AgentConfig
+
+
+class Upstream:
+    """A city endpoint on loopback that answers from a script: [(code, body or None), ...], then 200s
+    that echo the batch id (as the reference receiver does)."""
+
+    def __init__(self, script=(), max_bytes=None):
+        self.script = list(script)
+        self.max_bytes = max_bytes
+        self.delivered = []  # batch ids answered with their id
+        self.requests = 0
+        up = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                bid = self.headers["Idempotency-Key"]
+                up.requests += 1
+                code, answer = up.script.pop(0) if up.script else (200, None)
+                if up.max_bytes and len(body) > up.max_bytes:
+                    code, answer = 413, b"too large"
+                if code == 200 and answer is None:
+                    answer = json.dumps({"batch": bid}).encode()
+                    up.delivered.append(bid)
+                self.send_response(code)
+                if 300 <= code < 400:
+                    self.send_header("Location", "http://portal.invalid/login")
+                self.send_header("Content-Length", str(len(answer or b"")))
+                self.end_headers()
+                self.wfile.write(answer or b"")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def start_agent(tmp_path, upstream, **kw):
+    cfg = AgentConfig(pole_id="up", broker_host="127.0.0.1", broker_port=1, upstream=upstream.url,
+                      state_dir=tmp_path / "edge", batch_interval_s=0.1, metrics_port=0, **kw)
+    a = Agent(cfg, ingest_factory=Ingest)
+    a.start()
+    return a
+
+
+def feed(a, n, start=0):
+    now = time.time_ns()
+    a.process([(now, "openpole/v1/up1/data", cbor2.dumps({0: 1, 1: "up1", 2: 1, 3: s, 4: [[0, {1: 20.0}]], 5: {}}), s, 1)
+               for s in range(start, start + n)])
+
+
+def test_refusals_of_access_or_address_keep_the_data_and_raise_the_alarm(tmp_path):
+    script = [(401, b"no"), (403, b"no"), (404, b"no"), (503, b"busy"), (302, b""), (200, b"<html>portal</html>")]
+    up = Upstream(script)
+    a = start_agent(tmp_path, up)
+    try:
+        feed(a, 5)
+        assert wait(lambda: up.delivered, timeout=60), a.store.counters()
+        c = a.store.counters()
+        for code in (401, 403, 404, 503, 302, 200):
+            assert c.get(f"upstream_http_{code}") == 1, (code, c)
+        assert c["records_delivered"] == 5 and "records_refused_upstream" not in c
+        assert a.store.depth()[0] == 0 and up.requests == 7
+    finally:
+        a.stop()
+        up.close()
+
+
+def test_while_failing_the_status_says_so(tmp_path):
+    up = Upstream([(401, b"no")] * 1000)
+    a = start_agent(tmp_path, up)
+    try:
+        feed(a, 3)
+        assert wait(lambda: a.upstream_ok is False, timeout=20)
+        assert "401" in a.last_error and a.store.depth()[0] == 3
+    finally:
+        a.stop()
+        up.close()
+
+
+def test_a_refused_batch_is_quarantined_and_counted(tmp_path):
+    up = Upstream([(422, b"bad senml")])
+    a = start_agent(tmp_path, up)
+    try:
+        feed(a, 4)
+        assert wait(lambda: a.store.counters().get("records_refused_upstream") == 4, timeout=20)
+        feed(a, 2, start=4)
+        assert wait(lambda: a.store.counters().get("records_delivered") == 2, timeout=20)
+    finally:
+        a.stop()
+        up.close()
+
+
+def test_413_halves_the_batch_until_it_passes(tmp_path):
+    up = Upstream(max_bytes=1200)
+    a = start_agent(tmp_path, up, batch_max=10_000)
+    try:
+        feed(a, 60)
+        assert wait(lambda: a.store.counters().get("records_delivered") == 60, timeout=30), a.store.counters()
+        assert a.store.counters()["upstream_batches_split"] >= 1 and len(up.delivered) > 1
+    finally:
+        a.stop()
+        up.close()
+
+
+def test_storage_limits_run_during_an_outage(tmp_path, monkeypatch):
+    import openpole.edge_agent.agent as agent_mod
+
+    monkeypatch.setattr(agent_mod, "LIMITS_EVERY_S", 0.2)
+    up = Upstream([(503, b"down")] * 10_000)
+    a = start_agent(tmp_path, up, quota_bytes=3000)
+    try:
+        for i in range(10):
+            feed(a, 20, start=20 * i)
+        assert wait(lambda: a.store.counters().get("dropped_quota", 0) > 0, timeout=30), a.store.counters()
+        assert a.store.depth()[2] <= 3000
+    finally:
+        a.stop()
+        up.close()
