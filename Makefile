@@ -19,6 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 test: install
+	@bash .ci/services
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: install

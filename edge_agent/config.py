@@ -65,9 +65,10 @@ def load(path=None, **overrides):
             raise UserError(f"cannot read config {path}: {e.strerror}") from None
         except tomllib.TOMLDecodeError as e:
             raise UserError(f"config {path} is not valid TOML: {e}") from None
+        _check_known(data, path)
         for (section, key), attr in _SECTIONS.items():
             if key in data.get(section, {}):
-                setattr(cfg, attr, data[section][key])
+                setattr(cfg, attr, _typed(data[section][key], attr, f"{section}.{key}", path))
         if "key" in data.get("upstream", {}):
             try:
                 cfg.upstream_key = bytes.fromhex(data["upstream"]["key"])
@@ -98,6 +99,47 @@ def load(path=None, **overrides):
     if not isinstance(cfg.group_commit_ms, int) or not 0 <= cfg.group_commit_ms <= 100:
         raise UserError("ingest.group_commit_ms must be 0 to 100 (a node waits that long for its PUBACK)")
     return cfg
+
+
+# Settings the file may hold beyond _SECTIONS, read by their own code.
+_OTHER = {("upstream", "key"), ("nodes", "keys_file"), ("nodes", "keys")}
+
+
+def _check_known(data, path):
+    """Unknown sections and keys fail at start: a misspelt setting silently left at its default is
+    a pole that misbehaves for months."""
+    known = set(_SECTIONS) | _OTHER
+    sections = {s for s, _ in known}
+    for section, table in data.items():
+        if section == "sources":
+            if not isinstance(table, list):
+                raise UserError(f"config {path}: sources must be [[sources]] tables")
+            continue
+        if section not in sections:
+            raise UserError(f"config {path}: unknown section [{section}] (known: {', '.join(sorted(sections | {'sources'}))})")
+        if not isinstance(table, dict):
+            raise UserError(f"config {path}: {section} must be a table ([{section}])")
+        for key in table:
+            if (section, key) not in known:
+                names = sorted(k for s, k in known if s == section)
+                raise UserError(f"config {path}: unknown setting {section}.{key} (known in [{section}]: {', '.join(names)})")
+
+
+def _typed(value, attr, name, path):
+    """The value if it has the setting's type (from AgentConfig's default); else a one-line error.
+    TOML has real booleans: require_mac = "false" is an error, not true."""
+    default = getattr(AgentConfig(), attr)
+    if isinstance(default, bool):
+        ok, what = type(value) is bool, "true or false"
+    elif isinstance(default, int):
+        ok, what = type(value) is int, "a whole number"
+    elif isinstance(default, float):
+        ok, what = type(value) in (int, float), "a number"
+    else:  # text: str, Path, or a secret that defaults to None
+        ok, what = type(value) is str, "text in quotes"
+    if not ok:
+        raise UserError(f"config {path}: {name} must be {what}, not {value!r}")
+    return value
 
 
 def _read_keys(cfg, data, path):

@@ -174,3 +174,35 @@ def test_the_quarantine_has_its_own_cap(tmp_path):
     kept = s.db.execute("SELECT count(*), sum(length(payload) + length(detail)) FROM quarantine").fetchone()
     assert dropped["dropped_quarantine"] == 21 and kept[1] <= 10_000 and s.counters()["dropped_quarantine"] == 21
     s.close()
+
+
+@pytest.mark.parametrize("text, said", [
+    ('[nodes]\nrequire_mac = "false"\n', "nodes.require_mac must be true or false, not 'false'"),
+    ("[upstream]\nbatch_max = 2000.5\n", "upstream.batch_max must be a whole number, not 2000.5"),
+    ('[broker]\nhots = "pi"\n', "unknown setting broker.hots (known in [broker]: host, password, port, user)"),
+    ("[uplink]\nurl = 1\n", "unknown section [uplink]"),
+    ("[broker]\nport = true\n", "broker.port must be a whole number, not True"),
+])
+def test_unknown_settings_and_wrong_types_fail_at_start_with_file_key_and_reason(tmp_path, text, said):
+    from openpole.edge_agent import config
+    from openpole.errors import UserError
+
+    f = tmp_path / "agent.toml"
+    f.write_text(text)
+    with pytest.raises(UserError) as e:
+        config.load(f)
+    assert str(e.value).startswith(f"config {f}: {said}")
+
+
+def test_the_sample_config_loads_with_every_setting_uncommented(tmp_path):
+    import re
+
+    from openpole.edge_agent import config
+
+    text = (config.Path(config.__file__).with_name("sample.toml")).read_text()
+    lines = [re.sub(r"^# (\w+ = )", r"\1", ln) for ln in text.splitlines()]
+    body = "\n".join(ln for ln in lines if not ln.startswith(("kind", "bus", "address", 'port = "/dev')))
+    f = tmp_path / "agent.toml"
+    f.write_text(body.replace('keys_file = "/etc/openpole/node-keys.toml"', ""))
+    cfg = config.load(f)
+    assert cfg.batch_max == 2000 and cfg.require_mac is False
