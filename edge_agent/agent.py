@@ -129,7 +129,7 @@ class Agent:
                 if msg.age_lower_bound and tq == TQ_OK:
                     tq = TQ_NODE_RESET  # sampled before a node reset: the true time is earlier
                 count, senml = batch.senml_records(pole, msg, receive_ns, tq)
-                accepted.append((msg.node, msg.boot, msg.seq, receive_ns, count, senml))
+                accepted.append((msg.node, msg.boot, msg.seq, receive_ns, count, senml, tq in (TQ_OK, TQ_NODE_RESET)))
                 if self._track(msg, receive_ns):
                     with self.minutes_lock:
                         self.minutes.add(msg.node, msg.readings, receive_ns)

@@ -23,6 +23,7 @@ MESSAGES_COLUMNS = """(
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     node TEXT NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL,
     receive_ns INTEGER NOT NULL, records INTEGER NOT NULL, senml BLOB NOT NULL,
+    clock_ok INTEGER NOT NULL DEFAULT 1,
     UNIQUE (node, boot, seq)
 )"""
 SCHEMA = f"""
@@ -89,9 +90,12 @@ class Store:
         sql = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'messages'").fetchone()[0]
         db.execute("BEGIN IMMEDIATE")
         try:
+            if "clock_ok" not in sql:
+                db.execute("ALTER TABLE messages ADD COLUMN clock_ok INTEGER NOT NULL DEFAULT 1")
             if "AUTOINCREMENT" not in sql.upper():
                 db.execute(f"CREATE TABLE messages_new {MESSAGES_COLUMNS}")
-                db.execute("INSERT INTO messages_new SELECT id, node, boot, seq, receive_ns, records, senml FROM messages")
+                db.execute("INSERT INTO messages_new SELECT id, node, boot, seq, receive_ns, records, senml, clock_ok "
+                           "FROM messages")
                 db.execute("DROP TABLE messages")
                 db.execute("ALTER TABLE messages_new RENAME TO messages")
                 log.info("queue database: message ids now never reused (AUTOINCREMENT)")
@@ -115,14 +119,17 @@ class Store:
         )
 
     def append(self, accepted, rejected):
-        """One transaction. accepted: [(node, boot, seq, receive_ns, records, senml)];
+        """One transaction. accepted: [(node, boot, seq, receive_ns, records, senml[, clock_ok])]
+        (clock_ok 0: receive_ns came from a clock not yet synced, so the maximum age does not apply);
         rejected: [(receive_ns, source, reason, detail, payload)]. Returns the duplicates found."""
+        if accepted and len(accepted[0]) == 6:
+            accepted = [(*a, 1) for a in accepted]
         with self._lock:
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 before = self.db.total_changes
                 self.db.executemany(
-                    "INSERT OR IGNORE INTO messages(node, boot, seq, receive_ns, records, senml) VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT OR IGNORE INTO messages(node, boot, seq, receive_ns, records, senml, clock_ok) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     accepted,
                 )
                 stored = self.db.total_changes - before
@@ -180,13 +187,15 @@ class Store:
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 c = self.cursor()
-                old = self.db.execute(
-                    "SELECT max(id), count(*), coalesce(sum(records), 0) FROM messages WHERE id > ? AND receive_ns < ?",
-                    (c, now_ns - self.max_age_ns),
-                ).fetchone()
-                if old[1]:
-                    c = old[0]
-                    dropped["dropped_max_age"] = old[2]
+                # Exactly the pending rows past the maximum age, by a clock that was right when they
+                # came: rows stored before NTP stepped the clock (or under fake-hwclock) are not
+                # aged by a clock they were never dated with, and newer rows among them stay.
+                old = (c, now_ns - self.max_age_ns)
+                n_old = self.db.execute("SELECT coalesce(sum(records), 0) FROM messages WHERE id > ? AND receive_ns < ? "
+                                        "AND clock_ok", old).fetchone()[0]
+                if n_old:
+                    self.db.execute("DELETE FROM messages WHERE id > ? AND receive_ns < ? AND clock_ok", old)
+                    dropped["dropped_max_age"] = n_old
                 size = self.db.execute("SELECT coalesce(sum(length(senml)), 0) FROM messages WHERE id > ?", (c,)).fetchone()[0]
                 if size > self.quota_bytes:
                     excess, last, n = size - self.quota_bytes, c, 0

@@ -206,3 +206,23 @@ def test_the_sample_config_loads_with_every_setting_uncommented(tmp_path):
     f.write_text(body.replace('keys_file = "/etc/openpole/node-keys.toml"', ""))
     cfg = config.load(f)
     assert cfg.batch_max == 2000 and cfg.require_mac is False
+
+
+def test_a_clock_step_neither_ages_out_unsynced_rows_nor_skips_newer_ones(tmp_path):
+    now = time.time_ns()
+    year = 365 * 86400 * 10**9
+    s = Store(tmp_path / "q", max_age_s=7 * 86400)
+    s.append([entry(0, now - 30 * 86400 * 10**9)], [])  # a month old by a synced clock: past the maximum age
+    s.append([entry(1, now)], [])  # fresh
+    s.append([(*entry(2, now - year)[:6], 0)], [])  # received under fake-hwclock a "year" ago, before NTP
+    s.append([entry(3, now - 8 * 86400 * 10**9)], [])  # old again, after a newer row
+    dropped = s.enforce_limits(now)
+    assert dropped == {"dropped_max_age": 2}
+    rows, _ = s.pending(100)
+    seqs = [decode_seq(r[2]) for r in rows]
+    assert seqs == [1, 2], "the fresh row and the one dated by an unsynced clock stay pending"
+    s.close()
+
+
+def decode_seq(senml):
+    return cbor2.loads(b"\x9f" + senml + b"\xff")[0]["seq"]  # the first record of a message carries it
