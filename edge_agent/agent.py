@@ -23,6 +23,7 @@ CLOCK_FLOOR_NS = 1_577_836_800 * 10**9  # 2020-01-01: a pole clock before this i
 TQ_OK, TQ_UNSYNCED, TQ_IMPLAUSIBLE, TQ_NODE_RESET = 0, 1, 2, 3
 LIMITS_EVERY_S = 10.0
 EXIT_WORKER_DIED = 70  # EX_SOFTWARE
+RETRY_MAX_S = 30.0  # the longest wait between two tries of the same batch
 
 
 def node_acks(accepted):
@@ -206,7 +207,7 @@ class Agent:
                 if e.code:
                     self.store.count(f"upstream_http_{e.code}")
                 # Decorrelated jitter (AWS architecture blog): spreads retries of many poles.
-                backoff = min(30.0, random.uniform(0.5, max(0.5, backoff * 3)))
+                backoff = min(RETRY_MAX_S, random.uniform(0.5, max(0.5, backoff * 3)))
                 log.warning("%s; retrying in %.1f s", e, backoff)
                 self.stopping.wait(backoff)
             except Permanent as e:

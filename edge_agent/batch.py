@@ -3,6 +3,7 @@
 (pole, node, boot, seq), so a batch re-sent after a lost acknowledgement is harmless."""
 
 import os
+import re
 import struct
 import time
 
@@ -96,6 +97,9 @@ def encode(batch_id, pole, blobs, records, created_ns=None, minutes=()):
     return bytes(out)
 
 
+POLE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # it names files and URL paths downstream
+
+
 def decode_messages(data, max_size=8 * 1024 * 1024):
     """bytes -> (batch_id, pole, messages, minutes); ValueError on anything malformed.
 
@@ -112,6 +116,8 @@ def decode_messages(data, max_size=8 * 1024 * 1024):
     batch_id, pole, pack = env.get(1), env.get(2), env.get(4)
     if not isinstance(batch_id, bytes) or len(batch_id) != 16 or not isinstance(pole, str) or not isinstance(pack, list):
         raise ValueError("batch needs a 16-byte id, a pole id and a record list")
+    if not POLE_ID.fullmatch(pole):
+        raise ValueError(f"pole id {pole[:80]!r}: 1-64 of a-z, A-Z, 0-9, '.', '_' and '-'")
     msgs = []
     where, bt, cur = None, 0.0, None
     for rec in pack:

@@ -89,6 +89,10 @@ def load(path=None, **overrides):
         if value is not None:
             setattr(cfg, name, value)
     cfg.state_dir = Path(cfg.state_dir)
+    from .batch import POLE_ID
+
+    if not isinstance(cfg.pole_id, str) or not POLE_ID.fullmatch(cfg.pole_id):
+        raise UserError(f"pole.id {cfg.pole_id!r}: 1-64 of a-z, A-Z, 0-9, '.', '_' and '-' (it names the pole upstream)")
     for name in ("broker_port", "batch_max", "quota_bytes", "receive_maximum"):
         if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) <= 0:
             raise UserError(f"{name.replace('_', '.', 1)} must be a positive integer, not {getattr(cfg, name)!r}")

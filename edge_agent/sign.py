@@ -3,6 +3,7 @@ key id, so a receiver holding the pole's key knows the batch is the pole's and w
 
 import hashlib
 import hmac
+from collections.abc import Mapping
 
 import cbor2
 
@@ -21,9 +22,14 @@ def unwrap(data, keys):
         return data, None
     try:
         obj = cbor2.loads(data, max_depth=4)
+        if not isinstance(obj.value, (list, tuple)) or len(obj.value) != 4:
+            raise TypeError("COSE_Mac0 is a four-element array")
         protected, unprotected, body, tag = obj.value
+        if not (isinstance(protected, bytes) and isinstance(unprotected, Mapping) and isinstance(body, bytes)
+                and isinstance(tag, bytes) and isinstance(unprotected.get(4), bytes)):
+            raise TypeError("COSE_Mac0 fields of the wrong types")
         pole = unprotected[4].decode()
-    except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError, cbor2.CBORDecodeError):
+    except (ValueError, TypeError, KeyError, AttributeError, cbor2.CBORDecodeError):
         raise ValueError("not a COSE_Mac0 signed batch") from None
     if protected != PROTECTED:
         raise ValueError("unsupported signature algorithm (need HMAC 256/256)")

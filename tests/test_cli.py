@@ -43,4 +43,4 @@ def test_bad_config_value_is_a_one_line_error(tmp_path):
     f = tmp_path / "agent.toml"
     f.write_text("[broker]\nport = \"eighteen\"\n")
     code, out, err = openpole("edge", "run", "--config", str(f))
-    assert code == 2 and "broker.port must be a positive integer" in err and "Traceback" not in err
+    assert code == 2 and f"config {f}: broker.port must be a whole number, not 'eighteen'" in err and "Traceback" not in err

@@ -8,6 +8,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import cbor2
+import pytest
 from helpers import wait
 from test_edge_poison import Ingest
 
@@ -53,6 +54,13 @@ class Upstream:
 
     def close(self):
         self.server.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def quick_retries(monkeypatch):
+    import openpole.edge_agent.agent as agent_mod
+
+    monkeypatch.setattr(agent_mod, "RETRY_MAX_S", 0.6)  # a test waits seconds, not the field's 30 s
 
 
 def start_agent(tmp_path, upstream, **kw):
@@ -137,3 +145,62 @@ def test_storage_limits_run_during_an_outage(tmp_path, monkeypatch):
     finally:
         a.stop()
         up.close()
+
+
+def post(url, body, headers=()):
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url + "/v1/batches", data=body, method="POST", headers=dict(headers))
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_the_receiver_answers_malformed_signed_gzip_and_pole_ids_with_400_and_stays_up(tmp_path):
+    import gzip
+
+    from openpole.edge_agent import batch
+    from openpole.receiver.server import Receiver
+    from openpole.sim.broker import free_port
+
+    r = Receiver("127.0.0.1", free_port(), tmp_path / "r", keys={"p1": b"k" * 32}).start()
+    try:
+        assert post(r.url, bytes.fromhex("d16461626364"))[0] == 400  # tag 17 around a text string
+        assert post(r.url, bytes.fromhex("d1840102034104"))[0] == 400  # four fields, none of the right type
+        good = batch.encode(b"\x01" * 16, "p1", [], 0, time.time_ns(), [])
+        z = gzip.compress(good)
+        code, answer = post(r.url, z[:-6], {"Content-Encoding": "gzip"})  # cut before the end of stream
+        assert code == 400 and "cut short" in answer["error"]
+        code, answer = post(r.url, z + b"junk", {"Content-Encoding": "gzip"})
+        assert code == 400 and "after the gzip stream" in answer["error"]
+        bad_pole = batch.encode(b"\x02" * 16, "../../etc", [], 0, time.time_ns(), [])
+        with pytest.raises(ValueError, match="pole id"):
+            batch.decode_messages(bad_pole)
+        assert post(r.url, b"\x00")[0] == 400
+    finally:
+        r.stop()
+
+
+def test_a_client_that_stalls_is_let_go(tmp_path):
+    import socket
+
+    from openpole.receiver.server import Receiver, _Handler
+    from openpole.sim.broker import free_port
+
+    r = Receiver("127.0.0.1", free_port(), tmp_path / "r").start()
+    old = _Handler.timeout
+    _Handler.timeout = 1
+    try:
+        s = socket.create_connection(r.httpd.server_address[:2])
+        s.sendall(b"POST /v1/batches HTTP/1.1\r\nContent-Length: 100\r\n\r\nabc")  # then nothing
+        s.settimeout(10)
+        t0 = time.monotonic()
+        got = s.recv(100)  # the server closes the connection
+        assert time.monotonic() - t0 < 5 and got == b""
+        s.close()
+    finally:
+        _Handler.timeout = old
+        r.stop()

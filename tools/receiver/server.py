@@ -20,6 +20,7 @@ log = logging.getLogger("openpole.receiver")
 
 class _Handler(BaseHTTPRequestHandler):
     server_version = "openpole-receiver/1"
+    timeout = 30  # seconds a client may take per read or write: a slow or stalled one lets its thread go
 
     def log_message(self, fmt, *args):
         log.debug("%s %s", self.address_string(), fmt % args)
@@ -45,7 +46,11 @@ class _Handler(BaseHTTPRequestHandler):
             return self._reply(411, {"error": "Content-Length required"})
         if not 0 < length <= MAX_BODY:
             return self._reply(413, {"error": f"batch must be 1..{MAX_BODY} bytes"})
-        body = self.rfile.read(length)
+        try:
+            body = self.rfile.read(length)
+        except OSError:  # the client stalled past `timeout` or went away: its pole sends again
+            self.close_connection = True
+            return
         store = self.server.store
         try:
             if self.headers.get("Content-Encoding", "").lower() == "gzip":
@@ -82,6 +87,10 @@ def _gunzip(data, limit=8 * MAX_BODY):
         raise ValueError(f"bad gzip body: {e}") from None
     if d.unconsumed_tail:
         raise ValueError(f"batch inflates past {limit} bytes")
+    if not d.eof:
+        raise ValueError("gzip body cut short (no end of stream)")
+    if d.unused_data:
+        raise ValueError(f"{len(d.unused_data)} bytes after the gzip stream")
     return out
 
 
