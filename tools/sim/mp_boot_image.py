@@ -50,5 +50,5 @@ class RAMOverlay:
 
 vfs.mount(vfs.VfsLfs2(RAMOverlay(sys.argv[1])), "/flash")
 os.chdir("/flash")
-sys.path[:] = [""] + sys.argv[2:3] + ["/flash/lib"]  # as an ESP32's ['', '.frozen', '/lib']
+sys.path[:] = ["", ".frozen"] + sys.argv[2:3] + ["/flash/lib"]  # as an ESP32's ['', '.frozen', '/lib']
 import main  # noqa: E402,F401  (MicroPython boots main.py)

@@ -112,8 +112,9 @@ def node_env(app=None, firmware_lib=None):
     state directory), as on a board, put there by `openpole deploy` or a flashed image.
     firmware_lib: a directory of modules standing for those a firmware has frozen in, where an ESP32
     keeps them: sys.path is ['', '.frozen', '/lib'] there."""
-    # '' first, as on a device: a package is then found relative to the node's filesystem.
-    frozen = [str(Path(firmware_lib).resolve())] if firmware_lib else []
+    # '' first, as on a device: a package is then found relative to the node's filesystem. '.frozen'
+    # is where MicroPython looks for modules frozen into the VM (bench/node_manifest.py).
+    frozen = [".frozen"] + ([str(Path(firmware_lib).resolve())] if firmware_lib else [])
     path = ["", str(app)] + frozen + [str(app / "lib")] if app else [""] + frozen + ["lib"]
     env = dict(os.environ)
     env["MICROPYPATH"] = os.pathsep.join(path)
