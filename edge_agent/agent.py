@@ -11,7 +11,7 @@ import random
 import threading
 import time
 
-from . import batch, decode, sign
+from . import batch, decode, sign, systemd
 from .aggregate import Minutes
 from .ingest import MqttIngest
 from .sinks import Permanent, TooLarge, Transient, sink_for
@@ -24,6 +24,7 @@ TQ_OK, TQ_UNSYNCED, TQ_IMPLAUSIBLE, TQ_NODE_RESET = 0, 1, 2, 3
 LIMITS_EVERY_S = 10.0
 EXIT_WORKER_DIED = 70  # EX_SOFTWARE
 RETRY_MAX_S = 30.0  # the longest wait between two tries of the same batch
+WORKER_STALE_S = 60.0  # a worker silent this long is hung: the watchdog is not fed (WatchdogSec=90)
 
 
 def node_acks(accepted):
@@ -56,6 +57,7 @@ class Agent:
         self.minutes = Minutes()
         self.minutes_lock = threading.Lock()
         self.committed_records = 0  # written since the sender last looked: it reads only when worth it
+        self.alive = {}  # worker name -> time.monotonic() of its last loop: what the watchdog feeds on
         self._threads = []
 
     # --- ingest side (paho's thread) ---
@@ -75,6 +77,7 @@ class Agent:
     def _writer(self):
         group_s = self.cfg.group_commit_ms / 1000
         while not self.stopping.is_set() or not self.inbox.empty():
+            self.alive["writer"] = time.monotonic()
             try:
                 items = [self.inbox.get(timeout=0.2)]
             except queue.Empty:
@@ -155,6 +158,7 @@ class Agent:
         last_send = time.monotonic()
         backlog = True  # what an earlier run left goes at once
         while not self.stopping.is_set():
+            self.alive["sender"] = time.monotonic()
             # Read the queue only when a batch is due, full, or behind: not every tick.
             due = time.monotonic() - last_send >= self.cfg.batch_interval_s
             if not (backlog or due or self.committed_records >= self.cfg.batch_max):
@@ -202,6 +206,7 @@ class Agent:
                 self.store.count("upstream_batches_split")
                 log.warning("%s; sending %d messages instead", e, len(rows))
             except Transient as e:
+                self.alive["sender"] = time.monotonic()  # retrying is alive; a hung send is not
                 self.upstream_ok, self.last_error = False, str(e)
                 self.store.count("upstream_retries")
                 if e.code:
@@ -221,6 +226,18 @@ class Agent:
         self.store.append([], [(self.clock(), "upstream", "upstream_refused", str(e), body)])
         self.store.acknowledged(rows[-1][0], records, counter="records_refused_upstream")
 
+    def _watchdog(self):
+        """Tell systemd the agent is ready, then feed its watchdog while the writer and the sender
+        both looped recently: a hung thread in a live process gets the service restarted."""
+        systemd.notify("READY=1")
+        every = systemd.watchdog_interval_s()
+        if every is None:
+            return
+        while not self.stopping.wait(every):
+            now = time.monotonic()
+            if all(now - self.alive.get(w, 0) < WORKER_STALE_S for w in ("writer", "sender")):
+                systemd.notify("WATCHDOG=1")
+
     def _guarded(self, target):
         """A worker that dies takes the process down (exit 70): a pole agent that looks alive while
         it neither stores nor sends would never be restarted by systemd."""
@@ -234,7 +251,7 @@ class Agent:
         return run
 
     def start(self):
-        for target in (self._writer, self._sender, self._limits):
+        for target in (self._writer, self._sender, self._limits, self._watchdog):
             t = threading.Thread(target=self._guarded(target), name=f"openpole-{target.__name__[1:]}", daemon=True)
             t.start()
             self._threads.append(t)

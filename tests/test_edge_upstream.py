@@ -20,9 +20,10 @@ class Upstream:
     """A city endpoint on loopback that answers from a script: [(code, body or None), ...], then 200s
     that echo the batch id (as the reference receiver does)."""
 
-    def __init__(self, script=(), max_bytes=None):
+    def __init__(self, script=(), max_bytes=None, delay_s=0.0):
         self.script = list(script)
         self.max_bytes = max_bytes
+        self.delay_s = delay_s  # an upstream that takes this long to answer
         self.delivered = []  # batch ids answered with their id
         self.requests = 0
         up = self
@@ -33,6 +34,7 @@ class Upstream:
 
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                time.sleep(up.delay_s)
                 bid = self.headers["Idempotency-Key"]
                 up.requests += 1
                 code, answer = up.script.pop(0) if up.script else (200, None)
@@ -204,3 +206,50 @@ def test_a_client_that_stalls_is_let_go(tmp_path):
     finally:
         _Handler.timeout = old
         r.stop()
+
+
+def test_the_service_says_ready_and_feeds_the_watchdog_only_while_its_workers_loop(tmp_path, monkeypatch):
+    import socket
+
+    import openpole.edge_agent.agent as agent_mod
+    from openpole.edge_agent import systemd
+
+    sock_path = tmp_path / "notify"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(str(sock_path))
+    s.settimeout(5)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(sock_path))
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")  # a feed every 0.1 s
+    monkeypatch.setattr(agent_mod, "WORKER_STALE_S", 1.0)
+    up = Upstream(delay_s=4.0)  # the sender will hang in its upload for 4 s
+    a = start_agent(tmp_path, up)
+    try:
+        assert s.recv(100) == b"READY=1"
+        assert s.recv(100) == b"WATCHDOG=1"
+        feed(a, 1)
+        time.sleep(1.5)  # the sender is stuck in the upload, past WORKER_STALE_S
+        s.settimeout(0.05)
+        try:
+            while True:
+                s.recv(100)  # what was sent before the hang showed
+        except socket.timeout:
+            pass
+        s.settimeout(1.0)
+        with pytest.raises(socket.timeout):
+            s.recv(100)  # no WATCHDOG=1 while it hangs: systemd would restart the service
+        s.settimeout(10)
+        assert s.recv(100) == b"WATCHDOG=1"  # the upload finished: fed again
+        assert not systemd.notify("STATUS=test", env={})  # outside systemd: nothing
+    finally:
+        a.stop()
+        up.close()
+        s.close()
+
+
+def test_the_unit_is_hardened_and_watched():
+    from openpole.edge_agent import cli
+
+    unit = (cli.Path(cli.__file__).with_name(cli.UNIT)).read_text()
+    for line in ("Type=notify", "WatchdogSec=90", "NoNewPrivileges=true", "ProtectSystem=strict",
+                 "ReadWritePaths=/var/lib/openpole", "PrivateTmp=true", "MemoryMax=256M"):
+        assert f"\n{line}" in unit

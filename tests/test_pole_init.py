@@ -26,11 +26,11 @@ def openpole(*args):
 
 
 class Client:
-    def __init__(self, port, user, password, subscribe=None):
+    def __init__(self, port, user, password, subscribe=None, client_id=None):
         self.got = []
         self.rc = None
         self.ready = threading.Event()
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"t-{user}-{os.urandom(3).hex()}")
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"t-{user}-{os.urandom(3).hex()}")
         c.username_pw_set(user, password)
 
         def on_connect(cl, u, flags, rc, props):
@@ -65,14 +65,37 @@ def site(tmp_path):
     return s
 
 
+# Debian's /etc/mosquitto/mosquitto.conf (mosquitto 2.0.11-1.2+deb12u2), its paths moved into the
+# test's directory. It sets persistence_location: an included file that sets it again stops
+# Mosquitto 2.0.11 from starting ("Duplicate persistence_location").
+DEBIAN_MAIN_CONF = """# Place your local configuration in /etc/mosquitto/conf.d/
+#
+# A full description of the configuration file is at
+# /usr/share/doc/mosquitto/examples/mosquitto.conf.example
+
+pid_file {tmp}/mosquitto.pid
+
+persistence true
+persistence_location {tmp}/mosq/
+
+log_dest stdout
+
+include_dir {etc}/mosquitto/conf.d
+"""
+
+
 def test_pole_init_writes_a_broker_that_fences_each_node(site, tmp_path):
     port = free_port()
     persist = tmp_path / "mosq"
     persist.mkdir()
-    r = openpole("pole", "init", "--site", site.root, "--out", tmp_path / "out", "--listen", f"127.0.0.1:{port}",
-                 "--pole-id", "pole1", "--persistence-dir", persist)
-    assert r.returncode == 0, r.stderr
     etc = tmp_path / "out" / "etc"
+    main_conf = etc / "mosquitto" / "mosquitto.conf"
+    main_conf.parent.mkdir(parents=True)
+    # As root, stay root: pytest's temporary directory is private, where /etc/mosquitto is not.
+    main_conf.write_text(("user root\n" if os.geteuid() == 0 else "") + DEBIAN_MAIN_CONF.format(tmp=tmp_path, etc=etc))
+    r = openpole("pole", "init", "--site", site.root, "--out", tmp_path / "out", "--listen", f"127.0.0.1:{port}",
+                 "--pole-id", "pole1")
+    assert r.returncode == 0, r.stderr
     passwd = etc / "mosquitto" / "openpole.passwd"
     assert stat.S_IMODE(os.stat(passwd).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(etc / "openpole" / "node-keys.toml").st_mode) == 0o600
@@ -81,11 +104,7 @@ def test_pole_init_writes_a_broker_that_fences_each_node(site, tmp_path):
         assert s["broker_password"] not in passwd.read_text()  # hashed, never in clear
     conf = (etc / "mosquitto" / "conf.d" / "openpole.conf").read_text()
     assert "set_tcp_nodelay true" in conf and "allow_anonymous false" in conf and "max_queued_messages" in conf
-
-    # As Debian's /etc/mosquitto/mosquitto.conf does: include conf.d. (As root, stay root: pytest's
-    # temporary directory is private, where /etc/mosquitto is not.)
-    main_conf = tmp_path / "mosquitto.conf"
-    main_conf.write_text(("user root\n" if os.geteuid() == 0 else "") + f"include_dir {etc / 'mosquitto' / 'conf.d'}\n")
+    assert "persistence_location" not in conf and "use_username_as_clientid true" in conf
     broker = subprocess.Popen([mosquitto_path(), "-c", str(main_conf)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -114,7 +133,12 @@ def test_pole_init_writes_a_broker_that_fences_each_node(site, tmp_path):
         assert a.got == ["openpole/v1/pole1-a/cmd"]  # its own command topic only
         bad = Client(port, "pole1-a", "not-the-password")
         assert bad.rc.is_failure
-        for c in (agent, a, b, bad):
+        # A node's credentials (in its flash, on a public pole) under the agent's client id: the
+        # broker takes the user name as the id, so the agent is not kicked off.
+        thief = Client(port, "pole1-b", secrets["pole1-b"]["broker_password"], client_id=agent.c._client_id.decode())
+        time.sleep(0.5)
+        assert agent.c.is_connected()
+        for c in (agent, a, b, bad, thief):
             c.close()
     finally:
         broker.terminate()

@@ -90,7 +90,8 @@ def register(sub):
                    help="where to write etc/mosquitto and etc/openpole (default ./pole-config; / installs them)")
     i.add_argument("--listen", default="0.0.0.0:1883", help="the broker's HOST:PORT (default 0.0.0.0:1883)")
     i.add_argument("--pole-id", default="pole", help="this pole's id, for the agent config")
-    i.add_argument("--persistence-dir", help="Mosquitto's persistence directory (default /var/lib/mosquitto)",
+    i.add_argument("--persistence-dir", help="Mosquitto's persistence directory (default /var/lib/mosquitto; "
+                                             "left to etc/mosquitto/mosquitto.conf when it sets one, as Debian's does)",
                    default="/var/lib/mosquitto")
     i.set_defaults(func=run_pole_init)
 

@@ -19,6 +19,7 @@ from .site import write_file
 # mosquitto_passwd's format since Mosquitto 2.0: $7$ = PBKDF2-HMAC-SHA512, 101 iterations,
 # 12-byte salt, all base64.
 PBKDF2_ITERATIONS = 101
+AGENT_USER = "openpole"  # what `openpole edge install-service` runs the agent as
 
 
 def password_line(user, password, salt=None):
@@ -37,7 +38,18 @@ def acl(agent_user, node_ids):
     return "\n".join(lines)
 
 
-def mosquitto_conf(listen, passwd, aclfile, n_nodes, persistence_dir=None):
+def main_conf_keys(out):
+    """The options Debian's /etc/mosquitto/mosquitto.conf (under OUT) sets already: Mosquitto 2.0
+    refuses to start when an included file sets some of them again (persistence_location)."""
+    path = Path(out) / "etc" / "mosquitto" / "mosquitto.conf"
+    try:
+        text = path.read_text()
+    except OSError:
+        return set()
+    return {line.split()[0] for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")}
+
+
+def mosquitto_conf(listen, passwd, aclfile, n_nodes, persistence_dir=None, main_keys=frozenset()):
     host, _, port = listen.rpartition(":")
     # The agent's persistent session holds what arrives while it restarts: an hour of one message
     # a second from every node, and at least 10000.
@@ -47,12 +59,15 @@ def mosquitto_conf(listen, passwd, aclfile, n_nodes, persistence_dir=None):
              "allow_anonymous false",
              f"password_file {passwd}",
              f"acl_file {aclfile}",
+             "use_username_as_clientid true # a node's credentials cannot take another client's id (the agent's)",
              "set_tcp_nodelay true          # QoS 1 round trips in 0.1 ms instead of 40-90 ms",
              f"max_queued_messages {queued}",
              "max_inflight_messages 4096    # the agent acknowledges in groups: let the broker send ahead",
              "max_packet_size 65536         # node messages are ~100 bytes; refuse anything absurd"]
+    persistence = {"persistence": "persistence true", "autosave_interval": "autosave_interval 60"}
     if persistence_dir:
-        lines += ["persistence true", f"persistence_location {persistence_dir}/", "autosave_interval 60"]
+        persistence["persistence_location"] = f"persistence_location {persistence_dir}/"
+    lines += [line for key, line in persistence.items() if key not in main_keys]  # the main config's stand
     return "\n".join(lines) + "\n"
 
 
@@ -86,9 +101,11 @@ def init(site, out, listen="0.0.0.0:1883", pole_id="pole", persistence_dir=None)
     }
     write_file(files["passwd"], "\n".join(users) + "\n", private=True, owner="mosquitto")
     write_file(files["acl"], acl(agent["broker_user"], nodes))
-    write_file(files["conf"], mosquitto_conf(listen, files["passwd"].resolve(), files["acl"].resolve(), len(nodes), persistence_dir))
+    write_file(files["conf"], mosquitto_conf(listen, files["passwd"].resolve(), files["acl"].resolve(), len(nodes),
+                                             persistence_dir, main_conf_keys(out)))
+    # The agent runs as its own user (the unit's User=openpole): its files are that user's.
     write_file(files["keys"], "# openpole node keys: node id = key in hex. Written by `openpole pole init`.\n"
-                          "[nodes.keys]\n" + "\n".join(keys) + "\n", private=True)
+                          "[nodes.keys]\n" + "\n".join(keys) + "\n", private=True, owner=AGENT_USER)
     if not files["agent"].exists():
         host, _, port = listen.rpartition(":")
         write_file(files["agent"], (
@@ -96,5 +113,6 @@ def init(site, out, listen="0.0.0.0:1883", pole_id="pole", persistence_dir=None)
             f"[pole]\nid = {_toml_str(pole_id)}\n\n"
             f"[broker]\nhost = \"127.0.0.1\"\nport = {int(port)}\n"
             f"user = {_toml_str(agent['broker_user'])}\npassword = {_toml_str(agent['broker_password'])}\n\n"
-            f"[nodes]\nrequire_mac = true\nkeys_file = {_toml_str(str(files['keys'].resolve()))}\n"), private=True)
+            f"[nodes]\nrequire_mac = true\nkeys_file = {_toml_str(str(files['keys'].resolve()))}\n"), private=True,
+            owner=AGENT_USER)
     return files
