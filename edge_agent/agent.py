@@ -8,6 +8,7 @@ import logging
 import os
 import queue
 import random
+import sqlite3
 import threading
 import time
 
@@ -15,6 +16,7 @@ from . import batch, decode, sign, systemd
 from .aggregate import Minutes
 from .ingest import MqttIngest
 from .sinks import Permanent, TooLarge, Transient, sink_for
+from . import store as store_mod
 from .store import Store
 
 log = logging.getLogger("openpole.edge")
@@ -24,6 +26,7 @@ TQ_OK, TQ_UNSYNCED, TQ_IMPLAUSIBLE, TQ_NODE_RESET = 0, 1, 2, 3
 LIMITS_EVERY_S = 10.0
 EXIT_WORKER_DIED = 70  # EX_SOFTWARE
 RETRY_MAX_S = 30.0  # the longest wait between two tries of the same batch
+DISK_RETRY_S = 1.0
 WORKER_STALE_S = 60.0  # a worker silent this long is hung: the watchdog is not fed (WatchdogSec=90)
 
 
@@ -58,6 +61,8 @@ class Agent:
         self.minutes_lock = threading.Lock()
         self.committed_records = 0  # written since the sender last looked: it reads only when worth it
         self.alive = {}  # worker name -> time.monotonic() of its last loop: what the watchdog feeds on
+        self.disk_low = False  # the free-disk floor is reached (or SQLite said full): an alarm
+        self.disk_waits = 0  # seconds-long waits for room, since start
         self._threads = []
 
     # --- ingest side (paho's thread) ---
@@ -99,7 +104,38 @@ class Agent:
                     items.append(self.inbox.get_nowait())
                 except queue.Empty:
                     break
-            self.process(items)
+            if self._wait_for_disk():
+                self.process(items)
+
+    def _disk_short(self, why):
+        """Below the free-disk floor, or SQLite found the disk full: hold the group, count it, say it."""
+        if not self.disk_low:
+            log.error("%s: not storing or acknowledging until there is room again; the broker and the nodes "
+                      "keep the messages meanwhile", why)
+        self.disk_low = True
+        self.disk_waits += 1
+        self.alive["writer"] = time.monotonic()  # waiting for room is alive, not hung
+        self.stopping.wait(DISK_RETRY_S)
+
+    def _when_room(self, write, *args):
+        """Run a queue write, waiting out a full disk (SQLITE_FULL) instead of dying of it."""
+        while True:
+            try:
+                return write(*args)
+            except sqlite3.OperationalError as e:
+                if not store_mod.disk_full(e) or self.stopping.is_set():
+                    raise
+                self._disk_short(f"the queue's disk is full ({e})")
+
+    def _wait_for_disk(self):
+        """False when stopping first: the held group is never acked, so the broker sends it again."""
+        while not self.stopping.is_set():
+            free = self.store.free_bytes()
+            if free >= self.cfg.min_free_bytes:
+                self.disk_low = False
+                return True
+            self._disk_short(f"{free} bytes free on the queue's disk, under the {self.cfg.min_free_bytes}-byte floor")
+        return False
 
     def _track(self, msg, receive_ns):
         """Per node: last seen, sequence gaps (a loss estimate), clock offset. True for a message
@@ -142,7 +178,7 @@ class Agent:
             except Exception as e:  # a message this code could not handle: kept and counted, never fatal
                 log.exception("message on %s could not be processed; quarantined", topic)
                 rejected.append((receive_ns, topic, "internal_error", f"{type(e).__name__}: {e}", bytes(payload)))
-        self.store.append(accepted, rejected)
+        self._when_room(self.store.append, accepted, rejected)
         self.committed_records += sum(a[4] for a in accepted)
         self.ingest.ack_group([(mid, qos) for _, _, _, mid, qos in items], node_acks(accepted))
 
@@ -151,7 +187,7 @@ class Agent:
         """The queue's quota and maximum age on their own timer: an outage (the sender retrying one
         batch for hours) must not stop them, or the disk fills."""
         while not self.stopping.is_set():
-            self.store.enforce_limits(self.clock())
+            self._when_room(self.store.enforce_limits, self.clock())
             self.stopping.wait(LIMITS_EVERY_S)
 
     def _sender(self):
@@ -193,7 +229,7 @@ class Agent:
         while not self.stopping.is_set():
             try:
                 self.sink.send(batch_id, body)
-                self.store.acknowledged(rows[-1][0], records)
+                self._when_room(self.store.acknowledged, rows[-1][0], records)
                 self.upstream_ok, self.last_error = True, None
                 return split
             except TooLarge as e:
@@ -227,12 +263,9 @@ class Agent:
         self.store.acknowledged(rows[-1][0], records, counter="records_refused_upstream")
 
     def _watchdog(self):
-        """Tell systemd the agent is ready, then feed its watchdog while the writer and the sender
-        both looped recently: a hung thread in a live process gets the service restarted."""
-        systemd.notify("READY=1")
+        """Feed systemd's watchdog while the writer and the sender both looped recently: a hung
+        thread in a live process gets the service restarted."""
         every = systemd.watchdog_interval_s()
-        if every is None:
-            return
         while not self.stopping.wait(every):
             now = time.monotonic()
             if all(now - self.alive.get(w, 0) < WORKER_STALE_S for w in ("writer", "sender")):
@@ -251,11 +284,15 @@ class Agent:
         return run
 
     def start(self):
-        for target in (self._writer, self._sender, self._limits, self._watchdog):
+        workers = [self._writer, self._sender, self._limits]
+        if systemd.watchdog_interval_s() is not None:
+            workers.append(self._watchdog)
+        for target in workers:
             t = threading.Thread(target=self._guarded(target), name=f"openpole-{target.__name__[1:]}", daemon=True)
             t.start()
             self._threads.append(t)
         self.ingest.start()
+        systemd.notify("READY=1")
 
     def stop(self):
         self.ingest.stop()

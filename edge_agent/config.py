@@ -29,6 +29,7 @@ class AgentConfig:
     # CPU); the pole's broker config allows the in-flight window v5's Receive Maximum would ask for.
     mqtt_version: int = 3
     quota_bytes: int = 512 * 1024 * 1024  # pending data on disk; the oldest goes first past it
+    min_free_bytes: int = 64 * 1024 * 1024  # below this free on the queue's disk, nothing is stored or acked
     max_age_s: float = 7 * 86400.0  # pending data older than this is dropped (counted)
     metrics_port: int = 9108  # Prometheus text at http://127.0.0.1:PORT/metrics; 0: off
     sources: list = field(default_factory=list)  # [[sources]] tables: sensors on the Pi, serial nodes
@@ -46,6 +47,7 @@ _SECTIONS = {
     ("upstream", "compress"): "compress",
     ("state", "dir"): "state_dir",
     ("state", "quota_bytes"): "quota_bytes",
+    ("state", "min_free_bytes"): "min_free_bytes",
     ("state", "max_age_s"): "max_age_s",
     ("ingest", "group_commit_ms"): "group_commit_ms",
     ("ingest", "group_commit_idle_ms"): "group_commit_idle_ms",

@@ -32,6 +32,8 @@ def status(agent):
         "upstream": {"url": agent.sink.describe(), "ok": agent.upstream_ok, "last_error": agent.last_error},
         "queue": {"messages": messages, "records": records, "bytes": size,
                   "oldest_age_s": None if oldest is None else round((now - oldest) / 1e9, 1)},
+        "disk": {"free_bytes": agent.store.free_bytes(), "floor_bytes": agent.cfg.min_free_bytes,
+                 "low": agent.disk_low, "waits": agent.disk_waits},
         "counters": agent.store.counters(),
         "nodes": nodes,
     }
@@ -52,6 +54,9 @@ def metrics(st):
         "# TYPE openpole_edge_queue_oldest_age_seconds gauge", f"openpole_edge_queue_oldest_age_seconds {q['oldest_age_s'] or 0}",
         "# TYPE openpole_edge_broker_connected gauge", f"openpole_edge_broker_connected {int(bool(st['broker']['connected']))}",
         "# TYPE openpole_edge_upstream_ok gauge", f"openpole_edge_upstream_ok {int(bool(st['upstream']['ok']))}",
+        "# TYPE openpole_edge_disk_free_bytes gauge", f"openpole_edge_disk_free_bytes {st['disk']['free_bytes']}",
+        "# TYPE openpole_edge_disk_low gauge", f"openpole_edge_disk_low {int(st['disk']['low'])}",
+        "# TYPE openpole_edge_disk_waits_total counter", f"openpole_edge_disk_waits_total {st['disk']['waits']}",
         "# TYPE openpole_edge_node_last_seen_seconds gauge",
     ]
     lines += [f'openpole_edge_node_last_seen_seconds{{node="{n}"}} {v["last_seen_s"]}' for n, v in st["nodes"].items()]
@@ -105,6 +110,10 @@ def human(st):
            f"broker {b['address']}: {'connected' if b['connected'] else 'NOT CONNECTED'}",
            f"upstream {u['url']}: {'ok' if u['ok'] else 'not yet' if u['ok'] is None else 'FAILING: ' + str(u['last_error'])}",
            f"queue {q['messages']} messages ({q['records']} records, {q['bytes']} bytes), oldest {q['oldest_age_s']} s"]
+    d = st.get("disk")
+    if d and d["low"]:
+        out.append(f"DISK LOW: {d['free_bytes']} bytes free, under the {d['floor_bytes']}-byte floor: nothing is stored or "
+                   f"acknowledged until there is room (state.min_free_bytes)")
     c = st["counters"]
     drops = {k: v for k, v in c.items() if k.startswith(("rejected_", "dropped_"))}
     out.append(f"accepted {c.get('messages_accepted', 0)}, duplicates {c.get('messages_duplicate', 0)}, "

@@ -10,6 +10,7 @@ the agent starts on a new one (counted and logged): the agent always starts.
 """
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -38,7 +39,12 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) W
 KEEP_SENT_NS = 24 * 3600 * 10**9  # rows already upstream stay a day: replays in that time are caught
 
 
-SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26
+SQLITE_CORRUPT, SQLITE_FULL, SQLITE_NOTADB = 11, 13, 26
+
+
+def disk_full(e):
+    code = getattr(e, "sqlite_errorcode", None)
+    return code & 0xFF == SQLITE_FULL if code is not None else "full" in str(e)
 
 
 def damaged(e):
@@ -105,8 +111,13 @@ class Store:
                 db.execute("INSERT INTO sqlite_sequence(name, seq) VALUES ('messages', ?)", (floor,))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            self._rollback()
             raise
+
+    def _rollback(self):
+        # A failed COMMIT (SQLITE_FULL) may have rolled back already: a second ROLLBACK would raise.
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")
 
     def close(self):
         with self._lock:
@@ -143,7 +154,7 @@ class Store:
                 self._count(counts)
                 self.db.execute("COMMIT")
             except BaseException:
-                self.db.execute("ROLLBACK")
+                self._rollback()
                 raise
         return len(accepted) - stored
 
@@ -176,7 +187,7 @@ class Store:
                 self._count({counter: records, "batches_sent" if counter == "records_delivered" else "batches_refused": 1})
                 self.db.execute("COMMIT")
             except BaseException:
-                self.db.execute("ROLLBACK")  # never leave the connection inside a transaction
+                self._rollback()  # never leave the connection inside a transaction
                 raise
 
     def enforce_limits(self, now_ns):
@@ -216,7 +227,7 @@ class Store:
                     self._count({"dropped_quarantine": q})
                 self.db.execute("COMMIT")
             except BaseException:
-                self.db.execute("ROLLBACK")
+                self._rollback()
                 raise
         for reason, n in dropped.items():
             log.warning("queue: %d records dropped (%s)", n, reason.removeprefix("dropped_"))
@@ -237,6 +248,11 @@ class Store:
             last, n = qid, n + 1
         self.db.execute("DELETE FROM quarantine WHERE id <= ?", (last,))
         return n
+
+    def free_bytes(self):
+        """Free bytes on the queue's filesystem, for an unprivileged writer."""
+        st = os.statvfs(self.path.parent)
+        return st.f_bavail * st.f_frsize
 
     def count(self, name, n=1):
         with self._lock:
