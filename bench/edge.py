@@ -13,6 +13,7 @@ Everything runs on loopback, bounded in count and time.
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -149,6 +150,8 @@ def main():
     ap.add_argument("--realistic-seconds", type=int, default=30)
     ap.add_argument("--soak-kills", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=5, help="throughput rounds (the median is reported)")
+    if shutil.which("mosquitto_sub") is None:
+        sys.exit("bench/edge.py measures against mosquitto_sub: apt-get install -y mosquitto-clients")
     args = ap.parse_args()
     print(f"command: python bench/edge.py --messages {args.messages} --procs {args.procs} "
           f"--realistic-seconds {args.realistic_seconds} --soak-kills {args.soak_kills} --rounds {args.rounds}   "
