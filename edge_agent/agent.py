@@ -15,6 +15,7 @@ import time
 from . import batch, decode, sign, systemd
 from .aggregate import Minutes
 from .ingest import MqttIngest
+from .observe import Histogram
 from .sinks import Permanent, TooLarge, Transient, sink_for
 from . import store as store_mod
 from .store import Store
@@ -63,6 +64,7 @@ class Agent:
         self.alive = {}  # worker name -> time.monotonic() of its last loop: what the watchdog feeds on
         self.disk_low = False  # the free-disk floor is reached (or SQLite said full): an alarm
         self.disk_waits = 0  # seconds-long waits for room, since start
+        self.ack_latency = Histogram()
         self._threads = []
 
     # --- ingest side (paho's thread) ---
@@ -181,6 +183,9 @@ class Agent:
         self._when_room(self.store.append, accepted, rejected)
         self.committed_records += sum(a[4] for a in accepted)
         self.ingest.ack_group([(mid, qos) for _, _, _, mid, qos in items], node_acks(accepted))
+        acked_at = self.clock()
+        for item in items:
+            self.ack_latency.observe((acked_at - item[0]) / 1e9)
 
     # --- sender: batches upstream, acknowledged batches leave the queue ---
     def _limits(self):

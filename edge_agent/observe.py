@@ -1,6 +1,7 @@
 """What the agent shows about itself: /status (JSON) and /metrics (Prometheus text) on a local port,
 and `openpole edge status [--json]`, which reads /status from the running agent."""
 
+import bisect
 import json
 import threading
 import time
@@ -21,7 +22,8 @@ def status(agent):
     for node, n in sorted(agent.nodes.items()):
         seen = n.get("last_seen_ns")
         total = n["messages"] + n["gaps"]
-        nodes[node] = {"last_seen_s": None if seen is None else round((now - seen) / 1e9, 1), "boot": n["boot"],
+        nodes[node] = {"last_seen_s": None if seen is None else round((now - seen) / 1e9, 1),
+                       "last_seen_unix": None if seen is None else round(seen / 1e9, 3), "boot": n["boot"],
                        "seq": n["seq"], "messages": n["messages"], "missing": n["gaps"],
                        "loss_estimate": round(n["gaps"] / total, 4) if total else 0.0,
                        "clock_offset_ms": n.get("clock_offset_ms")}
@@ -34,34 +36,71 @@ def status(agent):
                   "oldest_age_s": None if oldest is None else round((now - oldest) / 1e9, 1)},
         "disk": {"free_bytes": agent.store.free_bytes(), "floor_bytes": agent.cfg.min_free_bytes,
                  "low": agent.disk_low, "waits": agent.disk_waits},
+        "inbox": agent.inbox.qsize(),
+        "ack_latency": agent.ack_latency.snapshot(),
         "counters": agent.store.counters(),
         "nodes": nodes,
     }
 
 
+class Histogram:
+    """A Prometheus histogram kept by one thread (the writer) and read by the scrape."""
+
+    BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+    def __init__(self):
+        self.counts = [0] * (len(self.BUCKETS) + 1)
+        self.sum = 0.0
+
+    def observe(self, seconds):
+        self.counts[bisect.bisect_left(self.BUCKETS, seconds)] += 1
+        self.sum += seconds
+
+    def snapshot(self):
+        """{"buckets": [[le, cumulative count], ...], "sum": s, "count": n}."""
+        out, total = [], 0
+        for le, n in zip(list(self.BUCKETS) + ["+Inf"], list(self.counts)):
+            total += n
+            out.append([le, total])
+        return {"buckets": out, "sum": round(self.sum, 6), "count": total}
+
+
+def _name(counter):
+    return "".join(c if c.isalnum() else "_" for c in counter.lower())
+
+
 def metrics(st):
-    """Prometheus text exposition of a status dict."""
-    lines = [
-        "# HELP openpole_edge_events_total Events counted by the edge agent, by name.",
-        "# TYPE openpole_edge_events_total counter",
-    ]
-    lines += [f'openpole_edge_events_total{{name="{k}"}} {v}' for k, v in sorted(st["counters"].items())]
+    """Prometheus text exposition of a status dict: a counter per event kind (openpole_edge_X_total),
+    gauges, the ack latency histogram, and last-seen as a timestamp."""
+    lines = []
+    for k, v in sorted(st["counters"].items()):
+        lines += [f"# TYPE openpole_edge_{_name(k)}_total counter", f"openpole_edge_{_name(k)}_total {v}"]
     q = st["queue"]
     lines += [
         "# TYPE openpole_edge_queue_messages gauge", f"openpole_edge_queue_messages {q['messages']}",
         "# TYPE openpole_edge_queue_records gauge", f"openpole_edge_queue_records {q['records']}",
         "# TYPE openpole_edge_queue_bytes gauge", f"openpole_edge_queue_bytes {q['bytes']}",
         "# TYPE openpole_edge_queue_oldest_age_seconds gauge", f"openpole_edge_queue_oldest_age_seconds {q['oldest_age_s'] or 0}",
+        "# HELP openpole_edge_inbox_messages Messages received and not yet committed.",
+        "# TYPE openpole_edge_inbox_messages gauge", f"openpole_edge_inbox_messages {st['inbox']}",
         "# TYPE openpole_edge_broker_connected gauge", f"openpole_edge_broker_connected {int(bool(st['broker']['connected']))}",
         "# TYPE openpole_edge_upstream_ok gauge", f"openpole_edge_upstream_ok {int(bool(st['upstream']['ok']))}",
         "# TYPE openpole_edge_disk_free_bytes gauge", f"openpole_edge_disk_free_bytes {st['disk']['free_bytes']}",
         "# TYPE openpole_edge_disk_low gauge", f"openpole_edge_disk_low {int(st['disk']['low'])}",
         "# TYPE openpole_edge_disk_waits_total counter", f"openpole_edge_disk_waits_total {st['disk']['waits']}",
-        "# TYPE openpole_edge_node_last_seen_seconds gauge",
+        "# HELP openpole_edge_ack_latency_seconds From a node message's arrival to its PUBACK (after its commit).",
+        "# TYPE openpole_edge_ack_latency_seconds histogram",
     ]
-    lines += [f'openpole_edge_node_last_seen_seconds{{node="{n}"}} {v["last_seen_s"]}' for n, v in st["nodes"].items()]
-    lines += ["# TYPE openpole_edge_node_missing_messages gauge"]
-    lines += [f'openpole_edge_node_missing_messages{{node="{n}"}} {v["missing"]}' for n, v in st["nodes"].items()]
+    h = st["ack_latency"]
+    lines += [f'openpole_edge_ack_latency_seconds_bucket{{le="{le}"}} {n}' for le, n in h["buckets"]]
+    lines += [f"openpole_edge_ack_latency_seconds_sum {h['sum']}", f"openpole_edge_ack_latency_seconds_count {h['count']}"]
+    nodes = st["nodes"].items()
+    lines += ["# TYPE openpole_edge_node_last_seen_timestamp_seconds gauge"]
+    lines += [f'openpole_edge_node_last_seen_timestamp_seconds{{node="{n}"}} {v["last_seen_unix"]}' for n, v in nodes
+              if v["last_seen_unix"] is not None]
+    lines += ["# HELP openpole_edge_node_missing_messages_total Sequence gaps seen since the agent started.",
+              "# TYPE openpole_edge_node_missing_messages_total counter"]
+    lines += [f'openpole_edge_node_missing_messages_total{{node="{n}"}} {v["missing"]}' for n, v in nodes]
     return "\n".join(lines) + "\n"
 
 

@@ -78,6 +78,7 @@ class Store:
 
     def _open(self):
         self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self.reader = None
         try:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")  # the PUBACK promises the data is on disk
@@ -88,6 +89,11 @@ class Store:
         except sqlite3.DatabaseError:
             self.db.close()
             raise
+        # Status and metrics read through a connection of their own: in WAL mode a reader sees the
+        # last commit without waiting for the writer's lock, so a scrape never slows a group commit.
+        self.reader = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self.reader.execute("PRAGMA query_only = 1")
+        self._rlock = threading.Lock()
 
     def _ids_above_cursor(self):
         """A queue from before AUTOINCREMENT is rebuilt with it; either way the next id is above the
@@ -122,6 +128,8 @@ class Store:
     def close(self):
         with self._lock:
             self.db.close()
+        with self._rlock:
+            self.reader.close()
 
     def _count(self, counts):
         self.db.executemany(
@@ -259,13 +267,13 @@ class Store:
             self._count({name: n})
 
     def counters(self):
-        with self._lock:
-            return dict(self.db.execute("SELECT name, value FROM counters").fetchall())
+        with self._rlock:
+            return dict(self.reader.execute("SELECT name, value FROM counters").fetchall())
 
     def depth(self):
         """(messages, records, bytes, oldest receive_ns or None) waiting to go upstream."""
-        with self._lock:
-            return self.db.execute(
+        with self._rlock:
+            return self.reader.execute(
                 "SELECT count(*), coalesce(sum(records), 0), coalesce(sum(length(senml)), 0), min(receive_ns) "
                 "FROM messages WHERE id > (SELECT value FROM meta WHERE key = 'cursor')"
             ).fetchone()

@@ -64,8 +64,15 @@ def test_status_metrics_and_aggregates_from_a_running_agent(tmp_path, mosquitto)
                                capture_output=True, text=True, check=True).stdout
         assert "broker" in human and "connected" in human and "n0" in human
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
-        assert 'openpole_edge_events_total{name="messages_accepted"} 6' in text
-        assert 'openpole_edge_node_missing_messages{node="n0"} 1' in text
+        assert "openpole_edge_messages_accepted_total 6" in text and "openpole_edge_rejected_malformed_total 1" in text
+        assert 'openpole_edge_node_missing_messages_total{node="n0"} 1' in text
+        assert "openpole_edge_inbox_messages 0" in text
+        assert 'openpole_edge_ack_latency_seconds_bucket{le="+Inf"} 7' in text  # the junk was acked too
+        assert "openpole_edge_ack_latency_seconds_count 7" in text
+        seen = [line for line in text.splitlines() if line.startswith('openpole_edge_node_last_seen_timestamp_seconds{node="n1"}')]
+        assert seen and abs(float(seen[0].split()[-1]) - time.time()) < 60  # a timestamp, not an age
+        types = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
+        assert len(types) == len([line for line in text.splitlines() if line.startswith("# TYPE")])  # each once
         # The closed minute went upstream with a batch.
         deadline = time.monotonic() + 10
         rows = []

@@ -226,3 +226,17 @@ def test_a_clock_step_neither_ages_out_unsynced_rows_nor_skips_newer_ones(tmp_pa
 
 def decode_seq(senml):
     return cbor2.loads(b"\x9f" + senml + b"\xff")[0]["seq"]  # the first record of a message carries it
+
+
+def test_a_scrape_does_not_wait_for_the_writer(tmp_path):
+    from openpole.edge_agent import observe
+
+    a = agent(tmp_path)
+    a.process([(time.time_ns(), "openpole/v1/px1/data", msg(0, {1: 21.5}), 1, 1)])
+    with a.store._lock:  # the writer in the middle of a group commit
+        t0 = time.monotonic()
+        st = observe.status(a)
+        assert time.monotonic() - t0 < 1.0
+    assert st["queue"]["messages"] == 1 and st["counters"]["messages_accepted"] == 1
+    assert "openpole_edge_ack_latency_seconds_count 1" in observe.metrics(st)
+    a.store.close()
