@@ -15,6 +15,8 @@ from openpole.spec.registry import REGISTRY
 
 
 class Ingest:
+    connected = True
+
     def __init__(self, cfg, deliver):
         self.acked = []
         self.node_acks = []
@@ -33,6 +35,9 @@ class Ingest:
 class Sink:
     def __init__(self):
         self.bodies = []
+
+    def describe(self):
+        return "test sink"
 
     def send(self, batch_id, body):
         self.bodies.append(body)
