@@ -6,7 +6,8 @@ import sys
 import time
 
 from app import lazy as _lazy
-from node import STATE_NAMES, VERSION
+from node import VERSION
+from sensors import STATE_NAMES
 
 
 def diag(node):

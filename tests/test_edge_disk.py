@@ -13,7 +13,6 @@ import pytest
 from helpers import wait
 
 from openpole.receiver.server import Receiver
-from openpole.sim import load
 from openpole.sim.broker import Broker, free_port
 
 SCRIPT = """

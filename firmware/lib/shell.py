@@ -7,7 +7,7 @@ import sys
 
 from console import CRASH_FILE, PROMPT
 from app import lazy as _lazy
-from node import STATE_NAMES
+from sensors import STATE_NAMES
 
 
 class Console:

@@ -1,0 +1,163 @@
+# The sensors of a node: each on its interval, its driver made from the registry (DRIVERS), its
+# faults counted and retried. Readings that take time (a PMS5003 frame, a BME280 conversion) are
+# asked for and polled over the loop's ticks; the noise meter is fed from I2S every tick.
+import time
+
+from registry import SENSORS
+
+# Registry: sensor name -> (module, class, bus). Adding a sensor is a driver file and a line here.
+DRIVERS = {
+    "bme280": ("drivers.bme280", "BME280", "i2c"),
+    "sht31": ("drivers.sht31", "SHT31", "i2c"),
+    "pms5003": ("drivers.pms5003", "PMS5003", "uart"),
+    "noise": ("noise", "NoiseMeter", "i2s"),
+}
+OK, WARMING, DEGRADED, FAILED = 0, 1, 2, 3
+STATE_NAMES = ("ok", "warming", "degraded", "failed")
+PMS_WARMUP_MS = 30000  # readings within 30 s of waking the laser are not used (Plantower)
+I2S_SAMPLES = 480  # 10 ms at 48 kHz
+I2S_BLOCK_MS = 10
+I2S_DMA_MS = 52  # what the ESP32's RX DMA holds: ibuf 20000 bytes, 32-bit stereo frames, 2500 at 48 kHz
+
+
+class Sensor:
+    def __init__(self, name, settings, interval_ms):
+        self.name = name
+        self.settings = settings
+        self.interval_ms = int(settings.get("interval_s", 0) * 1000) or interval_ms
+        self.driver = None
+        self.state = FAILED
+        self.errors = 0
+        self.last = None
+        self.last_error = None
+        self.due = time.ticks_ms()
+        self.awake_since = None  # PMS5003: when the laser was switched on
+        self.pending = False  # a reading asked for and not yet in (PMS5003)
+
+    def start(self, hw):
+        module, cls, bus = DRIVERS[self.name]
+        spec = SENSORS.get(self.name, {})
+        kwargs = dict(spec.get("settings", {}))  # from sensor_specs/: oversampling, filters
+        try:
+            mod = __import__(module, None, None, [cls])
+            if bus == "i2c":
+                kwargs["address"] = self.settings.get("address", spec.get("address"))
+                self.driver = getattr(mod, cls)(hw.i2c(), **kwargs)
+            elif bus == "uart":
+                self.driver = getattr(mod, cls)(hw.uart_pm(), set_pin=hw.pin("pm.set"))
+            else:
+                from mics import MICS
+
+                self.driver = NoiseSensor(getattr(mod, cls)(MICS[self.settings.get("mic", "inmp441")]), hw)
+            self.state = WARMING if self.name == "pms5003" else OK
+            self.awake_since = time.ticks_ms()
+        except (OSError, ValueError, KeyError) as e:
+            self.fault(e)
+
+    def fault(self, e):
+        self.errors += 1
+        self.last_error = str(e)
+        self.state = FAILED if self.driver is None else DEGRADED
+
+    def duty_cycled(self):
+        return self.name == "pms5003" and self.settings.get("duty_cycle", self.interval_ms >= 60000)
+
+    def read(self, hw, now):
+        """Return {quantity: value} or None; a fault is counted and the node goes on."""
+        if self.driver is None:
+            self.start(hw)
+            if self.driver is None:
+                return None
+        if self.name == "pms5003":
+            if self.awake_since is None:  # asleep (its interval changed): wake it, read after warm-up
+                try:
+                    self.driver.wake()
+                except OSError as e:
+                    self.fault(e)
+                    return None
+                self.awake_since = now
+            if time.ticks_diff(now, self.awake_since) < PMS_WARMUP_MS:
+                self.state = WARMING
+                return None
+        if hasattr(self.driver, "request"):  # PMS5003, BME280: the answer comes in over the next ticks
+            try:
+                self.driver.request()
+            except OSError as e:
+                self.fault(e)
+                return None
+            self.pending = True
+            return None
+        try:
+            values = self.driver.read()
+        except (OSError, ValueError) as e:
+            self.fault(e)
+            return None
+        return self._got(values)
+
+    def poll(self):
+        """The reading asked for by read() (PMS5003): its values, or None while it is on its way."""
+        try:
+            values = self.driver.poll()
+        except (OSError, ValueError) as e:
+            self.pending = False
+            self.fault(e)
+            return None
+        if values is None:
+            return None
+        self.pending = False
+        return self._got(values)
+
+    def _got(self, values):
+        if values is None:  # the noise meter's first interval, thrown away
+            self.state = WARMING
+            return None
+        if self.duty_cycled():
+            self.driver.sleep()  # spare the laser until the next reading
+            self.awake_since = None
+        self.state = OK
+        self.last = values
+        return values
+
+    def before(self, now):
+        """Wake a duty-cycled PMS5003 30 s before its reading is due."""
+        if self.driver is not None and self.awake_since is None and self.duty_cycled():
+            if time.ticks_diff(self.due, now) <= PMS_WARMUP_MS:
+                try:
+                    self.driver.wake()
+                    self.awake_since = now
+                except OSError as e:
+                    self.fault(e)
+
+
+class NoiseSensor:
+    """The noise meter fed continuously from I2S; read() gives the levels since the last read.
+    Audio the loop was too late to read is counted: `lost` blocks of 10 ms since boot."""
+
+    def __init__(self, meter, hw):
+        self.meter = meter
+        self.i2s = hw.i2s(48000, 32)
+        self.buf = bytearray(4 * I2S_SAMPLES)
+        self.next = None  # ticks when the audio read so far ends, had it been read on time
+        self.lost = 0
+        self.first = True
+
+    def block(self):
+        self.i2s.readinto(self.buf)  # blocks for 10 ms of audio (at once when the DMA holds more)
+        now = time.ticks_ms()
+        self.next = now if self.next is None else time.ticks_add(self.next, I2S_BLOCK_MS)
+        # Samples due by elapsed time against samples read: past what the DMA holds, audio was
+        # overwritten. Count it, and move on to the audio the DMA still has.
+        late = time.ticks_diff(now, self.next) - I2S_DMA_MS
+        if late > 0:
+            self.lost += (late + I2S_BLOCK_MS - 1) // I2S_BLOCK_MS
+            self.next = time.ticks_add(self.next, late)
+        self.meter.process(self.buf, I2S_SAMPLES)
+
+    def read(self):
+        r = self.meter.report()
+        if self.first:  # it began with the filters' start-up transient: not a level of the street
+            self.first = False
+            return None
+        if r["laeq"] is None:
+            raise ValueError("noise: no audio in the interval")
+        return r
