@@ -119,7 +119,7 @@ def decode_messages(data, max_size=8 * 1024 * 1024):
     if not POLE_ID.fullmatch(pole):
         raise ValueError(f"pole id {pole[:80]!r}: 1-64 of a-z, A-Z, 0-9, '.', '_' and '-'")
     msgs = []
-    where, bt, cur = None, 0.0, None
+    bt, cur = 0.0, None
     for rec in pack:
         if type(rec) is not dict:
             raise ValueError("a SenML record must be a map")
