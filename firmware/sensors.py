@@ -95,7 +95,7 @@ class Sensor:
         return self._got(values)
 
     def poll(self):
-        """The reading asked for by read() (PMS5003): its values, or None while it is on its way."""
+        """The reading read() asked for (PMS5003, BME280): its values, or None while it is on its way."""
         try:
             values = self.driver.poll()
         except (OSError, ValueError) as e:
