@@ -45,6 +45,10 @@ LIVE_TARGET = 48 * 1024
 ESP32_SLOWDOWN = 190
 
 
+# Typed at the node's console as it boots: the console and its commands are loaded once in each run.
+CONSOLE_INPUT = "help\nstatus\nsensors\ndiag\n"
+
+
 def run(app, world, broker, cycles, heap, tmp, vm=None, node_id="bench-1"):
     """One node run; (figures, None) or (None, the error it died of)."""
     state = Path(tempfile.mkdtemp(dir=tmp))
@@ -53,8 +57,9 @@ def run(app, world, broker, cycles, heap, tmp, vm=None, node_id="bench-1"):
     simnode.write_config(state, cfg)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
-    p = simnode.start(state, app, heap=f"{heap}k", vm=vm, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out, _ = p.communicate(timeout=1200)
+    p = simnode.start(state, app, heap=f"{heap}k", vm=vm, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                      stderr=subprocess.STDOUT, text=True)
+    out, _ = p.communicate(CONSOLE_INPUT, timeout=1200)
     wall = time.monotonic() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)

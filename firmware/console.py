@@ -1,7 +1,10 @@
-# The serial console's doorman: a poller on stdin. The console itself (lib/shell.py) is loaded at
-# the first byte typed, so a node nobody talks to spends no heap on it.
+# The serial console's resident part: gathers what is typed on stdin, a byte at a time, never
+# blocking the loop. A complete line is run by the shell (lib/shell.py), loaded for that line and
+# dropped after it, so the heap holds the console's commands only while one runs.
 import select
 import sys
+
+from app import lazy
 
 CRASH_FILE = "crash.txt"
 PROMPT = "openpole> "
@@ -12,16 +15,33 @@ class LazyConsole:
         self.node = node
         self.poller = select.poll()
         self.poller.register(sys.stdin, select.POLLIN)
-        self.shell = None
+        self.line = bytearray(160)
+        self.n = 0
+        self.ch = bytearray(1)
+        self.stdin = getattr(sys.stdin, "buffer", sys.stdin)
 
     def prompt(self):
         sys.stdout.write(PROMPT)
 
     def poll(self):
-        if self.shell is not None:
-            return self.shell.poll()
+        """Take whatever was typed; run complete lines. Never blocks."""
         for _ in self.poller.ipoll(0):
-            from shell import Console
-
-            self.shell = Console(self.node, self.poller)
-            return self.shell.poll()
+            if not self.stdin.readinto(self.ch):
+                return  # end of input (a closed pipe): nothing more will come
+            c = self.ch[0]
+            if c == 3:  # Ctrl-C: on an ESP32 the UART driver raises this; on a pty the byte comes here
+                raise KeyboardInterrupt
+            if c in (10, 13):
+                if self.node.watch:
+                    self.node.watch = False
+                    print("monitor: stopped")
+                if self.n:
+                    text = bytes(self.line[: self.n]).decode("utf-8", "replace")
+                    self.n = 0
+                    lazy("shell").run(self.node, text)
+                self.prompt()
+            elif c in (8, 127):
+                self.n = max(0, self.n - 1)
+            elif self.n < len(self.line):
+                self.line[self.n] = c
+                self.n += 1

@@ -3,6 +3,7 @@
 # asked for and polled over the loop's ticks; the noise meter is fed from I2S every tick.
 import time
 
+from app import lazy
 from registry import SENSORS
 
 # Registry: sensor name -> (module, class, bus). Adding a sensor is a driver file and a line here.
@@ -15,8 +16,8 @@ DRIVERS = {
 OK, WARMING, DEGRADED, FAILED = 0, 1, 2, 3
 STATE_NAMES = ("ok", "warming", "degraded", "failed")
 PMS_WARMUP_MS = 30000  # readings within 30 s of waking the laser are not used (Plantower)
-I2S_SAMPLES = 480  # 10 ms at 48 kHz
-I2S_BLOCK_MS = 10
+I2S_BLOCK_MS = 10  # audio the loop takes in each tick
+I2S_READ = 240  # samples per read, two reads a tick: 5 ms at 48 kHz, a 960-byte buffer
 I2S_DMA_MS = 52  # what the ESP32's RX DMA holds: ibuf 20000 bytes, 32-bit stereo frames, 2500 at 48 kHz
 
 
@@ -46,9 +47,8 @@ class Sensor:
             elif bus == "uart":
                 self.driver = getattr(mod, cls)(hw.uart_pm(), set_pin=hw.pin("pm.set"))
             else:
-                from mics import MICS
-
-                self.driver = NoiseSensor(getattr(mod, cls)(MICS[self.settings.get("mic", "inmp441")]), hw)
+                mics = lazy("mics").MICS  # profiles, needed only here
+                self.driver = NoiseSensor(getattr(mod, cls)(mics[self.settings.get("mic", "inmp441")]), hw)
             self.state = WARMING if self.name == "pms5003" else OK
             self.awake_since = time.ticks_ms()
         except (OSError, ValueError, KeyError) as e:
@@ -136,13 +136,15 @@ class NoiseSensor:
     def __init__(self, meter, hw):
         self.meter = meter
         self.i2s = hw.i2s(48000, 32)
-        self.buf = bytearray(4 * I2S_SAMPLES)
+        self.buf = bytearray(4 * I2S_READ)
         self.next = None  # ticks when the audio read so far ends, had it been read on time
         self.lost = 0
         self.first = True
 
     def block(self):
-        self.i2s.readinto(self.buf)  # blocks for 10 ms of audio (at once when the DMA holds more)
+        for _ in range(2):  # 10 ms of audio; blocks for it (returns at once when the DMA holds more)
+            self.i2s.readinto(self.buf)
+            self.meter.process(self.buf, I2S_READ)
         now = time.ticks_ms()
         self.next = now if self.next is None else time.ticks_add(self.next, I2S_BLOCK_MS)
         # Samples due by elapsed time against samples read: past what the DMA holds, audio was
@@ -151,7 +153,6 @@ class NoiseSensor:
         if late > 0:
             self.lost += (late + I2S_BLOCK_MS - 1) // I2S_BLOCK_MS
             self.next = time.ticks_add(self.next, late)
-        self.meter.process(self.buf, I2S_SAMPLES)
 
     def read(self):
         r = self.meter.report()
