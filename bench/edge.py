@@ -1,13 +1,16 @@
 """Edge agent figures, each printed with the command that made it.
 
-    .venv/bin/python bench/edge.py [--messages 40000] [--procs 4] [--soak-kills 20]
+    .venv/bin/python bench/edge.py [--messages 40000] [--procs 4] [--soak-kills 20] [--power-cuts 20]
 
 1. throughput: the end-to-end rate (QoS 1 node messages durably queued, acknowledged and delivered
    to the receiver) against the ceiling, mosquitto_sub -q 1 consuming from the same broker under
    the same load generator, side by side;
 2. cost per message at a realistic load (1,000 nodes at 1 msg/s): agent CPU against broker CPU,
    agent RSS, p99 latency from node publish to upstream acknowledgement;
-3. a soak with SIGKILLs of the agent: zero loss.
+3. a soak with SIGKILLs of the agent: zero loss;
+4. a pole power-cut soak (tests/powercut.py): real nodes publish while Mosquitto and the agent are
+   SIGKILLed together and every unsynced write of theirs is lost (a FUSE layer, tests/volatile_fs.py):
+   cuts, readings, lost (target 0), duplicates removed.
 Everything runs on loopback, bounded in count and time.
 """
 
@@ -21,8 +24,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from openpole.receiver.server import Receiver
-from openpole.sim.broker import Broker, free_port
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from powercut import soak as powercut_soak  # noqa: E402
+
+from openpole.receiver.server import Receiver  # noqa: E402
+from openpole.sim import node as simnode  # noqa: E402
+from openpole.sim.broker import Broker, free_port  # noqa: E402
+from openpole.sim.world import WorldServer  # noqa: E402
 
 OPENPOLE = [sys.executable, "-m", "openpole"]
 
@@ -149,12 +157,14 @@ def main():
     ap.add_argument("--procs", type=int, default=4, help="publishing processes of the load generator")
     ap.add_argument("--realistic-seconds", type=int, default=30)
     ap.add_argument("--soak-kills", type=int, default=20)
+    ap.add_argument("--power-cuts", type=int, default=20, help="pole power cuts (0: skip; needs fuse3)")
     ap.add_argument("--rounds", type=int, default=5, help="throughput rounds (the median is reported)")
     if shutil.which("mosquitto_sub") is None:
         sys.exit("bench/edge.py measures against mosquitto_sub: apt-get install -y mosquitto-clients")
     args = ap.parse_args()
     print(f"command: python bench/edge.py --messages {args.messages} --procs {args.procs} "
-          f"--realistic-seconds {args.realistic_seconds} --soak-kills {args.soak_kills} --rounds {args.rounds}   "
+          f"--realistic-seconds {args.realistic_seconds} --soak-kills {args.soak_kills} --power-cuts {args.power_cuts} "
+          f"--rounds {args.rounds}   "
           f"({os.cpu_count()} cores)")
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
@@ -180,6 +190,16 @@ def main():
         lost = 3 * n - s["unique"]
         print(f"soak: {kills} SIGKILLs of the agent during {n} messages ({3 * n} readings): {s['unique']} stored, "
               f"{lost} lost, {s['duplicates']} duplicates delivered and de-duplicated by the receiver")
+        if args.power_cuts:
+            world = WorldServer()
+            try:
+                nodes, cycles = 4, int((args.power_cuts * 2.5 + 10) / 0.2)
+                r = powercut_soak(simnode.build_app(), world, tmp / "cuts", nodes=nodes, cycles=cycles, cuts=args.power_cuts)
+            finally:
+                world.close()
+            print(f"power cuts: {r['cuts']} cuts of the pole (broker and agent SIGKILLed, {r['lost_bytes'] // 1024} KB of "
+                  f"unsynced writes thrown away) while {nodes} nodes took {r['readings']} readings: {r['unique']} stored, "
+                  f"{r['readings'] - r['unique']} lost (target 0), {r['duplicates']} duplicates removed by the receiver")
     return 0
 
 
