@@ -82,6 +82,8 @@ def validate(cfg, boards=None):
             raise ConfigError("broker.%s: text" % k)
     if "timeout_s" in b:
         _number(b["timeout_s"], 1, 60, "broker.timeout_s")
+    if not isinstance(b.get("tls", False), bool):
+        raise ConfigError("broker.tls: true (TLS, checked against ca.der) or false")
     w = out["wifi"]
     if not isinstance(w, dict) or not all(isinstance(w.get(k, ""), str) for k in ("ssid", "password")):
         raise ConfigError("wifi: a table with ssid and password (text)")

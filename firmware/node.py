@@ -19,6 +19,7 @@ from transport import Transport
 VERSION = "0.2.0"
 LOG_LINES = 12
 BOOT_ID_SPAN = 0x3FF00000  # first boot id: random below 2**30 (a small int on a 32-bit VM), a million boots of room
+CA_FILE = "ca.der"  # the site CA's certificate, for "broker": {"tls": true} (openpole pole init --tls)
 HEALTHY_MS = 600000  # up this long, or a message delivered: the crash counter (main.py) starts again
 
 
@@ -62,7 +63,8 @@ class Node:
         self.ack_timeout_ms = int(cfg["ack_timeout_s"] * 1000)
         self.mqtt = Transport(self.node_id, b["host"], b.get("port", 1883), b.get("user"), b.get("password"),
                               timeout_s=b.get("timeout_s", 10), subscribe=(base + "cmd", base + "ack"),
-                              backoff_max_ms=int(b.get("backoff_max_s", 60) * 1000), resolve=hw.resolve)
+                              backoff_max_ms=int(b.get("backoff_max_s", 60) * 1000), resolve=hw.resolve,
+                              tls_ca=_read(CA_FILE) if b.get("tls") else None)
         self.mqtt.set_last_will(self.status_topic, b"offline")
         self.mqtt.on_message = self._on_message
         self.mqtt.on_puback = None if self.ack_by_pole else self._freed
@@ -278,6 +280,14 @@ class Node:
         self.mqtt.publish(self.status_topic, b"offline", qos=0, retain=True)
         self.mqtt.close()
         return self.cycles
+
+
+def _read(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        raise OSError("broker.tls is on and %s is missing: build or deploy the node again from the site" % path)
 
 
 def _next_boot(path="boot_count"):

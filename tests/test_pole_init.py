@@ -16,8 +16,10 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from openpole.edge_agent import config as agent_config
+from openpole.errors import UserError
 from openpole.field import pole
 from openpole.field.site import Site
+from openpole.sim import node as simnode
 from openpole.sim.broker import free_port, mosquitto_path
 
 
@@ -170,3 +172,75 @@ def test_password_lines_are_what_mosquitto_passwd_writes(tmp_path):
 def test_pole_init_without_an_inventory_says_what_to_do(tmp_path):
     r = openpole("pole", "init", "--site", tmp_path / "nothing", "--out", tmp_path / "out")
     assert r.returncode == 2 and "no inventory yet: flash a node first" in r.stderr
+
+
+def _tls_node(app, world, tmp_path, name, port, secrets, ca_der, cycles=5):
+    cfg = simnode.node_config(name, "127.0.0.1", port, interval_s=0.2, cycles=cycles, world=f"{world.host}:{world.port}",
+                              sensors=("bme280",), ack="broker")
+    cfg["broker"].update(user=secrets["broker_user"], password=secrets["broker_password"], tls=True, timeout_s=5,
+                         backoff_max_s=1)
+    state = simnode.write_config(tmp_path / name, cfg)
+    (state / "ca.der").write_bytes(ca_der)
+    return simnode.start(state, app, heap="256k", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_pole_init_tls_listener_takes_nodes_that_check_the_site_ca(site, tmp_path, app, world):
+    port, tls_port = free_port(), free_port()
+    etc = tmp_path / "out" / "etc"
+    main_conf = etc / "mosquitto" / "mosquitto.conf"
+    main_conf.parent.mkdir(parents=True)
+    main_conf.write_text(("user root\n" if os.geteuid() == 0 else "") + DEBIAN_MAIN_CONF.format(tmp=tmp_path, etc=etc))
+    (tmp_path / "mosq").mkdir()
+    r = openpole("pole", "init", "--site", site.root, "--out", tmp_path / "out", "--listen", f"127.0.0.1:{port}",
+                 "--tls", f"127.0.0.1:{tls_port}")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--tls-name" in r.stderr  # one line, what to add
+    r = openpole("pole", "init", "--site", site.root, "--out", tmp_path / "out", "--listen", f"127.0.0.1:{port}",
+                 "--tls", f"127.0.0.1:{tls_port}", "--tls-name", "127.0.0.1")
+    assert r.returncode == 0, r.stderr
+    assert stat.S_IMODE(os.stat(etc / "mosquitto" / "certs" / "openpole-server.key").st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(site.ca_dir / "ca.key").st_mode) == 0o600
+    conf = (etc / "mosquitto" / "conf.d" / "openpole.conf").read_text()
+    assert f"listener {tls_port} 127.0.0.1" in conf and "certfile" in conf
+    broker = subprocess.Popen([mosquitto_path(), "-c", str(main_conf)], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    other = Site(tmp_path / "another-site")  # a CA the broker's certificate is not from
+    nodes = []
+    try:
+        agent_cfg = agent_config.load(etc / "openpole" / "agent.toml")
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                agent = Client(port, agent_cfg.broker_user, agent_cfg.broker_password, subscribe="openpole/v1/#")
+                break
+            except (ConnectionRefusedError, OSError):
+                assert time.monotonic() < deadline, broker.stdout.read() if broker.poll() is not None else "no broker"
+                time.sleep(0.2)
+        nodes.append(_tls_node(app, world, tmp_path, "pole1-a", tls_port, site.node_secrets("pole1-a"), site.node_ca()))
+        other.ca()
+        nodes.append(_tls_node(app, world, tmp_path, "pole1-b", tls_port, site.node_secrets("pole1-b"), other.node_ca(),
+                               cycles=3))
+        outs = [p.communicate(timeout=120)[0] for p in nodes]
+        assert "done cycles=5 published=5 delivered=5 queued=0" in outs[0], outs[0][-1500:]
+        assert agent.got.count("openpole/v1/pole1-a/data") == 5
+        # The node with the wrong CA refuses the broker: counted, logged, never a message sent.
+        assert "published=0" in outs[1] and "Traceback" not in outs[1], outs[1][-1500:]
+        assert "openpole/v1/pole1-b/data" not in agent.got
+        agent.close()
+    finally:
+        for p in nodes:
+            if p.poll() is None:
+                p.kill()
+        broker.terminate()
+        broker.wait(timeout=10)
+
+
+def test_a_tls_node_image_carries_the_site_ca_or_says_how_to_make_one(site, tmp_path):
+    from openpole.field import image
+
+    cfg = {"broker": {"host": "pole1.local", "tls": True}}
+    with pytest.raises(UserError, match="pole init"):
+        image.with_site_files({}, cfg, site)
+    site.ca()
+    files = image.with_site_files({"app.mpy": b"x"}, cfg, site)
+    assert files["ca.der"] == site.node_ca() and files["ca.der"][0] == 0x30  # DER: a SEQUENCE
+    assert image.with_site_files({"app.mpy": b"x"}, {"broker": {"host": "h"}}, site) == {"app.mpy": b"x"}

@@ -55,7 +55,7 @@ def _packet(first, body):
 
 class Transport:
     def __init__(self, client_id, host, port=1883, user=None, password=None, keepalive_s=60, timeout_s=10,
-                 subscribe=(), backoff_max_ms=_BACKOFF_MAX_MS, window=8, rx_bytes=768, resolve=None):
+                 subscribe=(), backoff_max_ms=_BACKOFF_MAX_MS, window=8, rx_bytes=768, resolve=None, tls_ca=None):
         self.client_id = client_id
         self.host, self.port = host, port
         self.user, self.password = user, password
@@ -65,6 +65,7 @@ class Transport:
         self.backoff_max_ms = backoff_max_ms
         self.window = window
         self.resolve = resolve or socket.getaddrinfo  # the node gives one that holds the watchdog
+        self.tls_ca = tls_ca  # the site CA's certificate (DER): TLS to a broker it signed, else plain TCP
         self.will = None
         self.on_message = None  # (topic bytes, payload bytes): called from poll(), never inside a write
         self.on_puback = None  # (packet id): the broker has a QoS 1 publish; PUBACKs come in order
@@ -117,7 +118,7 @@ class Transport:
         self.wait_ms = random.getrandbits(16) % self.backoff_ms + 1
         self.failed_at = time.ticks_ms()
 
-    def _send(self, buf):
+    def _send(self, buf, stall_ms=200):
         """Write a whole packet. The socket is non-blocking; a packet of a few hundred bytes fits
         the TCP send buffer, so a short write means the link is stuck: give it 200 ms, then fail."""
         mv = memoryview(buf)
@@ -126,7 +127,7 @@ class Transport:
             n = self.sock.write(mv)
             if n:
                 mv = mv[n:]
-            elif time.ticks_diff(time.ticks_ms(), t0) > 200:
+            elif time.ticks_diff(time.ticks_ms(), t0) > stall_ms:
                 raise OSError(errno.ETIMEDOUT)
             else:
                 time.sleep_ms(1)
@@ -149,7 +150,10 @@ class Transport:
                     if ev & (select.POLLERR | select.POLLHUP):
                         raise OSError(errno.ECONNREFUSED)
                     if ev & select.POLLOUT:
-                        self._send(self._connect_packet())
+                        if self.tls_ca:
+                            self._wrap()
+                        # A TLS handshake runs inside this first write: give it the connect's time.
+                        self._send(self._connect_packet(), max(0, time.ticks_diff(self.deadline, now)))
                         self.state = WAIT_CONNACK
             if self.state == WAIT_CONNACK:
                 self._read()
@@ -178,6 +182,16 @@ class Transport:
         self.poller.register(s, select.POLLOUT)
         self.state = CONNECTING
         self.deadline = time.ticks_add(now, self.timeout_ms)
+
+    def _wrap(self):
+        """TLS over the connected socket, the broker's certificate checked against the site's CA
+        and the broker's host name. The handshake happens in the first write."""
+        import ssl  # a node without TLS never loads it
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(cadata=self.tls_ca)
+        self.sock = ctx.wrap_socket(self.sock, server_hostname=self.host, do_handshake_on_connect=False)
 
     def _connect_packet(self):
         flags = 0x02  # clean session: the node keeps its own queue

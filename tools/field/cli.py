@@ -93,6 +93,10 @@ def register(sub):
     i.add_argument("--persistence-dir", help="Mosquitto's persistence directory (default /var/lib/mosquitto; "
                                              "left to etc/mosquitto/mosquitto.conf when it sets one, as Debian's does)",
                    default="/var/lib/mosquitto")
+    i.add_argument("--tls", metavar="HOST:PORT", help="also a TLS listener for the nodes (e.g. 0.0.0.0:8883), its "
+                                                     "certificate signed by the site's CA (made on first use)")
+    i.add_argument("--tls-name", action="append", default=[], metavar="NAME",
+                   help="a host name or address the nodes use for the broker (repeat; needed with --tls)")
     i.set_defaults(func=run_pole_init)
 
 
@@ -146,6 +150,7 @@ def run_image_build(args):
     site = _site(args)
     files, build = image.app_for(dict(chip, mpy_arch="x64") if args.sim else chip, include_sim=args.sim)
     cfg = image.node_config(args.node_id, args.board, _base_config(args.config), site.node_secrets(args.node_id))
+    files = image.with_site_files(files, cfg, site)
     fs = image.build_fs(board, files, cfg)
     n = image.verify_fs(fs, files, cfg)
     out = image.merge(board, board["chip"], firmware, fs) if firmware else fs
@@ -316,7 +321,8 @@ def run_pole_init(args):
     from .pole import init
 
     site = _site(args)
-    files = init(site, args.out, listen=args.listen, pole_id=args.pole_id, persistence_dir=args.persistence_dir)
+    files = init(site, args.out, listen=args.listen, pole_id=args.pole_id, persistence_dir=args.persistence_dir,
+                 tls_listen=args.tls, tls_names=args.tls_name)
     n = len(site.nodes())
     print(f"pole config for {n} node(s) written under {args.out}:")
     for what, path in files.items():

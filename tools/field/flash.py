@@ -133,6 +133,7 @@ def flash(port, board_id, node_id, firmware_path, site, base_config=None, baud=4
         files, app_build = image.app_for(chip)
         secrets = site.node_secrets(node_id, renew=new_secrets)
         cfg = image.node_config(node_id, board_id, base_config, secrets)
+        files = image.with_site_files(files, cfg, site)
         fs = image.build_fs(board, files, cfg)
         image.verify_fs(fs, files, cfg)
         write_flash(esp, [(image.firmware_offset(chip_id), firmware), (board["fs_offset"], fs)])

@@ -67,6 +67,16 @@ def node_config(node_id, board_id, base=None, secrets=None):
         raise UserError(f"node config: {e}") from None
 
 
+def with_site_files(files, config, site):
+    """The app's files plus what the node's config needs from the site: the CA certificate
+    (ca.der) when it talks TLS to its broker."""
+    if (config.get("broker") or {}).get("tls"):
+        from .tls import NODE_CA_FILE
+
+        return dict(files, **{NODE_CA_FILE: site.node_ca()})
+    return files
+
+
 def build_fs(board, files, config):
     """The filesystem image (bytes, the board's whole fs partition) holding `files` and config.json."""
     count = board["fs_size"] // BLOCK

@@ -1,7 +1,8 @@
 """`openpole pole init`: the pole's Mosquitto and edge-agent files, from the site's inventory.
 
 Written under OUT as they go on the Pi (OUT=/ installs them):
-  etc/mosquitto/conf.d/openpole.conf   listener, no anonymous clients, TCP_NODELAY, queue limits
+  etc/mosquitto/conf.d/openpole.conf   listeners, no anonymous clients, TCP_NODELAY, queue limits
+  etc/mosquitto/certs/openpole-*       with --tls: the site CA's certificate, the broker's (signed by it) and its key
   etc/mosquitto/openpole.passwd        one user per node and one for the agent (PBKDF2-SHA512)
   etc/mosquitto/openpole.acl           a node publishes only to its own topics, reads only its cmd and ack
   etc/openpole/node-keys.toml          the agent's table of node keys (mode 0600)
@@ -49,7 +50,8 @@ def main_conf_keys(out):
     return {line.split()[0] for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")}
 
 
-def mosquitto_conf(listen, passwd, aclfile, n_nodes, persistence_dir=None, main_keys=frozenset()):
+def mosquitto_conf(listen, passwd, aclfile, n_nodes, persistence_dir=None, main_keys=frozenset(), tls=None):
+    """tls: (HOST:PORT, cafile, certfile, keyfile) for a TLS listener beside the plain one."""
     host, _, port = listen.rpartition(":")
     # The agent's persistent session holds what arrives while it restarts: an hour of one message
     # a second from every node, and at least 10000.
@@ -68,6 +70,12 @@ def mosquitto_conf(listen, passwd, aclfile, n_nodes, persistence_dir=None, main_
     if persistence_dir:
         persistence["persistence_location"] = f"persistence_location {persistence_dir}/"
     lines += [line for key, line in persistence.items() if key not in main_keys]  # the main config's stand
+    if tls:
+        t_host, _, t_port = tls[0].rpartition(":")
+        # Listener options (allow_anonymous, the password file, the ACL) are global: per_listener_settings is off.
+        lines += ["", "# TLS for the nodes: they check this certificate against the site CA (ca.der on each node).",
+                  f"listener {t_port} {t_host}".rstrip(), f"cafile {tls[1]}", f"certfile {tls[2]}", f"keyfile {tls[3]}",
+                  "tls_version tlsv1.2"]
     return "\n".join(lines) + "\n"
 
 
@@ -75,8 +83,9 @@ def _toml_str(s):
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def init(site, out, listen="0.0.0.0:1883", pole_id="pole", persistence_dir=None):
-    """Write the files; returns {what: path}."""
+def init(site, out, listen="0.0.0.0:1883", pole_id="pole", persistence_dir=None, tls_listen=None, tls_names=()):
+    """Write the files; returns {what: path}. tls_listen: HOST:PORT of a TLS listener for the nodes,
+    with a certificate for tls_names (the host names or addresses the nodes use for the broker)."""
     nodes = site.nodes()
     if not nodes:
         raise UserError(f"{site.inventory}: no nodes in the inventory: flash a node first")
@@ -101,8 +110,22 @@ def init(site, out, listen="0.0.0.0:1883", pole_id="pole", persistence_dir=None)
     }
     write_file(files["passwd"], "\n".join(users) + "\n", private=True, owner="mosquitto")
     write_file(files["acl"], acl(agent["broker_user"], nodes))
+    tls_conf = None
+    if tls_listen:
+        from . import tls
+
+        if not tls_names:
+            raise UserError("--tls: give the broker's name or address as the nodes know it (--tls-name)")
+        ca_cert, ca_key = site.ca()
+        crt, key = tls.server_cert(ca_cert, ca_key, list(tls_names))
+        certs = etc_m / "certs"
+        files.update(ca=certs / "openpole-ca.crt", cert=certs / "openpole-server.crt", key=certs / "openpole-server.key")
+        write_file(files["ca"], (site.ca_dir / "ca.crt").read_bytes())
+        write_file(files["cert"], crt)
+        write_file(files["key"], key, private=True, owner="mosquitto")
+        tls_conf = (tls_listen, files["ca"].resolve(), files["cert"].resolve(), files["key"].resolve())
     write_file(files["conf"], mosquitto_conf(listen, files["passwd"].resolve(), files["acl"].resolve(), len(nodes),
-                                             persistence_dir, main_conf_keys(out)))
+                                             persistence_dir, main_conf_keys(out), tls=tls_conf))
     # The agent runs as its own user (the unit's User=openpole): its files are that user's.
     write_file(files["keys"], "# openpole node keys: node id = key in hex. Written by `openpole pole init`.\n"
                           "[nodes.keys]\n" + "\n".join(keys) + "\n", private=True, owner=AGENT_USER)

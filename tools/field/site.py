@@ -26,7 +26,7 @@ def write_file(path, text, private=False, owner=None):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-    with os.fdopen(fd, "w") as f:
+    with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
         f.write(text)
     if owner and os.geteuid() == 0:
         try:
@@ -75,6 +75,30 @@ class Site:
         s = {"broker_user": node_id, "broker_password": rnd.token_urlsafe(18), "key": rnd.token_hex(32)}
         self._write_private(path, s)
         return s
+
+    @property
+    def ca_dir(self):
+        return self.secrets_dir / "ca"
+
+    def ca(self):
+        """The site's CA (certificate, key), made on first use (openpole pole init --tls)."""
+        from . import tls
+
+        with self._lock:
+            self._private_dir()
+            return tls.ensure_ca(self.ca_dir, lambda path, data: write_file(path, data, private=True))
+
+    def node_ca(self):
+        """The CA certificate a node checks its broker with (DER), or a UserError saying how to make one."""
+        path = self.ca_dir / "ca.crt"
+        if not path.exists():
+            raise UserError(f"broker.tls is on but the site has no CA yet ({path}): run `openpole pole init "
+                            f"--site {self.root} --tls ...` first")
+        from cryptography import x509
+
+        from . import tls
+
+        return tls.ca_der(x509.load_pem_x509_certificate(path.read_bytes()))
 
     def agent_secrets(self):
         path = self.secrets_dir / "_edge-agent.json"
