@@ -244,3 +244,7 @@ def test_a_tls_node_image_carries_the_site_ca_or_says_how_to_make_one(site, tmp_
     files = image.with_site_files({"app.mpy": b"x"}, cfg, site)
     assert files["ca.der"] == site.node_ca() and files["ca.der"][0] == 0x30  # DER: a SEQUENCE
     assert image.with_site_files({"app.mpy": b"x"}, {"broker": {"host": "h"}}, site) == {"app.mpy": b"x"}
+    # deploy updates the app and never takes the node's CA certificate away with old files
+    from openpole.field.deploy import plan
+
+    assert plan({"app.mpy": b"x"}, {"ca.der": "ab", "old.mpy": "cd"})[1] == ["old.mpy"]
