@@ -64,7 +64,7 @@ class Node:
         self.mqtt = Transport(self.node_id, b["host"], b.get("port", 1883), b.get("user"), b.get("password"),
                               timeout_s=b.get("timeout_s", 10), subscribe=(base + "cmd", base + "ack"),
                               backoff_max_ms=int(b.get("backoff_max_s", 60) * 1000), resolve=hw.resolve,
-                              tls_ca=_read(CA_FILE) if b.get("tls") else None)
+                              tls_ca=_read_ca(CA_FILE) if b.get("tls") else None)
         self.mqtt.set_last_will(self.status_topic, b"offline")
         self.mqtt.on_message = self._on_message
         self.mqtt.on_puback = None if self.ack_by_pole else self._freed
@@ -282,7 +282,7 @@ class Node:
         return self.cycles
 
 
-def _read(path):
+def _read_ca(path):
     try:
         with open(path, "rb") as f:
             return f.read()

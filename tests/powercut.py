@@ -15,9 +15,9 @@ from openpole.sim.broker import Broker, free_port
 
 
 def soak(app, world, workdir, nodes=2, cycles=400, cuts=20, interval_s=0.2, every_s=1.5):
-    """Run it; returns {cuts, lost_bytes (unsynced, thrown away), readings (taken by the nodes),
+    """Run it; returns {cuts, lost_bytes (unsynced, thrown away), lost_each (per cut), readings (taken by the nodes),
     unique (stored at the receiver), duplicates (removed by the receiver), node_outs}."""
-    out = {"cuts": 0, "lost_bytes": 0}
+    out = {"cuts": 0, "lost_bytes": 0, "lost_each": []}
     with PowerCutFS(workdir / "pole-disk") as fs:
         broker = Broker(fs.path / "broker", kind="mosquitto", persistent=True, autosave_s=1800).start()
         receiver = Receiver("127.0.0.1", free_port(), workdir / "receiver").start()
@@ -41,7 +41,7 @@ def soak(app, world, workdir, nodes=2, cycles=400, cuts=20, interval_s=0.2, ever
                 broker.kill()  # the pole loses power: broker and agent at once,
                 agent.kill()
                 out["cuts"], lost = fs.cut()  # and every write of theirs not yet on the card
-                out.setdefault("lost_each", []).append(lost - out["lost_bytes"])
+                out["lost_each"].append(lost - out["lost_bytes"])
                 out["lost_bytes"] = lost
                 time.sleep(0.5)
                 broker.start()

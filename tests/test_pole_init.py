@@ -14,6 +14,7 @@ import time
 
 import paho.mqtt.client as mqtt
 import pytest
+from helpers import wait
 
 from openpole.edge_agent import config as agent_config
 from openpole.errors import UserError
@@ -86,15 +87,31 @@ include_dir {etc}/mosquitto/conf.d
 """
 
 
-def test_pole_init_writes_a_broker_that_fences_each_node(site, tmp_path):
-    port = free_port()
-    persist = tmp_path / "mosq"
-    persist.mkdir()
+def _debian_main_conf(tmp_path):
+    """(etc under tmp_path/out, Debian's main mosquitto.conf written there); its persistence dir made."""
+    (tmp_path / "mosq").mkdir()
     etc = tmp_path / "out" / "etc"
     main_conf = etc / "mosquitto" / "mosquitto.conf"
     main_conf.parent.mkdir(parents=True)
     # As root, stay root: pytest's temporary directory is private, where /etc/mosquitto is not.
     main_conf.write_text(("user root\n" if os.geteuid() == 0 else "") + DEBIAN_MAIN_CONF.format(tmp=tmp_path, etc=etc))
+    return etc, main_conf
+
+
+def _agent_client(broker, port, agent_cfg, timeout_s=10):
+    """The agent's client on the broker just started, polled until it listens."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return Client(port, agent_cfg.broker_user, agent_cfg.broker_password, subscribe="openpole/v1/#")
+        except (ConnectionRefusedError, OSError):
+            assert time.monotonic() < deadline, broker.stdout.read() if broker.poll() is not None else "no broker"
+            time.sleep(0.2)
+
+
+def test_pole_init_writes_a_broker_that_fences_each_node(site, tmp_path):
+    port = free_port()
+    etc, main_conf = _debian_main_conf(tmp_path)
     r = openpole("pole", "init", "--site", site.root, "--out", tmp_path / "out", "--listen", f"127.0.0.1:{port}",
                  "--pole-id", "pole1")
     assert r.returncode == 0, r.stderr
@@ -110,15 +127,8 @@ def test_pole_init_writes_a_broker_that_fences_each_node(site, tmp_path):
     broker = subprocess.Popen([mosquitto_path(), "-c", str(main_conf)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 10
         agent_cfg = agent_config.load(etc / "openpole" / "agent.toml")
-        while True:
-            try:
-                agent = Client(port, agent_cfg.broker_user, agent_cfg.broker_password, subscribe="openpole/v1/#")
-                break
-            except (ConnectionRefusedError, OSError):
-                assert time.monotonic() < deadline, broker.stdout.read() if broker.poll() is not None else "no broker"
-                time.sleep(0.2)
+        agent = _agent_client(broker, port, agent_cfg)
         assert not agent.rc.is_failure
         a = Client(port, "pole1-a", secrets["pole1-a"]["broker_password"], subscribe="openpole/v1/+/cmd")
         b = Client(port, "pole1-b", secrets["pole1-b"]["broker_password"])
@@ -186,11 +196,7 @@ def _tls_node(app, world, tmp_path, name, port, secrets, ca_der, cycles=5):
 
 def test_pole_init_tls_listener_takes_nodes_that_check_the_site_ca(site, tmp_path, app, world):
     port, tls_port = free_port(), free_port()
-    etc = tmp_path / "out" / "etc"
-    main_conf = etc / "mosquitto" / "mosquitto.conf"
-    main_conf.parent.mkdir(parents=True)
-    main_conf.write_text(("user root\n" if os.geteuid() == 0 else "") + DEBIAN_MAIN_CONF.format(tmp=tmp_path, etc=etc))
-    (tmp_path / "mosq").mkdir()
+    etc, main_conf = _debian_main_conf(tmp_path)
     r = openpole("pole", "init", "--site", site.root, "--out", tmp_path / "out", "--listen", f"127.0.0.1:{port}",
                  "--tls", f"127.0.0.1:{tls_port}")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--tls-name" in r.stderr  # one line, what to add
@@ -207,21 +213,15 @@ def test_pole_init_tls_listener_takes_nodes_that_check_the_site_ca(site, tmp_pat
     nodes = []
     try:
         agent_cfg = agent_config.load(etc / "openpole" / "agent.toml")
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                agent = Client(port, agent_cfg.broker_user, agent_cfg.broker_password, subscribe="openpole/v1/#")
-                break
-            except (ConnectionRefusedError, OSError):
-                assert time.monotonic() < deadline, broker.stdout.read() if broker.poll() is not None else "no broker"
-                time.sleep(0.2)
+        agent = _agent_client(broker, port, agent_cfg)
         nodes.append(_tls_node(app, world, tmp_path, "pole1-a", tls_port, site.node_secrets("pole1-a"), site.node_ca()))
         other.ca()
         nodes.append(_tls_node(app, world, tmp_path, "pole1-b", tls_port, site.node_secrets("pole1-b"), other.node_ca(),
                                cycles=3))
         outs = [p.communicate(timeout=120)[0] for p in nodes]
         assert "done cycles=5 published=5 delivered=5 queued=0" in outs[0], outs[0][-1500:]
-        assert agent.got.count("openpole/v1/pole1-a/data") == 5
+        # The node's PUBACKs can come before the broker's copies reach the agent's subscription.
+        assert wait(lambda: agent.got.count("openpole/v1/pole1-a/data") == 5, timeout=5), agent.got
         # The node with the wrong CA refuses the broker: counted, logged, never a message sent.
         assert "published=0" in outs[1] and "Traceback" not in outs[1], outs[1][-1500:]
         assert "openpole/v1/pole1-b/data" not in agent.got

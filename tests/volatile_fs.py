@@ -1,8 +1,8 @@
 """A filesystem that loses, at a power cut, every write not yet fsynced: the fault model of a pole
 whose power goes. A FUSE layer over a backing directory: writes stay in this process's memory until
 the file is fsynced (fsync, fdatasync), then go to the backing file and its fsync. A power cut
-("cut" on its stdin, or PowerCutFS.cut() from a test) throws away what was not synced, as the page cache of a
-pole that loses power does. Closing a file syncs nothing.
+("cut" on its stdin, or PowerCutFS.cut() from a test) throws away what was not synced, as the page
+cache of a pole that loses power does. Closing a file syncs nothing.
 
 Namespace changes (create, rename, unlink, mkdir) reach the backing directory at once: what a
 journalling filesystem gives after its next commit. The model is therefore kinder than a real cut
@@ -36,7 +36,6 @@ class VolatileOps:
         self.mutex = threading.Lock()  # not `lock`: that name is FUSE's POSIX-lock operation
         self.cuts = 0
         self.lost_bytes = 0  # unsynced bytes thrown away by cuts, in pages
-        self.synced = 0
 
     def _p(self, path):
         return self.root + path
@@ -106,7 +105,7 @@ class VolatileOps:
         with self.mutex:
             d = self._entry(path)
             last = length // PAGE
-            for index in [k for k in d["pages"] if k > last or k * PAGE >= length]:
+            for index in [k for k in d["pages"] if k * PAGE >= length]:
                 del d["pages"][index]
             if length % PAGE and length < d["size"]:
                 page = self._page(path, last)
@@ -130,7 +129,6 @@ class VolatileOps:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            self.synced += 1
         return 0
 
     def flush(self, path, fh):
@@ -205,17 +203,6 @@ class VolatileOps:
         st = os.statvfs(self._p(path))
         return {k: getattr(st, k) for k in ("f_bavail", "f_bfree", "f_blocks", "f_bsize", "f_favail", "f_ffree",
                                             "f_files", "f_flag", "f_frsize", "f_namemax")}
-
-
-def available():
-    """Why this machine cannot mount one, or None when it can."""
-    try:
-        import mfusepy  # noqa: F401
-    except (ImportError, OSError) as e:
-        return f"mfusepy with libfuse3 is needed ({e}): apt-get install fuse3"
-    if not os.path.exists("/dev/fuse"):
-        return "no /dev/fuse on this machine"
-    return None
 
 
 class PowerCutFS:

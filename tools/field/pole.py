@@ -120,7 +120,7 @@ def init(site, out, listen="0.0.0.0:1883", pole_id="pole", persistence_dir=None,
         crt, key = tls.server_cert(ca_cert, ca_key, list(tls_names))
         certs = etc_m / "certs"
         files.update(ca=certs / "openpole-ca.crt", cert=certs / "openpole-server.crt", key=certs / "openpole-server.key")
-        write_file(files["ca"], (site.ca_dir / "ca.crt").read_bytes())
+        write_file(files["ca"], tls.pem(ca_cert))
         write_file(files["cert"], crt)
         write_file(files["key"], key, private=True, owner="mosquitto")
         tls_conf = (tls_listen, files["ca"].resolve(), files["cert"].resolve(), files["key"].resolve())

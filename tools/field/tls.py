@@ -58,7 +58,7 @@ def ensure_ca(directory, write_private):
             .sign(key, hashes.SHA256()))
     directory.mkdir(parents=True, exist_ok=True)
     write_private(key_path, _pem_key(key))
-    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    crt.write_bytes(pem(cert))
     return cert, key
 
 
@@ -80,8 +80,12 @@ def server_cert(ca_cert, ca_key, names):
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .sign(ca_key, hashes.SHA256()))
-    return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
+    return pem(cert), _pem_key(key)
 
 
 def ca_der(ca_cert):
     return ca_cert.public_bytes(serialization.Encoding.DER)
+
+
+def pem(cert):
+    return cert.public_bytes(serialization.Encoding.PEM)
