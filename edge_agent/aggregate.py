@@ -38,9 +38,12 @@ class Minutes:
                     acc[3] = r.value
 
     def close(self, now_ns, grace_s=60):
-        """Minutes that ended more than grace_s ago, as rows (node, name, minute, count, mean, min, max)."""
-        limit = now_ns // 1_000_000_000 - 60 - grace_s
-        done = [k for k in self.open if k[2] <= limit]
+        """Minutes that ended more than grace_s ago, as rows (node, name, minute, count, mean, min, max).
+        A minute that starts after now + grace_s was opened before the clock stepped back: it closes
+        now, not when the clock catches up with it (a day later, for a clock a day fast)."""
+        now_s = now_ns // 1_000_000_000
+        limit, ahead = now_s - 60 - grace_s, now_s + grace_s
+        done = [k for k in self.open if k[2] <= limit or k[2] > ahead]
         rows = []
         for k in done:
             count, total, lo, hi = self.open.pop(k)

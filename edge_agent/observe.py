@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from openpole.errors import UserError
 
-STARTED = time.time()
+STARTED = time.monotonic()  # uptime: a wall-clock step must not change it
 
 
 def status(agent):
@@ -29,7 +29,7 @@ def status(agent):
                        "clock_offset_ms": n.get("clock_offset_ms")}
     return {
         "pole": agent.cfg.pole_id,
-        "uptime_s": round(time.time() - STARTED),
+        "uptime_s": round(time.monotonic() - STARTED),
         "broker": {"address": f"{agent.cfg.broker_host}:{agent.cfg.broker_port}", "connected": agent.ingest.connected},
         "upstream": {"url": agent.sink.describe(), "ok": agent.upstream_ok, "last_error": agent.last_error},
         "queue": {"messages": messages, "records": records, "bytes": size,

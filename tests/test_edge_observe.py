@@ -37,6 +37,16 @@ def test_minutes_average_linear_quantities_and_decibels_as_energy():
     assert rows[("n1", "temperature", minute + 60)] == (1, 30.0, 30.0, 30.0)
 
 
+def test_a_minute_opened_before_the_clock_stepped_back_closes_at_once():
+    m = Minutes()
+    t0 = 1_700_000_020 * 10**9
+    m.add("n1", msg("n1", 0, {1: 20.0}).readings, t0)
+    m.add("n1", msg("n1", 1, {1: 21.0}).readings, t0 + 86400 * 10**9)  # the clock a day fast
+    back = t0 + 30 * 10**9  # NTP steps it back
+    assert [r[2] for r in m.close(back)] == [(t0 + 86400 * 10**9) // 10**9 // 60 * 60]
+    assert m.close(back + 5 * 10**9) == []  # the minute now being filled stays open
+
+
 def test_status_metrics_and_aggregates_from_a_running_agent(tmp_path, mosquitto):
     receiver = Receiver("127.0.0.1", free_port(), tmp_path / "receiver").start()
     port = free_port()
