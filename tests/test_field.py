@@ -11,6 +11,7 @@ import time
 import pytest
 from helpers import Collector
 
+from openpole.errors import UserError
 from openpole.field import deploy as fdeploy
 from openpole.sim import node as simnode
 
@@ -56,7 +57,7 @@ def wait_ready(port, timeout=30):
         time.sleep(0.5)
 
 
-def test_deploy_onto_a_blank_node_then_every_console_tool(blank, mosquitto):
+def test_deploy_onto_a_blank_node_then_every_console_tool(blank, mosquitto, tmp_path):
     r = openpole("diag", "--port", blank.port)
     assert r.returncode == 2
     assert "the node is at the MicroPython REPL, its app is not running" in r.stderr and "Traceback" not in r.stderr
@@ -117,7 +118,17 @@ def test_deploy_onto_a_blank_node_then_every_console_tool(blank, mosquitto):
 
     files, _ = _deploy_target(argparse.Namespace(sim=False, board=None), blank.port)
     assert files["lib/noise.mpy"][2] >> 2 == 10  # xtensawin: the ESP32-DevKitC the node says it is
-    assert "hw/sim.mpy" not in files
+    assert "hw/sim.mpy" not in files and "ca.der" not in files
+    # A node switched to TLS gets the site's CA with its app, or a line saying how to make one.
+    from openpole.field.site import Site
+
+    site = Site(tmp_path / "site")
+    assert openpole("config", "set", "broker.tls", "true", "--port", blank.port).returncode == 0
+    with pytest.raises(UserError, match="pole init"):
+        _deploy_target(argparse.Namespace(sim=False, board=None, site=site.root), blank.port)
+    site.ca()
+    files, _ = _deploy_target(argparse.Namespace(sim=False, board=None, site=site.root), blank.port)
+    assert files["ca.der"] == site.node_ca()
 
     # What `openpole flash` does once esptool has reset the node: its console, its diag, its name.
     from openpole.field.flash import verify_console

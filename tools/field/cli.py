@@ -49,6 +49,8 @@ def register(sub):
     p.add_argument("--board", help="the node's board (default: as the node reports it)")
     p.add_argument("--sim", action="store_true", help="the node is `openpole sim node --fs-app` (x64, simulated hardware)")
     p.add_argument("--no-restart", action="store_true", help="leave the node at the REPL after the update")
+    p.add_argument("--site", type=Path, help=SITE_HELP + "; a node whose config says broker.tls gets its CA "
+                                                         "certificate (ca.der) from here")
     p.set_defaults(func=run_deploy)
 
     p = sub.add_parser("diag", help="a node's diagnostics, what is wrong first (it keeps sampling)")
@@ -175,15 +177,20 @@ def _deploy_target(args, port):
 
         app = simnode.build_app(arch="x64", include_sim=True)
         return simnode.app_files(app), f"{image.app_version()}+{app.name}"
-    board_id = args.board
+    board_id, config = args.board, {}
     if board_id is None:
         try:
             with NodeConsole(port, timeout=5) as c:
-                board_id = c.attach().diag()["config"]["board"]
+                config = c.attach().diag()["config"]
         except UserError as e:
             raise UserError(f"{e} (or give --board: the node cannot say which board it is)") from None
+        board_id = config["board"]
     board, chip = image.board_info(board_id)
-    return image.app_for(chip)
+    files, label = image.app_for(chip)
+    # A node switched to TLS with `config set broker.tls true` needs the site's CA before it restarts.
+    if (config.get("broker") or {}).get("tls"):
+        files = image.with_site_files(files, config, _site(args))
+    return files, label
 
 
 def run_deploy(args):
