@@ -49,15 +49,24 @@ ESP32_SLOWDOWN = 190
 CONSOLE_INPUT = "help\nstatus\nsensors\ndiag\n"
 
 
+def install(app, state):
+    """Put the app in the node's own filesystem, as a flashed board has it: module paths (kept as
+    interned strings for __file__) are then "lib/noise.mpy", not this machine's build directory."""
+    for rel, data in simnode.app_files(app).items() if app is not None else ():
+        (state / rel).parent.mkdir(parents=True, exist_ok=True)
+        (state / rel).write_bytes(data)
+
+
 def run(app, world, broker, cycles, heap, tmp, vm=None, node_id="bench-1"):
     """One node run; (figures, None) or (None, the error it died of)."""
     state = Path(tempfile.mkdtemp(dir=tmp))
     cfg = simnode.node_config(node_id, broker.host, broker.port, interval_s=0.1, cycles=cycles,
                               world=f"{world.host}:{world.port}", ack="broker")
     simnode.write_config(state, cfg)
+    install(app, state)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
-    p = simnode.start(state, app, heap=f"{heap}k", vm=vm, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    p = simnode.start(state, None, heap=f"{heap}k", vm=vm, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                       stderr=subprocess.STDOUT, text=True)
     out, _ = p.communicate(CONSOLE_INPUT, timeout=1200)
     wall = time.monotonic() - t0
@@ -108,8 +117,10 @@ print("MODULES", gc.mem_alloc() - a, len(sys.modules))
 
 def module_bytes(app, vm=None):
     """Heap the node's modules take once imported (from .mpy, or frozen when app is None)."""
-    r = subprocess.run([simnode.micropython(vm), "-X", "heapsize=512k", "-c", MODULES_SCRIPT],
-                       env=simnode.node_env(app), capture_output=True, text=True, timeout=60)
+    with tempfile.TemporaryDirectory() as fs:
+        install(app, Path(fs))
+        r = subprocess.run([simnode.micropython(vm), "-X", "heapsize=512k", "-c", MODULES_SCRIPT], cwd=fs,
+                           env=simnode.node_env(None), capture_output=True, text=True, timeout=60)
     m = re.search(r"MODULES (\d+)", r.stdout)
     return int(m.group(1)) if m else None
 

@@ -19,7 +19,6 @@ from transport import Transport
 VERSION = "0.2.0"
 LOG_LINES = 12
 BOOT_ID_SPAN = 0x3FF00000  # first boot id: random below 2**30 (a small int on a 32-bit VM), a million boots of room
-CA_FILE = "ca.der"  # the site CA's certificate, for "broker": {"tls": true} (openpole pole init --tls)
 HEALTHY_MS = 600000  # up this long, or a message delivered: the crash counter (main.py) starts again
 
 
@@ -64,7 +63,7 @@ class Node:
         self.mqtt = Transport(self.node_id, b["host"], b.get("port", 1883), b.get("user"), b.get("password"),
                               timeout_s=b.get("timeout_s", 10), subscribe=(base + "cmd", base + "ack"),
                               backoff_max_ms=int(b.get("backoff_max_s", 60) * 1000), resolve=hw.resolve,
-                              tls_ca=_read_ca(CA_FILE) if b.get("tls") else None)
+                              tls=_tls() if b.get("tls") else None)
         self.mqtt.set_last_will(self.status_topic, b"offline")
         self.mqtt.on_message = self._on_message
         self.mqtt.on_puback = None if self.ack_by_pole else self._freed
@@ -282,12 +281,10 @@ class Node:
         return self.cycles
 
 
-def _read_ca(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        raise OSError("broker.tls is on and %s is missing: build or deploy the node again from the site" % path)
+def _tls():
+    from brokertls import Wrap
+
+    return Wrap()
 
 
 def _next_boot(path="boot_count"):

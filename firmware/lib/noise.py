@@ -12,6 +12,7 @@ import sys
 from array import array
 
 import micropython
+from micropython import const
 from aweight import (BLOCK, FAST_A_UDB, FAST_B_UDB, FIR, GAIN_1K_DB, HIGH_PASS, HIST_BINS, HIST_LOW_DB,
                      HIST_SHIFT, LOW_PASS, PERCENTILE_EVERY)
 
@@ -19,36 +20,36 @@ sys.modules.pop("aweight", None)  # its constants are ours now: on a node, the m
 
 FULL_SCALE_BITS = 25  # samples are the top 26 bits of the 32-bit I2S slot: full scale = 2^25
 NEG = -(1 << 29)  # the level of no energy at all (micro-dB)
-_TF_SHIFT = 18  # log-add table step: 2^18 micro-dB (0.26 dB; linear between entries, < 0.002 dB off)
-_TF_N = 184  # covers differences up to 48 dB; beyond, the smaller term adds < 0.07 micro-dB
-_SECOND = 1000  # blocks folded into the interval sum at once: keeps every log-add difference small
+_TF_SHIFT = const(18)  # log-add table step: 2^18 micro-dB (0.26 dB; linear between entries, < 0.002 dB off)
+_TF_N = const(184)  # covers differences up to 48 dB; beyond, the smaller term adds < 0.07 micro-dB
+_SECOND = const(1000)  # blocks folded into the interval sum at once: keeps every log-add difference small
 
 # Layout of the state array (int32), shared with the kernel.
-_X = 0  # previous input sample
-_Y = 1  # outputs of the 5 high-pass sections (1..5), 2 low-pass (6, 7), FIR inputs (8, 9)
-_J = 10  # samples in the current block
-_MAX = 11  # largest |y| in the current block
-_LF = 12  # Fast level
-_LSEC = 13  # log-sum of block energies in the current second
-_NSEC = 14  # blocks in the current second
-_LINT = 15  # log-sum of the interval's completed seconds
-_NINT = 16  # blocks in the interval's completed seconds
-_FMAX = 17
-_FMIN = 18
-_PCNT = 19  # blocks since the last percentile sample
-_OVER = 20  # samples within 0.5 dB of full scale
-_HOFF = 21  # level of histogram bin 0
-_CLIP = 22  # |x| counted as overload
-_COEF = 23  # c0 q0 c1 q1 c2 q2 c3 q3 c4 q4 p4 b1 b2
-_WARM = 36  # blocks left before extremes and percentiles count (the filters settle)
-_EQ = 37  # microphone equalisation: cz qz cp qp (all 0: none)
-_EQ_Y = 41  # its state: previous input, previous output
+_X = const(0)  # previous input sample
+_Y = const(1)  # outputs of the 5 high-pass sections (1..5), 2 low-pass (6, 7), FIR inputs (8, 9)
+_J = const(10)  # samples in the current block
+_MAX = const(11)  # largest |y| in the current block
+_LF = const(12)  # Fast level
+_LSEC = const(13)  # log-sum of block energies in the current second
+_NSEC = const(14)  # blocks in the current second
+_LINT = const(15)  # log-sum of the interval's completed seconds
+_NINT = const(16)  # blocks in the interval's completed seconds
+_FMAX = const(17)
+_FMIN = const(18)
+_PCNT = const(19)  # blocks since the last percentile sample
+_OVER = const(20)  # samples within 0.5 dB of full scale
+_HOFF = const(21)  # level of histogram bin 0
+_CLIP = const(22)  # |x| counted as overload
+_COEF = const(23)  # c0 q0 c1 q1 c2 q2 c3 q3 c4 q4 p4 b1 b2
+_WARM = const(36)  # blocks left before extremes and percentiles count (the filters settle)
+_EQ = const(37)  # microphone equalisation: cz qz cp qp (all 0: none)
+_EQ_Y = const(41)  # its state: previous input, previous output
 SETTLE_BLOCKS = 250  # 250 ms: the high-pass sections' start-up transient has died away
-_YB = 44  # the current block's output samples
-_TL = 92  # 65 entries: 10 log10(1 + i/64) in micro-dB (linear between entries, < 0.0002 dB off)
-_TF = 157  # log-add table: 10 log10(1 + 10^(-d/10)), d = i * 2^18 micro-dB
-_K = _TF + _TF_N + 1  # from aweight.py: Fast step terms, percentile spacing, last histogram bin
-_SIZE = _K + 4
+_YB = const(44)  # the current block's output samples
+_TL = const(92)  # 65 entries: 10 log10(1 + i/64) in micro-dB (linear between entries, < 0.0002 dB off)
+_TF = const(157)  # log-add table: 10 log10(1 + 10^(-d/10)), d = i * 2^18 micro-dB
+_K = const(_TF + _TF_N + 1)  # from aweight.py: Fast step terms, percentile spacing, last histogram bin
+_SIZE = const(_K + 4)
 
 
 @micropython.viper

@@ -11,12 +11,20 @@ import socket
 import struct
 import time
 
-_IPPROTO_TCP = 6  # lwIP and Linux
-_TCP_NODELAY = 1  # QoS 1 on loopback: 44-88 ms per publish without, 0.1 ms with
-_BACKOFF_MIN_MS = 500
-_BACKOFF_MAX_MS = 60000
-_HANDSHAKE_MAX_MS = 5000  # an ESP32 does an EC P-256 handshake in about a second
-_RESOLVE_AFTER = 3  # failed connects in a row before the broker's name is looked up again
+try:
+    from micropython import const
+except ImportError:  # CPython (the host's tests and tools)
+
+    def const(x):
+        return x
+
+
+_IPPROTO_TCP = const(6)  # lwIP and Linux
+_TCP_NODELAY = const(1)  # QoS 1 on loopback: 44-88 ms per publish without, 0.1 ms with
+_BACKOFF_MIN_MS = const(500)
+_BACKOFF_MAX_MS = const(60000)
+_HANDSHAKE_MAX_MS = const(5000)  # an ESP32 does an EC P-256 handshake in about a second
+_RESOLVE_AFTER = const(3)  # failed connects in a row before the broker's name is looked up again
 DOWN, CONNECTING, WAIT_CONNACK, UP = 0, 1, 2, 3
 # What this client calls on a socket: a test checks it against a fake socket with only these.
 SOCKET_CALLS = ("setblocking", "setsockopt", "connect", "write", "readinto", "close")
@@ -56,7 +64,7 @@ def _packet(first, body):
 
 class Transport:
     def __init__(self, client_id, host, port=1883, user=None, password=None, keepalive_s=60, timeout_s=10,
-                 subscribe=(), backoff_max_ms=_BACKOFF_MAX_MS, window=8, rx_bytes=768, resolve=None, tls_ca=None):
+                 subscribe=(), backoff_max_ms=_BACKOFF_MAX_MS, window=8, rx_bytes=768, resolve=None, tls=None):
         self.client_id = client_id
         self.host, self.port = host, port
         self.user, self.password = user, password
@@ -66,7 +74,7 @@ class Transport:
         self.backoff_max_ms = backoff_max_ms
         self.window = window
         self.resolve = resolve or socket.getaddrinfo  # the node gives one that holds the watchdog
-        self.tls_ca = tls_ca  # the site CA's certificate (DER): TLS to a broker it signed, else plain TCP
+        self.tls = tls  # None: plain TCP; else (socket, host) -> TLS socket (brokertls.Wrap)
         self.will = None
         self.on_message = None  # (topic bytes, payload bytes): called from poll(), never inside a write
         self.on_puback = None  # (packet id): the broker has a QoS 1 publish; PUBACKs come in order
@@ -151,8 +159,8 @@ class Transport:
                     if ev & (select.POLLERR | select.POLLHUP):
                         raise OSError(errno.ECONNREFUSED)
                     if ev & select.POLLOUT:
-                        if self.tls_ca:
-                            self._wrap()
+                        if self.tls:
+                            self.sock = self.tls(self.sock, self.host)
                         # A TLS handshake runs inside this first write: give it the connect's time,
                         # but never as long as the node's 8 s watchdog.
                         left = max(0, time.ticks_diff(self.deadline, now))
@@ -185,16 +193,6 @@ class Transport:
         self.poller.register(s, select.POLLOUT)
         self.state = CONNECTING
         self.deadline = time.ticks_add(now, self.timeout_ms)
-
-    def _wrap(self):
-        """TLS over the connected socket, the broker's certificate checked against the site's CA
-        and the broker's host name. The handshake happens in the first write."""
-        import ssl  # a node without TLS never loads it
-
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.verify_mode = ssl.CERT_REQUIRED
-        ctx.load_verify_locations(cadata=self.tls_ca)
-        self.sock = ctx.wrap_socket(self.sock, server_hostname=self.host, do_handshake_on_connect=False)
 
     def _connect_packet(self):
         flags = 0x02  # clean session: the node keeps its own queue
