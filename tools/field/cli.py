@@ -29,6 +29,8 @@ def register(sub):
     p.add_argument("--site", type=Path, help=SITE_HELP)
     p.add_argument("--baud", type=int, default=460800, help="flashing baud rate (default 460800; 115200 for poor cables)")
     p.add_argument("--new-secrets", action="store_true", help="give a reflashed node new credentials (run pole init after)")
+    p.add_argument("--sim", action="store_true",
+                   help="the port is a virtual board (`openpole sim board`): the app for the Unix port, simulated hardware")
     p.set_defaults(func=run_flash)
 
     p = sub.add_parser("image", help="per-node flash images without a device (flashing stations, web flashers)")
@@ -137,7 +139,7 @@ def run_flash(args):
     def job(port, progress):
         node_id = args.node_id.replace("{n}", str(port_list.index(port) + 1))
         r = flash(port, args.board, node_id, args.firmware, site, base, baud=args.baud, progress=progress,
-                  new_secrets=args.new_secrets)
+                  new_secrets=args.new_secrets, sim=args.sim)
         return r.ok, f"{r.node_id} ({r.chip}, MAC {r.mac}): {r.verdict}"
 
     return multi.run(job, port_list, "flash")
@@ -150,7 +152,7 @@ def run_image_build(args):
     board, chip = image.board_info(args.board)
     firmware = image.check_firmware(args.firmware, board["chip"]) if args.firmware else None
     site = _site(args)
-    files, build = image.app_for(dict(chip, mpy_arch="x64") if args.sim else chip, include_sim=args.sim)
+    files, build = image.app_for(chip, sim=args.sim)
     cfg = image.node_config(args.node_id, args.board, _base_config(args.config), site.node_secrets(args.node_id))
     files = image.with_site_files(files, cfg, site)
     fs = image.build_fs(board, files, cfg)
@@ -173,10 +175,7 @@ def _deploy_target(args, port):
     from .console import NodeConsole
 
     if args.sim:
-        from ..sim import node as simnode
-
-        app = simnode.build_app(arch="x64", include_sim=True)
-        return simnode.app_files(app), f"{image.app_version()}+{app.name}"
+        return image.app_for(None, sim=True)
     board_id, config = args.board, {}
     if board_id is None:
         try:

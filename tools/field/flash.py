@@ -44,16 +44,18 @@ class _Log:
 
 
 _installed = False
+_install_lock = threading.Lock()
 
 
 def _quiet_esptool():
     global _installed
-    if not _installed:
-        from esptool.logger import TemplateLogger, log
+    with _install_lock:  # a flashing station's threads all arrive here at once
+        if not _installed:
+            from esptool.logger import TemplateLogger, log
 
-        logger = type("OpenpoleEsptoolLog", (_Log, TemplateLogger), {})()
-        log.set_logger(logger)
-        _installed = True
+            logger = type("OpenpoleEsptoolLog", (_Log, TemplateLogger), {})()
+            log.set_logger(logger)
+            _installed = True
     return _Log.local
 
 
@@ -110,8 +112,9 @@ def _connect(port, baud, attempts):
 
 
 def flash(port, board_id, node_id, firmware_path, site, base_config=None, baud=460800, progress=None,
-          attempts=3, console_timeout=30.0, new_secrets=False):
-    """Flash one node; returns a FlashResult (raises UserError with the reason when it fails)."""
+          attempts=3, console_timeout=30.0, new_secrets=False, sim=False):
+    """Flash one node; returns a FlashResult (raises UserError with the reason when it fails).
+    sim: the port is a virtual board (`openpole sim board`), which runs the simulator's app."""
     local = _quiet_esptool()
     local.progress = progress
     board, chip = image.board_info(board_id)
@@ -123,6 +126,8 @@ def flash(port, board_id, node_id, firmware_path, site, base_config=None, baud=4
     try:
         from esptool.cmds import attach_flash, detect_flash_size, reset_chip, run_stub, write_flash
 
+        if esp.CHIP_NAME != chip["esptool_name"]:
+            check_device(board, chip, esp.CHIP_NAME, None)  # the wrong chip: before anything is uploaded
         res.chip = esp.get_chip_description()
         mac = esp.read_mac()
         res.mac = ":".join(f"{b:02x}" for b in mac)
@@ -130,7 +135,7 @@ def flash(port, board_id, node_id, firmware_path, site, base_config=None, baud=4
         esp = run_stub(esp)  # esptool's flasher stub: faster writes, flash size detection
         attach_flash(esp)
         check_device(board, chip, esp.CHIP_NAME, detect_flash_size(esp))
-        files, app_build = image.app_for(chip)
+        files, app_build = image.app_for(chip, sim=sim)
         secrets = site.node_secrets(node_id, renew=new_secrets)
         cfg = image.node_config(node_id, board_id, base_config, secrets)
         files = image.with_site_files(files, cfg, site)

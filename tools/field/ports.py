@@ -57,6 +57,8 @@ def open_port(port, timeout=1.0):
     if not os.path.exists(port) and "://" not in port:
         raise explain(port, FileNotFoundError(errno.ENOENT, "No such file", port))
     try:
+        if "://" in port:  # rfc2217://, socket://: a remote or virtual board (`openpole sim board`)
+            return serial.serial_for_url(port, BAUD, timeout=timeout)
         return serial.Serial(port, BAUD, timeout=timeout, exclusive=True)
     except (serial.SerialException, OSError) as e:
         raise explain(port, e) from None

@@ -41,6 +41,23 @@ def register(sub):
                    help="modules that stand for a firmware's frozen ones (e.g. another umqtt), on the path after the app's")
     n.set_defaults(func=run_node)
 
+    b = ssub.add_parser("board", help="a virtual ESP32 on an RFC 2217 serial port, for `openpole flash --sim`",
+                        description="A virtual ESP32 for the flashing flow: esptool's ROM protocol, a 4 MB flash in "
+                                    "a file, and the node it boots on the same serial port. Prints its endpoint "
+                                    "(rfc2217://HOST:PORT) first. Example: openpole sim board --flash board1.bin")
+    b.add_argument("--flash", type=Path, required=True, help="the board's flash, kept in this file (made erased if new)")
+    b.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT of the RFC 2217 endpoint (default a free loopback port)")
+    b.add_argument("--chip", choices=("esp32", "esp32s3"), default="esp32", help="the chip it reports (default esp32)")
+    b.add_argument("--flash-mb", type=int, default=4, help="the flash size it reports (default 4)")
+    b.add_argument("--no-auto-reset", action="store_true",
+                   help="no DTR/RTS reset circuit: esptool cannot put it in download mode (the BOOT button case)")
+    b.add_argument("--fail-write-at", type=lambda t: int(t, 0), metavar="ADDRESS",
+                   help="a flash write covering this address fails (a failing module)")
+    b.add_argument("--mute", action="store_true", help="the node boots but its console never answers")
+    b.add_argument("--heap", default="192k", help="MicroPython heap of the node it boots (default 192k)")
+    b.add_argument("--micropython", type=Path, metavar="PATH", help="run the node on this MicroPython Unix port build")
+    b.set_defaults(func=run_board)
+
     from .load import register as register_load
 
     register_load(ssub)
@@ -54,6 +71,12 @@ def register(sub):
     d.add_argument("--broker-kind", choices=("mosquitto", "amqtt"),
                    help="which broker to start (default: mosquitto when installed, else amqtt)")
     d.set_defaults(func=run_demo)
+
+
+def run_board(args):
+    from . import board
+
+    return board.run(args)
 
 
 def run_node(args):

@@ -2,6 +2,9 @@
 # argv: IMAGE_FILE [FIRMWARE_LIB_DIR]. The image is mounted with VfsLfs2 on a block device whose writes
 # stay in RAM (the file is never changed), at /flash; the node runs from there with sys.path as
 # on a board ('', then FIRMWARE_LIB_DIR for the modules frozen into a firmware, then /lib).
+# A virtual board (`openpole sim board`) sets OPENPOLE_FS=OFFSET:SIZE: the filesystem is that
+# partition of its flash file, and writes go to the file, as they go to a board's flash. A partition
+# with no filesystem is formatted, as MicroPython's first boot does, and the board stays at the REPL.
 import os
 import sys
 import vfs
@@ -12,29 +15,36 @@ BLOCK = 4096
 class RAMOverlay:
     """A block device over an image file: reads from the file, writes kept in RAM."""
 
-    def __init__(self, path):
-        self.f = open(path, "rb")
+    def __init__(self, path, offset=0, size=None, through=False):
+        self.f = open(path, "r+b" if through else "rb")
         self.f.seek(0, 2)
-        self.count = self.f.tell() // BLOCK
+        self.base = offset
+        self.count = (size or self.f.tell() - offset) // BLOCK
         self.written = {}
+        self.through = through
 
     def _block(self, n):
         b = self.written.get(n)
         if b is None:
-            self.f.seek(n * BLOCK)
+            self.f.seek(self.base + n * BLOCK)
             b = self.written[n] = bytearray(self.f.read(BLOCK))
         return b
 
     def readblocks(self, n, buf, off=0):
         b = self.written.get(n)
         if b is None:
-            self.f.seek(n * BLOCK + off)
+            self.f.seek(self.base + n * BLOCK + off)
             self.f.readinto(buf)
         else:
             buf[:] = memoryview(b)[off: off + len(buf)]
 
     def writeblocks(self, n, buf, off=None):
         off = off or 0
+        if self.through:
+            self.f.seek(self.base + n * BLOCK + off)
+            self.f.write(buf)
+            self.f.flush()
+            return
         self._block(n)[off: off + len(buf)] = buf
 
     def ioctl(self, op, arg):
@@ -43,12 +53,29 @@ class RAMOverlay:
         if op == 5:  # block size
             return BLOCK
         if op == 6:  # erase
-            self.written[arg] = bytearray(b"\xff" * BLOCK)
+            if self.through:
+                self.writeblocks(arg, b"\xff" * BLOCK)
+            else:
+                self.written[arg] = bytearray(b"\xff" * BLOCK)
             return 0
         return 0
 
 
-vfs.mount(vfs.VfsLfs2(RAMOverlay(sys.argv[1])), "/flash")
+part = os.getenv("OPENPOLE_FS")
+if part:
+    offset, size = (int(x) for x in part.split(":"))
+    dev = RAMOverlay(sys.argv[1], offset, size, through=True)
+else:
+    dev = RAMOverlay(sys.argv[1])
+try:
+    vfs.mount(vfs.VfsLfs2(dev), "/flash")
+except OSError:
+    if not part:
+        raise
+    print("Performing initial setup")  # what MicroPython prints as it formats a blank partition
+    vfs.VfsLfs2.mkfs(dev)
+    vfs.mount(vfs.VfsLfs2(dev), "/flash")
 os.chdir("/flash")
 sys.path[:] = ["", ".frozen"] + sys.argv[2:3] + ["/flash/lib"]  # as an ESP32's ['', '.frozen', '/lib']
-import main  # noqa: E402,F401  (MicroPython boots main.py)
+if "main.py" in os.listdir():
+    import main  # noqa: F401  (MicroPython boots main.py)
