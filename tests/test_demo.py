@@ -40,3 +40,12 @@ def test_demo_fails_and_says_why_when_a_node_cannot_run():
     assert code == 1, out
     assert "FAIL: no readings from node-1" in out
     assert "MemoryError" in out  # the node's last words are shown
+
+
+def test_demo_flashes_its_nodes_through_virtual_boards_first():
+    code, out = demo("--nodes", "2", "--duration", "10", "--flash", timeout=240)
+    assert code == 0, out
+    text = " ".join(out.split())
+    assert "flashing 2 virtual ESP32 boards: rfc2217://127.0.0.1:" in text
+    assert "node-1: flashed (ESP32-D0WD-V3 (revision v3.0), MAC 24:0a:c4:" in text and "node-2: flashed (" in text
+    assert "from 2 nodes" in text and "OK: readings from every node reached the receiver" in text

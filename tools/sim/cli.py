@@ -66,10 +66,13 @@ def register(sub):
     d.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
     d.add_argument("--duration", type=float, default=0, help="stop after S seconds (0: until Ctrl-C)")
     d.add_argument("--interval", type=float, default=1.0, help="node sampling interval in seconds")
-    d.add_argument("--heap", default="128k", help="MicroPython heap per node (default 128k)")
+    d.add_argument("--heap", help="MicroPython heap per node (default 128k; 192k with --flash, whose nodes boot a "
+                                  "filesystem image through Python code in their heap)")
     d.add_argument("--state", type=Path, help="keep the demo's files here (default: a temporary directory)")
     d.add_argument("--broker-kind", choices=("mosquitto", "amqtt"),
                    help="which broker to start (default: mosquitto when installed, else amqtt)")
+    d.add_argument("--flash", action="store_true",
+                   help="flash the nodes first through virtual ESP32 boards with `openpole flash`, as a technician would")
     d.set_defaults(func=run_demo)
 
 
@@ -137,4 +140,6 @@ def run_node(args):
 def run_demo(args):
     from . import demo
 
-    return demo.run(args.nodes, args.duration, args.interval, args.heap, args.state, broker_kind=args.broker_kind)
+    heap = args.heap or ("192k" if args.flash else "128k")
+    return demo.run(args.nodes, args.duration, args.interval, heap, args.state, broker_kind=args.broker_kind,
+                    flash=args.flash)

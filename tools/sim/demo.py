@@ -2,7 +2,8 @@
 
 A broker, N nodes running the real firmware under MicroPython with simulated sensors, the edge
 agent and the reference receiver; a live table of the latest reading per node, then a summary.
-Exit 0 only if readings from every node reached the receiver.
+With flash=True the nodes are virtual boards (sim.board) that `openpole flash` puts the firmware
+on first, as a technician would. Exit 0 only if readings from every node reached the receiver.
 """
 
 import logging
@@ -27,6 +28,67 @@ from .world import WorldServer
 
 COLUMNS = (("temperature", "T °C", 1), ("humidity", "RH %", 0), ("pressure", "p hPa", 0), ("pm2_5", "PM2.5", 0),
            ("laeq", "LAeq", 1))
+
+
+class FlashedNode:
+    """A virtual ESP32 (sim.board) in this process, flashed with `openpole flash` as a technician
+    would; it then runs the node it was given. The same face as NodeProcess."""
+
+    def __init__(self, node_id, state, world, heap):
+        from .board import Board, Server
+
+        state.mkdir(parents=True, exist_ok=True)
+        self.node_id = node_id
+        self.board = Board(state / "flash.bin", f"{world.host}:{world.port}", heap=heap)
+        self.server = Server(self.board)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.board.boot("flash")
+        self.published = self.readings = 0
+        self.last_line = ""
+        self.proc = self  # poll(): None while the board runs
+
+    def flash(self, firmware, site, base):
+        from ..errors import UserError
+        from ..field.flash import flash
+
+        try:
+            r = flash(self.server.url, "esp32-devkitc", self.node_id, firmware, site, base, sim=True)
+        except UserError as e:
+            r = None
+            self.last_line = f"flash failed: {e}"
+        else:
+            self.last_line = f"flashed ({r.chip}, MAC {r.mac}): {r.verdict}"
+        return r is not None and r.ok
+
+    def poll(self):
+        return None
+
+    def stop(self):
+        self.server.close()
+        self.board.close()
+
+
+def flash_nodes(names, state, world, broker, heap, console):
+    """Virtual boards flashed in parallel, as a flashing station does; (nodes, their keys, all flashed)."""
+    from ..field.site import Site
+    from .board import stand_in_firmware
+
+    firmware = stand_in_firmware(state / "ESP32_GENERIC.bin")
+    site = Site(state / "site")
+    base = {"interval_s": 1.0, "broker": {"host": broker.host, "port": broker.port}, "sensors": {name: {} for name in simnode.ALL_SENSORS}}
+    nodes = [FlashedNode(name, state / name, world, heap) for name in names]
+    console.print(f"flashing {len(nodes)} virtual ESP32 boards: " + ", ".join(n.server.url for n in nodes))
+    results = {}
+    threads = [threading.Thread(target=lambda n=n: results.__setitem__(n.node_id, n.flash(firmware, site, base)))
+               for n in nodes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for n in nodes:
+        console.print(f"  {n.node_id}: {n.last_line}")
+    keys = {n.node_id: bytes.fromhex(site.node_secrets(n.node_id)["key"]) for n in nodes}  # they sign their messages
+    return nodes, keys, all(results.values())
 
 
 class NodeProcess:
@@ -82,13 +144,13 @@ def _table(nodes, receiver, started):
 class Tap:
     """Counts the node messages (and readings) the broker carries, per node."""
 
-    def __init__(self, broker, nodes):
+    def __init__(self, broker, nodes, keys=None):
         import paho.mqtt.client as mqtt
 
         from openpole.edge_agent import decode
 
         self.by_id = {n.node_id: n for n in nodes}
-        self.decode = decode.decode
+        self.decode = lambda payload: decode.decode(payload, keys)
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="openpole-demo-tap")
         c.on_connect = lambda cl, *a: cl.subscribe("openpole/v1/+/data", qos=1)
         c.on_message = self._on_message
@@ -111,7 +173,8 @@ class Tap:
         self.client.loop_stop()
 
 
-def run(n_nodes=3, duration_s=0, interval_s=1.0, heap="128k", state_dir=None, console=None, broker_kind=None):
+def run(n_nodes=3, duration_s=0, interval_s=1.0, heap="128k", state_dir=None, console=None, broker_kind=None,
+        flash=False):
     console = console or Console()
     logging.getLogger("openpole").setLevel(logging.WARNING)  # the table is the output
     tmp = None
@@ -130,8 +193,14 @@ def run(n_nodes=3, duration_s=0, interval_s=1.0, heap="128k", state_dir=None, co
     console.print(f"[bold]openpole demo[/]: {broker.kind} on {broker.host}:{broker.port}, receiver {receiver.url}, "
                   f"{n_nodes} nodes on MicroPython (heap {heap}); "
                   + (f"{duration_s:g} s" if duration_s else "Ctrl-C to stop"))
-    nodes = [NodeProcess(f"node-{i + 1}", state / f"node-{i + 1}", app, broker, world, interval_s, heap) for i in range(n_nodes)]
-    tap = Tap(broker, nodes)
+    names = [f"node-{i + 1}" for i in range(n_nodes)]
+    flashed = True
+    if flash:
+        nodes, keys, flashed = flash_nodes(names, state, world, broker, heap, console)
+        cfg.node_keys.update(keys)
+    else:
+        nodes = [NodeProcess(name, state / name, app, broker, world, interval_s, heap) for name in names]
+    tap = Tap(broker, nodes, cfg.node_keys)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
     started = time.monotonic()
@@ -177,6 +246,9 @@ def run(n_nodes=3, duration_s=0, interval_s=1.0, heap="128k", state_dir=None, co
         tmp.cleanup()
     if missing:
         console.print(f"[red]FAIL[/]: no readings from {', '.join(missing)}")
+        return 1
+    if not flashed:
+        console.print("[red]FAIL[/]: a board was not flashed cleanly (above)")
         return 1
     console.print("[green]OK[/]: readings from every node reached the receiver")
     return 0
