@@ -24,8 +24,12 @@ def register(sub):
     i.add_argument("--unit-dir", type=Path, default=Path("/etc/systemd/system"), help="where the unit goes")
     i.add_argument("--no-start", action="store_true", help="write the unit only: no systemctl enable --now")
     i.set_defaults(func=install_service)
-    st = esub.add_parser("status", help="what the running agent is doing: nodes, queue, upstream, counters")
+    st = esub.add_parser("status", help="what the running agent is doing: nodes, queue, upstream, counters",
+                         description="Ask the running agent (its metrics port), or read the queue's figures from its "
+                                     "state directory when it is down. Examples: openpole edge status; "
+                                     "openpole edge status --state /var/lib/openpole")
     st.add_argument("--port", type=int, default=9108, help="the agent's metrics.port (default 9108)")
+    st.add_argument("--state", type=Path, help="read the queue in this state directory instead (the agent is down)")
     st.add_argument("--json", action="store_true", help="one JSON object")
     st.set_defaults(func=show_status)
 
@@ -76,7 +80,7 @@ def show_status(args):
 
     from . import observe
 
-    st = observe.fetch(args.port)
+    st = observe.from_state(args.state) if args.state else observe.fetch(args.port)
     print(json.dumps(st) if args.json else observe.human(st))
     return 0
 

@@ -143,12 +143,43 @@ def fetch(port, host="127.0.0.1"):
         raise UserError(f"no edge agent answers on {host}:{port}: is `openpole edge run` running (metrics.port)?") from None
 
 
+def from_state(state_dir):
+    """What the queue on disk says when the agent is down: its depth and its counters (read-only)."""
+    import sqlite3
+    from pathlib import Path
+
+    path = Path(state_dir) / "queue.sqlite"
+    if not path.is_file():
+        raise UserError(f"--state {state_dir}: no queue here (queue.sqlite): is it the agent's state.dir?")
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            messages, records, size, oldest = db.execute(
+                "SELECT count(*), coalesce(sum(records), 0), coalesce(sum(length(senml)), 0), min(receive_ns) "
+                "FROM messages WHERE id > (SELECT value FROM meta WHERE key = 'cursor')").fetchone()
+            counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
+        finally:
+            db.close()
+    except sqlite3.Error as e:
+        raise UserError(f"{path}: cannot read the queue: {e}") from None
+    return {"agent": "not running", "state": str(state_dir), "counters": counters,
+            "queue": {"messages": messages, "records": records, "bytes": size,
+                      "oldest_age_s": None if oldest is None else round((time.time_ns() - oldest) / 1e9, 1)}}
+
+
 def human(st):
-    q, b, u = st["queue"], st["broker"], st["upstream"]
+    q = st["queue"]
+    queue = f"queue {q['messages']} messages ({q['records']} records, {q['bytes']} bytes), oldest {q['oldest_age_s']} s"
+    if "broker" not in st:  # read from the state directory: the agent is down
+        c = st["counters"]
+        return "\n".join([f"agent not running; its queue in {st['state']}:", queue,
+                          f"accepted {c.get('messages_accepted', 0)}, delivered {c.get('records_delivered', 0)} records "
+                          f"in {c.get('batches_sent', 0)} batches"])
+    b, u = st["broker"], st["upstream"]
     out = [f"pole {st['pole']}, up {st['uptime_s']} s",
            f"broker {b['address']}: {'connected' if b['connected'] else 'NOT CONNECTED'}",
            f"upstream {u['url']}: {'ok' if u['ok'] else 'not yet' if u['ok'] is None else 'FAILING: ' + str(u['last_error'])}",
-           f"queue {q['messages']} messages ({q['records']} records, {q['bytes']} bytes), oldest {q['oldest_age_s']} s"]
+           queue]
     d = st.get("disk")
     if d and d["low"]:
         out.append(f"DISK LOW: {d['free_bytes']} bytes free, under the {d['floor_bytes']}-byte floor: nothing is stored or "

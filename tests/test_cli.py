@@ -18,12 +18,38 @@ def openpole(*args):
     (("receiver", "stats", "--data", "/nonexistent/openpole"), "no receiver data in /nonexistent/openpole"),
     (("sim", "node", "--broker", "localhost:notaport", "--cycles", "1"), "--broker 'localhost:notaport': expected HOST:PORT"),
     (("edge", "run", "--config", "/nonexistent/agent.toml"), "cannot read config /nonexistent/agent.toml"),
+    (("noise", "analyze", "/"), "openpole: /: Is a directory"),
+    (("conformance", "--capture", sys.executable, "--node-id", "n1"), "not a capture (binary data"),
+    (("sim", "node", "--image", "/nonexistent/node.bin"), "openpole: /nonexistent/node.bin: No such file or directory"),
+    (("receiver", "--listen", "127.0.0.1:notaport"), "--listen '127.0.0.1:notaport': expected HOST:PORT"),
+    (("sim", "board", "--flash", "/nonexistent/dir/flash.bin"), "/nonexistent/dir/flash.bin: No such file or directory"),
 ])
 def test_user_errors_are_one_line(args, message):
     code, out, err = openpole(*args)
     assert code == 2
     assert err.strip().splitlines() == [f"openpole: {err.strip().removeprefix('openpole: ')}"]
     assert message in err and "Traceback" not in err
+
+
+def test_spec_check_keeps_an_absolute_path_whole():
+    code, out, err = openpole("spec", "check", "--specs", "/nonexistent/specs")
+    assert code != 0 and "/nonexistent/specs/units.toml" in out + err
+
+
+def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(monkeypatch, capsys):
+    from openpole import cli
+    from openpole.field import ports
+
+    def broken():
+        raise KeyError("no such sensor")
+
+    monkeypatch.setattr(ports, "candidates", broken)  # a bug inside a real command
+    assert cli.main(["ports"]) == 70
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == ["openpole: unexpected error: KeyError: 'no such sensor' (run again with --debug "
+                                        "for the traceback, and report it)"]
+    assert cli.main(["--debug", "ports"]) == 70
+    assert "Traceback" in capsys.readouterr().err
 
 
 def test_sample_config_loads_and_matches_the_defaults():
@@ -44,3 +70,27 @@ def test_bad_config_value_is_a_one_line_error(tmp_path):
     f.write_text("[broker]\nport = \"eighteen\"\n")
     code, out, err = openpole("edge", "run", "--config", str(f))
     assert code == 2 and f"config {f}: broker.port must be a whole number, not 'eighteen'" in err and "Traceback" not in err
+
+
+def test_every_command_has_a_purpose_and_an_example_in_its_help():
+    import argparse
+
+    from openpole.cli import build_parser
+
+    missing = []
+
+    def walk(parser, path):
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        text = (parser.description or "").lower()
+        if path and "example" not in text:
+            missing.append(" ".join(path))
+        for a in subs:
+            for name, sub in a.choices.items():
+                if not any(c.dest == name and c.help for c in a._choices_actions):
+                    missing.append(" ".join(path + (name,)) + " (no one-line help)")
+                walk(sub, path + (name,))
+
+    walk(build_parser(), ())
+    # groups of subcommands (image, config, pole, spec, sim, edge, noise) carry their examples on each action
+    groups = {"image", "config", "pole", "spec", "sim", "edge", "noise"}
+    assert [m for m in missing if m not in groups] == []

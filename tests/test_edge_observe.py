@@ -96,3 +96,23 @@ def test_status_metrics_and_aggregates_from_a_running_agent(tmp_path, mosquitto)
         receiver.stop()
     r = subprocess.run([sys.executable, "-m", "openpole", "edge", "status", "--port", str(port)], capture_output=True, text=True)
     assert r.returncode == 2 and "no edge agent answers" in r.stderr
+
+
+def test_edge_status_reads_the_queue_from_the_state_directory_when_the_agent_is_down(tmp_path):
+    from openpole.edge_agent import batch
+    from openpole.edge_agent.store import Store
+
+    s = Store(tmp_path / "state")
+    now = time.time_ns()
+    rows = []
+    for seq in range(5):
+        n, senml = batch.senml_records("p1", msg("n1", seq, {1: 20.0}), now)
+        rows.append(("n1", 1, seq, now, n, senml))
+    s.append(rows, [])
+    s.close()
+    r = subprocess.run([sys.executable, "-m", "openpole", "edge", "status", "--state", str(tmp_path / "state")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "agent not running" in r.stdout and "queue 5 messages (5 records" in r.stdout, r.stdout
+    r = subprocess.run([sys.executable, "-m", "openpole", "edge", "status", "--state", str(tmp_path), "--json"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "no queue here" in r.stderr and "Traceback" not in r.stderr

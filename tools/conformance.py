@@ -188,6 +188,8 @@ def load(path):
         lines = Path(path).read_text().splitlines()
     except OSError as e:
         raise UserError(f"cannot read capture {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a capture (binary data; openpole capture writes JSON lines)") from None
     out = []
     for i, line in enumerate(lines, 1):
         try:

@@ -3,6 +3,7 @@ config, selftest), each on one port or several (`--port` repeated, or a glob), a
 
 import json
 import os
+import re
 import threading
 import time
 import tomllib
@@ -14,11 +15,17 @@ SITE_HELP = "the site directory: inventory.csv and secrets/ (default: $OPENPOLE_
 
 
 def _port_arg(p):
-    p.add_argument("--port", action="append", required=True, metavar="PORT",
-                   help="the node's serial port; repeat it, or use a glob (/dev/ttyUSB*), for several nodes")
+    p.add_argument("--port", action="append", metavar="PORT",
+                   help="the node's serial port; repeat it, or use a glob (/dev/ttyUSB*), for several nodes "
+                        "(default: the one USB serial device present)")
 
 
 def register(sub):
+    p = sub.add_parser("ports", help="list the USB serial devices a node could be on, with their USB ids",
+                       description="The USB serial devices present (a node's CP2102/CH340/FTDI bridge, an "
+                                   "ESP32-S3's own USB). Example: openpole ports")
+    p.set_defaults(func=run_ports)
+
     p = sub.add_parser("flash", help="turn a blank ESP32 into a registered node: firmware, app, config, check")
     _port_arg(p)
     p.add_argument("--board", required=True, help="board id from board_defs/ (e.g. esp32-devkitc)")
@@ -110,6 +117,17 @@ def _site(args):
     return Site(args.site or os.environ.get("OPENPOLE_SITE") or ".")
 
 
+def run_ports(args):
+    from . import ports
+
+    found = ports.candidates()
+    for device, ids, desc in found:
+        print(f"{device}  {ids}  {desc}")
+    if not found:
+        print("no USB serial device: plug the node in (a charge-only cable shows nothing)")
+    return 0
+
+
 def _ports(args):
     from . import ports
 
@@ -131,10 +149,20 @@ def run_flash(args):
     from . import multi
     from .flash import flash
 
+    from . import image
+
+    base, site = _base_config(args.config), _site(args)
+    image.board_info(args.board)
+    unknown = set(re.findall(r"{[^}]*}", args.node_id)) - {"{n}", "{mac}"}
+    if unknown:
+        raise UserError(f"--node-id {args.node_id}: {', '.join(sorted(unknown))} is not a placeholder: use {{n}} "
+                        f"(1, 2, ...) or {{mac}} (the last 6 hex digits of the MAC)")
+    # The id, the board and the site's settings are checked before any port is opened or secret made.
+    image.node_config(args.node_id.replace("{n}", "1").replace("{mac}", "a1b2c3"), args.board, base)
+    image.check_firmware(args.firmware, image.board_info(args.board)[0]["chip"])
     port_list = _ports(args)
     if len(port_list) > 1 and "{" not in args.node_id:
         raise UserError("several ports need distinct ids: use {n} or {mac} in --node-id, e.g. pole17-{n}")
-    base, site = _base_config(args.config), _site(args)
 
     def job(port, progress):
         node_id = args.node_id.replace("{n}", str(port_list.index(port) + 1))

@@ -17,9 +17,12 @@ def run(job, port_list, title, console=None):
     """Run `job` on every port; returns the exit status (0: all ok, 1: some failed)."""
     console = console or Console()
     results = {}
-    if len(port_list) == 1:
+    if len(port_list) == 1:  # one bar while it runs (esptool's), then the verdict; a UserError goes up
         port = port_list[0]
-        ok, summary = job(port, None)
+        with Progress(TextColumn(title), BarColumn(), TextColumn("{task.percentage:>3.0f} %"), TimeElapsedColumn(),
+                      console=console, transient=True) as bar:
+            task = bar.add_task(title, total=None)
+            ok, summary = job(port, lambda done, total: bar.update(task, completed=done, total=total or 1))
         if summary:
             console.print(summary, soft_wrap=True, markup=False, highlight=False)
         return 0 if ok else 1

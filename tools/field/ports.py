@@ -15,8 +15,27 @@ from ..errors import UserError
 BAUD = 115200
 
 
+def candidates():
+    """USB serial devices present, as [(device, "VID:PID", description)], sorted: what a node's
+    USB-UART bridge (CP2102, CH340, FTDI) or an ESP32-S3's own USB shows up as."""
+    from serial.tools import list_ports
+
+    return sorted((p.device, f"{p.vid:04x}:{p.pid:04x}", p.description or p.product or "")
+                  for p in list_ports.comports() if p.vid is not None)
+
+
 def expand(patterns):
-    """--port values (repeated, or globs like /dev/ttyUSB*) -> a sorted list of distinct ports."""
+    """--port values (repeated, or globs like /dev/ttyUSB*) -> a sorted list of distinct ports.
+    None: the one USB serial device present, as esptool and mpremote take it."""
+    if not patterns:
+        found = candidates()
+        if len(found) == 1:
+            return [found[0][0]]
+        if found:
+            raise UserError(f"{len(found)} USB serial devices present ({', '.join(d for d, _, _ in found)}): "
+                            f"say which with --port (`openpole ports` lists them)")
+        raise UserError("no --port given and no USB serial device present: plug the node in, or give --port "
+                        "(e.g. /dev/ttyUSB0, or rfc2217://HOST:PORT for `openpole sim board`)")
     out = []
     for pat in patterns or ():
         found = sorted(glob.glob(pat)) if glob.has_magic(pat) else [pat]

@@ -29,7 +29,7 @@ def register(sub):
 def serve(args):
     from .server import Receiver
 
-    host, port = parse_hostport(args.listen, 8080)
+    host, port = parse_hostport(args.listen, 8080, flag="--listen")
     keys = _keys(args.keys) if args.keys else {}
     try:
         r = Receiver(host, port, args.data, keys)

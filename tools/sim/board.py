@@ -555,7 +555,7 @@ def run(args):
     board = Board(args.flash, f"{world.host}:{world.port}", chip=args.chip, flash_mb=args.flash_mb,
                   auto_reset=not args.no_auto_reset, fail_write_at=args.fail_write_at, mute=args.mute,
                   heap=args.heap, vm=args.micropython)
-    host, port = simnode.parse_hostport(args.listen, default_port=0)
+    host, port = simnode.parse_hostport(args.listen, default_port=0, flag="--listen")
     server = Server(board, host, port)
     print(server.url, flush=True)
     signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))

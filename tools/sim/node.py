@@ -198,11 +198,15 @@ def start_image(fs_path, world, heap="128k", interactive=False, vm=None, firmwar
     return subprocess.Popen(cmd, cwd=Path(fs_path).parent, env=env, **popen)
 
 
-def parse_hostport(text, default_port=1883):
+def parse_hostport(text, default_port=1883, flag="--broker"):
+    """HOST:PORT as the user typed it after `flag`; a one-line error naming that flag."""
     host, _, port = text.rpartition(":")
     if not host:
         host, port = text, str(default_port)
     try:
-        return host, int(port)
+        port = int(port)
+        if not 0 <= port <= 65535:
+            raise ValueError
+        return host, port
     except ValueError:
-        raise UserError(f"--broker {text!r}: expected HOST:PORT, e.g. 127.0.0.1:1883") from None
+        raise UserError(f"{flag} {text!r}: expected HOST:PORT, e.g. 127.0.0.1:{default_port or 1883}") from None

@@ -50,7 +50,9 @@ class _Checker:
 
     def __init__(self, specs, path, root):
         self.specs = specs
-        self.file = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+        # Relative to the specs' common folder, unless that is the filesystem root: /x stays /x.
+        shared = path.is_relative_to(root) and Path(root) != Path(Path(root).anchor)
+        self.file = str(path.relative_to(root)) if shared else str(path)
 
     def error(self, fld, reason):
         self.specs.errors.append(Problem(self.file, fld, reason))
