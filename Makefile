@@ -1,11 +1,13 @@
 # openpole: `make demo` runs a simulated pole, `make test` runs the whole suite.
-# Both create .venv with everything they need; DURATION=S stops the demo after S seconds.
+# Both create .venv with everything they need; DURATION=S stops the demo after S seconds, FLASH=1
+# flashes its nodes through virtual ESP32 boards first.
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DURATION ?= 0
 NODES ?= 3
+FLASH ?=
 PYTEST_ARGS ?=
 
 .PHONY: install test demo specs clean
@@ -23,7 +25,7 @@ test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: install
-	$(BIN)/openpole sim demo --nodes $(NODES) --duration $(DURATION)
+	$(BIN)/openpole sim demo --nodes $(NODES) --duration $(DURATION) $(if $(FLASH),--flash)
 
 specs: install
 	$(BIN)/openpole spec check
