@@ -82,6 +82,8 @@ def validate(cfg, boards=None):
             raise ConfigError("broker.%s: text" % k)
     if "timeout_s" in b:
         _number(b["timeout_s"], 1, 60, "broker.timeout_s")
+    if "keepalive_s" in b:  # the broker sends the node's last will "offline" 1.5 keepalives after it goes quiet
+        _number(b["keepalive_s"], 2, 600, "broker.keepalive_s")
     if not isinstance(b.get("tls", False), bool):
         raise ConfigError("broker.tls: true (TLS, checked against ca.der) or false")
     w = out["wifi"]

@@ -61,7 +61,8 @@ class Node:
         # restarted before the agent subscribed again dropped them).
         self.ack_timeout_ms = int(cfg["ack_timeout_s"] * 1000)
         self.mqtt = Transport(self.node_id, b["host"], b.get("port", 1883), b.get("user"), b.get("password"),
-                              timeout_s=b.get("timeout_s", 10), subscribe=(base + "cmd", base + "ack"),
+                              timeout_s=b.get("timeout_s", 10), keepalive_s=b.get("keepalive_s", 60),
+                              subscribe=(base + "cmd", base + "ack"),
                               backoff_max_ms=int(b.get("backoff_max_s", 60) * 1000), resolve=hw.resolve,
                               tls=_tls() if b.get("tls") else None)
         self.mqtt.set_last_will(self.status_topic, b"offline")

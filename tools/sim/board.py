@@ -54,8 +54,8 @@ ERR_INVALID, ERR_FAILED, ERR_CRC, ERR_WRITE, ERR_DEFLATE = 0x05, 0x06, 0x07, 0x0
 RESET_HOLD_S = 0.002  # EN must stay low this long to reset the chip (the RC on EN)
 
 BOOT_LOG = {
-    "download": b"ets Jul 29 2019 12:21:46\r\n\r\nrst:0x1 (POWERON_RESET),boot:0x3 (DOWNLOAD_BOOT(UART0/UART1/SDIO_REI_REO_V2))\r\n"
-                b"waiting for download\r\n",
+    "download": b"ets Jul 29 2019 12:21:46\r\n\r\nrst:0x1 (POWERON_RESET),"
+                b"boot:0x3 (DOWNLOAD_BOOT(UART0/UART1/SDIO_REI_REO_V2))\r\nwaiting for download\r\n",
     "flash": b"ets Jul 29 2019 12:21:46\r\n\r\nrst:0x1 (POWERON_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)\r\n",
 }
 

@@ -75,7 +75,8 @@ def flash_nodes(names, state, world, broker, heap, console):
 
     firmware = stand_in_firmware(state / "ESP32_GENERIC.bin")
     site = Site(state / "site")
-    base = {"interval_s": 1.0, "broker": {"host": broker.host, "port": broker.port}, "sensors": {name: {} for name in simnode.ALL_SENSORS}}
+    base = {"interval_s": 1.0, "broker": {"host": broker.host, "port": broker.port},
+            "sensors": {name: {} for name in simnode.ALL_SENSORS}}
     nodes = [FlashedNode(name, state / name, world, heap) for name in names]
     console.print(f"flashing {len(nodes)} virtual ESP32 boards: " + ", ".join(n.server.url for n in nodes))
     results = {}
