@@ -9,6 +9,7 @@ window itself (Receive Maximum), at a price in CPU: paho builds a Properties obj
 """
 
 import logging
+import threading
 import ssl
 import struct
 
@@ -137,6 +138,7 @@ class MqttIngest:
     def __init__(self, cfg, deliver):
         self.deliver = deliver  # deliver(topic, payload, mid, qos), called on paho's thread
         self.connected = False
+        self.subscribed = threading.Event()
         self.stopping = False
         self.v5 = cfg.mqtt_version == 5
         if self.v5:
@@ -154,6 +156,7 @@ class MqttIngest:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
         c.reconnect_delay_set(min_delay=1, max_delay=30)
         self.client = c
         self.host, self.port = cfg.broker_host, cfg.broker_port
@@ -165,6 +168,9 @@ class MqttIngest:
         self.connected = True
         log.info("connected to broker %s:%d", self.host, self.port)
         client.subscribe(DATA_TOPIC, qos=1)
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
+        self.subscribed.set()  # the broker holds our subscription: what is published now reaches us
 
     def _on_disconnect(self, client, userdata, flags, reason, properties):
         self.connected = False

@@ -3,7 +3,6 @@ caught by the check it breaks (and only that one)."""
 
 import subprocess
 import sys
-import time
 
 import cbor2
 import pytest
@@ -88,7 +87,7 @@ def test_our_firmware_conforms_live(app, mosquitto, world, tmp_path):
     checker = subprocess.Popen([sys.executable, "-m", "openpole", "conformance", "--broker", f"{mosquitto.host}:{mosquitto.port}",
                                 "--node-id", "sim-c", "--duration", "8", "--interval", "0.5"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    time.sleep(1.5)
+    assert checker.stdout.readline().startswith("listening to openpole/v1/sim-c/#")  # subscribed: the node may start
     state = tmp_path / "node"
     simnode.write_config(state, simnode.node_config("sim-c", mosquitto.host, mosquitto.port, interval_s=0.5, cycles=10,
                                                     world=f"{world.host}:{world.port}"))

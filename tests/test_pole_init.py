@@ -139,17 +139,23 @@ def test_pole_init_writes_a_broker_that_fences_each_node(site, tmp_path):
         b.publish("openpole/v1/pole1-b/diag")
         agent.publish("openpole/v1/pole1-a/cmd")
         agent.publish("openpole/v1/pole1-b/cmd")
-        time.sleep(1.0)
-        assert sorted(agent.got) == ["openpole/v1/pole1-a/cmd", "openpole/v1/pole1-a/data", "openpole/v1/pole1-a/status",
-                                     "openpole/v1/pole1-b/cmd", "openpole/v1/pole1-b/diag"]
-        assert a.got == ["openpole/v1/pole1-a/cmd"]  # its own command topic only
+        # Sentinels last: the broker keeps each client's order, so once they arrive anything the
+        # ACL let through before them has arrived too.
+        a.publish("openpole/v1/pole1-a/status")
+        agent.publish("openpole/v1/pole1-a/cmd")
+        assert wait(lambda: agent.got.count("openpole/v1/pole1-a/status") == 2 and a.got.count("openpole/v1/pole1-a/cmd") == 2)
+        assert sorted(set(agent.got)) == ["openpole/v1/pole1-a/cmd", "openpole/v1/pole1-a/data", "openpole/v1/pole1-a/status",
+                                          "openpole/v1/pole1-b/cmd", "openpole/v1/pole1-b/diag"]
+        assert "openpole/v1/pole1-b/data" not in agent.got  # a node posing as another: dropped by the ACL
+        assert a.got == ["openpole/v1/pole1-a/cmd"] * 2  # its own command topic only
         bad = Client(port, "pole1-a", "not-the-password")
         assert bad.rc.is_failure
         # A node's credentials (in its flash, on a public pole) under the agent's client id: the
         # broker takes the user name as the id, so the agent is not kicked off.
         thief = Client(port, "pole1-b", secrets["pole1-b"]["broker_password"], client_id=agent.c._client_id.decode())
-        time.sleep(0.5)
-        assert agent.c.is_connected()
+        n = agent.got.count("openpole/v1/pole1-b/cmd")
+        agent.publish("openpole/v1/pole1-b/cmd")  # a round trip after the thief's connect
+        assert wait(lambda: agent.got.count("openpole/v1/pole1-b/cmd") == n + 1) and agent.c.is_connected()
         for c in (agent, a, b, bad, thief):
             c.close()
     finally:

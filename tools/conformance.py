@@ -170,7 +170,9 @@ def listen(host, port, node_id, duration_s):
     except OSError as e:
         raise UserError(f"cannot reach the broker {host}:{port}: {e.strerror or e}") from None
     c.loop_start()
-    subscribed.wait(10)
+    if not subscribed.wait(10):
+        raise UserError(f"the broker {host}:{port} did not confirm the subscription to openpole/v1/{node_id}/#")
+    print(f"listening to openpole/v1/{node_id}/# on {host}:{port} for {duration_s:g} s", flush=True)
     time.sleep(duration_s)
     c.disconnect()
     c.loop_stop()
