@@ -79,6 +79,10 @@ def test_a_flashing_station_of_virtual_boards_end_to_end(boards, kit, mosquitto,
     d = json.loads(openpole("diag", "--port", b1.url, "--json").stdout)
     assert d["node"] == "st-1" and d["sensors"]["bme280"]["state"] == "ok"
     assert openpole("config", "get", "interval_s", "--port", b1.url).stdout.strip() == "0.5"
+    r = openpole("log", "--port", b1.url)
+    assert r.returncode == 0 and "openpole node st-1" in r.stdout, r.stdout + r.stderr
+    r = openpole("monitor", "--port", b1.url, "--count", "2")
+    assert r.returncode == 0 and "temperature" in r.stdout, r.stdout + r.stderr
     r = openpole("selftest", "--port", b1.url)
     assert r.returncode == 0 and "selftest: PASS" in r.stdout, r.stdout + r.stderr
     r = openpole("deploy", "--port", b1.url, "--sim")
