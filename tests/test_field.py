@@ -52,7 +52,7 @@ def wait_ready(port, timeout=30):
     end = time.monotonic() + timeout
     while True:
         r = openpole("diag", "--port", port, "--json")
-        if r.returncode == 0 or time.monotonic() > end:
+        if r.returncode in (0, 1) or time.monotonic() > end:  # the node answered: healthy (0) or not (1)
             return r
         time.sleep(0.5)
 
@@ -143,7 +143,8 @@ def test_a_failing_sensor_is_reported_first_and_selftest_fails(mosquitto, tmp_pa
     node = SimNode(mosquitto, tmp_path / "node", "fa-2", sensors="bme280,sht31")
     try:
         assert openpole("deploy", "--port", node.port, "--sim").returncode == 0
-        wait_ready(node.port)
+        r = wait_ready(node.port)
+        assert r.returncode == 1 and json.loads(r.stdout)["sensors"]["sht31"]["state"] == "failed"  # --json: 1 too
         r = openpole("diag", "--port", node.port)
         assert r.returncode == 1
         first = r.stdout.splitlines()[1]

@@ -266,8 +266,8 @@ def run_diag(args):
             d = c.attach().diag()
         got[port] = d
         if len(port_list) == 1:
-            if args.json:
-                return True, json.dumps(d, indent=1)
+            if args.json:  # the exit status still says healthy (0) or not (1), for scripts
+                return not report.problems(d), json.dumps(d, indent=1)
             report.render(d, console)
             return not report.problems(d), ""
         return not report.problems(d), f"node {d.get('node')}: {report.verdict(d)}"
@@ -276,8 +276,7 @@ def run_diag(args):
         status = multi.run(job, port_list, "diag", console=Console(stderr=True))
         print(json.dumps(got, indent=1))
         return status
-    status = multi.run(job, port_list, "diag", console=console)
-    return 0 if args.json else status
+    return multi.run(job, port_list, "diag", console=console)
 
 
 def run_monitor(args):
