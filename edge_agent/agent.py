@@ -49,7 +49,9 @@ class Agent:
     def __init__(self, cfg, store=None, sink=None, clock=time.time_ns, ingest_factory=MqttIngest, clock_synced=None):
         self.cfg = cfg
         self.store = store or Store(cfg.state_dir, cfg.quota_bytes, cfg.max_age_s)
-        self.sink = sink or sink_for(cfg.upstream, compress=cfg.compress, pole=cfg.pole_id)
+        self.sink = sink or sink_for(cfg.upstream, compress=cfg.compress, pole=cfg.pole_id, nats_user=cfg.nats_user,
+                                     nats_password=cfg.nats_password, nats_creds=cfg.nats_creds,
+                                     nats_tls_ca=cfg.nats_tls_ca)
         self.clock = clock
         self.clock_synced = clock_synced  # callable -> True/False/None (unknown): see timesync.py
         self.inbox = queue.SimpleQueue()
@@ -233,7 +235,9 @@ class Agent:
         split = False
         while not self.stopping.is_set():
             try:
-                self.sink.send(batch_id, body)
+                answer = self.sink.send(batch_id, body)
+                if answer and answer.get("duplicate"):
+                    self.store.count("upstream_duplicates")  # a re-send after a lost ack, stored once upstream
                 self._when_room(self.store.acknowledged, rows[-1][0], records)
                 self.upstream_ok, self.last_error = True, None
                 return split

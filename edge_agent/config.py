@@ -20,6 +20,11 @@ class AgentConfig:
     batch_max: int = 2000  # records per batch
     upstream_key: bytes | None = field(default=None, repr=False)  # signs batches (COSE_Mac0 HMAC)
     compress: bool = False  # gzip batches over HTTP
+    # nats:// upstreams: credentials (user and password, or a .creds file with an nkey) and a CA
+    nats_user: str | None = None
+    nats_password: str | None = field(default=None, repr=False)
+    nats_creds: str | None = None
+    nats_tls_ca: str | None = None
     node_keys: dict = field(default_factory=dict, repr=False)  # node id -> key bytes
     require_mac: bool = False
     group_commit_ms: int = 50  # a node message waits at most this long for its PUBACK
@@ -45,6 +50,10 @@ _SECTIONS = {
     ("upstream", "batch_interval_s"): "batch_interval_s",
     ("upstream", "batch_max"): "batch_max",
     ("upstream", "compress"): "compress",
+    ("upstream", "nats_user"): "nats_user",
+    ("upstream", "nats_password"): "nats_password",
+    ("upstream", "nats_creds"): "nats_creds",
+    ("upstream", "nats_tls_ca"): "nats_tls_ca",
     ("state", "dir"): "state_dir",
     ("state", "quota_bytes"): "quota_bytes",
     ("state", "min_free_bytes"): "min_free_bytes",

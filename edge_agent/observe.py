@@ -30,7 +30,8 @@ def status(agent):
     return {
         "pole": agent.cfg.pole_id,
         "uptime_s": round(time.monotonic() - STARTED),
-        "broker": {"address": f"{agent.cfg.broker_host}:{agent.cfg.broker_port}", "connected": agent.ingest.connected},
+        "broker": {"address": f"{agent.cfg.broker_host}:{agent.cfg.broker_port}", "connected": agent.ingest.connected,
+                   "subscribed": agent.ingest.subscribed.is_set()},
         "upstream": {"url": agent.sink.describe(), "ok": agent.upstream_ok, "last_error": agent.last_error},
         "queue": {"messages": messages, "records": records, "bytes": size,
                   "oldest_age_s": None if oldest is None else round((now - oldest) / 1e9, 1)},

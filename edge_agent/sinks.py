@@ -1,5 +1,6 @@
 """Where batches go upstream. SINKS maps a URL scheme to a sink class; each sink's send(batch_id,
-body) returns normally once the upstream acknowledged, raises Transient (retry) or Permanent."""
+body) returns normally once the upstream acknowledged (a dict with "duplicate": True when the
+upstream already held the batch), raises Transient (retry), TooLarge or Permanent."""
 
 import gzip
 import json
@@ -119,7 +120,92 @@ class MqttSink:
         return f"mqtt://{self.host}:{self.port}/{self.topic}"
 
 
-SINKS = {"http": HttpSink, "https": HttpSink, "mqtt": MqttSink}
+class NatsSink:
+    """nats://a:4222,nats://b:4222: each batch is published to openpole.batches.<pole> on the city's
+    JetStream stream (made by `openpole city init`) with the batch id as Nats-Msg-Id. The stream's
+    publish ack (stream, sequence) is the acknowledgement; a re-sent batch inside the stream's
+    duplicate window comes back acked as a duplicate and is stored once. Several servers are
+    listed for failover. nats-py is asyncio: its loop runs on a thread of this sink's own."""
+
+    SUBJECT = "openpole.batches.{pole}"
+
+    def __init__(self, url, timeout_s=10.0, pole="pole", nats_user=None, nats_password=None, nats_creds=None,
+                 nats_tls_ca=None, **_):
+        import asyncio
+        import threading
+
+        self.servers = [s.strip() for s in url.split(",") if s.strip()]
+        self.subject = self.SUBJECT.format(pole=pole)
+        self.timeout = timeout_s
+        self.options = {"user": nats_user, "password": nats_password, "user_credentials": nats_creds}
+        self.tls_ca = nats_tls_ca
+        self.duplicates = 0  # batches the stream already held (a re-send after a lost ack)
+        self.last_ack = None  # (stream, sequence) of the last batch acknowledged
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, name="openpole-nats", daemon=True).start()
+        self.nc = self.js = None
+
+    async def _publish(self, batch_id, body):
+        import nats
+
+        if self.nc is None or self.nc.is_closed:
+            opts = {k: v for k, v in self.options.items() if v}
+            if self.tls_ca:
+                import ssl
+
+                opts["tls"] = ssl.create_default_context(cafile=self.tls_ca)
+            # Keep reconnecting in the background; a send waits at most its own timeout.
+            self.nc = await nats.connect(self.servers, connect_timeout=min(self.timeout, 5), max_reconnect_attempts=-1,
+                                         reconnect_time_wait=1, allow_reconnect=True, error_cb=_quiet,
+                                         disconnected_cb=_quiet, reconnected_cb=_quiet, **opts)
+            self.js = self.nc.jetstream(timeout=self.timeout)
+        return await self.js.publish(self.subject, body, timeout=self.timeout, headers={"Nats-Msg-Id": batch_id.hex()})
+
+    def send(self, batch_id, body):
+        import asyncio
+        import concurrent.futures
+
+        import nats.errors
+        import nats.js.errors
+
+        fut = asyncio.run_coroutine_threadsafe(self._publish(batch_id, body), self.loop)
+        try:
+            ack = fut.result(self.timeout + 5)
+        except concurrent.futures.TimeoutError:
+            fut.cancel()
+            raise Transient(f"upstream NATS {self.describe()}: no publish ack in {self.timeout:.0f} s") from None
+        except nats.js.errors.NoStreamResponseError:
+            raise Transient(f"upstream NATS: no stream takes {self.subject}: run `openpole city init --nats ...`") from None
+        except nats.js.errors.APIError as e:
+            if e.err_code == 10054 or e.code == 413:  # message size exceeds the stream's maximum
+                raise TooLarge(f"upstream NATS: batch of {len(body)} bytes over the stream's max_msg_size") from None
+            raise Transient(f"upstream NATS: {e.description or e}") from None
+        except (nats.errors.Error, OSError, asyncio.TimeoutError) as e:
+            if self.nc is not None and not self.nc.is_connected:
+                self._reset()
+            raise Transient(f"upstream NATS {self.describe()} unreachable: {type(e).__name__} {e}".strip()) from None
+        if ack.duplicate:
+            self.duplicates += 1
+        self.last_ack = (ack.stream, ack.seq)
+        return {"duplicate": bool(ack.duplicate), "stream": ack.stream, "seq": ack.seq}
+
+    def _reset(self):
+        """A connection that never came up is dropped; the next send connects again."""
+        if self.nc is not None and not self.nc.is_reconnecting:
+            import asyncio
+
+            nc, self.nc = self.nc, None
+            asyncio.run_coroutine_threadsafe(nc.close(), self.loop)
+
+    def describe(self):
+        return ",".join(self.servers) + f" ({self.subject})"
+
+
+async def _quiet(*_):
+    """nats-py's callbacks: the sender reports what matters, as a Transient, with backoff."""
+
+
+SINKS = {"http": HttpSink, "https": HttpSink, "mqtt": MqttSink, "nats": NatsSink}
 
 
 def sink_for(url, **kw):

@@ -18,13 +18,14 @@ def _commands():
     from . import conformance
     from .noise import analyze as noise_cli
     from .field import cli as field_cli
+    from .city import cli as city_cli
 
-    return (field_cli, spec_cli, sim_cli, edge_cli, receiver_cli, noise_cli, conformance)
+    return (field_cli, spec_cli, sim_cli, edge_cli, receiver_cli, city_cli, noise_cli, conformance)
 
 
 # Optional dependencies -> the extra that brings them (pyproject.toml).
 EXTRAS = {"esptool": "field", "littlefs": "field", "mpremote": "field", "serial": "field",
-          "smbus2": "pi", "amqtt": "sim"}
+          "smbus2": "pi", "amqtt": "sim", "nats": "city"}
 
 
 EXIT_CODES = """exit status:
@@ -62,6 +63,7 @@ EXAMPLES = {
     "noise analyze": "openpole noise analyze street.wav --mic inmp441",
     "capture": "openpole capture --broker 127.0.0.1:1883 --node-id pole17-1 --duration 120 --out pole17-1.jsonl",
     "conformance": "openpole conformance --capture pole17-1.jsonl --node-id pole17-1",
+    "city init": "openpole city init --nats nats://nats1:4222,nats://nats2:4222,nats://nats3:4222",
 }
 
 

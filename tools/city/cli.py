@@ -1,0 +1,34 @@
+"""`openpole city ...`: the city's side of openpole at scale."""
+
+from ..errors import UserError
+
+
+def register(sub):
+    p = sub.add_parser("city", help="a city's NATS JetStream stream and PostgreSQL loaders for many poles")
+    csub = p.add_subparsers(dest="city_command", metavar="ACTION", required=True)
+    i = csub.add_parser("init", help="make the JetStream stream of pole batches, or bring its settings up to date")
+    i.add_argument("--nats", required=True, metavar="URL",
+                   help="the cluster's servers, as NATS clients take them: nats://a:4222,nats://b:4222")
+    i.add_argument("--replicas", type=int, default=3, help="copies of each batch across servers (default 3; 1 for "
+                                                          "a single test server)")
+    i.add_argument("--max-age-days", type=float, default=7.0, help="a batch waits at most this long for the loaders "
+                                                                 "(default 7)")
+    i.add_argument("--max-gb", type=float, default=50.0, help="the stream's size cap in GiB, oldest dropped past it "
+                                                            "(default 50)")
+    i.add_argument("--duplicate-window-s", type=float, default=600.0,
+                   help="a re-sent batch id within this window is stored once (default 600)")
+    i.set_defaults(func=run_init)
+
+
+def run_init(args):
+    from .stream import STREAM, StreamSettings, ensure
+
+    if not 1 <= args.replicas <= 5:
+        raise UserError("--replicas: 1 to 5 (JetStream's limit)")
+    settings = StreamSettings(replicas=args.replicas, duplicate_window_s=args.duplicate_window_s,
+                              max_age_s=args.max_age_days * 86400, max_bytes=int(args.max_gb * 1024**3))
+    what, cfg = ensure(args.nats, settings)
+    print(f"stream {STREAM} {what}: subjects {', '.join(cfg.subjects)}, {cfg.num_replicas} replica(s), file storage, "
+          f"duplicate window {cfg.duplicate_window:g} s, max age {cfg.max_age / 86400:g} days, "
+          f"max {cfg.max_bytes / 1024**3:g} GiB")
+    return 0
