@@ -326,6 +326,7 @@ class Board:
         self.proc = None
         self._pty = None
         self.boots = 0
+        self.closed = False
 
     # --- the serial line ---
     def attach(self, send):
@@ -396,6 +397,8 @@ class Board:
 
     def boot(self, mode):
         with self._lock:
+            if self.closed:  # a reboot timer that fires after close starts nothing
+                return
             self._stop_node()
             self.mode = mode
             self.boots += 1
@@ -486,6 +489,7 @@ class Board:
 
     def close(self):
         with self._lock:
+            self.closed = True
             self._stop_node()
             self.flash.flush()
 
