@@ -14,6 +14,10 @@ from openpole.errors import UserError
 STARTED = time.monotonic()  # uptime: a wall-clock step must not change it
 
 
+def _is_set(event):
+    return None if event is None else event.is_set()
+
+
 def status(agent):
     """Everything an engineer asks first, as one dict."""
     now = agent.clock()
@@ -31,7 +35,7 @@ def status(agent):
         "pole": agent.cfg.pole_id,
         "uptime_s": round(time.monotonic() - STARTED),
         "broker": {"address": f"{agent.cfg.broker_host}:{agent.cfg.broker_port}", "connected": agent.ingest.connected,
-                   "subscribed": agent.ingest.subscribed.is_set()},
+                   "subscribed": _is_set(getattr(agent.ingest, "subscribed", None))},
         "upstream": {"url": agent.sink.describe(), "ok": agent.upstream_ok, "last_error": agent.last_error},
         "queue": {"messages": messages, "records": records, "bytes": size,
                   "oldest_age_s": None if oldest is None else round((now - oldest) / 1e9, 1)},
