@@ -25,7 +25,7 @@ def _commands():
 
 # Optional dependencies -> the extra that brings them (pyproject.toml).
 EXTRAS = {"esptool": "field", "littlefs": "field", "mpremote": "field", "serial": "field",
-          "smbus2": "pi", "amqtt": "sim", "nats": "city"}
+          "smbus2": "pi", "amqtt": "sim", "nats": "city", "psycopg": "city"}
 
 
 EXIT_CODES = """exit status:

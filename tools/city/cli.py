@@ -6,9 +6,12 @@ from ..errors import UserError
 def register(sub):
     p = sub.add_parser("city", help="a city's NATS JetStream stream and PostgreSQL loaders for many poles")
     csub = p.add_subparsers(dest="city_command", metavar="ACTION", required=True)
-    i = csub.add_parser("init", help="make the JetStream stream of pole batches, or bring its settings up to date")
-    i.add_argument("--nats", required=True, metavar="URL",
+    i = csub.add_parser("init", help="make the JetStream stream of pole batches and the database schema, or bring "
+                                     "them up to date")
+    i.add_argument("--nats", metavar="URL",
                    help="the cluster's servers, as NATS clients take them: nats://a:4222,nats://b:4222")
+    i.add_argument("--db", metavar="DSN", help="PostgreSQL, e.g. postgresql://openpole@db1/openpole: apply the "
+                                               "schema's migrations")
     i.add_argument("--replicas", type=int, default=3, help="copies of each batch across servers (default 3; 1 for "
                                                           "a single test server)")
     i.add_argument("--max-age-days", type=float, default=7.0, help="a batch waits at most this long for the loaders "
@@ -21,6 +24,20 @@ def register(sub):
 
 
 def run_init(args):
+    if not args.nats and not args.db:
+        raise UserError("city init: give --nats URL (the stream), --db DSN (the schema), or both")
+    if args.db:
+        from .db import MIGRATIONS, migrate
+
+        applied = migrate(args.db)
+        print(f"database schema: {'applied migration(s) ' + ', '.join(map(str, applied)) if applied else 'up to date'} "
+              f"(version {MIGRATIONS[-1][0]})")
+    if args.nats:
+        _init_stream(args)
+    return 0
+
+
+def _init_stream(args):
     from .stream import STREAM, StreamSettings, ensure
 
     if not 1 <= args.replicas <= 5:
@@ -31,4 +48,3 @@ def run_init(args):
     print(f"stream {STREAM} {what}: subjects {', '.join(cfg.subjects)}, {cfg.num_replicas} replica(s), file storage, "
           f"duplicate window {cfg.duplicate_window:g} s, max age {cfg.max_age / 86400:g} days, "
           f"max {cfg.max_bytes / 1024**3:g} GiB")
-    return 0
