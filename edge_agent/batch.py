@@ -150,6 +150,22 @@ def decode_messages(data, max_size=8 * 1024 * 1024):
     return batch_id, pole, msgs, [tuple(m) for m in minutes]
 
 
+def decode_signed(data, keys=None, max_size=8 * 1024 * 1024):
+    """A batch as an upstream receives it, signed (COSE_Mac0) or not: (batch_id, pole, messages,
+    minutes). keys: {pole: key}; with keys, only batches a known pole signed pass, and the signer
+    must be the pole the batch names. ValueError with the reason otherwise. The HTTP receiver and the
+    city's loaders share it."""
+    from . import sign
+
+    body, signer = sign.unwrap(data, keys or {})
+    if keys and signer is None:
+        raise ValueError("this upstream takes signed batches only")
+    batch_id, pole, messages, minutes = decode_messages(body, max_size)
+    if signer is not None and signer != pole:
+        raise ValueError(f"batch from pole {pole!r} signed by {signer!r}")
+    return batch_id, pole, messages, minutes
+
+
 RECORD_FIELDS = ("pole", "node", "boot", "seq", "node_clock_ms", "name", "unit", "value", "time", "flags", "time_quality",
                  "receive_ns")
 

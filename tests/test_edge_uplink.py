@@ -66,7 +66,7 @@ def test_a_receiver_refuses_unsigned_wrongly_signed_and_bomb_batches(tmp_path):
             return e.code, e.read().decode()
 
     try:
-        assert post(body) == (400, '{"error": "this receiver takes signed batches only"}')
+        assert post(body) == (400, '{"error": "this upstream takes signed batches only"}')
         assert post(sign.sign(body, "p1", b"x" * 32))[1] == '{"error": "bad signature for pole \'p1\'"}'
         assert "no key for pole 'p9'" in post(sign.sign(body, "p9", KEY))[1]
         bomb = gzip.compress(b"\0" * (100 * 1024 * 1024))

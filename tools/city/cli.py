@@ -1,5 +1,9 @@
 """`openpole city ...`: the city's side of openpole at scale."""
 
+import json
+import tomllib
+from pathlib import Path
+
 from ..errors import UserError
 
 
@@ -21,6 +25,17 @@ def register(sub):
     i.add_argument("--duplicate-window-s", type=float, default=600.0,
                    help="a re-sent batch id within this window is stored once (default 600)")
     i.set_defaults(func=run_init)
+    ld = csub.add_parser("load", help="load the stream of pole batches into PostgreSQL (run several for more throughput)")
+    ld.add_argument("--nats", required=True, metavar="URL", help="the cluster's servers: nats://a:4222,nats://b:4222")
+    ld.add_argument("--db", required=True, metavar="DSN", help="PostgreSQL, e.g. postgresql://openpole@db1/openpole")
+    ld.add_argument("--keys", type=Path, help="TOML table of pole id = key (hex): take only batches those poles signed")
+    ld.add_argument("--group", type=int, default=100, help="batches fetched and committed at once (default 100)")
+    ld.add_argument("--exit-when-idle", type=float, metavar="S", help="stop after S seconds with nothing to load")
+    ld.set_defaults(func=run_load)
+    st = csub.add_parser("stats", help="counts of loaded records (the keys of `openpole receiver stats`)")
+    st.add_argument("--db", required=True, metavar="DSN")
+    st.add_argument("--json", action="store_true", help="one JSON object")
+    st.set_defaults(func=run_stats)
 
 
 def run_init(args):
@@ -48,3 +63,37 @@ def _init_stream(args):
     print(f"stream {STREAM} {what}: subjects {', '.join(cfg.subjects)}, {cfg.num_replicas} replica(s), file storage, "
           f"duplicate window {cfg.duplicate_window:g} s, max age {cfg.max_age / 86400:g} days, "
           f"max {cfg.max_bytes / 1024**3:g} GiB")
+
+
+def _keys(path):
+    if path is None:
+        return None
+    try:
+        table = tomllib.loads(path.read_text())
+        return {pole: bytes.fromhex(k) for pole, k in table.items()}
+    except OSError as e:
+        raise UserError(f"--keys {path}: {e.strerror}") from None
+    except (tomllib.TOMLDecodeError, ValueError, TypeError, AttributeError):
+        raise UserError(f"--keys {path}: a TOML table of pole id = \"key in hex\"") from None
+
+
+def run_load(args):
+    from . import load
+
+    def report(counts):
+        print(f"loaded {counts['batches']} batch(es): {counts['records_unique']} new readings, "
+              f"{counts['records_received'] - counts['records_unique']} duplicates, {counts['rejected']} rejected",
+              flush=True)
+
+    totals = load.run(args.nats, args.db, _keys(args.keys), args.group, args.exit_when_idle, report)
+    print(f"idle for {args.exit_when_idle:g} s: {totals['batches']} batches, {totals['records_unique']} new readings, "
+          f"{totals['rejected']} rejected")
+    return 0
+
+
+def run_stats(args):
+    from .load import stats
+
+    st = stats(args.db)
+    print(json.dumps(st) if args.json else ", ".join(f"{k} {v}" for k, v in st.items()))
+    return 0

@@ -10,7 +10,7 @@ import threading
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from openpole.edge_agent import batch, sign
+from openpole.edge_agent import batch
 
 from .store import ReceiverStore
 
@@ -55,12 +55,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if self.headers.get("Content-Encoding", "").lower() == "gzip":
                 body = _gunzip(body)
-            body, signer = sign.unwrap(body, self.server.keys)
-            if self.server.keys and signer is None:
-                raise ValueError("this receiver takes signed batches only")
-            batch_id, pole, messages, minutes = batch.decode_messages(body)
-            if signer is not None and signer != pole:
-                raise ValueError(f"batch from pole {pole!r} signed by {signer!r}")
+            batch_id, pole, messages, minutes = batch.decode_signed(body, self.server.keys)
         except ValueError as e:
             store.count("batches_rejected")
             return self._reply(400, {"error": str(e)})
