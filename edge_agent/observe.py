@@ -153,15 +153,15 @@ def from_state(state_dir):
     import sqlite3
     from pathlib import Path
 
+    from .store import DEPTH_SQL
+
     path = Path(state_dir) / "queue.sqlite"
     if not path.is_file():
         raise UserError(f"--state {state_dir}: no queue here (queue.sqlite): is it the agent's state.dir?")
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
         try:
-            messages, records, size, oldest = db.execute(
-                "SELECT count(*), coalesce(sum(records), 0), coalesce(sum(length(senml)), 0), min(receive_ns) "
-                "FROM messages WHERE id > (SELECT value FROM meta WHERE key = 'cursor')").fetchone()
+            messages, records, size, oldest = db.execute(DEPTH_SQL).fetchone()
             counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
         finally:
             db.close()

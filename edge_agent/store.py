@@ -36,6 +36,9 @@ CREATE TABLE IF NOT EXISTS quarantine (
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 """
+# What waits to go upstream: (messages, records, bytes, oldest receive_ns or None).
+DEPTH_SQL = ("SELECT count(*), coalesce(sum(records), 0), coalesce(sum(length(senml)), 0), min(receive_ns) "
+             "FROM messages WHERE id > (SELECT value FROM meta WHERE key = 'cursor')")
 KEEP_SENT_NS = 24 * 3600 * 10**9  # rows already upstream stay a day: replays in that time are caught
 
 
@@ -273,7 +276,4 @@ class Store:
     def depth(self):
         """(messages, records, bytes, oldest receive_ns or None) waiting to go upstream."""
         with self._rlock:
-            return self.reader.execute(
-                "SELECT count(*), coalesce(sum(records), 0), coalesce(sum(length(senml)), 0), min(receive_ns) "
-                "FROM messages WHERE id > (SELECT value FROM meta WHERE key = 'cursor')"
-            ).fetchone()
+            return self.reader.execute(DEPTH_SQL).fetchone()

@@ -1,7 +1,6 @@
 """`openpole city ...`: the city's side of openpole at scale."""
 
 import json
-import tomllib
 from pathlib import Path
 
 from ..errors import UserError
@@ -65,18 +64,6 @@ def _init_stream(args):
           f"max {cfg.max_bytes / 1024**3:g} GiB")
 
 
-def _keys(path):
-    if path is None:
-        return None
-    try:
-        table = tomllib.loads(path.read_text())
-        return {pole: bytes.fromhex(k) for pole, k in table.items()}
-    except OSError as e:
-        raise UserError(f"--keys {path}: {e.strerror}") from None
-    except (tomllib.TOMLDecodeError, ValueError, TypeError, AttributeError):
-        raise UserError(f"--keys {path}: a TOML table of pole id = \"key in hex\"") from None
-
-
 def run_load(args):
     from . import load
 
@@ -85,7 +72,10 @@ def run_load(args):
               f"{counts['records_received'] - counts['records_unique']} duplicates, {counts['rejected']} rejected",
               flush=True)
 
-    totals = load.run(args.nats, args.db, _keys(args.keys), args.group, args.exit_when_idle, report)
+    from ..receiver.cli import pole_keys
+
+    keys = pole_keys(args.keys) if args.keys else None
+    totals = load.run(args.nats, args.db, keys, args.group, args.exit_when_idle, report)
     print(f"idle for {args.exit_when_idle:g} s: {totals['batches']} batches, {totals['records_unique']} new readings, "
           f"{totals['rejected']} rejected")
     return 0

@@ -67,13 +67,14 @@ class Loader:
                             "last_batch = now()", (pole,))
                 cur.executemany("INSERT INTO nodes (pole, node) VALUES (%s, %s) ON CONFLICT DO NOTHING",
                                 sorted({(m[0], m[1]) for m in messages}))
-                fresh = set()
-                for m in messages:
-                    cur.execute("INSERT INTO messages (pole, node, boot, seq, batch_id, readings) VALUES "
-                                "(%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING 1",
-                                (m[0], m[1], m[2], m[3], batch_id, len(m[5])))
-                    if cur.fetchone():
-                        fresh.add((m[0], m[1], m[2], m[3]))
+                fresh = set()  # the messages the index did not hold: one pipelined statement for the batch
+                cur.executemany("INSERT INTO messages (pole, node, boot, seq, batch_id, readings) VALUES "
+                                "(%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING pole, node, boot, seq",
+                                [(m[0], m[1], m[2], m[3], batch_id, len(m[5])) for m in messages], returning=True)
+                while True:
+                    fresh.update(cur.fetchall())
+                    if not cur.nextset():
+                        break
                 for m in messages:
                     counts["records_received"] += len(m[5])
                     if (m[0], m[1], m[2], m[3]) not in fresh:

@@ -152,14 +152,14 @@ def run_flash(args):
     from . import image
 
     base, site = _base_config(args.config), _site(args)
-    image.board_info(args.board)
+    board, _ = image.board_info(args.board)
     unknown = set(re.findall(r"{[^}]*}", args.node_id)) - {"{n}", "{mac}"}
     if unknown:
         raise UserError(f"--node-id {args.node_id}: {', '.join(sorted(unknown))} is not a placeholder: use {{n}} "
                         f"(1, 2, ...) or {{mac}} (the last 6 hex digits of the MAC)")
     # The id, the board and the site's settings are checked before any port is opened or secret made.
     image.node_config(args.node_id.replace("{n}", "1").replace("{mac}", "a1b2c3"), args.board, base)
-    image.check_firmware(args.firmware, image.board_info(args.board)[0]["chip"])
+    image.check_firmware(args.firmware, board["chip"])
     port_list = _ports(args)
     if len(port_list) > 1 and "{" not in args.node_id:
         raise UserError("several ports need distinct ids: use {n} or {mac} in --node-id, e.g. pole17-{n}")

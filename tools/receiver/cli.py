@@ -30,7 +30,7 @@ def serve(args):
     from .server import Receiver
 
     host, port = parse_hostport(args.listen, 8080, flag="--listen")
-    keys = _keys(args.keys) if args.keys else {}
+    keys = pole_keys(args.keys) if args.keys else {}
     try:
         r = Receiver(host, port, args.data, keys)
     except OSError as e:
@@ -62,7 +62,9 @@ def stats(args):
     return 0
 
 
-def _keys(path):
+def pole_keys(path):
+    """A TOML table of pole id = key (hex) -> {pole: key bytes}; a one-line UserError otherwise.
+    The HTTP receiver's --keys and the city loaders' take the same file."""
     import tomllib
 
     try:
