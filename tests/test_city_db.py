@@ -8,8 +8,12 @@ import subprocess
 import sys
 import time
 
+import urllib.request
+
 import pytest
 from pgcluster import PgServer
+
+from openpole.sim.broker import free_port
 
 
 def openpole(*args, timeout=120):
@@ -26,14 +30,14 @@ def pg():
 
 def test_city_init_applies_the_schema_once(pg):
     r = openpole("city", "init", "--db", pg.dsn)
-    assert r.returncode == 0 and "applied migration(s) 1" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "applied migration(s) 1, 2" in r.stdout, r.stdout + r.stderr
     r = openpole("city", "init", "--db", pg.dsn)
-    assert r.returncode == 0 and "database schema: up to date (version 1)" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "database schema: up to date (version 2)" in r.stdout, r.stdout + r.stderr
     import psycopg
 
     with psycopg.connect(pg.dsn) as conn:
         tables = {t for (t,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
-        assert {"poles", "nodes", "messages", "readings_other", "rejected", "counters", "schema_migrations"} <= tables
+        assert {"poles", "nodes", "messages", "readings_other", "rejected", "latest", "loaders", "schema_migrations"} <= tables
         kind = conn.execute("SELECT relkind FROM pg_class WHERE relname = 'readings'").fetchone()[0]
         assert kind == "p"  # partitioned by time
     r = openpole("city", "init", "--db", "postgresql://openpole@127.0.0.1:9/none")
@@ -76,25 +80,63 @@ def test_the_loader_stores_each_reading_once_rejects_what_fails_and_survives_a_k
         sink.send(*signed_batch("p1", key, "n0", 1, range(0, 5)))
         sink.send(*signed_batch("p1", bytes(32), "n1", 1, [999]))  # a bad MAC
         sink.send(*signed_batch("p9", key, "n1", 1, [999]))  # a pole with no key here
-        r = openpole("city", "load", "--nats", lone.url, "--db", pg.dsn, "--keys", keys, "--exit-when-idle", "2")
+        from openpole.edge_agent import sign
+
+        sink.send(b"\x01" * 16, sign.sign(b"\xa1\x00", "p1", key))  # signed right, but not a batch
+        metrics = free_port()
+        r = openpole("city", "load", "--nats", lone.url, "--db", pg.dsn, "--keys", keys, "--exit-when-idle", "2",
+                     "--name", "loader-a", "--metrics", f"127.0.0.1:{metrics}")
         assert r.returncode == 0, r.stdout + r.stderr
         st = json.loads(openpole("city", "stats", "--db", pg.dsn, "--json").stdout)
-        assert st["unique"] == 600 and st["duplicates"] == 15 and st["batches_rejected"] == 2 and st["nodes"] == 4, st
+        assert st["unique"] == 600 and st["duplicates"] == 15 and st["batches_rejected"] == 3 and st["nodes"] == 4, st
         import psycopg
 
         with psycopg.connect(pg.dsn) as conn:
             assert conn.execute("SELECT count(*) FROM readings").fetchone()[0] == 600
             reasons = [r for (r,) in conn.execute("SELECT reason FROM rejected ORDER BY id")]
             assert "bad signature for pole 'p1'" in reasons[0] and "no key for pole 'p9'" in reasons[1]
+            assert len(reasons) == 3 and reasons[2]
             month = f"readings_{time.gmtime().tm_year:04d}_{time.gmtime().tm_mon:02d}"
             assert conn.execute("SELECT count(*) FROM pg_tables WHERE tablename = %s", (month,)).fetchone()[0] == 1
+
+        # Each series' newest value: node n0 carried messages 0-9, 40-49, ..., 160-169 (boot 1).
+        latest = json.loads(openpole("city", "latest", "--db", pg.dsn, "--pole", "p1", "--json").stdout)
+        assert {(r["node"], r["name"]) for r in latest} == {(f"n{i}", q) for i in range(4)
+                                                            for q in ("temperature", "humidity", "pressure")}
+        t0 = [r for r in latest if r["node"] == "n0" and r["name"] == "temperature"][0]
+        assert t0["value"] == 20.0 + 169 % 10 and t0["unit"] == "Cel", t0
+        assert "no readings loaded yet for pole p9" in openpole("city", "latest", "--db", pg.dsn, "--pole", "p9").stdout
+        # The receiver's CSV layout, from PostgreSQL.
+        r = openpole("city", "export", "--db", pg.dsn, "--out", tmp_path / "csv", "--since", "2020-01-01")
+        assert r.returncode == 0 and "wrote 600 records" in r.stdout, r.stdout + r.stderr
+        import csv
+        import gzip
+
+        with gzip.open(tmp_path / "csv" / "data.csv.gz", "rt") as f:
+            rows = list(csv.reader(f))
+        assert rows[0] == ["timestamp", "node_id", "subsystem", "sensor", "parameter", "value_raw", "value_hrf"]
+        assert len(rows) == 601 and {r[2] for r in rows[1:]} == {"p1"} and rows[1:] == sorted(rows[1:], key=lambda r: r[0])
+        r = openpole("city", "export", "--db", pg.dsn, "--out", tmp_path / "none", "--until", "2020-01-01")
+        assert "wrote 0 records" in r.stdout
+        r = openpole("city", "export", "--db", pg.dsn, "--out", tmp_path / "x", "--since", "yesterday")
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--since yesterday" in r.stderr
+        # The loader that stopped: its row, with what it did.
+        st = json.loads(openpole("city", "status", "--db", pg.dsn, "--json").stdout)
+        a = [l for l in st["loaders"] if l["name"] == "loader-a"][0]
+        assert a["readings"] == 600 and a["duplicates"] == 15 and a["rejected"] == 3 and a["live"], a
 
         # A loader SIGKILLed between its COMMIT and its acks, or mid-group: nothing lost, nothing doubled.
         for b in range(20, 60):
             sink.send(*signed_batch("p1", key, f"n{b % 4}", 2, range(b * 10, b * 10 + 10)))
         p = subprocess.Popen([sys.executable, "-m", "openpole", "city", "load", "--nats", lone.url, "--db", pg.dsn,
-                              "--keys", str(keys), "--group", "3"], stdout=subprocess.PIPE, text=True)
+                              "--keys", str(keys), "--group", "3", "--metrics", f"127.0.0.1:{metrics}"],
+                             stdout=subprocess.PIPE, text=True)
         assert p.stdout.readline().startswith("loaded ")
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5) as m:
+            text = m.read().decode()
+        assert "openpole_city_readings_loaded_total " in text and 'openpole_city_errors_total{kind="db_reconnects"} 0' in text
+        count = [ln for ln in text.splitlines() if ln.startswith("openpole_city_load_latency_seconds_count")][0]
+        assert int(count.split()[1]) >= 3, text
         p.send_signal(signal.SIGKILL)
         p.wait()
         r = openpole("city", "load", "--nats", lone.url, "--db", pg.dsn, "--keys", keys, "--exit-when-idle",
@@ -112,3 +154,24 @@ def load_ack_wait():
     from openpole.city.load import ACK_WAIT_S
 
     return ACK_WAIT_S
+
+
+def test_an_older_schema_is_brought_up_to_date_and_tools_refuse_a_missing_one(pg):
+    from openpole.city import db
+
+    r = openpole("city", "stats", "--db", pg.dsn)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no openpole schema" in r.stderr, r.stderr
+    import psycopg
+
+    with psycopg.connect(pg.dsn) as conn:  # a database at version 1, with counts in its counters table
+        conn.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY, applied timestamptz NOT NULL "
+                     "DEFAULT now())")
+        conn.execute(db.MIGRATIONS[0][1])
+        conn.execute("INSERT INTO schema_migrations (version) VALUES (1)")
+        conn.execute("INSERT INTO counters VALUES ('batches', 7), ('records_received', 90), ('records_unique', 80)")
+    r = openpole("city", "latest", "--db", pg.dsn)
+    assert r.returncode == 2 and "schema version 1, this openpole needs version 2" in r.stderr, r.stderr
+    r = openpole("city", "init", "--db", pg.dsn)
+    assert r.returncode == 0 and "applied migration(s) 2" in r.stdout, r.stdout + r.stderr
+    st = json.loads(openpole("city", "stats", "--db", pg.dsn, "--json").stdout)
+    assert (st["batches"], st["records"], st["unique"], st["duplicates"]) == (7, 90, 80, 10), st

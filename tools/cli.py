@@ -64,8 +64,11 @@ EXAMPLES = {
     "capture": "openpole capture --broker 127.0.0.1:1883 --node-id pole17-1 --duration 120 --out pole17-1.jsonl",
     "conformance": "openpole conformance --capture pole17-1.jsonl --node-id pole17-1",
     "city init": "openpole city init --nats nats://nats1:4222,nats://nats2:4222,nats://nats3:4222 --db postgresql://openpole@db1/openpole",
-    "city load": "openpole city load --nats nats://nats1:4222,nats://nats2:4222 --db postgresql://openpole@db1/openpole --keys poles.toml",
+    "city load": "openpole city load --nats nats://nats1:4222,nats://nats2:4222 --db postgresql://openpole@db1/openpole --keys poles.toml --metrics 0.0.0.0:9109",
     "city stats": "openpole city stats --db postgresql://openpole@db1/openpole --json",
+    "city status": "openpole city status --nats nats://nats1:4222 --db postgresql://openpole@db1/openpole",
+    "city latest": "openpole city latest --db postgresql://openpole@db1/openpole --pole pole17",
+    "city export": "openpole city export --db postgresql://openpole@db1/openpole --out export/ --since 2026-11-01",
 }
 
 

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 from ..errors import UserError
+from ..sim.node import parse_hostport
 
 
 def register(sub):
@@ -30,7 +31,27 @@ def register(sub):
     ld.add_argument("--keys", type=Path, help="TOML table of pole id = key (hex): take only batches those poles signed")
     ld.add_argument("--group", type=int, default=100, help="batches fetched and committed at once (default 100)")
     ld.add_argument("--exit-when-idle", type=float, metavar="S", help="stop after S seconds with nothing to load")
+    ld.add_argument("--name", help="this loader's name in `city status` (default HOST:PID)")
+    ld.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics")
+    ld.add_argument("--quiet", action="store_true", help="no line per loaded group")
     ld.set_defaults(func=run_load)
+    sa = csub.add_parser("status", help="the stream's lag per consumer, its servers, and each loader's rate and errors "
+                                        "(exit 1 on a problem)")
+    sa.add_argument("--nats", metavar="URL", help="the cluster's servers: nats://a:4222,nats://b:4222")
+    sa.add_argument("--db", metavar="DSN", help="PostgreSQL: the loaders' rows")
+    sa.add_argument("--json", action="store_true", help="one JSON object")
+    sa.set_defaults(func=run_status)
+    la = csub.add_parser("latest", help="each series' newest value in PostgreSQL")
+    la.add_argument("--db", required=True, metavar="DSN")
+    la.add_argument("--pole", help="one pole only")
+    la.add_argument("--json", action="store_true", help="one JSON array")
+    la.set_defaults(func=run_latest)
+    ex = csub.add_parser("export", help="CSV in the Array of Things layout from PostgreSQL (as `receiver export`)")
+    ex.add_argument("--db", required=True, metavar="DSN")
+    ex.add_argument("--out", type=Path, required=True, help="directory for the CSV files")
+    ex.add_argument("--since", help="from this UTC date or time (2026-11-30 or 2026-11-30T12:00)")
+    ex.add_argument("--until", help="up to, not including, this UTC date or time")
+    ex.set_defaults(func=run_export)
     st = csub.add_parser("stats", help="counts of loaded records (the keys of `openpole receiver stats`)")
     st.add_argument("--db", required=True, metavar="DSN")
     st.add_argument("--json", action="store_true", help="one JSON object")
@@ -68,6 +89,8 @@ def run_load(args):
     from . import load
 
     def report(counts):
+        if args.quiet:
+            return
         print(f"loaded {counts['batches']} batch(es): {counts['records_unique']} new readings, "
               f"{counts['records_received'] - counts['records_unique']} duplicates, {counts['rejected']} rejected",
               flush=True)
@@ -75,7 +98,10 @@ def run_load(args):
     from ..receiver.cli import pole_keys
 
     keys = pole_keys(args.keys) if args.keys else None
-    totals = load.run(args.nats, args.db, keys, args.group, args.exit_when_idle, report)
+    metrics_at = parse_hostport(args.metrics, 9109, flag="--metrics") if args.metrics else None
+    if args.group < 1:
+        raise UserError("--group: at least 1 batch")
+    totals = load.run(args.nats, args.db, keys, args.group, args.exit_when_idle, report, metrics_at, args.name)
     print(f"idle for {args.exit_when_idle:g} s: {totals['batches']} batches, {totals['records_unique']} new readings, "
           f"{totals['rejected']} rejected")
     return 0
@@ -86,4 +112,41 @@ def run_stats(args):
 
     st = stats(args.db)
     print(json.dumps(st) if args.json else ", ".join(f"{k} {v}" for k, v in st.items()))
+    return 0
+
+
+def run_status(args):
+    from .query import format_status, status
+
+    if not args.nats and not args.db:
+        raise UserError("city status: give --nats URL (the stream's lag), --db DSN (the loaders), or both")
+    st = status(args.nats, args.db)
+    print(json.dumps(st) if args.json else format_status(st))
+    return 1 if st["problems"] else 0
+
+
+def run_latest(args):
+    import datetime
+
+    from .query import latest
+
+    rows = latest(args.db, args.pole)
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    for r in rows:
+        t = datetime.datetime.fromtimestamp(r["time"], datetime.timezone.utc)
+        print(f"{r['pole']:<12} {r['node']:<16} {r['name']:<14} {r['value']:>10g} {r['unit'] or '':<8} {t:%Y-%m-%d %H:%M:%S}Z")
+    if not rows:
+        print("no readings loaded yet" + (f" for pole {args.pole}" if args.pole else ""))
+    return 0
+
+
+def run_export(args):
+    from .query import export, parse_time
+
+    since = parse_time(args.since, "--since") if args.since else None
+    until = parse_time(args.until, "--until") if args.until else None
+    n = export(args.db, args.out, since, until)
+    print(f"wrote {n} records to {args.out}/data.csv.gz, with nodes.csv, sensors.csv and provenance.csv")
     return 0

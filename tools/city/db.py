@@ -4,7 +4,9 @@ Readings are partitioned by month on their time; a default partition takes times
 plausible range (a node's clock before 2020, or a day ahead of the loader's). The message index's
 primary key is a node message's identity, (pole, node, boot, seq): a message that arrives twice,
 in one batch re-sent past the stream's duplicate window or in another batch after a pole crash,
-is stored once and counted as a duplicate.
+is stored once and counted as a duplicate. `latest` holds each series' newest value (the loader
+upserts it with the group), and each loader keeps a row in `loaders` for `openpole city status`.
+A migration is never edited once released: a change is a new one.
 """
 
 from ..errors import UserError
@@ -58,6 +60,37 @@ CREATE TABLE counters (
     value bigint NOT NULL
 );
 """),
+    (2, """
+CREATE TABLE latest (
+    pole text NOT NULL,
+    node text NOT NULL,
+    quantity text NOT NULL,
+    time timestamptz NOT NULL,
+    value double precision NOT NULL,
+    unit text,
+    PRIMARY KEY (pole, node, quantity)
+);
+CREATE TABLE loaders (
+    name text PRIMARY KEY,
+    started timestamptz NOT NULL,
+    seen timestamptz NOT NULL,
+    batches bigint NOT NULL DEFAULT 0,
+    received bigint NOT NULL DEFAULT 0,
+    loaded bigint NOT NULL DEFAULT 0,
+    rejected bigint NOT NULL DEFAULT 0,
+    rate double precision NOT NULL DEFAULT 0,
+    errors jsonb NOT NULL DEFAULT '{}'
+);
+-- One row per loader instead of shared counters that every loader's every group updated.
+INSERT INTO loaders (name, started, seen, batches, received, loaded, rejected)
+SELECT 'before schema 2', now(), now(),
+       coalesce(max(value) FILTER (WHERE name = 'batches'), 0),
+       coalesce(max(value) FILTER (WHERE name = 'records_received'), 0),
+       coalesce(max(value) FILTER (WHERE name = 'records_unique'), 0),
+       coalesce(max(value) FILTER (WHERE name = 'rejected'), 0)
+FROM counters HAVING count(*) > 0;
+DROP TABLE counters;
+"""),
 ]
 
 
@@ -69,6 +102,17 @@ def connect(dsn):
     except psycopg.OperationalError as e:
         first = " ".join(str(e).split())[:200]
         raise UserError(f"--db: cannot connect to PostgreSQL: {first}") from None
+
+
+def require_schema(conn):
+    """A one-line UserError unless every migration has been applied to this database."""
+    have = None
+    if conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()[0]:
+        have = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
+    if have != MIGRATIONS[-1][0]:
+        conn.close()
+        raise UserError(f"--db: the database has {'no openpole schema' if have is None else f'schema version {have}'}"
+                        f", this openpole needs version {MIGRATIONS[-1][0]}: run `openpole city init --db DSN`")
 
 
 def migrate(dsn):

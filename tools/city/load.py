@@ -3,29 +3,50 @@
 A loader reads the stream through one durable pull consumer ("loaders"); several loaders share it,
 so adding one adds throughput. Each fetched group is checked (the pole's signature when keys are
 given, then the shared decoder: edge_agent/batch.py decode_signed); what fails goes to `rejected`
-with the reason. Readings and the message index are written in one transaction, the readings with
-COPY; a node message already in the index (re-sent past the stream's duplicate window, or in
-another batch after a pole crash) is counted as a duplicate and its readings are skipped. The NATS
-messages are acknowledged only after COMMIT: a loader killed mid-group loses nothing (the stream
-sends the group again after the consumer's ack wait) and doubles nothing (the index).
+with the reason. A group is one transaction: the message index first (COPY into a session table,
+then one INSERT ... ON CONFLICT DO NOTHING), then the readings of the messages the index did not
+hold, with COPY; a node message already there (re-sent past the stream's duplicate window, or in
+another batch after a pole crash) is counted as a duplicate and its readings are skipped. Every
+statement touches its rows in key order, so loaders sharing the tables cannot deadlock each other.
+
+The NATS messages are acknowledged only after COMMIT: a loader killed mid-group loses nothing (the
+stream sends the group again after the consumer's ack wait) and doubles nothing (the index). While
+PostgreSQL is away (a restart, a failover) the loader keeps the group, tells the stream it is still
+working on it, and writes it once the database answers again.
 """
 
 import asyncio
+import collections
 import datetime
+import os
+import socket
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from openpole.edge_agent import batch
+from openpole.edge_agent.observe import Histogram
 
-from .db import connect
+from ..errors import UserError
+from .db import connect, require_schema
 from .stream import STREAM, SUBJECTS, _quiet, servers
 
 CONSUMER = "loaders"
 ACK_WAIT_S = 20.0  # an unacknowledged group comes again this long after a loader died with it
+HEARTBEAT_S = 10.0  # an idle loader still refreshes its row in `loaders` (city status: alive, rate 0)
+RETRY_S = (0.5, 1.0, 2.0, 5.0)  # PostgreSQL unreachable: the waits between tries, the last repeated
 PLAUSIBLE_FROM = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
+UTC = datetime.timezone.utc
+
+
+class LatencyHistogram(Histogram):
+    """From the stream's acceptance of a pole's batch (the pole's publish ack) to its COMMIT."""
+
+    BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 def _month(t):
-    return datetime.datetime(t.year, t.month, 1, tzinfo=datetime.timezone.utc)
+    return datetime.datetime(t.year, t.month, 1, tzinfo=UTC)
 
 
 def _next_month(m):
@@ -33,113 +54,320 @@ def _next_month(m):
 
 
 class Loader:
-    def __init__(self, dsn, keys=None):
-        self.conn = connect(dsn)
+    def __init__(self, dsn, keys=None, name=None):
+        self.dsn = dsn
         self.keys = keys or {}
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.partitions = set()
         self.totals = {"batches": 0, "records_received": 0, "records_unique": 0, "rejected": 0}
+        self.errors = {"db_reconnects": 0, "db_retries": 0, "ack_failures": 0, "fetch_errors": 0}
+        self.latency = LatencyHistogram()
+        self.started = datetime.datetime.now(UTC)
+        self.last_commit = None
+        self._recent = collections.deque()  # (monotonic, readings loaded) over the last minute
+        self._t0 = time.monotonic()
+        self.conn = None
+        self._connect()  # a wrong DSN or a database without the schema says so at once
 
-    def _partition(self, cur, month):
-        """The month's partition of readings, made on first use (before any row of it is written)."""
-        if month in self.partitions:
-            return
-        name = f"readings_{month:%Y_%m}"
-        cur.execute(f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF readings FOR VALUES FROM ('{month.isoformat()}') "
-                    f"TO ('{_next_month(month).isoformat()}')")
-        self.partitions.add(month)
+    def _connect(self):
+        self.conn = connect(self.dsn)
+        require_schema(self.conn)
+        # Session tables: what a group brings, before it meets the index and `latest`.
+        self.conn.execute("CREATE TEMP TABLE incoming (pole text, node text, boot bigint, seq bigint, batch_id bytea, "
+                          "readings integer) ON COMMIT DELETE ROWS")
+        self.conn.execute("CREATE TEMP TABLE incoming_latest (pole text, node text, quantity text, time timestamptz, "
+                          "value double precision, unit text) ON COMMIT DELETE ROWS")
+        self.conn.commit()
+
+    def rate(self, pending=0):
+        """Readings loaded per second over the last minute (or since the start, when younger);
+        pending: those of the group being committed."""
+        now = time.monotonic()
+        while self._recent and self._recent[0][0] < now - 60:
+            self._recent.popleft()
+        return (pending + sum(n for _, n in self._recent)) / max(1.0, min(60.0, now - self._t0))
 
     def store(self, items):
-        """items: [(subject, payload)] -> the counts this group added. One transaction."""
+        """items: [(subject, payload, stream timestamp or None)] -> the counts this group added.
+        One transaction; tried again (the same group) when PostgreSQL drops the connection."""
+        import psycopg
+        import psycopg.errors
+
         good, bad = [], []
-        for subject, payload in items:
+        for subject, payload, _ in items:
             try:
                 good.append(batch.decode_signed(payload, self.keys))
             except ValueError as e:
                 bad.append((subject, str(e)[:500], payload))
-        latest = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=730)
+        tries = 0
+        while True:
+            try:
+                if self.conn is None or self.conn.closed:
+                    self._connect()
+                counts = self._write(good, bad)
+                break
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+                self.errors["db_retries"] += 1
+            except (psycopg.OperationalError, psycopg.InterfaceError, UserError) as e:
+                if isinstance(e, UserError) and "schema" in str(e):
+                    raise
+                self.errors["db_reconnects"] += 1
+                if self.conn is not None:
+                    self.conn.close()
+                self.conn = None
+                time.sleep(RETRY_S[min(tries, len(RETRY_S) - 1)])
+                tries += 1
+        done = time.time()
+        for _, _, stamp in items:
+            if stamp is not None:
+                self.latency.observe(max(0.0, done - stamp))
+        for k, v in counts.items():
+            self.totals[k] += v
+        self._recent.append((time.monotonic(), counts["records_unique"]))
+        self.last_commit = done
+        return counts
+
+    def heartbeat(self):
+        """Refresh this loader's row while idle (rate and errors as they stand). False: no database."""
+        import psycopg
+
+        try:
+            if self.conn is None or self.conn.closed:
+                self._connect()
+            with self.conn.transaction(), self.conn.cursor() as cur:
+                self._loader_row(cur, {"batches": 0, "records_received": 0, "records_unique": 0, "rejected": 0})
+            return True
+        except (psycopg.OperationalError, psycopg.InterfaceError, UserError):
+            self.errors["db_reconnects"] += 1
+            if self.conn is not None:
+                self.conn.close()
+            self.conn = None
+            return False
+
+    def _loader_row(self, cur, counts):
+        import json
+
+        cur.execute("INSERT INTO loaders (name, started, seen, batches, received, loaded, rejected, rate, errors) "
+                    "VALUES (%s, %s, now(), %s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET seen = now(), "
+                    "batches = loaders.batches + excluded.batches, received = loaders.received + excluded.received, "
+                    "loaded = loaders.loaded + excluded.loaded, rejected = loaders.rejected + excluded.rejected, "
+                    "rate = excluded.rate, errors = excluded.errors",
+                    (self.name, self.started, counts["batches"], counts["records_received"], counts["records_unique"],
+                     counts["rejected"], self.rate(counts["records_unique"]), json.dumps(self.errors)))
+
+    def _partition(self, cur, month):
+        """The month's partition of readings, made before any row of it is written. Rows that waited
+        in the default partition for that month (a node's clock far ahead) move into it."""
+        name = f"readings_{month:%Y_%m}"
+        cur.execute("SELECT pg_advisory_xact_lock(7062)")  # loaders making the same month: one does
+        if cur.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()[0]:
+            return
+        a, b = month.isoformat(), _next_month(month).isoformat()
+        cur.execute(f"CREATE TEMP TABLE moved ON COMMIT DROP AS WITH d AS (DELETE FROM readings_other WHERE time >= "
+                    f"'{a}' AND time < '{b}' RETURNING *) SELECT * FROM d")
+        cur.execute(f"CREATE TABLE {name} PARTITION OF readings FOR VALUES FROM ('{a}') TO ('{b}')")
+        cur.execute("INSERT INTO readings SELECT * FROM moved")
+        cur.execute("DROP TABLE moved")
+
+    def _write(self, good, bad):
+        now = datetime.datetime.now(UTC)
+        latest_ok = now + datetime.timedelta(days=1)  # a node clock far ahead must not pin `latest`
         counts = {"batches": len(good), "records_received": 0, "records_unique": 0, "rejected": len(bad)}
+        rows, newest, made = [], {}, set()
         with self.conn.transaction(), self.conn.cursor() as cur:
-            for subject, why, payload in bad:
-                cur.execute("INSERT INTO rejected (subject, reason, payload) VALUES (%s, %s, %s)", (subject, why, payload))
-            rows = []
-            for batch_id, pole, messages, _minutes in good:
-                cur.execute("INSERT INTO poles (pole, last_batch) VALUES (%s, now()) ON CONFLICT (pole) DO UPDATE SET "
-                            "last_batch = now()", (pole,))
-                cur.executemany("INSERT INTO nodes (pole, node) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                                sorted({(m[0], m[1]) for m in messages}))
-                fresh = set()  # the messages the index did not hold: one pipelined statement for the batch
-                cur.executemany("INSERT INTO messages (pole, node, boot, seq, batch_id, readings) VALUES "
-                                "(%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING pole, node, boot, seq",
-                                [(m[0], m[1], m[2], m[3], batch_id, len(m[5])) for m in messages], returning=True)
-                while True:
-                    fresh.update(cur.fetchall())
-                    if not cur.nextset():
-                        break
+            if bad:
+                cur.executemany("INSERT INTO rejected (subject, reason, payload) VALUES (%s, %s, %s)", bad)
+            poles = sorted({b[1] for b in good})
+            if poles:
+                cur.executemany("INSERT INTO poles (pole, last_batch) VALUES (%s, now()) ON CONFLICT (pole) DO UPDATE "
+                                "SET last_batch = now()", [(p,) for p in poles])
+            nodes = sorted({(m[0], m[1]) for b in good for m in b[2]})
+            if nodes:
+                cur.executemany("INSERT INTO nodes (pole, node) VALUES (%s, %s) ON CONFLICT DO NOTHING", nodes)
+            with cur.copy("COPY incoming FROM STDIN") as copy:
+                for batch_id, _, messages, _ in good:
+                    for m in messages:
+                        copy.write_row((m[0], m[1], m[2], m[3], batch_id, len(m[5])))
+            cur.execute("INSERT INTO messages (pole, node, boot, seq, batch_id, readings) SELECT DISTINCT ON (pole, node, "
+                        "boot, seq) * FROM incoming ORDER BY pole, node, boot, seq ON CONFLICT DO NOTHING "
+                        "RETURNING pole, node, boot, seq")
+            fresh = set(cur.fetchall())  # the messages the index did not hold
+            for _, _, messages, _ in good:
                 for m in messages:
                     counts["records_received"] += len(m[5])
-                    if (m[0], m[1], m[2], m[3]) not in fresh:
+                    key = (m[0], m[1], m[2], m[3])
+                    if key not in fresh:
                         continue
+                    fresh.discard(key)  # twice in one group: the first copy only
                     for name, unit, value, t, flags, tq, _rt in m[5]:
-                        when = datetime.datetime.fromtimestamp(t, datetime.timezone.utc)
-                        if PLAUSIBLE_FROM <= when < latest:
-                            self._partition(cur, _month(when))
-                        rows.append((m[0], m[1], name, when, float(value), unit, flags, tq, m[2], m[3]))
+                        when = datetime.datetime.fromtimestamp(t, UTC)
+                        if PLAUSIBLE_FROM <= when < now + datetime.timedelta(days=730):
+                            made.add(_month(when))
+                        row = (m[0], m[1], name, when, float(value), unit, flags, tq, m[2], m[3])
+                        rows.append(row)
+                        series = row[:3]
+                        if when <= latest_ok and (series not in newest or newest[series][3] <= when):
+                            newest[series] = row
+            for month in sorted(made - self.partitions):
+                self._partition(cur, month)
             counts["records_unique"] = len(rows)
             with cur.copy("COPY readings (pole, node, quantity, time, value, unit, flags, time_quality, boot, seq) "
                           "FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)
-            cur.executemany("INSERT INTO counters (name, value) VALUES (%s, %s) ON CONFLICT (name) DO UPDATE SET "
-                            "value = counters.value + excluded.value", [(k, v) for k, v in counts.items() if v])
-        for k, v in counts.items():
-            self.totals[k] += v
+            if newest:
+                with cur.copy("COPY incoming_latest FROM STDIN") as copy:
+                    for series in sorted(newest):
+                        r = newest[series]
+                        copy.write_row((r[0], r[1], r[2], r[3], r[4], r[5]))
+                cur.execute("INSERT INTO latest (pole, node, quantity, time, value, unit) SELECT * FROM incoming_latest "
+                            "ORDER BY pole, node, quantity ON CONFLICT (pole, node, quantity) DO UPDATE SET "
+                            "time = excluded.time, value = excluded.value, unit = excluded.unit "
+                            "WHERE excluded.time >= latest.time")
+            self._loader_row(cur, counts)
+        self.partitions |= made
         return counts
 
     def close(self):
-        self.conn.close()
+        if self.conn is not None:
+            self.conn.close()
 
 
-async def _run(nats_url, dsn, keys, group, idle_exit_s, report):
+def metrics(loader):
+    """Prometheus text: the loader's counters, errors by kind, rate and commit latency."""
+    t = loader.totals
+    lines = [
+        "# HELP openpole_city_batches_total Batches loaded (decoded and committed).",
+        "# TYPE openpole_city_batches_total counter", f"openpole_city_batches_total {t['batches']}",
+        "# HELP openpole_city_readings_received_total Readings in the loaded batches, duplicates included.",
+        "# TYPE openpole_city_readings_received_total counter",
+        f"openpole_city_readings_received_total {t['records_received']}",
+        "# HELP openpole_city_readings_loaded_total Readings written to PostgreSQL (each once).",
+        "# TYPE openpole_city_readings_loaded_total counter", f"openpole_city_readings_loaded_total {t['records_unique']}",
+        "# HELP openpole_city_batches_rejected_total Batches with a bad signature, an unknown pole or a malformed body.",
+        "# TYPE openpole_city_batches_rejected_total counter", f"openpole_city_batches_rejected_total {t['rejected']}",
+        "# HELP openpole_city_errors_total Database reconnects and retries, failed acks and fetches.",
+        "# TYPE openpole_city_errors_total counter",
+    ]
+    lines += [f'openpole_city_errors_total{{kind="{k}"}} {v}' for k, v in sorted(loader.errors.items())]
+    lines += ["# HELP openpole_city_load_rate_readings Readings loaded per second over the last minute.",
+              "# TYPE openpole_city_load_rate_readings gauge", f"openpole_city_load_rate_readings {loader.rate():.1f}",
+              "# TYPE openpole_city_last_commit_timestamp_seconds gauge",
+              f"openpole_city_last_commit_timestamp_seconds {loader.last_commit or 0:.3f}",
+              "# HELP openpole_city_load_latency_seconds From the stream's acceptance of a batch to its COMMIT.",
+              "# TYPE openpole_city_load_latency_seconds histogram"]
+    h = loader.latency.snapshot()
+    lines += [f'openpole_city_load_latency_seconds_bucket{{le="{le}"}} {n}' for le, n in h["buckets"]]
+    lines += [f"openpole_city_load_latency_seconds_sum {h['sum']}", f"openpole_city_load_latency_seconds_count {h['count']}"]
+    return "\n".join(lines) + "\n"
+
+
+class _Metrics(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        if self.path != "/metrics":
+            self.send_error(404, "GET /metrics")
+            return
+        body = metrics(self.server.loader).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def serve_metrics(loader, host, port):
+    try:
+        httpd = ThreadingHTTPServer((host, port), _Metrics)
+    except OSError as e:
+        raise UserError(f"--metrics {host}:{port}: {e.strerror}; choose another port") from None
+    httpd.daemon_threads = True
+    httpd.loader = loader
+    threading.Thread(target=httpd.serve_forever, name="openpole-city-metrics", daemon=True).start()
+    return httpd
+
+
+async def _store_keeping_claim(loader, msgs):
+    """Write the group in a thread; meanwhile tell the stream every third of the ack wait that the
+    group is still being worked on, so a slow or reconnecting database does not make it redeliver."""
+    items = [(m.subject, m.data, m.metadata.timestamp.timestamp() if m.metadata.timestamp else None) for m in msgs]
+    work = asyncio.ensure_future(asyncio.to_thread(loader.store, items))
+    while True:
+        done, _ = await asyncio.wait({work}, timeout=ACK_WAIT_S / 3)
+        if done:
+            return work.result()
+        for m in msgs:
+            try:
+                await m.in_progress()
+            except Exception:  # the connection is away: the stream may redeliver; the index de-duplicates
+                loader.errors["ack_failures"] += 1
+
+
+async def _run(nats_url, dsn, keys, group, idle_exit_s, report, metrics_at=None, name=None):
     import nats
     import nats.errors
     from nats.js.api import AckPolicy, ConsumerConfig
 
-    nc = await nats.connect(servers(nats_url), error_cb=_quiet, disconnected_cb=_quiet, reconnected_cb=_quiet,
-                            max_reconnect_attempts=-1, reconnect_time_wait=1)
-    loader = Loader(dsn, keys)
+    loader = Loader(dsn, keys, name)
+    httpd = serve_metrics(loader, *metrics_at) if metrics_at else None
+    try:
+        nc = await nats.connect(servers(nats_url), error_cb=_quiet, disconnected_cb=_quiet, reconnected_cb=_quiet,
+                                max_reconnect_attempts=-1, reconnect_time_wait=1, connect_timeout=5)
+    except (nats.errors.NoServersError, OSError, asyncio.TimeoutError) as e:
+        loader.close()
+        raise UserError(f"--nats {nats_url}: no NATS server answers ({type(e).__name__})") from None
     try:
         js = nc.jetstream(timeout=10)
-        sub = await js.pull_subscribe(SUBJECTS[0], durable=CONSUMER, stream=STREAM,
-                                      config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT_S,
-                                                            max_ack_pending=20000))
-        idle_since = time.monotonic()
+        try:
+            sub = await js.pull_subscribe(SUBJECTS[0], durable=CONSUMER, stream=STREAM,
+                                          config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT_S,
+                                                                max_ack_pending=20000))
+        except nats.js.errors.NotFoundError:
+            raise UserError(f"--nats {nats_url}: no stream {STREAM}: run `openpole city init --nats URL` first") from None
+        idle_since = beat = time.monotonic()
         while True:
             try:
                 msgs = await sub.fetch(group, timeout=1)
             except (nats.errors.TimeoutError, asyncio.TimeoutError):
-                if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
+                now = time.monotonic()
+                if now - beat > HEARTBEAT_S:
+                    await asyncio.to_thread(loader.heartbeat)
+                    beat = now
+                if idle_exit_s is not None and now - idle_since > idle_exit_s:
                     return loader.totals
                 continue
-            idle_since = time.monotonic()
-            counts = loader.store([(m.subject, m.data) for m in msgs])  # committed ...
+            except nats.errors.Error:  # a server went away mid-fetch: the client reconnects to another
+                loader.errors["fetch_errors"] += 1
+                await asyncio.sleep(0.5)
+                continue
+            idle_since = beat = time.monotonic()
+            counts = await _store_keeping_claim(loader, msgs)  # committed ...
             for m in msgs:
-                await m.ack()  # ... before the stream lets them go
+                try:
+                    await m.ack()  # ... before the stream lets them go
+                except Exception:  # not acked: redelivered after the ack wait, a duplicate for the index
+                    loader.errors["ack_failures"] += 1
             report(counts)
     finally:
+        if httpd:
+            httpd.shutdown()
         loader.close()
         await nc.close()
 
 
-def run(nats_url, dsn, keys=None, group=100, idle_exit_s=None, report=lambda counts: None):
-    return asyncio.run(_run(nats_url, dsn, keys, group, idle_exit_s, report))
+def run(nats_url, dsn, keys=None, group=100, idle_exit_s=None, report=lambda counts: None, metrics_at=None, name=None):
+    return asyncio.run(_run(nats_url, dsn, keys, group, idle_exit_s, report, metrics_at, name))
 
 
 def stats(dsn):
     """The same keys as `openpole receiver stats`: records, unique, duplicates, nodes (and more)."""
     with connect(dsn) as conn:
-        c = dict(conn.execute("SELECT name, value FROM counters").fetchall())
+        require_schema(conn)
+        batches, received, unique = conn.execute("SELECT coalesce(sum(batches), 0), coalesce(sum(received), 0), "
+                                                 "coalesce(sum(loaded), 0) FROM loaders").fetchone()
         nodes = conn.execute("SELECT count(*) FROM nodes").fetchone()[0]
         rejected = conn.execute("SELECT count(*) FROM rejected").fetchone()[0]
-    received, unique = c.get("records_received", 0), c.get("records_unique", 0)
-    return {"records": received, "unique": unique, "duplicates": received - unique, "nodes": nodes,
-            "batches": c.get("batches", 0), "batches_rejected": rejected}
+    return {"records": int(received), "unique": int(unique), "duplicates": int(received - unique), "nodes": nodes,
+            "batches": int(batches), "batches_rejected": rejected}

@@ -31,28 +31,42 @@ def export(data_dir, out_dir):
     db_path = Path(data_dir) / "receiver.sqlite"
     if not db_path.exists():
         raise UserError(f"no receiver data in {data_dir}: pass the --data directory the receiver used")
+    db = connect(data_dir, readonly=True)
+    owners = db.cursor()  # asked while the batch cursor is open
+
+    def rows():
+        # Batch by batch as they arrived (a batch holds seconds of data), by time within each.
+        for row in db.execute(BATCHES):
+            for r in sorted(readings([row], lambda m: owner(owners, m)), key=lambda r: (r["time"], r["pole"], r["node"], r["name"])):
+                yield datetime.datetime.fromtimestamp(r["time"], datetime.timezone.utc), r["pole"], r["node"], r["name"], r["value"]
+
+    try:
+        return write_aot(out_dir, rows(), db.execute("SELECT pole, node FROM nodes ORDER BY pole, node").fetchall())
+    finally:
+        db.close()
+
+
+def write_aot(out_dir, rows, nodes):
+    """The Array of Things layout in out_dir. rows: (time as an aware datetime, pole, node, quantity,
+    value) in the order to write; nodes: (pole, node). Returns the number of rows. The SQLite
+    receiver and the city's PostgreSQL (`openpole city export`) both write through it."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     specs = model.load(paths.SENSOR_SPECS, paths.BOARD_DEFS)
     sensor = _sensor_of(specs)
-    db = connect(data_dir, readonly=True)
-    owners = db.cursor()  # asked while the batch cursor is open
     n, first, last = 0, None, None
     with gzip.open(out / "data.csv.gz", "wt", newline="") as f:
         w = csv.writer(f)
         w.writerow(DATA_COLUMNS)
-        # Batch by batch as they arrived (a batch holds seconds of data), by time within each.
-        for row in db.execute(BATCHES):
-            for r in sorted(readings([row], lambda m: owner(owners, m)), key=lambda r: (r["time"], r["pole"], r["node"], r["name"])):
-                t = datetime.datetime.fromtimestamp(r["time"], datetime.timezone.utc)
-                w.writerow((t.strftime(STAMP), r["node"], r["pole"], sensor.get(r["name"], "node"), r["name"], r["value"], r["value"]))
-                first = min(first or t, t)
-                last = max(last or t, t)
-                n += 1
+        for t, pole, node, name, value in rows:
+            w.writerow((t.strftime(STAMP), node, pole, sensor.get(name, "node"), name, value, value))
+            first = min(first or t, t)
+            last = max(last or t, t)
+            n += 1
     with open(out / "nodes.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(("node_id", "project_id", "vsn", "address", "lat", "lon", "description"))
-        for pole, node in db.execute("SELECT pole, node FROM nodes ORDER BY pole, node"):
+        for pole, node in nodes:
             w.writerow((node, "openpole", node, "", "", "", f"on pole {pole}"))
     with open(out / "sensors.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -67,5 +81,4 @@ def export(data_dir, out_dir):
         w.writerow(("data_format_version", "project_id", "data_start_date", "data_end_date", "creation_date", "url"))
         w.writerow(("2", "openpole", first.strftime(STAMP) if first else "", last.strftime(STAMP) if last else "",
                     datetime.datetime.now(datetime.timezone.utc).strftime(STAMP), ""))
-    db.close()
     return n

@@ -1,0 +1,164 @@
+"""What a city's IT asks of the stream and the database: `openpole city latest`, `city export` and
+`city status`."""
+
+import asyncio
+import datetime
+
+from ..errors import UserError
+from .db import connect, require_schema
+from .stream import STREAM, _connect
+
+LIVE_S = 60.0  # a loader whose row is older than this is reported as stopped
+UTC = datetime.timezone.utc
+
+
+def latest(dsn, pole=None):
+    """Each series' newest value: [{pole, node, name, unit, value, time}] (time in Unix seconds),
+    the shape of the receiver's /latest."""
+    with connect(dsn) as conn:
+        require_schema(conn)
+        rows = conn.execute("SELECT pole, node, quantity, unit, value, extract(epoch FROM time)::float8 FROM latest "
+                            "WHERE %s::text IS NULL OR pole = %s ORDER BY pole, node, quantity", (pole, pole)).fetchall()
+    return [dict(zip(("pole", "node", "name", "unit", "value", "time"), r)) for r in rows]
+
+
+def export(dsn, out_dir, since=None, until=None):
+    """The readings between since and until (aware datetimes, either open) in the Array of Things
+    layout, the receiver's export: by time, streamed from a server-side cursor."""
+    from ..receiver.export import write_aot
+
+    with connect(dsn) as conn:
+        require_schema(conn)
+        nodes = conn.execute("SELECT pole, node FROM nodes ORDER BY pole, node").fetchall()
+        with conn.cursor(name="openpole_export") as cur:
+            cur.itersize = 20000
+            cur.execute("SELECT time, pole, node, quantity, value FROM readings WHERE (%s::timestamptz IS NULL OR "
+                        "time >= %s) AND (%s::timestamptz IS NULL OR time < %s) ORDER BY time, pole, node, quantity",
+                        (since, since, until, until))
+            return write_aot(out_dir, cur, nodes)
+
+
+def parse_time(text, flag):
+    """'2026-11-30' or '2026-11-30T12:00' (UTC unless it says otherwise) -> an aware datetime."""
+    try:
+        t = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise UserError(f"{flag} {text}: expected a date or time like 2026-11-30 or 2026-11-30T12:00") from None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+async def _stream_status(url, patience_s=15.0):
+    import nats.errors
+    import nats.js.errors
+
+    nc = await _connect(url)
+    try:
+        js = nc.jetstream(timeout=3)
+        deadline = asyncio.get_running_loop().time() + patience_s
+        while True:  # a server that just died took the stream's leadership with it: an election follows
+            try:
+                info = await js.stream_info(STREAM)
+                consumers = await js.consumers_info(STREAM)
+                break
+            except nats.js.errors.NotFoundError:
+                raise UserError(f"--nats {url}: no stream {STREAM}: run `openpole city init --nats URL` first") from None
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError):
+                if asyncio.get_running_loop().time() > deadline:
+                    raise UserError(f"--nats {url}: the stream {STREAM} has no leader for {patience_s:g} s: fewer than "
+                                    f"a majority of its servers run; start the stopped nats-servers") from None
+                await asyncio.sleep(0.5)
+    finally:
+        await nc.close()
+    st, cl = info.state, info.cluster
+    replicas = []
+    if cl is not None:
+        replicas.append({"server": cl.leader, "role": "leader", "current": True, "offline": False, "lag": 0})
+        for p in cl.replicas or []:
+            replicas.append({"server": p.name, "role": "replica", "current": bool(p.current),
+                             "offline": bool(p.offline), "lag": p.lag or 0})
+    return {
+        "stream": {"name": STREAM, "batches": st.messages, "bytes": st.bytes, "first_seq": st.first_seq,
+                   "last_seq": st.last_seq, "max_bytes": info.config.max_bytes, "max_age_s": info.config.max_age,
+                   "replicas": replicas},
+        "consumers": [{"name": c.name, "pending": c.num_pending, "in_flight": c.num_ack_pending,
+                       "redelivered": c.num_redelivered, "waiting_fetches": c.num_waiting,
+                       "delivered_seq": c.delivered.stream_seq if c.delivered else 0} for c in consumers],
+    }
+
+
+def _loaders(dsn):
+    with connect(dsn) as conn:
+        require_schema(conn)
+        rows = conn.execute("SELECT name, extract(epoch FROM now() - started)::float8, "
+                            "extract(epoch FROM now() - seen)::float8, batches, received, loaded, rejected, rate, errors "
+                            "FROM loaders ORDER BY seen DESC").fetchall()
+    out = []
+    for name, up, ago, batches, received, loaded, rejected, rate, errors in rows:
+        out.append({"name": name, "live": ago < LIVE_S, "up_s": round(up), "seen_s_ago": round(ago, 1),
+                    "batches": batches, "readings": loaded, "duplicates": received - loaded, "rejected": rejected,
+                    "rate": round(rate, 1), "errors": {k: v for k, v in errors.items() if v}})
+    return out
+
+
+def status(nats_url=None, dsn=None):
+    """The stream, its consumers' lag and the loaders, with the problems among them."""
+    out, problems = {}, []
+    if nats_url:
+        out.update(asyncio.run(_stream_status(nats_url)))
+        for r in out["stream"]["replicas"]:
+            if r["offline"] or not r["current"]:
+                problems.append(f"stream replica on {r['server']} is {'offline' if r['offline'] else 'behind'}: "
+                                f"start that nats-server, or replace it (nats-server docs: peer-remove)")
+        mb = out["stream"]["max_bytes"]
+        if mb and mb > 0 and out["stream"]["bytes"] > 0.8 * mb:
+            problems.append("the stream is over 80 % of its size cap: add loaders, or the oldest batches will be "
+                            "dropped (openpole city init --max-gb)")
+    if dsn:
+        out["loaders"] = _loaders(dsn)
+    live = [l for l in out.get("loaders", []) if l["live"]]
+    if nats_url and not out["consumers"] and out["stream"]["batches"]:
+        problems.append(f"{out['stream']['batches']} batches wait and no loader has ever subscribed: start "
+                        f"`openpole city load`")
+    for c in out.get("consumers", []):
+        if c["pending"] and dsn and not live:
+            problems.append(f"{c['pending']} batches wait in consumer {c['name']} and no loader is running: "
+                            f"start `openpole city load`")
+    out["problems"] = problems
+    return out
+
+
+def _size(n):
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def _ago(s):
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.0f} h"
+
+
+def format_status(st):
+    lines = []
+    if "stream" in st:
+        s = st["stream"]
+        reps = ", ".join(f"{r['server']} {r['role'] if r['current'] else 'offline' if r['offline'] else 'behind'}"
+                         for r in s["replicas"]) or "one server"
+        lines.append(f"stream {s['name']}: {s['batches']} batches ({_size(s['bytes'])}) held, "
+                     f"at most {s['max_age_s'] / 86400:g} days; servers: {reps}")
+        for c in st["consumers"]:
+            lines.append(f"consumer {c['name']}: {c['pending']} batches waiting (lag), {c['in_flight']} in flight, "
+                         f"{c['redelivered']} redelivered")
+    if "loaders" in st:
+        lines.append(f"loaders: {sum(l['live'] for l in st['loaders'])} running")
+        for l in st["loaders"]:
+            errors = ", ".join(f"{k} {v}" for k, v in l["errors"].items()) or "no errors"
+            if l["live"]:
+                lines.append(f"  {l['name']}: {l['rate']:g} readings/s, up {_ago(l['up_s'])}, {l['readings']} readings "
+                             f"loaded, {l['duplicates']} duplicates, {l['rejected']} rejected, {errors}")
+            else:
+                lines.append(f"  {l['name']}: stopped (last seen {_ago(l['seen_s_ago'])} ago), {l['readings']} readings "
+                             f"loaded")
+    for p in st["problems"]:
+        lines.append(f"problem: {p}")
+    return "\n".join(lines)
