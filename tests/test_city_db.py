@@ -37,7 +37,7 @@ def test_city_init_applies_the_schema_once(pg):
 
     with psycopg.connect(pg.dsn) as conn:
         tables = {t for (t,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
-        assert {"poles", "nodes", "messages", "readings_other", "rejected", "latest", "loaders", "schema_migrations"} <= tables
+        assert {"poles", "nodes", "messages", "readings_other", "rejected", "series", "loaders", "schema_migrations"} <= tables
         kind = conn.execute("SELECT relkind FROM pg_class WHERE relname = 'readings'").fetchone()[0]
         assert kind == "p"  # partitioned by time
     r = openpole("city", "init", "--db", "postgresql://openpole@127.0.0.1:9/none")
@@ -55,7 +55,7 @@ def signed_batch(pole, key, node, boot, seqs, batch_id=None):
     blobs, n = [], 0
     for s in seqs:
         m = decode.decode(cbor2.dumps({0: 1, 1: node, 2: boot, 3: s, 4: [[0, {1: 20.0 + s % 10, 2: 50.0, 3: 1000.0}]]}))
-        k, senml = batch.senml_records(pole, m, now)
+        k, senml = batch.senml_records(pole, m, now + s * 1_000_000)  # a node message each millisecond
         blobs.append(senml)
         n += k
     bid = batch_id or batch.new_batch_id()
@@ -175,3 +175,43 @@ def test_an_older_schema_is_brought_up_to_date_and_tools_refuse_a_missing_one(pg
     assert r.returncode == 0 and "applied migration(s) 2" in r.stdout, r.stdout + r.stderr
     st = json.loads(openpole("city", "stats", "--db", pg.dsn, "--json").stdout)
     assert (st["batches"], st["records"], st["unique"], st["duplicates"]) == (7, 90, 80, 10), st
+
+
+def test_a_group_holding_a_message_twice_and_a_clock_years_ahead(pg):
+    """In one group the same node message twice (a pole re-sent it under a new batch id) is stored
+    once; a reading stamped years ahead waits in the default partition and moves into its month's
+    partition when that is made."""
+    import datetime
+
+    import psycopg
+
+    from openpole.city import db, load
+
+    db.migrate(pg.dsn)
+    key = bytes(32)
+    loader = load.Loader(pg.dsn, {"p1": key}, name="t")
+    try:
+        first = signed_batch("p1", key, "n1", 1, range(5))
+        again = signed_batch("p1", key, "n1", 1, range(3, 8))
+        counts = loader.store([("s", first[1], None), ("s", again[1], None)])
+        assert counts["records_received"] == 30 and counts["records_unique"] == 24, counts
+        ahead = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=3 * 365)
+        import cbor2
+
+        from openpole.edge_agent import batch, decode, sign
+
+        m = decode.decode(cbor2.dumps({0: 1, 1: "n2", 2: 1, 3: 1, 4: [[0, {1: 21.5}]]}))
+        _, senml = batch.senml_records("p1", m, int(ahead.timestamp() * 1e9))
+        bid = batch.new_batch_id()
+        loader.store([("s", sign.sign(batch.encode(bid, "p1", [senml], 1), "p1", key), None)])
+        with psycopg.connect(pg.dsn) as conn:
+            assert conn.execute("SELECT count(*) FROM readings_other").fetchone()[0] == 1
+            month = load._month(ahead)
+            with conn.transaction(), conn.cursor() as cur:
+                loader._partition(cur, month)
+            name = f"readings_{month:%Y_%m}"
+            assert conn.execute(f"SELECT count(*) FROM {name}").fetchone()[0] == 1
+            assert conn.execute("SELECT count(*) FROM readings_other").fetchone()[0] == 0
+            assert conn.execute("SELECT count(*) FROM readings").fetchone()[0] == 25
+    finally:
+        loader.close()

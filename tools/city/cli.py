@@ -29,7 +29,7 @@ def register(sub):
     ld.add_argument("--nats", required=True, metavar="URL", help="the cluster's servers: nats://a:4222,nats://b:4222")
     ld.add_argument("--db", required=True, metavar="DSN", help="PostgreSQL, e.g. postgresql://openpole@db1/openpole")
     ld.add_argument("--keys", type=Path, help="TOML table of pole id = key (hex): take only batches those poles signed")
-    ld.add_argument("--group", type=int, default=100, help="batches fetched and committed at once (default 100)")
+    ld.add_argument("--group", type=int, default=200, help="batches fetched and committed at once (default 200)")
     ld.add_argument("--exit-when-idle", type=float, metavar="S", help="stop after S seconds with nothing to load")
     ld.add_argument("--name", help="this loader's name in `city status` (default HOST:PID)")
     ld.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics")

@@ -4,8 +4,9 @@ Readings are partitioned by month on their time; a default partition takes times
 plausible range (a node's clock before 2020, or a day ahead of the loader's). The message index's
 primary key is a node message's identity, (pole, node, boot, seq): a message that arrives twice,
 in one batch re-sent past the stream's duplicate window or in another batch after a pole crash,
-is stored once and counted as a duplicate. `latest` holds each series' newest value (the loader
-upserts it with the group), and each loader keeps a row in `loaders` for `openpole city status`.
+is stored once and counted as a duplicate. `series` lists each (pole, node, quantity) once (a
+loader adds the ones it has not seen), and each loader keeps a row in `loaders` for `openpole city
+status`.
 A migration is never edited once released: a change is a new one.
 """
 
@@ -61,13 +62,12 @@ CREATE TABLE counters (
 );
 """),
     (2, """
-CREATE TABLE latest (
+-- Every series once: `city latest` looks up each one's newest reading through readings_by_series.
+CREATE TABLE series (
     pole text NOT NULL,
     node text NOT NULL,
     quantity text NOT NULL,
-    time timestamptz NOT NULL,
-    value double precision NOT NULL,
-    unit text,
+    first_seen timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (pole, node, quantity)
 );
 CREATE TABLE loaders (

@@ -33,10 +33,14 @@ from .stream import STREAM, SUBJECTS, _quiet, servers
 
 CONSUMER = "loaders"
 ACK_WAIT_S = 20.0  # an unacknowledged group comes again this long after a loader died with it
+POLE_EVERY_S = 60.0  # poles.last_batch: at most this stale
 HEARTBEAT_S = 10.0  # an idle loader still refreshes its row in `loaders` (city status: alive, rate 0)
 RETRY_S = (0.5, 1.0, 2.0, 5.0)  # PostgreSQL unreachable: the waits between tries, the last repeated
-PLAUSIBLE_FROM = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
+PLAUSIBLE_FROM_S = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc).timestamp()
 UTC = datetime.timezone.utc
+# Binary COPY: the columns' types, in order.
+INDEX_TYPES = ["text", "text", "int8", "int8", "bytea", "int4"]
+READING_TYPES = ["text", "text", "text", "timestamptz", "float8", "text", "int4", "int2", "int8", "int8"]
 
 
 class LatencyHistogram(Histogram):
@@ -66,17 +70,23 @@ class Loader:
         self.last_commit = None
         self._recent = collections.deque()  # (monotonic, readings loaded) over the last minute
         self._t0 = time.monotonic()
+        self.known_series, self.known_nodes = set(), set()  # already in the database: not inserted again
+        self.pole_written = {}  # pole -> when this loader last wrote its row (monotonic)
+        month = _month(self.started)
+        self.partitions.add(month)  # made at connect, below
+        self._month_span = (month.timestamp(), _next_month(month).timestamp())
         self.conn = None
         self._connect()  # a wrong DSN or a database without the schema says so at once
 
     def _connect(self):
         self.conn = connect(self.dsn)
         require_schema(self.conn)
-        # Session tables: what a group brings, before it meets the index and `latest`.
+        # Session tables: the group's node messages and new series, before they meet their tables.
         self.conn.execute("CREATE TEMP TABLE incoming (pole text, node text, boot bigint, seq bigint, batch_id bytea, "
                           "readings integer) ON COMMIT DELETE ROWS")
-        self.conn.execute("CREATE TEMP TABLE incoming_latest (pole text, node text, quantity text, time timestamptz, "
-                          "value double precision, unit text) ON COMMIT DELETE ROWS")
+        self.conn.execute("CREATE TEMP TABLE incoming_series (pole text, node text, quantity text) ON COMMIT DELETE ROWS")
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            self._partition(cur, _month(self.started))  # this month's, before the first group needs it
         self.conn.commit()
 
     def rate(self, pending=0):
@@ -87,18 +97,28 @@ class Loader:
             self._recent.popleft()
         return (pending + sum(n for _, n in self._recent)) / max(1.0, min(60.0, now - self._t0))
 
-    def store(self, items):
-        """items: [(subject, payload, stream timestamp or None)] -> the counts this group added.
-        One transaction; tried again (the same group) when PostgreSQL drops the connection."""
-        import psycopg
-        import psycopg.errors
-
+    def decode(self, items):
+        """items: [(subject, payload, stream timestamp or None)] -> (good, bad, stamps): the decoded
+        batches, the rejected ones with their reasons, and the stream timestamps."""
         good, bad = [], []
         for subject, payload, _ in items:
             try:
                 good.append(batch.decode_signed(payload, self.keys))
             except ValueError as e:
                 bad.append((subject, str(e)[:500], payload))
+        return good, bad, [stamp for _, _, stamp in items]
+
+    def store(self, items):
+        """items: [(subject, payload, stream timestamp or None)] -> the counts this group added."""
+        return self.write(self.decode(items))
+
+    def write(self, decoded):
+        """One transaction for a decoded group; tried again (the same group) when PostgreSQL drops
+        the connection, and again when it reports a deadlock."""
+        import psycopg
+        import psycopg.errors
+
+        good, bad, stamps = decoded
         tries = 0
         while True:
             try:
@@ -118,7 +138,7 @@ class Loader:
                 time.sleep(RETRY_S[min(tries, len(RETRY_S) - 1)])
                 tries += 1
         done = time.time()
-        for _, _, stamp in items:
+        for stamp in stamps:
             if stamp is not None:
                 self.latency.observe(max(0.0, done - stamp))
         for k, v in counts.items():
@@ -171,20 +191,26 @@ class Loader:
 
     def _write(self, good, bad):
         now = datetime.datetime.now(UTC)
-        latest_ok = now + datetime.timedelta(days=1)  # a node clock far ahead must not pin `latest`
+        plausible_to = (now + datetime.timedelta(days=730)).timestamp()
         counts = {"batches": len(good), "records_received": 0, "records_unique": 0, "rejected": len(bad)}
-        rows, newest, made = [], {}, set()
+        rows, new_series, months = [], set(), set()
+        lo, hi = self._month_span  # the month most readings fall in: one float compare per reading
+        fromts = datetime.datetime.fromtimestamp
         with self.conn.transaction(), self.conn.cursor() as cur:
             if bad:
                 cur.executemany("INSERT INTO rejected (subject, reason, payload) VALUES (%s, %s, %s)", bad)
-            poles = sorted({b[1] for b in good})
+            # A pole's row is written when it is new and then once a minute: every group updating
+            # it would make loaders that share the pole wait on each other's row lock.
+            mono = time.monotonic()
+            poles = sorted(p for p in {b[1] for b in good} if mono - self.pole_written.get(p, -1e9) > POLE_EVERY_S)
             if poles:
                 cur.executemany("INSERT INTO poles (pole, last_batch) VALUES (%s, now()) ON CONFLICT (pole) DO UPDATE "
                                 "SET last_batch = now()", [(p,) for p in poles])
-            nodes = sorted({(m[0], m[1]) for b in good for m in b[2]})
+            nodes = sorted({(m[0], m[1]) for b in good for m in b[2]} - self.known_nodes)
             if nodes:
                 cur.executemany("INSERT INTO nodes (pole, node) VALUES (%s, %s) ON CONFLICT DO NOTHING", nodes)
-            with cur.copy("COPY incoming FROM STDIN") as copy:
+            with cur.copy("COPY incoming FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(INDEX_TYPES)
                 for batch_id, _, messages, _ in good:
                     for m in messages:
                         copy.write_row((m[0], m[1], m[2], m[3], batch_id, len(m[5])))
@@ -195,37 +221,37 @@ class Loader:
             for _, _, messages, _ in good:
                 for m in messages:
                     counts["records_received"] += len(m[5])
-                    key = (m[0], m[1], m[2], m[3])
+                    pole, node, boot, seq = key = m[:4]
                     if key not in fresh:
                         continue
                     fresh.discard(key)  # twice in one group: the first copy only
                     for name, unit, value, t, flags, tq, _rt in m[5]:
-                        when = datetime.datetime.fromtimestamp(t, UTC)
-                        if PLAUSIBLE_FROM <= when < now + datetime.timedelta(days=730):
-                            made.add(_month(when))
-                        row = (m[0], m[1], name, when, float(value), unit, flags, tq, m[2], m[3])
-                        rows.append(row)
-                        series = row[:3]
-                        if when <= latest_ok and (series not in newest or newest[series][3] <= when):
-                            newest[series] = row
-            for month in sorted(made - self.partitions):
+                        if not lo <= t < hi and PLAUSIBLE_FROM_S <= t < plausible_to:
+                            months.add(_month(fromts(t, UTC)))
+                        rows.append((pole, node, name, fromts(t, UTC), float(value), unit, flags, tq, boot, seq))
+                        if (pole, node, name) not in self.known_series:
+                            new_series.add((pole, node, name))
+            for month in sorted(months - self.partitions):
                 self._partition(cur, month)
             counts["records_unique"] = len(rows)
             with cur.copy("COPY readings (pole, node, quantity, time, value, unit, flags, time_quality, boot, seq) "
-                          "FROM STDIN") as copy:
+                          "FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(READING_TYPES)
                 for row in rows:
                     copy.write_row(row)
-            if newest:
-                with cur.copy("COPY incoming_latest FROM STDIN") as copy:
-                    for series in sorted(newest):
-                        r = newest[series]
-                        copy.write_row((r[0], r[1], r[2], r[3], r[4], r[5]))
-                cur.execute("INSERT INTO latest (pole, node, quantity, time, value, unit) SELECT * FROM incoming_latest "
-                            "ORDER BY pole, node, quantity ON CONFLICT (pole, node, quantity) DO UPDATE SET "
-                            "time = excluded.time, value = excluded.value, unit = excluded.unit "
-                            "WHERE excluded.time >= latest.time")
+            if new_series:
+                with cur.copy("COPY incoming_series FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.set_types(["text", "text", "text"])
+                    for row in new_series:
+                        copy.write_row(row)
+                cur.execute("INSERT INTO series (pole, node, quantity) SELECT * FROM incoming_series "
+                            "ORDER BY 1, 2, 3 ON CONFLICT DO NOTHING")
             self._loader_row(cur, counts)
-        self.partitions |= made
+        # Committed: what the database now holds, remembered.
+        self.partitions |= months
+        self.known_nodes.update(nodes)
+        self.pole_written.update((p, mono) for p in poles)
+        self.known_series |= new_series
         return counts
 
     def close(self):
@@ -289,11 +315,10 @@ def serve_metrics(loader, host, port):
     return httpd
 
 
-async def _store_keeping_claim(loader, msgs):
+async def _store_keeping_claim(loader, msgs, decoded):
     """Write the group in a thread; meanwhile tell the stream every third of the ack wait that the
     group is still being worked on, so a slow or reconnecting database does not make it redeliver."""
-    items = [(m.subject, m.data, m.metadata.timestamp.timestamp() if m.metadata.timestamp else None) for m in msgs]
-    work = asyncio.ensure_future(asyncio.to_thread(loader.store, items))
+    work = asyncio.ensure_future(asyncio.to_thread(loader.write, decoded))
     while True:
         done, _ = await asyncio.wait({work}, timeout=ACK_WAIT_S / 3)
         if done:
@@ -303,6 +328,24 @@ async def _store_keeping_claim(loader, msgs):
                 await m.in_progress()
             except Exception:  # the connection is away: the stream may redeliver; the index de-duplicates
                 loader.errors["ack_failures"] += 1
+
+
+async def _fetch(sub, group, loader):
+    """(messages, decoded) for up to `group` messages, decoded here while the previous group is being
+    written in its thread (which waits on PostgreSQL most of the time). ([], None) after a second
+    with none, or when a server went away mid-fetch (the client reconnects to another)."""
+    import nats.errors
+
+    try:
+        msgs = await sub.fetch(group, timeout=1)
+    except (nats.errors.TimeoutError, asyncio.TimeoutError):
+        return [], None
+    except nats.errors.Error:
+        loader.errors["fetch_errors"] += 1
+        await asyncio.sleep(0.5)
+        return [], None
+    items = [(m.subject, m.data, m.metadata.timestamp.timestamp() if m.metadata.timestamp else None) for m in msgs]
+    return msgs, loader.decode(items)
 
 
 async def _run(nats_url, dsn, keys, group, idle_exit_s, report, metrics_at=None, name=None):
@@ -327,29 +370,31 @@ async def _run(nats_url, dsn, keys, group, idle_exit_s, report, metrics_at=None,
         except nats.js.errors.NotFoundError:
             raise UserError(f"--nats {nats_url}: no stream {STREAM}: run `openpole city init --nats URL` first") from None
         idle_since = beat = time.monotonic()
-        while True:
-            try:
-                msgs = await sub.fetch(group, timeout=1)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
-                now = time.monotonic()
-                if now - beat > HEARTBEAT_S:
-                    await asyncio.to_thread(loader.heartbeat)
-                    beat = now
-                if idle_exit_s is not None and now - idle_since > idle_exit_s:
-                    return loader.totals
-                continue
-            except nats.errors.Error:  # a server went away mid-fetch: the client reconnects to another
-                loader.errors["fetch_errors"] += 1
-                await asyncio.sleep(0.5)
-                continue
-            idle_since = beat = time.monotonic()
-            counts = await _store_keeping_claim(loader, msgs)  # committed ...
-            for m in msgs:
-                try:
-                    await m.ack()  # ... before the stream lets them go
-                except Exception:  # not acked: redelivered after the ack wait, a duplicate for the index
-                    loader.errors["ack_failures"] += 1
-            report(counts)
+        pending = None
+        try:
+            while True:
+                msgs, decoded = await (pending or _fetch(sub, group, loader))
+                pending = None
+                if not msgs:
+                    now = time.monotonic()
+                    if now - beat > HEARTBEAT_S:
+                        await asyncio.to_thread(loader.heartbeat)
+                        beat = now
+                    if idle_exit_s is not None and now - idle_since > idle_exit_s:
+                        return loader.totals
+                    continue
+                idle_since = beat = time.monotonic()
+                pending = asyncio.ensure_future(_fetch(sub, group, loader))  # the next group, while this one is written
+                counts = await _store_keeping_claim(loader, msgs, decoded)  # committed ...
+                for m in msgs:
+                    try:
+                        await m.ack()  # ... before the stream lets them go
+                    except Exception:  # not acked: redelivered after the ack wait, a duplicate for the index
+                        loader.errors["ack_failures"] += 1
+                report(counts)
+        finally:
+            if pending is not None:
+                pending.cancel()  # what it may have fetched comes again after the ack wait
     finally:
         if httpd:
             httpd.shutdown()
@@ -357,7 +402,7 @@ async def _run(nats_url, dsn, keys, group, idle_exit_s, report, metrics_at=None,
         await nc.close()
 
 
-def run(nats_url, dsn, keys=None, group=100, idle_exit_s=None, report=lambda counts: None, metrics_at=None, name=None):
+def run(nats_url, dsn, keys=None, group=200, idle_exit_s=None, report=lambda counts: None, metrics_at=None, name=None):
     return asyncio.run(_run(nats_url, dsn, keys, group, idle_exit_s, report, metrics_at, name))
 
 

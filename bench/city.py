@@ -1,0 +1,326 @@
+"""City-scale figures, each printed with the command that made it.
+
+    .venv/bin/python bench/city.py [--readings 200000] [--poles 100] [--latency-s 20] [--latency-rate 17000]
+
+Real parts on loopback, as the tests run them: three nats-server processes clustered with JetStream
+(the R3 stream `openpole city init` makes) and a throwaway PostgreSQL cluster (tests/pgcluster.py).
+Batches are what a pole sends every 10 s: 10 node messages of 17 readings each (air, noise and
+climate), signed (COSE_Mac0, HMAC-SHA256), from --poles poles.
+
+1. publish: one pole's rate through the agent's NatsSink (one batch in flight, each waiting for the
+   stream's publish ack, as the agent sends) against the cluster's bare rate, `nats bench js pub`
+   style: the same batches published asynchronously with up to 4,000 in flight, into a second
+   stream of the same settings;
+2. load: readings per second into PostgreSQL for 1 loader and for 2 loaders (`openpole city load`
+   processes, reading the same stream from its start), against the ceiling of a bare COPY of the
+   same rows into the same table from Python (psycopg), measured side by side in this run;
+3. latency: batches published at a steady rate while one loader runs; from the stream's acceptance
+   of a batch (the pole's publish ack) to its COMMIT, p50 and p99 from the loader's own histogram
+   (its /metrics, interpolated within buckets as Prometheus' histogram_quantile does).
+"""
+
+import argparse
+import asyncio
+import datetime
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from natscluster import NatsCluster  # noqa: E402
+from pgcluster import PgServer  # noqa: E402
+
+from openpole.city.load import CONSUMER, READING_TYPES  # noqa: E402
+from openpole.city.stream import STREAM, StreamSettings  # noqa: E402
+from openpole.edge_agent import batch, decode, sign  # noqa: E402
+from openpole.edge_agent.sinks import NatsSink  # noqa: E402
+from openpole.sim.broker import free_port  # noqa: E402
+
+OPENPOLE = [sys.executable, "-m", "openpole"]
+KEY = bytes(range(32))
+QUANTITIES = range(1, 18)  # temperature .. la10: 17 readings per node message
+MESSAGES_PER_BATCH = 10
+
+
+def make_batches(n_readings, poles):
+    """Signed batches as poles send them: [(pole, batch_id, body, readings)]."""
+    import cbor2
+
+    per_batch = MESSAGES_PER_BATCH * len(QUANTITIES)
+    out, seq, now = [], {}, time.time_ns()
+    for i in range(max(1, n_readings // per_batch)):
+        pole = f"pole{i % poles:04d}"
+        blobs = []
+        for j in range(MESSAGES_PER_BATCH):
+            node = f"{pole}-n{j % 5}"
+            s = seq[node] = seq.get(node, 0) + 1
+            m = decode.decode(cbor2.dumps({0: 1, 1: node, 2: 1, 3: s, 4: [[0, {k: 20.0 + (s + k) % 17 for k in QUANTITIES}]]}))
+            blobs.append(batch.senml_records(pole, m, now)[1])
+        bid = batch.new_batch_id()
+        out.append((pole, bid, sign.sign(batch.encode(bid, pole, blobs, per_batch, now), pole, KEY), per_batch))
+    return out
+
+
+def openpole(*args):
+    r = subprocess.run(OPENPOLE + list(map(str, args)), capture_output=True, text=True, timeout=600)
+    if r.returncode:
+        sys.exit(f"openpole {' '.join(map(str, args))}: {r.stderr.strip()}")
+    return r.stdout
+
+
+def publish_figures(url, batches):
+    """(batches/s, readings/s) for one pole's NatsSink, then for async publishing with a window."""
+    import nats
+
+    pole = batches[0][0]
+    one = [b for b in batches if b[0] == pole] or batches
+    one = (one * (300 // len(one) + 1))[:300]
+    sink = NatsSink(url, pole=pole)
+    sink.send(batch.new_batch_id(), one[0][2])  # connected before the clock starts
+    t = time.perf_counter()
+    for _, _, body, _ in one[1:]:
+        sink.send(batch.new_batch_id(), body)  # ids of their own: the stream keeps `batches` for the loaders
+    sink_s = time.perf_counter() - t
+    n_sink = len(one) - 1
+
+    async def bare():
+        nc = await nats.connect(url.split(","))
+        js = nc.jetstream(timeout=30)
+        cfg = StreamSettings(max_bytes=2 * 1024**3).config()
+        cfg.name, cfg.subjects = "BENCH_BARE", ["bench.bare.>"]
+        await js.add_stream(cfg)
+        t = time.perf_counter()
+        for _, bid, body, _ in batches:
+            await js.publish_async(f"bench.bare.{batches[0][0]}", body, headers={"Nats-Msg-Id": bid.hex()})
+        await js.publish_async_completed()
+        elapsed = time.perf_counter() - t
+        await js.delete_stream("BENCH_BARE")
+        await nc.close()
+        return elapsed
+
+    bare_s = asyncio.run(bare())
+    per = batches[0][3]
+    return n_sink / sink_s, n_sink * per / sink_s, len(batches) / bare_s, len(batches) * per / bare_s
+
+
+def rows_of(batches):
+    rows = []
+    for _, _, body, _ in batches:
+        _, _, messages, _ = batch.decode_signed(body, {b[0]: KEY for b in batches[:1000]})
+        for m in messages:
+            for name, unit, value, t, flags, tq, _rt in m[5]:
+                when = datetime.datetime.fromtimestamp(t, datetime.timezone.utc)
+                rows.append((m[0], m[1], name, when, float(value), unit, flags, tq, m[2], m[3]))
+    return rows
+
+
+def reset(dsn, url):
+    """Empty the tables and drop the durable consumer: the next loaders read the stream from its start."""
+    import nats
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        conn.execute("TRUNCATE readings, messages, series, loaders, nodes, poles, rejected")
+
+    async def drop():
+        nc = await nats.connect(url.split(","))
+        try:
+            await nc.jetstream(timeout=10).delete_consumer(STREAM, CONSUMER)
+        except Exception:
+            pass
+        await nc.close()
+
+    asyncio.run(drop())
+
+
+def copy_ceiling(dsn, rows, group_rows):
+    """readings/s for a binary COPY of the rows into `readings`, one transaction per loader-sized group."""
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        t = time.perf_counter()
+        for i in range(0, len(rows), group_rows):
+            with conn.transaction(), conn.cursor() as cur:
+                with cur.copy("COPY readings (pole, node, quantity, time, value, unit, flags, time_quality, boot, seq) "
+                              "FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.set_types(READING_TYPES)  # as the loader writes them
+                    for row in rows[i:i + group_rows]:
+                        copy.write_row(row)
+        elapsed = time.perf_counter() - t
+        conn.execute("TRUNCATE readings")
+    return len(rows) / elapsed
+
+
+def loaded(dsn):
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        return int(conn.execute("SELECT coalesce(sum(loaded), 0) FROM loaders").fetchone()[0])
+
+
+def cpu_busy():
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    f = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    return sum(f) - f[3] - f[4], sum(f)
+
+
+def load_rate(url, dsn, keys, n_loaders, total, group):
+    """(readings/s from the first commit to the last, the machine's CPU busy meanwhile), with n loader
+    processes sharing the consumer."""
+    procs = [subprocess.Popen(OPENPOLE + ["city", "load", "--nats", url, "--db", dsn, "--keys", str(keys), "--group",
+                                          str(group), "--quiet", "--name", f"bench-{i}"], stdout=subprocess.DEVNULL)
+             for i in range(n_loaders)]
+    try:
+        first = None
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            n = loaded(dsn)
+            if n and first is None:
+                first = (time.perf_counter(), n, cpu_busy())
+            if n >= total:
+                busy, all_ = (a - b for a, b in zip(cpu_busy(), first[2]))
+                return (n - first[1]) / (time.perf_counter() - first[0]), busy / max(1, all_)
+            time.sleep(0.05)
+        sys.exit(f"{n_loaders} loader(s) loaded {loaded(dsn)} of {total} readings in 600 s")
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=30)
+
+
+def quantile(buckets, q):
+    """histogram_quantile: buckets [(le, cumulative)], linear within the bucket that holds q."""
+    total = buckets[-1][1]
+    if not total:
+        return float("nan")
+    rank, prev_le, prev_n = q * total, 0.0, 0
+    for le, n in buckets:
+        if n >= rank:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * (rank - prev_n) / max(1, n - prev_n)
+        prev_le, prev_n = le, n
+    return prev_le
+
+
+def latency(url, dsn, keys, batches, seconds, rate_readings, group):
+    """Publish from several poles' sinks at a steady rate while one loader runs; its histogram."""
+    import urllib.request
+
+    port = free_port()
+    proc = subprocess.Popen(OPENPOLE + ["city", "load", "--nats", url, "--db", dsn, "--keys", str(keys), "--group",
+                                        str(group), "--quiet", "--metrics", f"127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # ready: its metrics answer (it has connected to both)
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        time.sleep(1)
+        sinks = {}
+        per = batches[0][3]
+        interval = per / rate_readings
+        t0 = time.perf_counter()
+        sent = 0
+        for pole, _, body, _ in batches:
+            if time.perf_counter() - t0 > seconds:
+                break
+            sink = sinks.get(pole) or sinks.setdefault(pole, NatsSink(url, pole=pole))
+            sink.send(batch.new_batch_id(), body)  # a new id: the stream takes it again; the index counts it
+            sent += 1
+            wait = t0 + sent * interval - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+        achieved = sent * per / (time.perf_counter() - t0)
+        time.sleep(2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        buckets = []
+        for line in text.splitlines():
+            if line.startswith("openpole_city_load_latency_seconds_bucket"):
+                le = line.split('le="')[1].split('"')[0]
+                buckets.append((float("inf") if le == "+Inf" else float(le), int(line.split()[1])))
+        return achieved, quantile(buckets, 0.5), quantile(buckets, 0.99), buckets[-1][1]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--readings", type=int, default=200_000)
+    ap.add_argument("--poles", type=int, default=100)
+    ap.add_argument("--group", type=int, default=200, help="the loaders' --group")
+    ap.add_argument("--latency-s", type=float, default=20.0)
+    ap.add_argument("--latency-rate", type=float, default=17000.0,
+                    help="readings/s published in the latency run (default: a city of 10,000 poles)")
+    args = ap.parse_args()
+    cmd = "python bench/city.py " + " ".join(sys.argv[1:])
+    root = Path(tempfile.mkdtemp(prefix="openpole-city-bench-"))
+    print(f"$ {cmd}")
+    print(f"machine: {os.cpu_count()} cores; 3 nats-servers (R3, file storage) and PostgreSQL on loopback")
+    batches = make_batches(args.readings, args.poles)
+    total = sum(b[3] for b in batches)
+    print(f"batches: {len(batches)} of {batches[0][3]} readings ({len(batches[0][2])} bytes signed), {args.poles} poles, "
+          f"{total} readings")
+    keys = root / "poles.toml"
+    keys.write_text("".join(f'pole{i:04d} = "{KEY.hex()}"\n' for i in range(args.poles)))
+    cluster = NatsCluster(root / "nats", 3)
+    pg = PgServer()
+    try:
+        openpole("city", "init", "--nats", cluster.url, "--db", pg.dsn, "--max-gb", 2)  # two streams fit the disk
+        sink_bps, sink_rps, bare_bps, bare_rps = publish_figures(cluster.url, batches)
+        print(f"publish, one pole (NatsSink, one batch in flight): {sink_bps:.0f} batches/s = {sink_rps:.0f} readings/s")
+        print(f"publish, bare (js publish_async, 4,000 in flight): {bare_bps:.0f} batches/s = {bare_rps:.0f} readings/s "
+              f"-> one pole reaches {100 * sink_bps / bare_bps:.0f} %")
+        # the stream: every batch once (the publish figure's 300 are duplicates or extra; start clean)
+        reset(pg.dsn, cluster.url)
+        asyncio.run(_purge(cluster.url))
+        asyncio.run(_fill(cluster.url, batches))
+        rows = rows_of(batches)
+        ceiling = copy_ceiling(pg.dsn, rows, args.group * batches[0][3])
+        print(f"ceiling, bare COPY of the same {len(rows)} rows (psycopg, {args.group * batches[0][3]} rows a "
+              f"transaction): {ceiling:.0f} readings/s")
+        for n in (1, 2):
+            reset(pg.dsn, cluster.url)
+            rate, busy = load_rate(cluster.url, pg.dsn, keys, n, total, args.group)
+            print(f"load, {n} loader{'s' if n > 1 else ''} (--group {args.group}): {rate:.0f} readings/s = "
+                  f"{100 * rate / ceiling:.0f} % of the ceiling; the machine's CPU {100 * busy:.0f} % busy meanwhile")
+        reset(pg.dsn, cluster.url)
+        asyncio.run(_purge(cluster.url))
+        achieved, p50, p99, n = latency(cluster.url, pg.dsn, keys, batches, args.latency_s, args.latency_rate,
+                                        args.group)
+        print(f"latency, publish ack to COMMIT at {achieved:.0f} readings/s, 1 loader: p50 {p50 * 1000:.0f} ms, "
+              f"p99 {p99 * 1000:.0f} ms ({n} batches)")
+    finally:
+        cluster.stop()
+        pg.stop()
+
+
+async def _purge(url):
+    import nats
+
+    nc = await nats.connect(url.split(","))
+    await nc.jetstream(timeout=30).purge_stream(STREAM)
+    await nc.close()
+
+
+async def _fill(url, batches):
+    import nats
+
+    nc = await nats.connect(url.split(","))
+    js = nc.jetstream(timeout=30)
+    for pole, bid, body, _ in batches:
+        await js.publish_async(f"openpole.batches.{pole}", body, headers={"Nats-Msg-Id": bid.hex()})
+    await js.publish_async_completed()
+    await nc.close()
+
+
+if __name__ == "__main__":
+    main()
