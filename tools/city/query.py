@@ -155,7 +155,9 @@ def format_status(st):
                          f"{c['redelivered']} redelivered")
     if "loaders" in st:
         lines.append(f"loaders: {sum(l['live'] for l in st['loaders'])} running")
-        for l in st["loaders"]:
+        stopped = [l for l in st["loaders"] if not l["live"]]
+        shown = [l for l in st["loaders"] if l["live"]] + stopped[:5]  # the rows are newest first
+        for l in shown:
             errors = ", ".join(f"{k} {v}" for k, v in l["errors"].items()) or "no errors"
             if l["live"]:
                 lines.append(f"  {l['name']}: {l['rate']:g} readings/s, up {_ago(l['up_s'])}, {l['readings']} readings "
@@ -163,6 +165,8 @@ def format_status(st):
             else:
                 lines.append(f"  {l['name']}: stopped (last seen {_ago(l['seen_s_ago'])} ago), {l['readings']} readings "
                              f"loaded")
+        if len(stopped) > 5:
+            lines.append(f"  and {len(stopped) - 5} loaders stopped earlier")
     for p in st["problems"]:
         lines.append(f"problem: {p}")
     return "\n".join(lines)
