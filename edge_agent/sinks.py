@@ -198,7 +198,9 @@ class NatsSink:
             asyncio.run_coroutine_threadsafe(nc.close(), self.loop)
 
     def describe(self):
-        return ",".join(self.servers) + f" ({self.subject})"
+        import re
+
+        return re.sub(r"//[^@/,]*@", "//***@", ",".join(self.servers)) + f" ({self.subject})"  # no password shown
 
 
 async def _quiet(*_):

@@ -19,8 +19,9 @@ class NatsCluster:
     """n servers (one is a lone server), each with file storage under root; ready when every one
     answers /healthz (JetStream's meta group has a leader)."""
 
-    def __init__(self, root, n=3):
+    def __init__(self, root, n=3, auth=""):
         self.root = root
+        self.auth = auth  # e.g. 'authorization { user: u, password: p }\n'
         self.ports = [free_port() for _ in range(n)]
         self.routes = [free_port() for _ in range(n)]
         self.http = [free_port() for _ in range(n)]
@@ -42,7 +43,7 @@ class NatsCluster:
             cluster = f"cluster {{\n  name: openpole-test\n  listen: 127.0.0.1:{self.routes[i]}\n  routes: [{routes}]\n}}\n"
         conf = d / "nats.conf"
         conf.write_text(f'server_name: n{i}\nlisten: 127.0.0.1:{self.ports[i]}\nhttp: 127.0.0.1:{self.http[i]}\n'
-                        f'jetstream {{\n  store_dir: "{d / "js"}"\n}}\n{cluster}')
+                        f'jetstream {{\n  store_dir: "{d / "js"}"\n}}\n{cluster}{self.auth}')
         return conf
 
     def start(self, i):

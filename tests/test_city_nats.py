@@ -132,3 +132,25 @@ def test_a_resent_batch_is_stored_once_and_a_missing_stream_is_a_transient_error
         assert [b[0] for b in stream_batches(lone.url)] == [bid]
     finally:
         lone.stop()
+
+
+def test_a_password_protected_cluster_and_no_password_in_any_message(tmp_path):
+    lone = NatsCluster(tmp_path / "auth", 1, auth="authorization { user: openpole, password: s3cret }\n")
+    port = lone.ports[0]
+    try:
+        good, bad = f"nats://openpole:s3cret@127.0.0.1:{port}", f"nats://openpole:wr0ng@127.0.0.1:{port}"
+        r = openpole("city", "init", "--nats", good, "--replicas", "1")
+        assert r.returncode == 0 and "made" in r.stdout, r.stdout + r.stderr
+        for cmd in (("city", "init", "--nats", bad), ("city", "status", "--nats", bad)):
+            r = openpole(*cmd)
+            assert r.returncode == 2 and r.stderr.count("\n") == 1 and "refused the credentials" in r.stderr, r.stderr
+            assert "wr0ng" not in r.stderr and "***@" in r.stderr
+        r = openpole("city", "init", "--nats", good, "--replicas", "1", "--nats-creds", tmp_path / "none.creds")
+        assert r.returncode == 2 and "--nats-creds" in r.stderr and "no such file" in r.stderr
+        # The agent's sink: user and password from its config, never in what it shows.
+        sink = NatsSink(f"nats://127.0.0.1:{port}", pole="p1", nats_user="openpole", nats_password="s3cret")
+        bid = batch.new_batch_id()
+        assert sink.send(bid, batch.encode(bid, "p1", [], 0))["duplicate"] is False
+        assert "s3cret" not in NatsSink(good, pole="p1").describe()
+    finally:
+        lone.stop()

@@ -24,6 +24,7 @@ def register(sub):
                                                             "(default 50)")
     i.add_argument("--duplicate-window-s", type=float, default=600.0,
                    help="a re-sent batch id within this window is stored once (default 600)")
+    _nats_auth(i)
     i.set_defaults(func=run_init)
     ld = csub.add_parser("load", help="load the stream of pole batches into PostgreSQL (run several for more throughput)")
     ld.add_argument("--nats", required=True, metavar="URL", help="the cluster's servers: nats://a:4222,nats://b:4222")
@@ -34,12 +35,14 @@ def register(sub):
     ld.add_argument("--name", help="this loader's name in `city status` (default HOST:PID)")
     ld.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics")
     ld.add_argument("--quiet", action="store_true", help="no line per loaded group")
+    _nats_auth(ld)
     ld.set_defaults(func=run_load)
     sa = csub.add_parser("status", help="the stream's lag per consumer, its servers, and each loader's rate and errors "
                                         "(exit 1 on a problem)")
     sa.add_argument("--nats", metavar="URL", help="the cluster's servers: nats://a:4222,nats://b:4222")
     sa.add_argument("--db", metavar="DSN", help="PostgreSQL: the loaders' rows")
     sa.add_argument("--json", action="store_true", help="one JSON object")
+    _nats_auth(sa)
     sa.set_defaults(func=run_status)
     la = csub.add_parser("latest", help="each series' newest value in PostgreSQL")
     la.add_argument("--db", required=True, metavar="DSN")
@@ -56,6 +59,19 @@ def register(sub):
     st.add_argument("--db", required=True, metavar="DSN")
     st.add_argument("--json", action="store_true", help="one JSON object")
     st.set_defaults(func=run_stats)
+
+
+def _nats_auth(parser):
+    parser.add_argument("--nats-creds", metavar="FILE", help="a NATS credentials file (JWT and nkey seed); a user and "
+                                                             "password go in the URL: nats://user:pass@host:4222")
+    parser.add_argument("--nats-tls-ca", metavar="FILE", help="the CA that signed the NATS servers' certificates "
+                                                              "(with tls://host:4222)")
+
+
+def _nats_opts(args):
+    from .stream import options
+
+    return options(getattr(args, "nats_creds", None), getattr(args, "nats_tls_ca", None))
 
 
 def run_init(args):
@@ -79,7 +95,7 @@ def _init_stream(args):
         raise UserError("--replicas: 1 to 5 (JetStream's limit)")
     settings = StreamSettings(replicas=args.replicas, duplicate_window_s=args.duplicate_window_s,
                               max_age_s=args.max_age_days * 86400, max_bytes=int(args.max_gb * 1024**3))
-    what, cfg = ensure(args.nats, settings)
+    what, cfg = ensure(args.nats, settings, _nats_opts(args))
     print(f"stream {STREAM} {what}: subjects {', '.join(cfg.subjects)}, {cfg.num_replicas} replica(s), file storage, "
           f"duplicate window {cfg.duplicate_window:g} s, max age {cfg.max_age / 86400:g} days, "
           f"max {cfg.max_bytes / 1024**3:g} GiB")
@@ -101,7 +117,8 @@ def run_load(args):
     metrics_at = parse_hostport(args.metrics, 9109, flag="--metrics") if args.metrics else None
     if args.group < 1:
         raise UserError("--group: at least 1 batch")
-    totals = load.run(args.nats, args.db, keys, args.group, args.exit_when_idle, report, metrics_at, args.name)
+    totals = load.run(args.nats, args.db, keys, args.group, args.exit_when_idle, report, metrics_at, args.name,
+                       _nats_opts(args))
     print(f"idle for {args.exit_when_idle:g} s: {totals['batches']} batches, {totals['records_unique']} new readings, "
           f"{totals['rejected']} rejected")
     return 0
@@ -120,7 +137,7 @@ def run_status(args):
 
     if not args.nats and not args.db:
         raise UserError("city status: give --nats URL (the stream's lag), --db DSN (the loaders), or both")
-    st = status(args.nats, args.db)
+    st = status(args.nats, args.db, _nats_opts(args) if args.nats else None)
     print(json.dumps(st) if args.json else format_status(st))
     return 1 if st["problems"] else 0
 

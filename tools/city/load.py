@@ -29,7 +29,7 @@ from openpole.edge_agent.observe import Histogram
 
 from ..errors import UserError
 from .db import connect, require_schema
-from .stream import STREAM, SUBJECTS, _quiet, servers
+from .stream import STREAM, SUBJECTS, _connect, shown
 
 CONSUMER = "loaders"
 ACK_WAIT_S = 20.0  # an unacknowledged group comes again this long after a loader died with it
@@ -348,7 +348,7 @@ async def _fetch(sub, group, loader):
     return msgs, loader.decode(items)
 
 
-async def _run(nats_url, dsn, keys, group, idle_exit_s, report, metrics_at=None, name=None):
+async def _run(nats_url, dsn, keys, group, idle_exit_s, report, metrics_at=None, name=None, nats_opts=None):
     import nats
     import nats.errors
     from nats.js.api import AckPolicy, ConsumerConfig
@@ -356,11 +356,12 @@ async def _run(nats_url, dsn, keys, group, idle_exit_s, report, metrics_at=None,
     loader = Loader(dsn, keys, name)
     httpd = serve_metrics(loader, *metrics_at) if metrics_at else None
     try:
-        nc = await nats.connect(servers(nats_url), error_cb=_quiet, disconnected_cb=_quiet, reconnected_cb=_quiet,
-                                max_reconnect_attempts=-1, reconnect_time_wait=1, connect_timeout=5)
-    except (nats.errors.NoServersError, OSError, asyncio.TimeoutError) as e:
+        nc = await _connect(nats_url, opts=nats_opts, keep=True)
+    except UserError:
         loader.close()
-        raise UserError(f"--nats {nats_url}: no NATS server answers ({type(e).__name__})") from None
+        if httpd:
+            httpd.shutdown()
+        raise
     try:
         js = nc.jetstream(timeout=10)
         try:
@@ -368,7 +369,7 @@ async def _run(nats_url, dsn, keys, group, idle_exit_s, report, metrics_at=None,
                                           config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT_S,
                                                                 max_ack_pending=20000))
         except nats.js.errors.NotFoundError:
-            raise UserError(f"--nats {nats_url}: no stream {STREAM}: run `openpole city init --nats URL` first") from None
+            raise UserError(f"--nats {shown(nats_url)}: no stream {STREAM}: run `openpole city init --nats URL` first") from None
         idle_since = beat = time.monotonic()
         pending = None
         try:
@@ -402,8 +403,9 @@ async def _run(nats_url, dsn, keys, group, idle_exit_s, report, metrics_at=None,
         await nc.close()
 
 
-def run(nats_url, dsn, keys=None, group=200, idle_exit_s=None, report=lambda counts: None, metrics_at=None, name=None):
-    return asyncio.run(_run(nats_url, dsn, keys, group, idle_exit_s, report, metrics_at, name))
+def run(nats_url, dsn, keys=None, group=200, idle_exit_s=None, report=lambda counts: None, metrics_at=None, name=None,
+        nats_opts=None):
+    return asyncio.run(_run(nats_url, dsn, keys, group, idle_exit_s, report, metrics_at, name, nats_opts))
 
 
 def stats(dsn):

@@ -6,7 +6,7 @@ import datetime
 
 from ..errors import UserError
 from .db import connect, require_schema
-from .stream import STREAM, _connect
+from .stream import STREAM, _connect, shown
 
 LIVE_S = 60.0  # a loader whose row is older than this is reported as stopped
 UTC = datetime.timezone.utc
@@ -51,11 +51,11 @@ def parse_time(text, flag):
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
-async def _stream_status(url, patience_s=15.0):
+async def _stream_status(url, opts=None, patience_s=15.0):
     import nats.errors
     import nats.js.errors
 
-    nc = await _connect(url)
+    nc = await _connect(url, opts=opts)
     try:
         js = nc.jetstream(timeout=3)
         deadline = asyncio.get_running_loop().time() + patience_s
@@ -65,10 +65,10 @@ async def _stream_status(url, patience_s=15.0):
                 consumers = await js.consumers_info(STREAM)
                 break
             except nats.js.errors.NotFoundError:
-                raise UserError(f"--nats {url}: no stream {STREAM}: run `openpole city init --nats URL` first") from None
+                raise UserError(f"--nats {shown(url)}: no stream {STREAM}: run `openpole city init --nats URL` first") from None
             except (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError):
                 if asyncio.get_running_loop().time() > deadline:
-                    raise UserError(f"--nats {url}: the stream {STREAM} has no leader for {patience_s:g} s: fewer than "
+                    raise UserError(f"--nats {shown(url)}: the stream {STREAM} has no leader for {patience_s:g} s: fewer than "
                                     f"a majority of its servers run; start the stopped nats-servers") from None
                 await asyncio.sleep(0.5)
     finally:
@@ -104,11 +104,11 @@ def _loaders(dsn):
     return out
 
 
-def status(nats_url=None, dsn=None):
+def status(nats_url=None, dsn=None, nats_opts=None):
     """The stream, its consumers' lag and the loaders, with the problems among them."""
     out, problems = {}, []
     if nats_url:
-        out.update(asyncio.run(_stream_status(nats_url)))
+        out.update(asyncio.run(_stream_status(nats_url, nats_opts)))
         for r in out["stream"]["replicas"]:
             if r["offline"] or not r["current"]:
                 problems.append(f"stream replica on {r['server']} is {'offline' if r['offline'] else 'behind'}: "

@@ -6,6 +6,8 @@ the loaders have taken them and for max_age at most, so a loader outage of that 
 """
 
 import asyncio
+import os
+import re
 from dataclasses import dataclass
 
 from ..errors import UserError
@@ -37,31 +39,62 @@ async def _quiet(*_):
     """nats-py logs every connection error with a traceback; the one-line UserError says it."""
 
 
+def shown(url):
+    """The URL as messages may show it: a user:password@ inside becomes ***@."""
+    return re.sub(r"//[^@/,]*@", "//***@", url)
+
+
+def options(creds=None, tls_ca=None):
+    """nats.connect's keyword arguments for a credentials file (nkey/JWT) and a private CA."""
+    opts = {}
+    if creds:
+        if not os.path.exists(creds):
+            raise UserError(f"--nats-creds {creds}: no such file")
+        opts["user_credentials"] = creds
+    if tls_ca:
+        import ssl
+
+        try:
+            opts["tls"] = ssl.create_default_context(cafile=tls_ca)
+        except (OSError, ssl.SSLError) as e:
+            raise UserError(f"--nats-tls-ca {tls_ca}: not a readable CA certificate ({e})") from None
+    return opts
+
+
 def servers(url):
     """'nats://a:4222,nats://b:4222' as NATS clients take it -> a list."""
     out = [s.strip() for s in url.split(",") if s.strip()]
     for s in out:
         if not s.startswith(("nats://", "tls://")):
-            raise UserError(f"--nats {url}: each server is nats://HOST:PORT (comma-separated for several)")
+            raise UserError(f"--nats {shown(url)}: each server is nats://HOST:PORT (comma-separated for several)")
     return out
 
 
-async def _connect(url, timeout_s=5.0):
+async def _connect(url, timeout_s=5.0, opts=None, keep=False):
+    """A NATS connection, or a one-line UserError. keep: reconnect for ever (a loader), else give up
+    at once (a command)."""
     import nats
     import nats.errors
 
+    again = {"max_reconnect_attempts": -1, "reconnect_time_wait": 1, "reconnected_cb": _quiet} if keep else \
+        {"max_reconnect_attempts": 1, "allow_reconnect": False}
     try:
-        return await nats.connect(servers(url), connect_timeout=timeout_s, max_reconnect_attempts=1,
-                                  allow_reconnect=False, error_cb=_quiet, disconnected_cb=_quiet)
+        return await nats.connect(servers(url), connect_timeout=timeout_s, error_cb=_quiet, disconnected_cb=_quiet,
+                                  **again, **(opts or {}))
     except (nats.errors.NoServersError, OSError, asyncio.TimeoutError) as e:
-        raise UserError(f"--nats {url}: no NATS server answers ({type(e).__name__}): is nats-server running "
+        raise UserError(f"--nats {shown(url)}: no NATS server answers ({type(e).__name__}): is nats-server running "
                         f"with JetStream (-js)?") from None
+    except nats.errors.Error as e:
+        if "authorization" in str(e).lower() or "authentication" in str(e).lower():
+            raise UserError(f"--nats {shown(url)}: the server refused the credentials: check the user and password in "
+                            f"the URL (nats://user:pass@host:4222) or --nats-creds") from None
+        raise UserError(f"--nats {shown(url)}: {e}") from None
 
 
-async def _ensure(url, settings):
+async def _ensure(url, settings, opts):
     import nats.js.errors
 
-    nc = await _connect(url)
+    nc = await _connect(url, opts=opts)
     try:
         js = nc.jetstream(timeout=10)
         want = settings.config()
@@ -70,7 +103,7 @@ async def _ensure(url, settings):
         except nats.js.errors.NotFoundError:
             info = None
         except nats.js.errors.ServiceUnavailableError:
-            raise UserError(f"--nats {url}: JetStream is not enabled on the server (start nats-server with -js)") from None
+            raise UserError(f"--nats {shown(url)}: JetStream is not enabled on the server (start nats-server with -js)") from None
         try:
             if info is None:
                 await js.add_stream(want)
@@ -84,11 +117,11 @@ async def _ensure(url, settings):
             await js.update_stream(want)
             return "updated", want
         except nats.js.errors.APIError as e:
-            raise UserError(f"--nats {url}: the stream {STREAM} was refused: {e.description or e}") from None
+            raise UserError(f"--nats {shown(url)}: the stream {STREAM} was refused: {e.description or e}") from None
     finally:
         await nc.close()
 
 
-def ensure(url, settings=None):
+def ensure(url, settings=None, opts=None):
     """Make the stream, or bring its settings up to date; returns ("made"|"updated"|"unchanged", config)."""
-    return asyncio.run(_ensure(url, settings or StreamSettings()))
+    return asyncio.run(_ensure(url, settings or StreamSettings(), opts))
