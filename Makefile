@@ -10,7 +10,7 @@ NODES ?= 3
 FLASH ?=
 PYTEST_ARGS ?=
 
-.PHONY: install test demo specs clean
+.PHONY: install test demo specs screenshots clean
 
 install: $(VENV)/.installed
 
@@ -26,6 +26,11 @@ test: install
 
 demo: install
 	$(BIN)/openpole sim demo --nodes $(NODES) --duration $(DURATION) $(if $(FLASH),--flash)
+
+# The README's pictures of the pole's page, taken by its browser test (tests/test_page.py).
+screenshots: install
+	@bash .ci/services
+	OPENPOLE_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q tests/test_page.py -k browser
 
 specs: install
 	$(BIN)/openpole spec check

@@ -4,6 +4,7 @@ Collaborators are injected (store, sink, clock) so tests replace the network and
 the logic. Two threads besides paho's: the writer (group commit, then PUBACK) and the sender.
 """
 
+import json
 import logging
 import os
 import queue
@@ -68,6 +69,11 @@ class Agent:
         self.disk_waits = 0  # seconds-long waits for room, since start
         self.ack_latency = Histogram()
         self._threads = []
+        self.minutes_out = []  # closed minutes not yet in a batch (under minutes_lock)
+        self.last_delivered = None  # (clock ns, records) of the last batch the upstream acknowledged
+        self.node_info = {}  # node id -> what its diag and status topics said (edge_agent/page.py)
+        if hasattr(self.ingest, "on_side"):
+            self.ingest.on_side = self._side
 
     # --- ingest side (paho's thread) ---
     def _deliver(self, topic, payload, mid, qos):
@@ -148,6 +154,9 @@ class Agent:
         if n is None:
             n = self.nodes[msg.node] = {"boot": msg.boot, "seq": msg.seq - 1, "gaps": 0, "messages": 0}
         new = (msg.boot, msg.seq) > (n["boot"], n["seq"])
+        if msg.boot > n["boot"] and n["messages"]:
+            n["resets"] = n.get("resets", 0) + 1  # a new boot: the node reset (diag says why)
+        n["sensors"] = msg.status  # {sensor: [state, errors(, lost)]}: a reference, no copy
         if msg.boot == n["boot"] and msg.seq > n["seq"] + 1:
             n["gaps"] += msg.seq - n["seq"] - 1  # lost on the way: a loss estimate
         if (msg.boot, msg.seq) > (n["boot"], n["seq"]):
@@ -189,12 +198,60 @@ class Agent:
         for item in items:
             self.ack_latency.observe((acked_at - item[0]) / 1e9)
 
+    # --- the nodes' diag reports and status (paho's thread): for the page and /status ---
+    SIDE_MAX_BYTES = 16384
+    SIDE_MAX_NODES = 1000
+
+    def _side(self, topic, payload):
+        parts = topic.split("/")
+        if len(parts) != 4 or len(payload) > self.SIDE_MAX_BYTES or not decode.NODE_ID_RE.match(parts[2]):
+            self.store.count("side_rejected")
+            return
+        node, kind = parts[2], parts[3]
+        info = self.node_info.get(node)
+        if info is None:
+            if len(self.node_info) >= self.SIDE_MAX_NODES:
+                self.store.count("side_rejected")
+                return
+            info = self.node_info[node] = {}
+        now = self.clock()
+        if kind == "status":
+            info["online"] = payload == b"online"
+            info["status_ns"] = now
+            return
+        try:
+            report = json.loads(payload)
+        except ValueError:
+            self.store.count("side_rejected")
+            return
+        if not isinstance(report, dict):
+            self.store.count("side_rejected")
+        elif "cmd" in report:  # a command's answer; a diag command's carries a whole report
+            info["reply"], info["reply_ns"] = report, now
+            if isinstance(report.get("diag"), dict):
+                info["diag"], info["diag_ns"] = report["diag"], now
+                self._when_room(self.store.keep_diag, node, now, json.dumps(report["diag"]))
+        else:
+            info["diag"], info["diag_ns"] = report, now
+            self._when_room(self.store.keep_diag, node, now, payload.decode("utf-8", "replace"))
+
+    def _close_minutes(self):
+        """Close the minutes that are done: kept for the page's charts at once, sent upstream with
+        the next batch. Returns what waits for a batch."""
+        with self.minutes_lock:
+            closed = self.minutes.close(self.clock())
+            self.minutes_out.extend(closed)
+        if closed:
+            self._when_room(self.store.keep_minutes, closed)
+
     # --- sender: batches upstream, acknowledged batches leave the queue ---
     def _limits(self):
         """The queue's quota and maximum age on their own timer: an outage (the sender retrying one
-        batch for hours) must not stop them, or the disk fills."""
+        batch for hours) must not stop them, or the disk fills. Minutes close here too, so the
+        page's charts go on while the upstream is away."""
         while not self.stopping.is_set():
             self._when_room(self.store.enforce_limits, self.clock())
+            self._close_minutes()
             self.stopping.wait(LIMITS_EVERY_S)
 
     def _sender(self):
@@ -213,8 +270,9 @@ class Agent:
                 last_send = time.monotonic()  # nothing waiting: the interval starts with the next record
                 self.stopping.wait(0.05)
                 continue
+            self._close_minutes()
             with self.minutes_lock:
-                closed = self.minutes.close(self.clock())
+                closed, self.minutes_out = self.minutes_out, []
             if self._deliver_batch(rows, closed):
                 backlog = True  # split: the rest of what was due goes at once
             last_send = time.monotonic()
@@ -240,6 +298,7 @@ class Agent:
                     self.store.count("upstream_duplicates")  # a re-send after a lost ack, stored once upstream
                 self._when_room(self.store.acknowledged, rows[-1][0], records)
                 self.upstream_ok, self.last_error = True, None
+                self.last_delivered = (self.clock(), records)
                 return split
             except TooLarge as e:
                 if len(rows) == 1:

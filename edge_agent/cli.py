@@ -5,6 +5,8 @@ import signal
 import threading
 from pathlib import Path
 
+from openpole.errors import UserError
+
 
 def register(sub):
     p = sub.add_parser("edge", help="the pole's edge agent")
@@ -17,6 +19,7 @@ def register(sub):
     r.add_argument("--pole-id", help="this pole's id (used in the MQTT client id and upstream)")
     r.add_argument("--batch-interval", type=float, help="seconds a record may wait for its batch (default 10)")
     r.add_argument("--metrics-port", type=int, help="local port for /status and /metrics (default 9108; 0: off)")
+    r.add_argument("--page", metavar="HOST:PORT", help="serve the pole's web page there (page.listen; default off)")
     r.set_defaults(func=run)
     i = esub.add_parser("install-service", help="install and start the agent as a systemd service (as root)")
     i.add_argument("--config", type=Path, required=True, help="the agent config the service runs with")
@@ -46,6 +49,7 @@ def run(args):
     cfg = config.load(
         args.config, broker_host=host, broker_port=port, upstream=args.upstream, state_dir=args.state,
         pole_id=args.pole_id, batch_interval_s=args.batch_interval, metrics_port=args.metrics_port,
+        page_listen=args.page,
     )
     from . import observe, timesync
 
@@ -62,6 +66,17 @@ def run(args):
         observe.serve(agent, cfg.metrics_port)
     except OSError as e:
         logging.getLogger("openpole.edge").warning("metrics port %d: %s; /metrics and `edge status` are off", cfg.metrics_port, e.strerror)
+    if cfg.page_listen:
+        try:
+            from .page import serve as serve_page
+        except ImportError:
+            raise UserError("page.listen is set but aiohttp is not installed: pip install 'openpole[page]'") from None
+        try:
+            url = serve_page(agent, cfg.page_listen).url
+            logging.getLogger("openpole.edge").info("the pole's page: %s%s", url,
+                                                    "" if cfg.page_password_hash else " (no password: actions off)")
+        except OSError as e:
+            logging.getLogger("openpole.edge").warning("page %s: %s; the page is off", cfg.page_listen, e.strerror)
     logging.getLogger("openpole.edge").info(
         "edge agent %s: broker %s:%d, upstream %s, state %s", cfg.pole_id, cfg.broker_host, cfg.broker_port,
         agent.sink.describe(), cfg.state_dir)

@@ -38,6 +38,12 @@ class AgentConfig:
     max_age_s: float = 7 * 86400.0  # pending data older than this is dropped (counted)
     metrics_port: int = 9108  # Prometheus text at http://127.0.0.1:PORT/metrics; 0: off
     sources: list = field(default_factory=list)  # [[sources]] tables: sensors on the Pi, serial nodes
+    # The pole's web page (edge_agent/page.py): off unless page.listen is set.
+    page_listen: str = ""  # HOST:PORT, e.g. "0.0.0.0:8080"
+    page_password_hash: str | None = field(default=None, repr=False)  # `openpole pole init` writes it
+    page_open_read: bool = True  # false: the read-only pages ask for the password too
+    page_offline_after_s: float = 180.0  # a node silent this long shows offline
+    page_refresh_s: float = 5.0  # how often an open page updates itself
 
 
 _SECTIONS = {
@@ -63,6 +69,11 @@ _SECTIONS = {
     ("ingest", "receive_maximum"): "receive_maximum",
     ("ingest", "mqtt_version"): "mqtt_version",
     ("metrics", "port"): "metrics_port",
+    ("page", "listen"): "page_listen",
+    ("page", "password_hash"): "page_password_hash",
+    ("page", "open_read"): "page_open_read",
+    ("page", "offline_after_s"): "page_offline_after_s",
+    ("page", "refresh_s"): "page_refresh_s",
     ("nodes", "require_mac"): "require_mac",
 }
 
@@ -111,6 +122,16 @@ def load(path=None, **overrides):
         raise UserError("upstream.batch_interval_s must be a number of seconds from 0 to 3600")
     if cfg.mqtt_version not in (3, 5):
         raise UserError("ingest.mqtt_version must be 3 (MQTT 3.1.1) or 5")
+    if cfg.page_listen:
+        from openpole.sim.node import parse_hostport
+
+        parse_hostport(cfg.page_listen, 8080, flag="page.listen")
+        if cfg.page_password_hash and not cfg.page_password_hash.startswith("scrypt$"):
+            raise UserError("page.password_hash: not a hash `openpole pole init` wrote (scrypt$...); run "
+                            "`openpole pole init --page-password` again")
+    for name in ("page_offline_after_s", "page_refresh_s"):
+        if not 1 <= getattr(cfg, name) <= 86400:
+            raise UserError(f"{name.replace('_', '.', 1)} must be 1 to 86400 seconds")
     if not isinstance(cfg.group_commit_ms, int) or not 0 <= cfg.group_commit_ms <= 100:
         raise UserError("ingest.group_commit_ms must be 0 to 100 (a node waits that long for its PUBACK)")
     return cfg

@@ -22,6 +22,10 @@ _PUBACK = struct.Struct("!BBH").pack
 ACK_TOPIC = "openpole/v1/{}/ack"
 
 DATA_TOPIC = "openpole/v1/+/data"
+# QoS 0, for the pole's page and status: each node's diag reports and command replies, and its
+# retained online/offline (the last will says offline).
+SIDE_TOPICS = ("openpole/v1/+/diag", "openpole/v1/+/status")
+CMD_TOPIC = "openpole/v1/{}/cmd"
 log = logging.getLogger("openpole.edge.ingest")
 
 
@@ -137,6 +141,7 @@ def _publish0(topic, payload, v5=False):
 class MqttIngest:
     def __init__(self, cfg, deliver):
         self.deliver = deliver  # deliver(topic, payload, mid, qos), called on paho's thread
+        self.on_side = None  # on_side(topic, payload) for SIDE_TOPICS, on paho's thread
         self.connected = False
         self.subscribed = threading.Event()
         self.stopping = False
@@ -167,7 +172,7 @@ class MqttIngest:
             return
         self.connected = True
         log.info("connected to broker %s:%d", self.host, self.port)
-        client.subscribe(DATA_TOPIC, qos=1)
+        client.subscribe([(DATA_TOPIC, 1)] + [(t, 0) for t in SIDE_TOPICS])
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
         self.subscribed.set()  # the broker holds our subscription: what is published now reaches us
@@ -179,7 +184,20 @@ class MqttIngest:
         log.warning("disconnected from broker %s:%d (%s); reconnecting", self.host, self.port, reason)
 
     def _on_message(self, client, userdata, msg):
-        self.deliver(msg.topic, msg.payload, msg.mid, msg.qos)
+        topic = msg.topic
+        if topic.endswith("/data"):
+            self.deliver(topic, msg.payload, msg.mid, msg.qos)
+        elif self.on_side is not None:
+            try:
+                self.on_side(topic, bytes(msg.payload))
+            except Exception:  # a report the page cannot read must not stop the ingest
+                log.exception("report on %s could not be read", topic)
+
+    def command(self, node, payload):
+        """Publish a command to a node's cmd topic (QoS 1); False when the broker is not connected."""
+        if not self.connected:
+            return False
+        return self.client.publish(CMD_TOPIC.format(node), payload, qos=1).rc == mqtt.MQTT_ERR_SUCCESS
 
     def ack_group(self, items, node_acks=None):
         """items: (mid, qos) of the messages of one group commit, in the order they arrived;

@@ -35,11 +35,24 @@ CREATE TABLE IF NOT EXISTS quarantine (
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+-- What the pole's page shows of the last day: closed per-minute aggregates, the nodes' diag
+-- reports, and every action taken on a node (kept HISTORY_NS, pruned with the limits).
+CREATE TABLE IF NOT EXISTS minutes (
+    node TEXT NOT NULL, quantity TEXT NOT NULL, minute INTEGER NOT NULL,
+    count INTEGER NOT NULL, mean REAL NOT NULL, min REAL NOT NULL, max REAL NOT NULL,
+    PRIMARY KEY (node, quantity, minute)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS diags (node TEXT NOT NULL, t_ns INTEGER NOT NULL, report TEXT NOT NULL,
+    PRIMARY KEY (node, t_ns)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS actions (id INTEGER PRIMARY KEY, t_ns INTEGER NOT NULL, node TEXT NOT NULL,
+    action TEXT NOT NULL, value TEXT, client TEXT, outcome TEXT NOT NULL);
 """
 # What waits to go upstream: (messages, records, bytes, oldest receive_ns or None).
 DEPTH_SQL = ("SELECT count(*), coalesce(sum(records), 0), coalesce(sum(length(senml)), 0), min(receive_ns) "
              "FROM messages WHERE id > (SELECT value FROM meta WHERE key = 'cursor')")
 KEEP_SENT_NS = 24 * 3600 * 10**9  # rows already upstream stay a day: replays in that time are caught
+HISTORY_NS = 25 * 3600 * 10**9  # the page's charts and logs: a day and an hour
+ACTIONS_KEPT = 1000
 
 
 SQLITE_CORRUPT, SQLITE_FULL, SQLITE_NOTADB = 11, 13, 26
@@ -232,6 +245,9 @@ class Store:
                     self.db.execute("UPDATE meta SET value = ? WHERE key = 'cursor'", (c,))
                     self._count(dropped)
                 self.db.execute("DELETE FROM messages WHERE id <= ? AND receive_ns < ?", (c, now_ns - KEEP_SENT_NS))
+                self.db.execute("DELETE FROM minutes WHERE minute < ?", ((now_ns - HISTORY_NS) // 10**9,))
+                self.db.execute("DELETE FROM diags WHERE t_ns < ?", (now_ns - HISTORY_NS,))
+                self.db.execute("DELETE FROM actions WHERE id <= (SELECT max(id) FROM actions) - ?", (ACTIONS_KEPT,))
                 q = self._cap_quarantine()
                 if q:
                     dropped["dropped_quarantine"] = q
@@ -272,6 +288,27 @@ class Store:
     def counters(self):
         with self._rlock:
             return dict(self.reader.execute("SELECT name, value FROM counters").fetchall())
+
+    # --- the page's history: written off the ingest path (the sender, the limits timer, paho's
+    # thread for diag reports), read through the reader connection ---
+    def keep_minutes(self, rows):
+        """Closed minutes (node, quantity, minute, count, mean, min, max) for the page's charts."""
+        if rows:
+            with self._lock:
+                self.db.executemany("INSERT OR REPLACE INTO minutes VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def keep_diag(self, node, t_ns, report):
+        with self._lock:
+            self.db.execute("INSERT OR REPLACE INTO diags VALUES (?, ?, ?)", (node, t_ns, report))
+
+    def log_action(self, t_ns, node, action, value, client, outcome):
+        with self._lock:
+            self.db.execute("INSERT INTO actions (t_ns, node, action, value, client, outcome) VALUES (?, ?, ?, ?, ?, ?)",
+                            (t_ns, node, action, value, client, outcome))
+
+    def history(self, sql, args=()):
+        with self._rlock:
+            return self.reader.execute(sql, args).fetchall()
 
     def depth(self):
         """(messages, records, bytes, oldest receive_ns or None) waiting to go upstream."""

@@ -162,6 +162,12 @@ def test_pole_init_writes_a_broker_that_fences_each_node(site, tmp_path):
         broker.terminate()
         broker.wait(timeout=10)
     assert agent_cfg.require_mac and agent_cfg.node_keys == {n: bytes.fromhex(s["key"]) for n, s in secrets.items()}
+    # the pole's page: off until page.listen is set, its password kept on the laptop, its hash on the pole
+    from openpole.edge_agent.password import check_password
+
+    page_password = site.agent_secrets()["page_password"]
+    assert not agent_cfg.page_listen and check_password(page_password, agent_cfg.page_password_hash)
+    assert page_password not in (etc / "openpole" / "agent.toml").read_text()
 
     # Run again after one more node: the agent config you may have edited is kept, the keys follow.
     (etc / "openpole" / "agent.toml").write_text((etc / "openpole" / "agent.toml").read_text() + "\n[upstream]\nurl = \"https://city\"\n")
@@ -170,6 +176,14 @@ def test_pole_init_writes_a_broker_that_fences_each_node(site, tmp_path):
     assert openpole("pole", "init", "--site", site.root, "--out", tmp_path / "out", "--listen", f"127.0.0.1:{port}").returncode == 0
     cfg = agent_config.load(etc / "openpole" / "agent.toml")
     assert cfg.upstream == "https://city" and set(cfg.node_keys) == {"pole1-a", "pole1-b", "pole1-c"}
+    assert (etc / "openpole" / "agent.toml").read_text().count("[page]") == 1
+    # a pole set up before the page gets the section added, the rest kept
+    text = (etc / "openpole" / "agent.toml").read_text()
+    start, end = text.index("\n[page]"), text.index("open_read = true\n") + len("open_read = true\n")
+    (etc / "openpole" / "agent.toml").write_text(text[:start] + "\n" + text[end:])
+    assert openpole("pole", "init", "--site", site.root, "--out", tmp_path / "out", "--listen", f"127.0.0.1:{port}").returncode == 0
+    cfg = agent_config.load(etc / "openpole" / "agent.toml")
+    assert cfg.upstream == "https://city" and check_password(page_password, cfg.page_password_hash)
 
 
 def test_password_lines_are_what_mosquitto_passwd_writes(tmp_path):

@@ -360,6 +360,8 @@ def run_pole_init(args):
     print(f"pole config for {n} node(s) written under {args.out}:")
     for what, path in files.items():
         print(f"  {path}")
+    print(f"the pole's page (page.listen in agent.toml turns it on): its password is page_password in "
+          f"{site.agent_secrets_path()}")
     print("on the Pi: run this with --out / (as root), or copy etc/ over /etc and "
           "`sudo chown mosquitto: /etc/mosquitto/openpole.passwd`; then `sudo systemctl restart mosquitto` "
           "and `openpole edge run --config /etc/openpole/agent.toml`")

@@ -129,6 +129,16 @@ def init(site, out, listen="0.0.0.0:1883", pole_id="pole", persistence_dir=None,
     # The agent runs as its own user (the unit's User=openpole): its files are that user's.
     write_file(files["keys"], "# openpole node keys: node id = key in hex. Written by `openpole pole init`.\n"
                           "[nodes.keys]\n" + "\n".join(keys) + "\n", private=True, owner=AGENT_USER)
+    from openpole.edge_agent.password import hash_password
+
+    page = ("\n[page]\n# The pole's web page: uncomment listen to serve it (openpole edge run --page does too).\n"
+            "# listen = \"0.0.0.0:8080\"\n"
+            f"password_hash = {_toml_str(hash_password(agent['page_password']))}  # the password: in the site's "
+            f"secrets, _edge-agent.json\nopen_read = true\n")
+    if files["agent"].exists():
+        text = files["agent"].read_text()
+        if "[page]" not in text:  # a pole set up before the page: the section is added, the rest kept
+            write_file(files["agent"], text.rstrip("\n") + "\n" + page, private=True, owner=AGENT_USER)
     if not files["agent"].exists():
         host, _, port = listen.rpartition(":")
         write_file(files["agent"], (
@@ -136,6 +146,6 @@ def init(site, out, listen="0.0.0.0:1883", pole_id="pole", persistence_dir=None,
             f"[pole]\nid = {_toml_str(pole_id)}\n\n"
             f"[broker]\nhost = \"127.0.0.1\"\nport = {int(port)}\n"
             f"user = {_toml_str(agent['broker_user'])}\npassword = {_toml_str(agent['broker_password'])}\n\n"
-            f"[nodes]\nrequire_mac = true\nkeys_file = {_toml_str(str(files['keys'].resolve()))}\n"), private=True,
+            f"[nodes]\nrequire_mac = true\nkeys_file = {_toml_str(str(files['keys'].resolve()))}\n{page}"), private=True,
             owner=AGENT_USER)
     return files

@@ -101,12 +101,19 @@ class Site:
         return tls.ca_der(x509.load_pem_x509_certificate(path.read_bytes()))
 
     def agent_secrets(self):
+        """The agent's broker login and the pole page's password (made once, kept here only: the
+        pole's agent.toml holds its hash)."""
         path = self.secrets_dir / "_edge-agent.json"
-        if path.exists():
-            return json.loads(path.read_text())
-        s = {"broker_user": "openpole-edge", "broker_password": rnd.token_urlsafe(18)}
-        self._write_private(path, s)
+        s = json.loads(path.read_text()) if path.exists() else {}
+        if "broker_user" not in s or "page_password" not in s:
+            s.setdefault("broker_user", "openpole-edge")
+            s.setdefault("broker_password", rnd.token_urlsafe(18))
+            s.setdefault("page_password", rnd.token_urlsafe(12))  # added to a site made before the page
+            self._write_private(path, s)
         return s
+
+    def agent_secrets_path(self):
+        return self.secrets_dir / "_edge-agent.json"
 
     def record(self, **row):
         """Append one inventory row (never a secret: only where the secrets are)."""

@@ -73,6 +73,8 @@ def register(sub):
                    help="which broker to start (default: mosquitto when installed, else amqtt)")
     d.add_argument("--flash", action="store_true",
                    help="flash the nodes first through virtual ESP32 boards with `openpole flash`, as a technician would")
+    d.add_argument("--page", default="127.0.0.1:0", metavar="HOST:PORT",
+                   help="serve the pole's web page there (default: a free loopback port; 'off' for none)")
     d.set_defaults(func=run_demo)
 
 
@@ -141,5 +143,10 @@ def run_demo(args):
     from . import demo
 
     heap = args.heap or ("192k" if args.flash else "128k")
+    page = None if args.page == "off" else args.page
+    if page:
+        from .node import parse_hostport
+
+        parse_hostport(page, 0, flag="--page")
     return demo.run(args.nodes, args.duration, args.interval, heap, args.state, broker_kind=args.broker_kind,
-                    flash=args.flash)
+                    flash=args.flash, page=page)

@@ -175,7 +175,7 @@ class Tap:
 
 
 def run(n_nodes=3, duration_s=0, interval_s=1.0, heap="128k", state_dir=None, console=None, broker_kind=None,
-        flash=False):
+        flash=False, page=None):
     console = console or Console()
     logging.getLogger("openpole").setLevel(logging.WARNING)  # the table is the output
     tmp = None
@@ -189,8 +189,22 @@ def run(n_nodes=3, duration_s=0, interval_s=1.0, heap="128k", state_dir=None, co
     receiver = Receiver("127.0.0.1", free_port(), state / "receiver").start()
     cfg = AgentConfig(pole_id="demo-pole", broker_host=broker.host, broker_port=broker.port, upstream=receiver.url,
                       state_dir=state / "edge", batch_interval_s=1.0)
+    page_password = None
+    if page:
+        import secrets
+
+        from openpole.edge_agent.password import hash_password
+
+        page_password = secrets.token_urlsafe(9)
+        cfg.page_listen, cfg.page_password_hash, cfg.page_offline_after_s = page, hash_password(page_password), 30.0
     agent = Agent(cfg)
     agent.start()
+    pole_page = None
+    if page:
+        from openpole.edge_agent.page import serve as serve_page
+
+        pole_page = serve_page(agent, page)
+        console.print(f"[bold]the pole's page[/]: {pole_page.url}  (password for its actions: {page_password})")
     console.print(f"[bold]openpole demo[/]: {broker.kind} on {broker.host}:{broker.port}, receiver {receiver.url}, "
                   f"{n_nodes} nodes on MicroPython (heap {heap}); "
                   + (f"{duration_s:g} s" if duration_s else "Ctrl-C to stop"))
@@ -230,6 +244,8 @@ def run(n_nodes=3, duration_s=0, interval_s=1.0, heap="128k", state_dir=None, co
             agent.store.counters().get("messages_accepted", 0) < published or agent.store.depth()[0]
         ):
             time.sleep(0.1)
+        if pole_page:
+            pole_page.stop()
         agent.stop()
         counts = receiver.store.per_node()
         stats = receiver.store.stats()
