@@ -27,10 +27,11 @@ test: install
 demo: install
 	$(BIN)/openpole sim demo --nodes $(NODES) --duration $(DURATION) $(if $(FLASH),--flash)
 
-# The README's pictures of the pole's page, taken by its browser test (tests/test_page.py).
+# The README's pictures of the pole's page, taken by its browser test (tests/test_page.py) after five
+# minutes of data.
 screenshots: install
 	@bash .ci/services
-	OPENPOLE_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q tests/test_page.py -k browser
+	OPENPOLE_SCREENSHOTS=docs/screenshots OPENPOLE_SCREENSHOTS_AFTER_S=300 $(BIN)/python -m pytest -q tests/test_page.py -k browser
 
 specs: install
 	$(BIN)/openpole spec check

@@ -211,10 +211,11 @@ def svg_chart(cid, title, t0, t1, lines, band=None, unit="", step_s=60):
     summary = "; ".join(f"{label}: last {pts[-1][1]:.1f} {unit}, from {min(v for _, v in pts):.1f} to "
                         f"{max(v for _, v in pts):.1f}" for label, pts in lines if pts)
     parts.append(f'<desc id="{cid}-d">{esc(summary)}</desc>')
+    decimals = max(0, min(4, 1 - math.floor(math.log10(hi - lo))))  # labels that differ: 1015.2, 1015.4
     for frac in (0, 0.5, 1):
         v = lo + (hi - lo) * frac
         parts.append(f'<line x1="{PAD_L}" x2="{CHART_W - 6}" y1="{y(v):.1f}" y2="{y(v):.1f}" class="grid"/>'
-                     f'<text x="{PAD_L - 4}" y="{y(v) + 4:.1f}" class="axis" text-anchor="end">{v:.4g}</text>')
+                     f'<text x="{PAD_L - 4}" y="{y(v) + 4:.1f}" class="axis" text-anchor="end">{v:.{decimals}f}</text>')
     for frac in (0, 0.5, 1):
         t = t0 + (t1 - t0) * frac
         anchor = ("start", "middle", "end")[int(frac * 2)]
@@ -336,7 +337,7 @@ SCRIPT = """<script>
 (function(){var every=%d;var live=document.getElementById("live");if(!live)return;
 setInterval(function(){fetch(location.pathname+location.search,{headers:{"X-Partial":"1"},cache:"no-store"})
 .then(function(r){return r.ok?r.text():null}).then(function(t){if(t!==null){live.innerHTML=t;
-document.getElementById("updated").textContent=new Date().toLocaleTimeString();}}).catch(function(){});},every);})();
+document.getElementById("updated").textContent=new Date().toTimeString().slice(0,8);}}).catch(function(){});},every);})();
 </script>"""
 
 
@@ -413,7 +414,8 @@ def node_live(agent, node):
              f'<th scope="col">Unit</th><th scope="col">Measured</th></tr></thead><tbody>{rows}</tbody></table></div>'
              if rows else "<p>No readings stored yet.</p>")
     return (f'<p>{state_badge(v["online"])} · last seen {esc(ago(v["last_seen_s"]))} · {v["messages"]} messages, '
-            f'{v["missing"]} missing · {v["resets"]} resets</p><ul>{probs}</ul>'
+            f'{v["missing"]} missing · {v["resets"]} resets</p><p>Sensors: {sensors_text(v["sensors"])}</p>'
+            f'<ul>{probs}</ul>'
             f'<h2>Latest readings</h2>{table}<h2>Charts</h2>{charts(agent, node)}'
             f'<h2>Error counters</h2>{counters_chart(agent, node)}')
 
@@ -436,8 +438,9 @@ def node_rest(agent, node, has_password):
     reply = info.get("reply")
     reply_html = ""
     if reply:
+        shown = {k: ("(the report above)" if k == "diag" else v) for k, v in reply.items()}
         reply_html = (f'<h3>Last answer to a command ({esc(ago((agent.clock() - info["reply_ns"]) / 1e9))})</h3>'
-                      f'<pre>{esc(json.dumps(reply, indent=2)[:4000])}</pre>')
+                      f'<pre>{esc(json.dumps(shown, indent=2)[:4000])}</pre>')
     log_rows = agent.store.history("SELECT t_ns, action, value, client, outcome FROM actions WHERE node = ? "
                                    "ORDER BY id DESC LIMIT 10", (node,))
     log_html = "".join(f'<li>{time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t / 1e9))}: {esc(a)}'

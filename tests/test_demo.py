@@ -3,6 +3,7 @@
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -49,3 +50,26 @@ def test_demo_flashes_its_nodes_through_virtual_boards_first():
     assert "flashing 2 virtual ESP32 boards: rfc2217://127.0.0.1:" in text
     assert "node-1: flashed (ESP32-D0WD-V3 (revision v3.0), MAC 24:0a:c4:" in text and "node-2: flashed (" in text
     assert "from 2 nodes" in text and "OK: readings from every node reached the receiver" in text
+
+
+def test_demo_serves_the_poles_page_and_prints_its_address_first():
+    import urllib.request
+
+    p = subprocess.Popen([sys.executable, "-m", "openpole", "sim", "demo", "--nodes", "2", "--duration", "15"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        first = p.stdout.readline()
+        url = re.search(r"http://127\.0\.0\.1:\d+/", first)
+        assert url and "the pole's page" in first and "password for its actions" in " ".join(first.split()), first
+        body = ""
+        for _ in range(100):  # the nodes boot in a few seconds
+            with urllib.request.urlopen(url.group(0), timeout=5) as r:
+                body = r.read().decode()
+            if "node-1" in body and "node-2" in body:
+                break
+            time.sleep(0.1)
+        assert "openpole pole demo-pole" in body and "node-1" in body and "node-2" in body
+        assert p.wait(timeout=120) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()

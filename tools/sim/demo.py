@@ -204,7 +204,8 @@ def run(n_nodes=3, duration_s=0, interval_s=1.0, heap="128k", state_dir=None, co
         from openpole.edge_agent.page import serve as serve_page
 
         pole_page = serve_page(agent, page)
-        console.print(f"[bold]the pole's page[/]: {pole_page.url}  (password for its actions: {page_password})")
+        console.print(f"[bold]the pole's page[/]: {pole_page.url}  (password for its actions: {page_password})",
+                      soft_wrap=True)
     console.print(f"[bold]openpole demo[/]: {broker.kind} on {broker.host}:{broker.port}, receiver {receiver.url}, "
                   f"{n_nodes} nodes on MicroPython (heap {heap}); "
                   + (f"{duration_s:g} s" if duration_s else "Ctrl-C to stop"))
