@@ -230,10 +230,20 @@ class Agent:
             info["reply"], info["reply_ns"] = report, now
             if isinstance(report.get("diag"), dict):
                 info["diag"], info["diag_ns"] = report["diag"], now
-                self._when_room(self.store.keep_diag, node, now, json.dumps(report["diag"]))
+                self._keep_diag(node, now, json.dumps(report["diag"]))
         else:
             info["diag"], info["diag_ns"] = report, now
-            self._when_room(self.store.keep_diag, node, now, payload.decode("utf-8", "replace"))
+            self._keep_diag(node, now, payload.decode("utf-8", "replace"))
+
+    def _keep_diag(self, node, now, text):
+        """For the page's history, when the disk has room: this runs on paho's thread, which must
+        not wait out a full disk as the writer does (the ingest and the keepalive would stop)."""
+        try:
+            self.store.keep_diag(node, now, text)
+        except sqlite3.OperationalError as e:
+            if not store_mod.disk_full(e):
+                raise
+            self.store.count("diag_not_kept_disk_full")
 
     def _close_minutes(self):
         """Close the minutes that are done: kept for the page's charts at once, sent upstream with

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 import paho.mqtt.client as mqtt
 
@@ -119,3 +120,14 @@ class AgentProcess:
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=20)
+
+
+def agent_subscribed(port):
+    """Has the agent with this metrics port subscribed at its broker? (False while it is not up.)"""
+    import json
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=2) as r:
+            return json.load(r)["broker"]["subscribed"]
+    except OSError:
+        return False

@@ -11,6 +11,7 @@ import time
 import urllib.request
 
 import pytest
+from helpers import agent_subscribed as subscribed
 from helpers import wait
 from natscluster import NatsCluster
 from pgcluster import PgServer
@@ -21,14 +22,6 @@ from openpole.sim.broker import Broker, free_port
 def openpole(*args, timeout=120):
     return subprocess.run([sys.executable, "-m", "openpole", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout)
-
-
-def subscribed(port):
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=2) as r:
-            return json.load(r)["broker"]["subscribed"]
-    except OSError:
-        return False
 
 
 def stats(dsn):

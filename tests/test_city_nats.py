@@ -3,13 +3,12 @@ edge agents with a nats:// upstream put every reading in it exactly once while a
 three is SIGKILLed. Real nats-server processes (Debian's), clustered on loopback."""
 
 import asyncio
-import json
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
+from helpers import agent_subscribed as subscribed
 from helpers import wait
 from natscluster import NatsCluster
 
@@ -60,14 +59,6 @@ def stream_batches(url):
         except (nats.errors.TimeoutError, nats.errors.NoRespondersError, asyncio.TimeoutError):
             time.sleep(0.5)
     return asyncio.run(read())
-
-
-def subscribed(port):
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=2) as r:
-            return json.load(r)["broker"]["subscribed"]
-    except OSError:
-        return False
 
 
 def test_city_init_makes_the_stream_once_and_brings_it_up_to_date(cluster):

@@ -245,3 +245,24 @@ def test_a_scrape_does_not_wait_for_the_writer(tmp_path):
     assert st["queue"]["messages"] == 1 and st["counters"]["messages_accepted"] == 1
     assert "openpole_edge_ack_latency_seconds_count 1" in observe.metrics(st)
     a.store.close()
+
+
+def test_node_reports_on_the_side_topics_never_wait_for_a_full_disk(tmp_path):
+    """Diag reports arrive on paho's thread: with the disk full they are shown but not kept, and
+    counted; garbage on those topics is counted too. Nothing raises, nothing waits."""
+    import sqlite3
+
+    a = agent(tmp_path)
+
+    def full(*args):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    a.store.keep_diag = full
+    a._side("openpole/v1/px1/diag", b'{"fw": "0.2.0", "heap_min_free": 30000}')
+    assert a.node_info["px1"]["diag"]["fw"] == "0.2.0"
+    a._side("openpole/v1/px1/diag", b"\xff not json")
+    a._side("openpole/v1/../diag", b"{}")
+    a._side("openpole/v1/px1/status", b"offline")
+    assert a.node_info["px1"]["online"] is False
+    counters = a.store.counters()
+    assert counters["diag_not_kept_disk_full"] == 1 and counters["side_rejected"] == 2, counters
