@@ -31,6 +31,27 @@ def diag(node):
     }
 
 
+def json_parts(d, parts=None, depth=2):
+    """A dict as JSON in pieces (a dict value down to `depth` levels in pieces of its own), for
+    Transport.publish: a report goes out without a kilobyte-sized block, which a fragmented 56 KB
+    heap may not have."""
+    parts = [] if parts is None else parts
+    sep = b"{"
+    for k, v in d.items():
+        if depth > 1 and isinstance(v, dict) and v:
+            parts.append(sep + json.dumps(k).encode() + b": ")
+            json_parts(v, parts, depth - 1)
+        else:
+            parts.append(sep + ("%s: %s" % (json.dumps(k), json.dumps(v))).encode())
+        sep = b", "
+    parts.append(b"{}" if sep == b"{" else b"}")
+    return parts
+
+
+def publish_diag(node):
+    node.mqtt.publish(node.diag_topic, json_parts(diag(node)), qos=0)
+
+
 def selftest(node):
     """Each sensor present and plausible: {name: "ok" or the problem}."""
     out = {}
@@ -72,7 +93,7 @@ def command(node, raw):
     except (ValueError, KeyError, TypeError) as e:
         reply = {"ok": False, "error": "bad command: %s" % e}
     reply["cmd"] = c.get("cmd") if isinstance(c, dict) else None
-    node.mqtt.publish(node.diag_topic, json.dumps(reply).encode(), qos=0)
+    node.mqtt.publish(node.diag_topic, json_parts(reply), qos=0)
 
 
 _RANGES = {"temperature": (-40, 85), "humidity": (0, 100), "pressure": (300, 1100), "laeq": (20, 140)}

@@ -252,7 +252,7 @@ class Node:
             self.command(self.commands.pop(0))
         if time.ticks_diff(now, self.diag_due) >= 0 and self.mqtt.connected:
             self.diag_due = time.ticks_add(now, int(self.cfg["diag_interval_s"] * 1000))
-            self.mqtt.publish(self.diag_topic, json.dumps(self.diag()).encode(), qos=0)
+            _lazy("commands").publish_diag(self)
 
     def run(self, cycles=None):
         self.start()

@@ -106,6 +106,7 @@ calls = []
 class FakeSocket:
     def __init__(self):
         self.inbox = bytearray()
+        self.stream = bytearray()
         self.sent = []
         self.connected = False
         self.refuse_connack = 0
@@ -123,7 +124,23 @@ def _setsockopt(self, *a): pass
 def _connect(self, addr): raise OSError(errno.EINPROGRESS)
 def _close(self): pass
 def _write(self, buf):
-    b = bytes(buf)
+    # The client may write a packet in pieces (a publish's payload after its header): the fake
+    # broker reads a stream, as a real one does, and answers each whole packet.
+    self.stream.extend(bytes(buf))
+    while len(self.stream) >= 2:
+        n, i, mult = 0, 1, 1
+        while self.stream[i] & 0x80:
+            n += (self.stream[i] & 0x7F) * mult
+            mult <<= 7
+            i += 1
+        n += self.stream[i] * mult
+        if len(self.stream) < i + 1 + n:
+            break
+        b = bytes(self.stream[:i + 1 + n])
+        self.stream[:i + 1 + n] = b""
+        self.packet(b)
+    return len(buf)
+def _packet(self, b):
     self.sent.append(b)
     kind = b[0] & 0xF0
     if kind == 0x10:
@@ -136,7 +153,6 @@ def _write(self, buf):
         self.inbox.extend(b"\\x40\\x02" + b[i:i + 2])
     elif kind == 0xC0:
         self.inbox.extend(b"\\xd0\\x00")
-    return len(b)
 def _readinto(self, buf):
     if not self.inbox:
         return None
@@ -146,6 +162,7 @@ def _readinto(self, buf):
     return n
 for name in ("setblocking", "setsockopt", "connect", "close", "write", "readinto"):
     setattr(FakeSocket, "_" + name, globals()["_" + name])
+FakeSocket.packet = _packet
 HOLD_ACKS = [False]
 socks = []
 class Poll:
@@ -174,6 +191,8 @@ sent += [t.publish("openpole/v1/n1/data", b"y") for _ in range(4)]  # the window
 t.poll()
 HOLD_ACKS[0] = False
 pubs = [b for b in socks[0].sent if b[0] & 0xF0 == 0x30]
+t.publish("openpole/v1/n1/diag", [b'{"a": ', b"1" * 300, b"}"], qos=0)  # a report in pieces: one packet
+pieces = socks[0].sent[-1]
 # The broker sends a command at QoS 1, an oversized packet the node drops, and a QoS 0 one.
 s = socks[0]
 s.inbox.extend(b"\\x32\\x18\\x00\\x12openpole/v1/n1/cmd\\x00\\x07hi")
@@ -193,7 +212,8 @@ for _ in range(3):
     t2.ensure()
 print(json.dumps({"calls": sorted(set(calls)), "sent": sent, "dup": [bool(b[0] & 8) for b in pubs],
                   "connect": socks[0].sent[0].hex(), "got": got, "oversized": t.oversized, "pinged": pinged,
-                  "ping_answered": t.ping_sent is None, "refused": t2.last_error, "up": t2.connected}))
+                  "ping_answered": t.ping_sent is None,
+                  "pieces": [pieces[0], len(pieces), pieces[-307:].decode()], "refused": t2.last_error, "up": t2.connected}))
 """
 
 
@@ -209,6 +229,8 @@ def test_the_mqtt_client_uses_only_the_esp32_socket_surface_and_never_blocks(app
     assert connect[0] == 0x10 and b"MQTT\x04" in connect and connect[9] == 0xC2  # user, password, clean session
     assert got["got"] == [["openpole/v1/n1/cmd", "hi"], ["openpole/v1/n1/cmd", "ok"]]
     assert got["oversized"] == 1
+    # A list payload goes out as one PUBLISH (QoS 0, 2-byte length, topic, payload) written in pieces.
+    assert got["pieces"] == [0x30, 1 + 2 + 2 + len("openpole/v1/n1/diag") + 307, "{\"a\": " + "1" * 300 + "}"]
     assert got["pinged"] and got["ping_answered"]
     assert got["refused"] == "connect: broker refused: not authorised" and not got["up"]
     assert "s3cret" not in json.dumps(got["refused"])

@@ -48,10 +48,11 @@ def _str(out, s):
     out.extend(s)
 
 
-def _packet(first, body):
-    """Fixed header (type and flags, remaining length as a varint) + body."""
+def _packet(first, body, more=0):
+    """Fixed header (type and flags, remaining length as a varint) + body; `more`: bytes that
+    follow in writes of their own (a publish's payload is never copied into the packet)."""
     out = bytearray((first,))
-    n = len(body)
+    n = len(body) + more
     while True:
         b = n & 0x7F
         n >>= 7
@@ -230,17 +231,21 @@ class Transport:
 
     def publish(self, topic, payload, qos=1, retain=False, dup=False):
         """Send one PUBLISH without waiting; True when written. At QoS 1 the broker's PUBACK is
-        taken in by poll(); at most `window` wait for it."""
+        taken in by poll(); at most `window` wait for it. payload: bytes, or a list of bytes
+        written one after another (a large report needs no contiguous block of the heap)."""
         if self.state != UP or qos and len(self.unacked) >= self.window:
             return False
+        parts = payload if isinstance(payload, list) else (payload,)
         body = bytearray()
         _str(body, topic)
         if qos:
             pid = self._next_pid()
             body.extend(struct.pack(">H", pid))
-        body.extend(payload)
         try:
-            self._send(_packet(0x30 | (0x08 if dup else 0) | qos << 1 | (1 if retain else 0), body))
+            self._send(_packet(0x30 | (0x08 if dup else 0) | qos << 1 | (1 if retain else 0), body,
+                               sum(len(p) for p in parts)))
+            for p in parts:
+                self._send(p)
         except OSError as e:
             self._failed("publish: %s" % _reason(e))
             return False
