@@ -24,10 +24,10 @@ def main(wdt=None):
         cfg = lazy("config").load(unique_id=hw.unique_id())
         gc.collect()
         from console import LazyConsole
-        from node import Node
 
-        node = Node(cfg, hw.platform(cfg, wdt))
+        node = lazy("bringup").node(cfg, hw.platform(cfg, wdt))
         node.console = LazyConsole(node)
+        gc.collect()  # start-up garbage (config text, import buffers, the bring-up code) out of the way
         done = node.run((cfg.get("sim") or {}).get("cycles"))
         print("done cycles=%d published=%d delivered=%d queued=%d dropped=%d heap_live=%d tick_max_ms=%d audio_lost=%d" % (
             done, node.published, node.delivered, len(node.outbox), node.outbox.dropped, node.heap_live,

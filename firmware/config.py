@@ -1,12 +1,11 @@
 # Node configuration: JSON on the flash (config.json), validated, with a last good copy
 # (config.last.json) and safe defaults to fall back on; written atomically (temp file + rename).
-# Secrets (wifi.password, broker.password, key) are never printed: use redacted().
+# Secrets (wifi.password, broker.password, key) are never printed: lib/redact.py redacts them.
 import json
 import os
 
 PATH = "config.json"
 LAST_GOOD = "config.last.json"
-SECRETS = ("password", "key")
 DEFAULTS = {
     "board": "esp32-devkitc",
     "interval_s": 60,
@@ -143,6 +142,8 @@ def save(cfg):
 
 def get(cfg, key):
     """Dotted key ('broker.host'); secrets come back redacted."""
+    from redact import SECRETS, redacted
+
     v = cfg
     parts = key.split(".")
     for part in parts:
@@ -169,10 +170,3 @@ def set(cfg, key, text):
         d = d[part]
     d[parts[-1]] = value
     return save(new)
-
-
-def redacted(cfg):
-    """A copy safe to print: every secret replaced by '***' (or None when unset)."""
-    if isinstance(cfg, dict):
-        return {k: (("***" if v else None) if k in SECRETS else redacted(v)) for k, v in cfg.items()}
-    return cfg

@@ -12,66 +12,16 @@ import time
 import cbor
 import message
 from app import lazy as _lazy
-from outbox import Outbox, record_fields
-from sensors import DEGRADED, DRIVERS, STATE_NAMES, Sensor
-from transport import Transport
+from outbox import record_fields
+from sensors import DEGRADED, STATE_NAMES
 
 VERSION = "0.2.0"
 LOG_LINES = 12
-BOOT_ID_SPAN = 0x3FF00000  # first boot id: random below 2**30 (a small int on a 32-bit VM), a million boots of room
 HEALTHY_MS = 600000  # up this long, or a message delivered: the crash counter (main.py) starts again
 
 
 class Node:
-    def __init__(self, cfg, hw):
-        self.cfg = cfg
-        self.hw = hw
-        self.lines = []
-        self.node_id = cfg["node_id"]
-        self.boot = _next_boot()
-        self.t0 = time.ticks_ms()
-        self.seq = 0
-        self.cycles = 0
-        self.published = 0  # messages handed to the broker (first sends)
-        self.delivered = 0  # messages the pole acknowledged (or the broker, with "ack": "broker")
-        self.resent = 0
-        self.inflight = 0  # outbox records from the oldest that were sent and await their ack
-        self.sent_before = 0  # of those, how many had been sent before (a re-send carries DUP)
-        self.ack_wait = time.ticks_ms()
-        self.commands = []  # command payloads, run by the loop (never inside a read)
-        self.last_publish = None
-        self.heap_live = 0  # most heap in use after a collection: what the node really holds
-        self.tick_max_ms = 0
-        self.heap_min_free = gc.mem_free()
-        self.outbox = Outbox(ram_bytes=cfg["queue_ram_bytes"])
-        self.samples = []  # of the message being gathered
-        iv = int(cfg["interval_s"] * 1000)
-        self.sensors = [Sensor(n, s, iv) for n, s in cfg["sensors"].items() if n in DRIVERS]
-        for n in cfg["sensors"]:
-            if n not in DRIVERS:
-                self.log("config: unknown sensor %r ignored (known: %s)" % (n, ", ".join(DRIVERS)))
-        self.noise = None
-        key = cfg.get("key")
-        self.key = bytes.fromhex(key) if key else None
-        b = cfg["broker"]
-        base = "openpole/v1/%s/" % self.node_id
-        self.topic, self.status_topic, self.diag_topic = base + "data", base + "status", base + "diag"
-        self.ack_by_pole = cfg["ack"] == "pole"
-        # No word from the pole for this long: send the unacknowledged ones again (a broker that
-        # restarted before the agent subscribed again dropped them).
-        self.ack_timeout_ms = int(cfg["ack_timeout_s"] * 1000)
-        self.mqtt = Transport(self.node_id, b["host"], b.get("port", 1883), b.get("user"), b.get("password"),
-                              timeout_s=b.get("timeout_s", 10), keepalive_s=b.get("keepalive_s", 60),
-                              subscribe=(base + "cmd", base + "ack"),
-                              backoff_max_ms=int(b.get("backoff_max_s", 60) * 1000), resolve=hw.resolve,
-                              tls=_tls() if b.get("tls") else None)
-        self.mqtt.set_last_will(self.status_topic, b"offline")
-        self.mqtt.on_message = self._on_message
-        self.mqtt.on_puback = None if self.ack_by_pole else self._freed
-        self.diag_due = time.ticks_ms()
-        self.healthy_due = time.ticks_add(self.diag_due, HEALTHY_MS)
-        self.console = None
-        self.watch = False  # the console's monitor: a line per reading
+    """Made by bringup.node() at boot: its fields are set there."""
 
     def log(self, line):
         print(line)
@@ -81,15 +31,6 @@ class Node:
 
     def uptime_ms(self):
         return time.ticks_diff(time.ticks_ms(), self.t0)
-
-    def start(self):
-        for s in self.sensors:
-            s.start(self.hw)
-            if s.name == "noise" and s.driver is not None:
-                self.noise = s.driver
-        self.log("openpole node %s: firmware %s on %s, boot %d, reset %s, sensors %s, queued %d" % (
-            self.node_id, VERSION, self.hw.name, self.boot, self.hw.reset_cause(),
-            ", ".join("%s=%s" % (s.name, STATE_NAMES[s.state]) for s in self.sensors), len(self.outbox)))
 
     def sample(self, now):
         """Read every sensor that is due, take in readings on their way (PMS5003); queue one
@@ -255,8 +196,6 @@ class Node:
             _lazy("commands").publish_diag(self)
 
     def run(self, cycles=None):
-        self.start()
-        gc.collect()  # start-up garbage (config text, import buffers) out of the way
         self.console.prompt()
         while cycles is None or self.cycles < cycles:
             self.hw.feed()
@@ -280,23 +219,3 @@ class Node:
         self.mqtt.publish(self.status_topic, b"offline", qos=0, retain=True)
         self.mqtt.close()
         return self.cycles
-
-
-def _tls():
-    from brokertls import Wrap
-
-    return Wrap()
-
-
-def _next_boot(path="boot_count"):
-    """This boot's id: one more than the last. A filesystem without one (new, reflashed, another
-    board) starts at a random point, so (node, boot, seq) never repeats across a reflash."""
-    try:
-        with open(path) as f:
-            n = int(f.read()) + 1
-    except (OSError, ValueError):
-        n = int.from_bytes(os.urandom(4), "big") % BOOT_ID_SPAN + 1
-    with open(path + ".tmp", "w") as f:
-        f.write(str(n))
-    os.rename(path + ".tmp", path)  # atomic on LittleFS and POSIX
-    return n

@@ -4,7 +4,6 @@
 import time
 
 from app import lazy
-from registry import SENSORS
 
 # Registry: sensor name -> (module, class, bus). Adding a sensor is a driver file and a line here.
 DRIVERS = {
@@ -36,23 +35,7 @@ class Sensor:
         self.pending = False  # a reading asked for and not yet in (PMS5003)
 
     def start(self, hw):
-        module, cls, bus = DRIVERS[self.name]
-        spec = SENSORS.get(self.name, {})
-        kwargs = dict(spec.get("settings", {}))  # from sensor_specs/: oversampling, filters
-        try:
-            mod = __import__(module, None, None, [cls])
-            if bus == "i2c":
-                kwargs["address"] = self.settings.get("address", spec.get("address"))
-                self.driver = getattr(mod, cls)(hw.i2c(), **kwargs)
-            elif bus == "uart":
-                self.driver = getattr(mod, cls)(hw.uart_pm(), set_pin=hw.pin("pm.set"))
-            else:
-                mics = lazy("mics").MICS  # profiles, needed only here
-                self.driver = NoiseSensor(getattr(mod, cls)(mics[self.settings.get("mic", "inmp441")]), hw)
-            self.state = WARMING if self.name == "pms5003" else OK
-            self.awake_since = time.ticks_ms()
-        except (OSError, ValueError, KeyError) as e:
-            self.fault(e)
+        lazy("bringup").sensor(self, hw)  # boot code, loaded for the call
 
     def fault(self, e):
         self.errors += 1

@@ -143,7 +143,7 @@ import json
 from hw.fakebus import FakeI2C
 from hw.fake_bme280 import FakeBME280
 from drivers.bme280 import BME280
-from registry import SENSORS
+from sensor_facts import SENSORS
 bus = FakeI2C()
 chip = bus.attach(0x76, FakeBME280(lambda: (20.0, 50.0, 1000.0)))
 BME280(bus, **SENSORS["bme280"]["settings"]).read()

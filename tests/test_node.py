@@ -144,10 +144,10 @@ def test_a_missing_sensor_is_reported_while_the_others_keep_working(app, tmp_pat
 
 def test_redacted_config_hides_every_secret(mp):
     out = mp.json(
-        "import json, config\n"
+        "import json, config, redact\n"
         "c = config.validate({'node_id': 'n1', 'key': '00' * 16, 'wifi': {'ssid': 's', 'password': 'pw'},"
         " 'broker': {'host': 'h', 'port': 1, 'password': 'pw2'}})\n"
-        "print(json.dumps(config.redacted(c)))\n"
+        "print(json.dumps(redact.redacted(c)))\n"
     )
     assert out["key"] == "***" and out["wifi"] == {"ssid": "s", "password": "***"}
     assert out["broker"]["password"] == "***" and out["broker"]["host"] == "h"

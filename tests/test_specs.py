@@ -9,6 +9,7 @@ import pytest
 
 from openpole import paths
 from openpole.spec import build, model
+from openpole.spec.registry import digits
 
 
 def test_repository_specs_are_valid_and_warning_free():
@@ -41,7 +42,10 @@ def test_firmware_constants_match_the_registry():
     specs = model.load(paths.SENSOR_SPECS, paths.BOARD_DEFS)
     assert registry.KEYS == {q["name"]: q["key"] for q in specs.quantities}
     assert registry.DIGITS[registry.KEYS["temperature"]] == 2
-    assert registry.SENSORS["bme280"]["address"] == 0x76
+    assert all(registry.DIGITS[q["key"]] == digits(q["resolution"]) for q in specs.quantities)
+    import sensor_facts
+
+    assert sensor_facts.SENSORS["bme280"]["address"] == 0x76
 
 
 @pytest.fixture

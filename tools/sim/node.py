@@ -90,8 +90,13 @@ def build_app(build_root=None, arch="x64", include_sim=True):
             continue
         out = tmp / rel.with_suffix(".mpy")
         out.parent.mkdir(parents=True, exist_ok=True)
-        # Viper code (the noise kernel) needs the target's architecture.
-        r = subprocess.run([cross, f"-march={arch}", "-o", str(out), "-s", str(rel), str(src)], capture_output=True, text=True)
+        # Viper code (the noise kernel) needs the target's architecture. The source name is the
+        # module's __file__ on an ESP32 ("node.mpy", "/lib/noise.mpy"; sys.path is ['', '.frozen',
+        # '/lib']): the VM interns __file__ anyway, so the heap holds one name per module, not two,
+        # and a traceback names the file that ran. (The simulator's "lib/" keeps two for lib/.)
+        name = out.relative_to(tmp).as_posix()
+        name = "/" + name if name.startswith("lib/") else name
+        r = subprocess.run([cross, f"-march={arch}", "-o", str(out), "-s", name, str(src)], capture_output=True, text=True)
         if r.returncode:
             raise UserError(f"mpy-cross refused {rel}: {r.stderr.strip().splitlines()[-1]}")
     (tmp / ".complete").touch()

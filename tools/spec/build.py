@@ -19,12 +19,21 @@ def _module(doc, body):
 
 
 def registry_module(specs):
-    """Quantity keys and sensor facts: what every node imports (kept small: it lives in RAM)."""
+    """Quantity keys and resolutions: what every node message needs (kept small: it lives in RAM)."""
     body = ["# name -> quantity key on the wire (sensor_specs/quantities.toml)", "KEYS = {"]
     body += [f"    {q['name']!r}: {q['key']}," for q in specs.quantities]
-    body += ["}", "", "# key -> decimal places each value is rounded to (the registry resolution)", "DIGITS = {"]
-    body += [f"    {q['key']}: {digits(q['resolution'])}," for q in specs.quantities]
-    body += ["}", "", "SENSORS = {"]
+    # Indexed by key: bytes, not a dict, on a node every byte of heap counts.
+    places = [0] * (max(q["key"] for q in specs.quantities) + 1)
+    for q in specs.quantities:
+        places[q["key"]] = digits(q["resolution"])
+    body += ["}", "", "# key -> decimal places each value is rounded to (the registry resolution)",
+             f"DIGITS = {bytes(places)!r}"]
+    return _module("Quantity keys and their resolution for the node.", body)
+
+
+def sensor_facts_module(specs):
+    """Sensor facts (bus, address, driver settings): read at a sensor's start only."""
+    body = ["SENSORS = {"]
     for stem, t in specs.sensors.items():
         entry = {"bus": t["bus"], "warmup_s": t["warmup_s"]}
         for key in ("address", "chip_id", "baudrate"):
@@ -36,7 +45,7 @@ def registry_module(specs):
             entry["settings"] = kwargs
         body.append(f"    {stem!r}: {entry!r},")
     body += ["}"]
-    return _module("Quantity keys and sensor facts for the node.", body)
+    return _module("Sensor facts for the node (sensor_specs/sensors/), loaded when a sensor starts.", body)
 
 
 def boards_module(specs):
@@ -208,6 +217,7 @@ def outputs(specs):
     """Every generated file, as {path relative to the repository root: text}."""
     out = {
         "firmware/lib/registry.py": registry_module(specs),
+        "firmware/lib/sensor_facts.py": sensor_facts_module(specs),
         "firmware/lib/boards.py": boards_module(specs),
         "firmware/lib/mics.py": mics_module(specs),
         "firmware/lib/aweight.py": design.firmware_module(),

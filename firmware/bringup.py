@@ -1,0 +1,117 @@
+# The node's bring-up: everything done once at boot (the node's fields, its outbox and MQTT
+# client, each sensor's driver), in a module app.py loads for it and drops after, so this code
+# leaves the heap once the node runs. A sensor that failed is started again from here.
+import gc
+import os
+import time
+
+from app import lazy
+from node import HEALTHY_MS, VERSION, Node
+from outbox import Outbox
+from sensors import DRIVERS, OK, STATE_NAMES, WARMING, NoiseSensor, Sensor
+from transport import Transport
+
+BOOT_ID_SPAN = 0x3FF00000  # first boot id: random below 2**30 (a small int on a 32-bit VM), a million boots of room
+
+
+def node(cfg, hw):
+    """The Node for this config and hardware layer, its sensors started."""
+    n = Node()
+    n.cfg = cfg
+    n.hw = hw
+    n.lines = []
+    n.node_id = cfg["node_id"]
+    n.boot = _next_boot()
+    n.t0 = time.ticks_ms()
+    n.seq = 0
+    n.cycles = 0
+    n.published = 0  # messages handed to the broker (first sends)
+    n.delivered = 0  # messages the pole acknowledged (or the broker, with "ack": "broker")
+    n.resent = 0
+    n.inflight = 0  # outbox records from the oldest that were sent and await their ack
+    n.sent_before = 0  # of those, how many had been sent before (a re-send carries DUP)
+    n.ack_wait = time.ticks_ms()
+    n.commands = []  # command payloads, run by the loop (never inside a read)
+    n.last_publish = None
+    n.heap_live = 0  # most heap in use after a collection: what the node really holds
+    n.tick_max_ms = 0
+    n.heap_min_free = gc.mem_free()
+    n.outbox = Outbox(ram_bytes=cfg["queue_ram_bytes"])
+    n.samples = []  # of the message being gathered
+    iv = int(cfg["interval_s"] * 1000)
+    n.sensors = [Sensor(k, v, iv) for k, v in cfg["sensors"].items() if k in DRIVERS]
+    for k in cfg["sensors"]:
+        if k not in DRIVERS:
+            n.log("config: unknown sensor %r ignored (known: %s)" % (k, ", ".join(DRIVERS)))
+    n.noise = None
+    key = cfg.get("key")
+    n.key = bytes.fromhex(key) if key else None
+    b = cfg["broker"]
+    base = "openpole/v1/%s/" % n.node_id
+    n.topic, n.status_topic, n.diag_topic = base + "data", base + "status", base + "diag"
+    n.ack_by_pole = cfg["ack"] == "pole"
+    # No word from the pole for this long: send the unacknowledged ones again (a broker that
+    # restarted before the agent subscribed again dropped them).
+    n.ack_timeout_ms = int(cfg["ack_timeout_s"] * 1000)
+    n.mqtt = Transport(n.node_id, b["host"], b.get("port", 1883), b.get("user"), b.get("password"),
+                       timeout_s=b.get("timeout_s", 10), keepalive_s=b.get("keepalive_s", 60),
+                       subscribe=(base + "cmd", base + "ack"),
+                       backoff_max_ms=int(b.get("backoff_max_s", 60) * 1000), resolve=hw.resolve,
+                       tls=_tls() if b.get("tls") else None)
+    n.mqtt.set_last_will(n.status_topic, b"offline")
+    n.mqtt.on_message = n._on_message
+    n.mqtt.on_puback = None if n.ack_by_pole else n._freed
+    n.diag_due = time.ticks_ms()
+    n.healthy_due = time.ticks_add(n.diag_due, HEALTHY_MS)
+    n.console = None
+    n.watch = False  # the console's monitor: a line per reading
+    for s in n.sensors:
+        gc.collect()  # each driver's module laid out on a heap free of start-up garbage
+        sensor(s, hw)
+        if s.name == "noise" and s.driver is not None:
+            n.noise = s.driver
+    n.log("openpole node %s: firmware %s on %s, boot %d, reset %s, sensors %s, queued %d" % (
+        n.node_id, VERSION, n.hw.name, n.boot, n.hw.reset_cause(),
+        ", ".join("%s=%s" % (s.name, STATE_NAMES[s.state]) for s in n.sensors), len(n.outbox)))
+    return n
+
+
+def sensor(s, hw):
+    """Make a sensor's driver (Sensor.start); a fault is counted and retried at its next reading."""
+    module, cls, bus = DRIVERS[s.name]
+    spec = lazy("sensor_facts").SENSORS.get(s.name, {})
+    kwargs = dict(spec.get("settings", {}))  # from sensor_specs/: oversampling, filters
+    try:
+        mod = __import__(module, None, None, [cls])
+        if bus == "i2c":
+            kwargs["address"] = s.settings.get("address", spec.get("address"))
+            s.driver = getattr(mod, cls)(hw.i2c(), **kwargs)
+        elif bus == "uart":
+            s.driver = getattr(mod, cls)(hw.uart_pm(), set_pin=hw.pin("pm.set"))
+        else:
+            mics = lazy("mics").MICS  # profiles, needed only here
+            s.driver = NoiseSensor(getattr(mod, cls)(mics[s.settings.get("mic", "inmp441")]), hw)
+        s.state = WARMING if s.name == "pms5003" else OK
+        s.awake_since = time.ticks_ms()
+    except (OSError, ValueError, KeyError) as e:
+        s.fault(e)
+
+
+def _tls():
+    from brokertls import Wrap
+
+    return Wrap()
+
+
+def _next_boot(path="boot_count"):
+    """This boot's id: one more than the last. A filesystem without one (new, reflashed, another
+    board) starts at a random point, so (node, boot, seq) never repeats across a reflash."""
+    try:
+        with open(path) as f:
+            n = int(f.read()) + 1
+    except (OSError, ValueError):
+        n = int.from_bytes(os.urandom(4), "big") % BOOT_ID_SPAN + 1
+    with open(path + ".tmp", "w") as f:
+        f.write(str(n))
+    os.rename(path + ".tmp", path)  # atomic on LittleFS and POSIX
+    return n
