@@ -5,6 +5,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# The independent CDDL validator (zcbor) needs cbor2 < 6, openpole cbor2 >= 6.1.4: a venv of its own.
+CDDL_VENV := .venv-cddl
 DURATION ?= 0
 NODES ?= 3
 FLASH ?=
@@ -12,12 +14,17 @@ PYTEST_ARGS ?=
 
 .PHONY: install test demo specs screenshots clean
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed $(CDDL_VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "openpole needs Python 3.11 or newer (this is " + sys.version.split()[0] + "): install python3.11 and run make PYTHON=python3.11")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { echo "cannot create $(VENV): install the venv module (apt-get install python3-venv)"; exit 1; }
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+$(CDDL_VENV)/.installed: tools/spec/cddl/requirements.txt
+	@test -x $(CDDL_VENV)/bin/python || $(PYTHON) -m venv $(CDDL_VENV) || { echo "cannot create $(CDDL_VENV): install the venv module (apt-get install python3-venv)"; exit 1; }
+	$(CDDL_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r tools/spec/cddl/requirements.txt
 	@touch $@
 
 test: install
@@ -38,4 +45,4 @@ specs: install
 	$(BIN)/openpole spec build
 
 clean:
-	rm -rf $(VENV) build .pytest_cache
+	rm -rf $(VENV) $(CDDL_VENV) build .pytest_cache

@@ -1,7 +1,8 @@
 """`openpole capture` and `openpole conformance`: is a box's traffic what the published specs say?
 
 capture records a node's MQTT traffic to a file (JSON lines); conformance checks a capture, or
-listens live, against sensor_specs/: schema, registry keys and ranges, sequence and boot rules,
+listens live, against sensor_specs/: schema (openpole's decoder), the published CDDL (by zcbor, an
+independent validator: openpole's own decoder does not judge alone), registry keys and ranges, sequence and boot rules,
 cadence against the declared interval, age plausibility, the MAC when a key is declared, and the
 retained status topic. A report with pass or fail per check, the first offending message in CBOR
 diagnostic notation (RFC 8949 section 8), and exit status 0 only when every check passes.
@@ -16,10 +17,12 @@ from pathlib import Path
 
 import cbor2
 
+from . import paths
 from .edge_agent import decode
 from .errors import UserError
+from .spec import cddl
 
-CHECKS = ("schema", "ranges", "sequence", "cadence", "ages", "mac", "status")
+CHECKS = ("schema", "cddl", "ranges", "sequence", "cadence", "ages", "mac", "status")
 MAX_AGE_MS = 7 * 86400 * 1000  # a node keeps a week at most
 
 
@@ -88,13 +91,21 @@ class Report:
         return "\n".join(lines)
 
 
-def check(records, node_id, interval_s=None, key=None):
-    """records: [(receive_ns, topic, payload bytes, retain)] in arrival order -> Report."""
+def check(records, node_id, interval_s=None, key=None, independent=True):
+    """records: [(receive_ns, topic, payload bytes, retain)] in arrival order -> Report.
+    independent: also validate each message against node_message.cddl with zcbor (.venv-cddl)."""
     r = Report()
     keys = {node_id: key} if key else {}
     data = [(t, p) for t, topic, p, _ in records if topic == f"openpole/v1/{node_id}/data"]
     if not data:
         r.fail("schema", f"no messages on openpole/v1/{node_id}/data")
+    elif independent:
+        spec = paths.SENSOR_SPECS / "node_message.cddl"
+        for (_, payload), why in zip(data, cddl.validate(spec, "node-payload", [p for _, p in data])):
+            if why is None:
+                r.ok("cddl")
+            else:
+                r.fail("cddl", f"not a node-payload of node_message.cddl (zcbor: {why})", payload)
     last = None
     times = []
     for receive_ns, payload in data:
@@ -229,6 +240,8 @@ def register(sub):
     k.add_argument("--interval", type=float, help="the sampling interval the box declares, seconds")
     k.add_argument("--key", help="the node key in hex, when the box signs its messages")
     k.add_argument("--json", action="store_true", help="one JSON object")
+    k.add_argument("--no-cddl", action="store_true",
+                   help="skip the independent CDDL check (zcbor in .venv-cddl, made by make install)")
 
     def conformance(args):
         if args.capture:
@@ -240,7 +253,7 @@ def register(sub):
             key = bytes.fromhex(args.key) if args.key else None
         except ValueError:
             raise UserError("--key: the node key in hex") from None
-        report = check(records, args.node_id, args.interval, key)
+        report = check(records, args.node_id, args.interval, key, independent=not args.no_cddl)
         print(json.dumps(report.as_dict()) if args.json else report.text())
         return 0 if report.passed else 1
 

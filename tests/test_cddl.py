@@ -1,0 +1,107 @@
+"""The published CDDL (sensor_specs/*.cddl) judged by an independent validator, zcbor from PyPI in
+.venv-cddl, not by openpole's own decoder: what the node's encoder, the agent's acks and its
+upstream batches produce is valid, and what breaks the spec is refused.
+
+(zcbor has no .regexp: a node id is checked as a text string there; see tools/spec/cddl/.)"""
+
+import time
+
+import cbor2
+
+import cbor  # firmware/lib: the node's own encoder
+import message
+from openpole import paths
+from openpole.edge_agent import batch, decode
+from openpole.edge_agent.agent import node_acks
+from openpole.spec import cddl
+
+NODE_CDDL = paths.SENSOR_SPECS / "node_message.cddl"
+ACK_CDDL = paths.SENSOR_SPECS / "node_ack.cddl"
+BATCH_CDDL = paths.SENSOR_SPECS / "upstream_batch.cddl"
+
+
+def test_the_independent_validator_is_installed():
+    # make install (and so make test) creates .venv-cddl: a missing one fails here, never skips.
+    assert cddl.available(), cddl.INSTALL
+
+
+def node_message(seq=0, flags=0, lost=False):
+    values = message.encode_values({"temperature": 21.53, "humidity": 40.2, "pressure": 1013.25, "pm2_5": 7,
+                                    "laeq": 55.3, "lamax": 71.0, "la90": 41.2})
+    status = {"bme280": [0, 0], "pms5003": [1, 2], "noise": [0, 0, 3] if lost else [0, 0]}
+    return message.encode("pole1-a", 123456789, seq, [(61000, values), (1000, values)], cbor.dumps(status), flags)
+
+
+def test_what_the_node_encodes_is_a_node_payload():
+    plain = [node_message(), node_message(1, flags=message.FLAG_AGE_LOWER_BOUND), node_message(2, lost=True)]
+    signed = [message.sign(p, bytes(range(16))) for p in plain]
+    clocked = cbor2.loads(plain[0])
+    clocked[6] = 1_796_000_000_000  # the node's wall clock at send time, when it has one
+    assert cddl.validate(NODE_CDDL, "node-payload", plain + signed + [cbor2.dumps(clocked)]) == [None] * 7
+
+
+BAD_NODE = {
+    "no node id": lambda m: m.pop(1),
+    "a boot that is negative": lambda m: m.update({2: -1}),
+    "no samples": lambda m: m.update({4: []}),
+    "a sample without its age": lambda m: m.update({4: [[{1: 20.5}]]}),
+    "a value that is text": lambda m: m.update({4: [[0, {1: "20.5"}]]}),
+    "a sensor state of 4": lambda m: m.update({5: {"bme280": [4, 0]}}),
+    "an empty sensor name": lambda m: m.update({5: {"": [0, 0]}}),
+    "version 2": lambda m: m.update({0: 2}),
+    "a field the spec has not": lambda m: m.update({8: 1}),
+}
+
+
+def test_what_breaks_the_node_message_spec_is_refused():
+    items = []
+    for change in BAD_NODE.values():
+        m = cbor2.loads(node_message())
+        change(m)
+        items.append(cbor2.dumps(m))
+    cose = list(cbor2.loads(message.sign(node_message(), bytes(16))).value)
+    cose[3] = cose[3][:7]  # a MAC tag of 7 bytes, not 8
+    items += [cbor2.dumps(cbor2.CBORTag(17, cose)), node_message()[:-2], b"\xff"]
+    got = cddl.validate(NODE_CDDL, "node-payload", items)
+    names = list(BAD_NODE) + ["a short MAC tag", "truncated", "not CBOR"]
+    assert [n for n, why in zip(names, got) if why is None] == []
+
+
+def test_the_agents_acks_are_node_acks():
+    accepted = [("n1", 7, s) for s in (0, 1, 2, 5, 6)] + [("n1", 8, 0)]
+    acks = node_acks(accepted)["n1"]
+    assert acks == [[7, 0, 2], [7, 5, 6], [8, 0, 0]]
+    good = [cbor2.dumps(acks), cbor2.dumps([[0, 0, 0]])]
+    bad = [cbor2.dumps([]), cbor2.dumps([[7, 0]]), cbor2.dumps([[7, -1, 2]]), cbor2.dumps({7: [0, 2]})]
+    got = cddl.validate(ACK_CDDL, "node-ack", good + bad)
+    assert got[:2] == [None, None]
+    assert all(got[2:]), got
+
+
+def upstream_batch(minutes=()):
+    msgs = [decode.decode(node_message(s)) for s in range(3)]
+    blobs = [batch.senml_records("pole1", m, time.time_ns(), time_quality=q) for q, m in enumerate(msgs)]
+    return batch.encode(batch.new_batch_id(), "pole1", [b for _, b in blobs], sum(n for n, _ in blobs), minutes=minutes)
+
+
+def test_what_the_agent_sends_upstream_is_an_upstream_batch():
+    minute = ["pole1-a", "laeq", 1_796_000_040, 12, 55.1, 41.0, 71.5]
+    assert cddl.validate(BATCH_CDDL, "upstream-batch", [upstream_batch(), upstream_batch([minute])]) == [None, None]
+
+
+def test_what_breaks_the_upstream_batch_spec_is_refused():
+    good = cbor2.loads(upstream_batch())
+    changes = {
+        "a batch id of 15 bytes": lambda b: b.update({1: b[1][:15]}),
+        "no pole id": lambda b: b.pop(2),
+        "a record without its quantity name": lambda b: b[4][1].pop(0),
+        "a record value that is text": lambda b: b[4][1].update({2: "7"}),
+        "a minute without its max": lambda b: b.update({5: [["n", "laeq", 0, 1, 50.0, 40.0]]}),
+    }
+    items = []
+    for change in changes.values():
+        b = cbor2.loads(cbor2.dumps(good))
+        change(b)
+        items.append(cbor2.dumps(b))
+    got = cddl.validate(BATCH_CDDL, "upstream-batch", items)
+    assert [n for n, why in zip(changes, got) if why is None] == []
