@@ -105,3 +105,18 @@ def test_what_breaks_the_upstream_batch_spec_is_refused():
         items.append(cbor2.dumps(b))
     got = cddl.validate(BATCH_CDDL, "upstream-batch", items)
     assert [n for n, why in zip(changes, got) if why is None] == []
+
+
+def test_without_the_validator_conformance_says_how_to_get_it_in_one_line(monkeypatch, tmp_path):
+    from openpole import conformance
+    from openpole.errors import UserError
+
+    monkeypatch.setattr(cddl, "VENV", tmp_path / "none")
+    records = [(0, "openpole/v1/pole1-a/data", node_message(), False)]
+    try:
+        conformance.check(records, "pole1-a")
+    except UserError as e:
+        assert "zcbor" in str(e) and "pip install -r" in str(e) and "\n" not in str(e)
+    else:
+        raise AssertionError("no error without the validator")
+    assert conformance.check(records, "pole1-a", independent=False).results["cddl"] is None
