@@ -44,7 +44,7 @@ class FlashedNode:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.board.boot("flash")
         self.published = self.readings = 0
-        self.last_line = ""
+        self.last_line = self.last_error = ""
         self.proc = self  # poll(): None while the board runs
 
     def flash(self, firmware, site, base):
@@ -101,6 +101,7 @@ class NodeProcess:
         self.node_id = node_id
         self.proc = simnode.start(state, app, heap=heap, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.last_line = ""
+        self.last_error = ""  # the last exception the node printed: its crash, before main.py's reset line
         self.published = 0  # messages seen at the broker
         self.readings = 0
         threading.Thread(target=self._read, daemon=True).start()
@@ -109,6 +110,8 @@ class NodeProcess:
         for line in self.proc.stdout:
             if line.strip():
                 self.last_line = line.strip()
+                if line.split(":")[0].endswith(("Error", "Exception")):
+                    self.last_error = self.last_line
 
     def stop(self):
         if self.proc.poll() is None:
@@ -117,6 +120,13 @@ class NodeProcess:
                 self.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+
+def _last_words(n):
+    """What a node said last: its last exception first, when a reset line came after it."""
+    if n.last_error and n.last_error != n.last_line:
+        return f"{n.last_error} (then: {n.last_line})"
+    return n.last_line or "(none)"
 
 
 def _table(nodes, receiver, started):
@@ -259,7 +269,7 @@ def run(n_nodes=3, duration_s=0, interval_s=1.0, heap="128k", state_dir=None, co
                   f"({stats['duplicates']} duplicates), from {stats['nodes']} nodes")
     for n in nodes:
         if not counts.get(n.node_id):
-            console.print(f"[red]{n.node_id}[/]: no readings arrived; its last words: {n.last_line or '(none)'}")
+            console.print(f"[red]{n.node_id}[/]: no readings arrived; its last words: {_last_words(n)}")
     if tmp:
         tmp.cleanup()
     if missing:
