@@ -171,8 +171,8 @@ class Node:
         self.hw.reset()
 
     def diag(self):
-        """The diagnostics report (a dict): commands.py, loaded for the call and let go after."""
-        return _lazy("commands").diag(self)
+        """The diagnostics report (a dict): diag.py, loaded for the call and let go after."""
+        return _lazy("diag").diag(self)
 
     def selftest(self):
         """Each sensor present and plausible: {name: "ok" or the problem}."""
@@ -193,7 +193,7 @@ class Node:
             self.command(self.commands.pop(0))
         if time.ticks_diff(now, self.diag_due) >= 0 and self.mqtt.connected:
             self.diag_due = time.ticks_add(now, int(self.cfg["diag_interval_s"] * 1000))
-            _lazy("commands").publish_diag(self)
+            _lazy("diag").publish(self)
 
     def run(self, cycles=None):
         self.console.prompt()
