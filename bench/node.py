@@ -109,14 +109,15 @@ MODULES_SCRIPT = """
 import gc, sys
 gc.collect()
 a = gc.mem_alloc()
-import app, node, hw.sim, drivers.bme280, drivers.pms5003, noise, mics
+import app, node, console, transport, outbox, hw.sim, drivers.bme280, drivers.pms5003, noise
 gc.collect()
 print("MODULES", gc.mem_alloc() - a, len(sys.modules))
 """
 
 
 def module_bytes(app, vm=None):
-    """Heap the node's modules take once imported (from .mpy, or frozen when app is None)."""
+    """Heap the modules a running node holds take once imported (from .mpy, or frozen when app is
+    None); the boot, config, diag and console-command modules come and go."""
     with tempfile.TemporaryDirectory() as fs:
         install(app, Path(fs))
         r = subprocess.run([simnode.micropython(vm), "-X", "heapsize=512k", "-c", MODULES_SCRIPT], cwd=fs,
