@@ -6,12 +6,13 @@ import os
 import time
 
 from app import lazy
-from node import HEALTHY_MS, VERSION, Node
+from node import VERSION, Node
 from outbox import Outbox
 from sensors import DRIVERS, OK, STATE_NAMES, WARMING, NoiseSensor, Sensor
 from transport import Transport
 
 BOOT_ID_SPAN = 0x3FF00000  # first boot id: random below 2**30 (a small int on a 32-bit VM), a million boots of room
+HEALTHY_MS = 600000  # up this long, or a message delivered: the crash counter (main.py) starts again
 
 
 def node(cfg, hw):
@@ -65,9 +66,10 @@ def node(cfg, hw):
     n.healthy_due = time.ticks_add(n.diag_due, HEALTHY_MS)
     n.console = None
     n.watch = False  # the console's monitor: a line per reading
+    facts = lazy("sensor_facts").SENSORS
     for s in n.sensors:
         gc.collect()  # each driver's module laid out on a heap free of start-up garbage
-        sensor(s, hw)
+        sensor(s, hw, facts)
         if s.name == "noise" and s.driver is not None:
             n.noise = s.driver
     n.log("openpole node %s: firmware %s on %s, boot %d, reset %s, sensors %s, queued %d" % (
@@ -76,10 +78,11 @@ def node(cfg, hw):
     return n
 
 
-def sensor(s, hw):
-    """Make a sensor's driver (Sensor.start); a fault is counted and retried at its next reading."""
+def sensor(s, hw, facts=None):
+    """Make a sensor's driver (Sensor.start); a fault is counted and retried at its next reading.
+    facts: sensor_facts.SENSORS, when the caller has it loaded already."""
     module, cls, bus = DRIVERS[s.name]
-    spec = lazy("sensor_facts").SENSORS.get(s.name, {})
+    spec = (facts or lazy("sensor_facts").SENSORS).get(s.name, {})
     kwargs = dict(spec.get("settings", {}))  # from sensor_specs/: oversampling, filters
     try:
         mod = __import__(module, None, None, [cls])

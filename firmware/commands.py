@@ -23,8 +23,10 @@ def selftest(node):
 
 
 def command(node, raw):
-    """A command from the MQTT command topic: JSON {"cmd": ..., "value": ...}."""
+    """A command from the MQTT command topic: JSON {"cmd": ..., "value": ...}. The reply goes
+    out in pieces (diag.json_parts): diag.py is loaded once for the report and the reply."""
     c = None
+    diag = _lazy("diag")
     try:
         c = json.loads(raw)
         name = c["cmd"]
@@ -35,9 +37,9 @@ def command(node, raw):
                     s.interval_ms = int(node.cfg["interval_s"] * 1000)
             reply = {"ok": True}
         elif name == "diag":
-            reply = {"ok": True, "diag": node.diag()}
+            reply = {"ok": True, "diag": diag.diag(node)}
         elif name == "selftest":
-            reply = {"ok": True, "selftest": node.selftest()}
+            reply = {"ok": True, "selftest": selftest(node)}
         elif name == "reboot":
             node.mqtt.publish(node.diag_topic, b'{"cmd": "reboot", "ok": true}', qos=0)
             node.reset()
@@ -47,7 +49,7 @@ def command(node, raw):
     except (ValueError, KeyError, TypeError) as e:
         reply = {"ok": False, "error": "bad command: %s" % e}
     reply["cmd"] = c.get("cmd") if isinstance(c, dict) else None
-    node.mqtt.publish(node.diag_topic, _lazy("diag").json_parts(reply.items()), qos=0)
+    node.mqtt.publish(node.diag_topic, diag.json_parts(reply.items()), qos=0)
 
 
 _RANGES = {"temperature": (-40, 85), "humidity": (0, 100), "pressure": (300, 1100), "laeq": (20, 140)}

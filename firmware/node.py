@@ -17,7 +17,6 @@ from sensors import DEGRADED, STATE_NAMES
 
 VERSION = "0.2.0"
 LOG_LINES = 12
-HEALTHY_MS = 600000  # up this long, or a message delivered: the crash counter (main.py) starts again
 
 
 class Node:
