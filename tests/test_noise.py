@@ -222,3 +222,47 @@ print(after - before)
 def test_processing_a_block_allocates_nothing(mp):
     assert mp.run(ALLOC, heap="64k").strip() == "0"
 
+
+
+def _consts(path):
+    """A module's top-level NAME = const(...) and plain int assignments, evaluated in order."""
+    import ast
+
+    env = {}
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            expr = node.value
+            if isinstance(expr, ast.Call) and getattr(expr.func, "id", "") == "const":
+                expr = expr.args[0]
+            try:
+                env[node.targets[0].id] = eval(compile(ast.Expression(expr), str(path), "eval"), {}, dict(env))
+            except NameError:
+                continue  # imported names: not layout
+    return env
+
+
+def test_setup_writes_the_layout_the_kernel_reads():
+    kernel = _consts(paths.FIRMWARE / "lib" / "noise.py")
+    setup = _consts(paths.FIRMWARE / "lib" / "noise_setup.py")
+    shared = sorted(set(kernel) & set(setup))
+    assert {"_LF", "_WARM", "_COEF", "_EQ", "_TL", "_TF", "_K", "_SIZE", "NEG"} <= set(shared)
+    assert {k: setup[k] for k in shared} == {k: kernel[k] for k in shared}
+
+
+SETUP_LET_GO = """
+import sys
+from mics import MICS
+from noise import NoiseMeter
+m = NoiseMeter(MICS["inmp441"])
+print("noise_setup" in sys.modules, "aweight" in sys.modules, round(m.cal, 3))
+try:
+    NoiseMeter({"alignment": "right"})
+except ValueError as e:
+    print(e)
+"""
+
+
+def test_setup_code_is_let_go_after_the_meter_is_made(mp):
+    out = mp.run(SETUP_LET_GO, heap="64k").split("\n")
+    assert out[0].split()[:2] == ["False", "False"]
+    assert "right-aligned microphones are not supported" in out[1]

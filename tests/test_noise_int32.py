@@ -14,6 +14,7 @@ from openpole.noise import design
 
 int32check.install_viper_shims()
 import noise  # noqa: E402  firmware/lib/noise.py, after the shims
+import noise_setup  # noqa: E402
 from mics import MICS  # noqa: E402
 
 FS_WORD = (1 << 31) - 1
@@ -29,7 +30,7 @@ def stage_responses():
     for p in [chain.p_dc] + chain.p_hp:
         x = signal.lfilter([1.0, -1.0], [1.0, -p], x)
         out.append(x)
-    cz, qz, cp, qp = noise._eq(MICS["inmp441"])  # the microphone equalisation, as quantised
+    cz, qz, cp, qp = noise_setup._eq(MICS["inmp441"])  # the microphone equalisation, as quantised
     x = signal.lfilter([1.0, -(1 - cz / 2**qz)], [1.0, -(1 - cp / 2**qp)], x)
     out.append(x)
     for p in chain.p_lp:

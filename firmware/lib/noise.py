@@ -13,18 +13,17 @@ from array import array
 
 import micropython
 from micropython import const
-from aweight import (BLOCK, FAST_A_UDB, FAST_B_UDB, FIR, GAIN_1K_DB, HIGH_PASS, HIST_BINS, HIST_LOW_DB,
-                     HIST_SHIFT, LOW_PASS, PERCENTILE_EVERY)
+from aweight import HIST_BINS, HIST_LOW_DB, HIST_SHIFT
 
 sys.modules.pop("aweight", None)  # its constants are ours now: on a node, the module's heap goes back
 
-FULL_SCALE_BITS = 25  # samples are the top 26 bits of the 32-bit I2S slot: full scale = 2^25
 NEG = -(1 << 29)  # the level of no energy at all (micro-dB)
 _TF_SHIFT = const(18)  # log-add table step: 2^18 micro-dB (0.26 dB; linear between entries, < 0.002 dB off)
 _TF_N = const(184)  # covers differences up to 48 dB; beyond, the smaller term adds < 0.07 micro-dB
 _SECOND = const(1000)  # blocks folded into the interval sum at once: keeps every log-add difference small
 
-# Layout of the state array (int32), shared with the kernel.
+# Layout of the state array (int32), shared with the kernel (which uses the numbers) and with
+# noise_setup.py (boot-only: it fills the coefficients and tables; a test checks the two agree).
 _X = const(0)  # previous input sample
 _Y = const(1)  # outputs of the 5 high-pass sections (1..5), 2 low-pass (6, 7), FIR inputs (8, 9)
 _J = const(10)  # samples in the current block
@@ -44,7 +43,6 @@ _COEF = const(23)  # c0 q0 c1 q1 c2 q2 c3 q3 c4 q4 p4 b1 b2
 _WARM = const(36)  # blocks left before extremes and percentiles count (the filters settle)
 _EQ = const(37)  # microphone equalisation: cz qz cp qp (all 0: none)
 _EQ_Y = const(41)  # its state: previous input, previous output
-SETTLE_BLOCKS = 250  # 250 ms: the high-pass sections' start-up transient has died away
 _YB = const(44)  # the current block's output samples
 _TL = const(92)  # 65 entries: 10 log10(1 + i/64) in micro-dB (linear between entries, < 0.0002 dB off)
 _TF = const(157)  # log-add table: 10 log10(1 + 10^(-d/10)), d = i * 2^18 micro-dB
@@ -259,29 +257,6 @@ def _kernel(buf: ptr32, n: int, st: ptr32, hist: ptr16) -> int:
     return 0
 
 
-def _q15(c):
-    """(round(c * 2^Q), Q) with the largest Q that keeps the product under 2^15 (Q >= 15)."""
-    q = 15
-    while round(c * 2 ** (q + 1)) < 32768 and q < 29:
-        q += 1
-    return round(c * 2**q), q
-
-
-def _eq(mic):
-    """cz, qz, cp, qp of the shelf undoing the mic's first-order roll-off at eq_highpass_hz,
-    its boost limited to 20 dB (the pole ten times lower), matched-z; zeros: no equalisation."""
-    fc = mic.get("eq_highpass_hz")
-    if not fc:
-        return (0, 0, 0, 0)
-    cz = 1 - math.exp(-2 * math.pi * fc / 48000)
-    cp = 1 - math.exp(-2 * math.pi * fc / 10 / 48000)
-    return _q15(cz) + _q15(cp)
-
-
-def _log_table():
-    return [round(10 * math.log10(1 + i / 64) * 1e6) for i in range(65)]
-
-
 # The report's passes over the 916 histogram bins, in viper: interpreted, they took about 100 ms
 # on an ESP32, twice what its I2S DMA buffers while the loop is away.
 @micropython.viper
@@ -310,45 +285,17 @@ def _hist_clear(hist: ptr16, n: int):
         hist[k] = 0
 
 
-def _logadd_table():
-    return [round(10 * math.log10(1 + 10 ** (-(i << _TF_SHIFT) / 1e7)) * 1e6) for i in range(_TF_N + 1)]
-
-
 class NoiseMeter:
     def __init__(self, mic):
         """mic: a profile from mics.MICS (sensitivity_dbfs, noise_floor_dba, alignment)."""
-        if mic["alignment"] != "left":
-            # The kernel takes the top 26 bits of each 32-bit slot: right-aligned data would read
-            # tens of dB low. No profile needs it yet.
-            raise ValueError("noise: right-aligned microphones are not supported")
         self.mic = mic
         # Zeroed from a bytearray (MicroPython copies its bytes), not a list of ints twice the size.
         self.st = array("i", bytearray(4 * _SIZE))
         self.hist = array("H", bytearray(2 * HIST_BINS))
-        st = self.st
-        hp = HIGH_PASS
-        coef = [hp[0][0], hp[0][1], hp[1][0], hp[1][1], hp[2][0], hp[2][1], hp[3][0], hp[3][1], hp[4][0], hp[4][1],
-                LOW_PASS, FIR[0], FIR[1]]
-        for k, v in enumerate(coef):
-            st[_COEF + k] = v
-        for k, v in enumerate(_eq(mic)):
-            st[_EQ + k] = v
-        # The kernel is written for 1 ms blocks (48 slots, the 10 log10(48) term) and 2^17 bins.
-        if BLOCK != 48 or HIST_SHIFT != 17 or _K != 342:
-            raise ValueError("noise: aweight.py no longer matches the kernel (BLOCK 48, HIST_SHIFT 17)")
-        for k, v in enumerate((FAST_A_UDB, FAST_B_UDB, PERCENTILE_EVERY, HIST_BINS - 1)):
-            st[_K + k] = v
-        for k, v in enumerate(_log_table()):
-            st[_TL + k] = v
-        for k, v in enumerate(_logadd_table()):
-            st[_TF + k] = v
-        # dB SPL = micro-dB / 1e6 + cal: a full-scale sine (peak 2^25) at 1 kHz is (94 - sensitivity) dB SPL.
-        fs_level = 10 * math.log10(2.0 ** (2 * FULL_SCALE_BITS) / 2) + GAIN_1K_DB
-        self.cal = 94.0 - mic["sensitivity_dbfs"] - fs_level
-        st[_HOFF] = round((HIST_LOW_DB - self.cal) * 1e6)
-        st[_CLIP] = int(2**FULL_SCALE_BITS * 10 ** (-0.5 / 20))
-        st[_LF] = NEG
-        st[_WARM] = SETTLE_BLOCKS
+        # The coefficients and tables are filled by boot-only code, loaded for it and let go.
+        setup = __import__("noise_setup")
+        sys.modules.pop("noise_setup", None)
+        self.cal = setup.fill(self.st, mic)
         self._reset_interval()
 
     def _reset_interval(self):
