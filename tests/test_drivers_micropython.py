@@ -45,12 +45,15 @@ try:
     BME280(bus, address=0x77)
 except OSError as e:
     print("wrong chip:", e)
+import sys, drivers
+print("setup kept:", "drivers.bme280_setup" in sys.modules or hasattr(drivers, "bme280_setup"))
 """
 
 
 def test_missing_or_wrong_chip_raises_oserror_naming_the_address(mp):
     out = mp.run(MISSING, heap="48k").splitlines()
-    assert out == ["missing: BME280: no device at I2C address 0x76", "wrong chip: BME280: chip id 0x58 at 0x77, expected 0x60"]
+    assert out == ["missing: BME280: no device at I2C address 0x76", "wrong chip: BME280: chip id 0x58 at 0x77, expected 0x60",
+                   "setup kept: False"]  # start-up code is let go, even when the start fails
 
 
 PMS_SCENARIOS = r"""

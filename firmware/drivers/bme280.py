@@ -4,24 +4,15 @@
 # Compensation: the datasheet's integer formulas (section 4.2.3, appendix 8.2), exact on the
 # ESP32's single-precision floats because only the last scaling step is a float.
 
-import struct
+import sys
 import time
 
 from micropython import const
 
-_REG_CALIB00 = const(0x88)  # 0x88..0xA1: dig_T1..dig_P9, dig_H1
-_REG_CHIP_ID = const(0xD0)
-_REG_CALIB26 = const(0xE1)  # 0xE1..0xE7: dig_H2..dig_H6
-_REG_CTRL_HUM = const(0xF2)  # [2:0] osrs_h
 _REG_STATUS = const(0xF3)  # [3] measuring, [0] im_update
 _REG_CTRL_MEAS = const(0xF4)  # [7:5] osrs_t, [4:2] osrs_p, [1:0] mode
-_REG_CONFIG = const(0xF5)  # [7:5] t_sb, [4:2] filter, [0] spi3w_en
 _REG_DATA = const(0xF7)  # press[19:0], temp[19:0], hum[15:0]: 8 bytes
-_CHIP_ID = const(0x60)
-_MODE_FORCED = const(0x01)
 _STATUS_MEASURING = const(0x08)
-_OSRS = {0: 0, 1: 1, 2: 2, 4: 3, 8: 4, 16: 5}  # oversampling -> register code
-_FILTER = {0: 0, 2: 1, 4: 2, 8: 3, 16: 4}
 
 
 def _tdiv(a, b):
@@ -36,44 +27,20 @@ class BME280:
         self.address = address
         self._buf1 = bytearray(1)
         self._data = bytearray(8)
-        try:
-            i2c.readfrom_mem_into(address, _REG_CHIP_ID, self._buf1)
-        except OSError:
-            raise OSError("BME280: no device at I2C address 0x%02x" % address)
-        if self._buf1[0] != _CHIP_ID:
-            raise OSError("BME280: chip id 0x%02x at 0x%02x, expected 0x60" % (self._buf1[0], address))
-        if osrs_t not in _OSRS or osrs_p not in _OSRS or osrs_h not in _OSRS or iir_filter not in _FILTER:
-            raise ValueError("BME280: oversampling must be 0/1/2/4/8/16 and filter 0/2/4/8/16")
-        self._meas = (_OSRS[osrs_t] << 5) | (_OSRS[osrs_p] << 2) | _MODE_FORCED
-        # Datasheet 9.1: t_measure,max = 1.25 + 2.3 osrs_t + (2.3 osrs_p + 0.575) + (2.3 osrs_h + 0.575)
-        # ms, a term left out when its measurement is skipped: 9.3 ms at 1x, 112.8 ms at 16x. Twice
-        # that before a conversion counts as stuck.
-        us = 1250 + 2300 * osrs_t + (2300 * osrs_p + 575 if osrs_p else 0) + (2300 * osrs_h + 575 if osrs_h else 0)
-        self.timeout_ms = 2 * us // 1000 + 2
         self._t0 = 0
-        self._read_calibration()
-        self._write(_REG_CONFIG, _FILTER[iir_filter] << 2)
-        # ctrl_hum takes effect only after a write to ctrl_meas (datasheet 5.4.3).
-        self._write(_REG_CTRL_HUM, _OSRS[osrs_h])
+        # The chip check, calibration and configuration are start-up code (bme280_setup.py in this
+        # folder), loaded for it and let go: a running node's heap does not keep them.
+        try:
+            __import__("drivers.bme280_setup", None, None, ["start"]).start(self, osrs_t, osrs_p, osrs_h, iir_filter)
+        finally:
+            sys.modules.pop("drivers.bme280_setup", None)
+            pkg = sys.modules.get("drivers")
+            if pkg is not None and hasattr(pkg, "bme280_setup"):
+                delattr(pkg, "bme280_setup")
 
     def _write(self, reg, value):
         self._buf1[0] = value
         self.i2c.writeto_mem(self.address, reg, self._buf1)
-
-    def _read_calibration(self):
-        c = bytearray(26)
-        self.i2c.readfrom_mem_into(self.address, _REG_CALIB00, c)
-        (self.t1, self.t2, self.t3, self.p1, self.p2, self.p3, self.p4, self.p5, self.p6,
-         self.p7, self.p8, self.p9) = struct.unpack_from("<HhhHhhhhhhhh", c)
-        self.h1 = c[25]
-        h = bytearray(7)
-        self.i2c.readfrom_mem_into(self.address, _REG_CALIB26, h)
-        self.h2, self.h3 = struct.unpack_from("<hB", h)
-        e4 = h[3] - 256 if h[3] > 127 else h[3]  # dig_H4 and dig_H5 are signed 12-bit
-        e6 = h[5] - 256 if h[5] > 127 else h[5]
-        self.h4 = (e4 << 4) | (h[4] & 0x0F)
-        self.h5 = (e6 << 4) | (h[4] >> 4)
-        self.h6 = h[6] - 256 if h[6] > 127 else h[6]
 
     def request(self):
         """Start one forced conversion; poll() takes it in once done (the node never waits for it)."""
@@ -111,31 +78,32 @@ class BME280:
 
     def compensate(self, adc_t, adc_p, adc_h):
         """Datasheet 4.2.3: (T in 0.01 degC, P in Pa/256, H in %RH/1024), all integers."""
-        var1 = (((adc_t >> 3) - (self.t1 << 1)) * self.t2) >> 11
-        var2 = (((((adc_t >> 4) - self.t1) * ((adc_t >> 4) - self.t1)) >> 12) * self.t3) >> 14
+        t1, t2, t3, p1, p2, p3, p4, p5, p6, p7, p8, p9, h1, h2, h3, h4, h5, h6 = self.cal
+        var1 = (((adc_t >> 3) - (t1 << 1)) * t2) >> 11
+        var2 = (((((adc_t >> 4) - t1) * ((adc_t >> 4) - t1)) >> 12) * t3) >> 14
         t_fine = var1 + var2
         t = (t_fine * 5 + 128) >> 8
 
         var1 = t_fine - 128000
-        var2 = var1 * var1 * self.p6
-        var2 = var2 + ((var1 * self.p5) << 17)
-        var2 = var2 + (self.p4 << 35)
-        var1 = ((var1 * var1 * self.p3) >> 8) + ((var1 * self.p2) << 12)
-        var1 = (((1 << 47) + var1) * self.p1) >> 33
+        var2 = var1 * var1 * p6
+        var2 = var2 + ((var1 * p5) << 17)
+        var2 = var2 + (p4 << 35)
+        var1 = ((var1 * var1 * p3) >> 8) + ((var1 * p2) << 12)
+        var1 = (((1 << 47) + var1) * p1) >> 33
         if var1 == 0:
             p = 0  # avoid division by zero (datasheet)
         else:
             p = 1048576 - adc_p
             p = _tdiv(((p << 31) - var2) * 3125, var1)
-            var1 = (self.p9 * (p >> 13) * (p >> 13)) >> 25
-            var2 = (self.p8 * p) >> 19
-            p = ((p + var1 + var2) >> 8) + (self.p7 << 4)
+            var1 = (p9 * (p >> 13) * (p >> 13)) >> 25
+            var2 = (p8 * p) >> 19
+            p = ((p + var1 + var2) >> 8) + (p7 << 4)
 
         x = t_fine - 76800
-        x = ((((adc_h << 14) - (self.h4 << 20) - (self.h5 * x)) + 16384) >> 15) * (
-            ((((((x * self.h6) >> 10) * (((x * self.h3) >> 11) + 32768)) >> 10) + 2097152) * self.h2 + 8192) >> 14
+        x = ((((adc_h << 14) - (h4 << 20) - (h5 * x)) + 16384) >> 15) * (
+            ((((((x * h6) >> 10) * (((x * h3) >> 11) + 32768)) >> 10) + 2097152) * h2 + 8192) >> 14
         )
-        x = x - (((((x >> 15) * (x >> 15)) >> 7) * self.h1) >> 4)
+        x = x - (((((x >> 15) * (x >> 15)) >> 7) * h1) >> 4)
         x = 0 if x < 0 else (419430400 if x > 419430400 else x)
         return t, p, x >> 12
 
