@@ -47,6 +47,7 @@ def node(cfg, hw):
     n.noise = None
     key = cfg.get("key")
     n.key = bytes.fromhex(key) if key else None
+    n.sign = __import__("cose").sign if key else None  # a node without a key never loads it
     b = cfg["broker"]
     base = "openpole/v1/%s/" % n.node_id
     n.topic, n.status_topic, n.diag_topic = base + "data", base + "status", base + "diag"

@@ -137,7 +137,7 @@ class Node:
                 return
             payload = message.encode_record(self.node_id, rec[0], rec[1], time.ticks_ms(), self.boot, self.uptime_ms())
             if self.key:
-                payload = message.sign(payload, self.key)
+                payload = self.sign(payload, self.key)
             if serial:
                 print("OPMSG " + binascii.b2a_base64(payload).decode().strip())
                 self.outbox.pop()

@@ -9,6 +9,7 @@ import time
 import cbor2
 
 import cbor  # firmware/lib: the node's own encoder
+import cose
 import message
 from openpole import paths
 from openpole.edge_agent import batch, decode
@@ -34,7 +35,7 @@ def node_message(seq=0, flags=0, lost=False):
 
 def test_what_the_node_encodes_is_a_node_payload():
     plain = [node_message(), node_message(1, flags=message.FLAG_AGE_LOWER_BOUND), node_message(2, lost=True)]
-    signed = [message.sign(p, bytes(range(16))) for p in plain]
+    signed = [cose.sign(p, bytes(range(16))) for p in plain]
     clocked = cbor2.loads(plain[0])
     clocked[6] = 1_796_000_000_000  # the node's wall clock at send time, when it has one
     assert cddl.validate(NODE_CDDL, "node-payload", plain + signed + [cbor2.dumps(clocked)]) == [None] * 7
@@ -59,9 +60,9 @@ def test_what_breaks_the_node_message_spec_is_refused():
         m = cbor2.loads(node_message())
         change(m)
         items.append(cbor2.dumps(m))
-    cose = list(cbor2.loads(message.sign(node_message(), bytes(16))).value)
-    cose[3] = cose[3][:7]  # a MAC tag of 7 bytes, not 8
-    items += [cbor2.dumps(cbor2.CBORTag(17, cose)), node_message()[:-2], b"\xff"]
+    mac0 = list(cbor2.loads(cose.sign(node_message(), bytes(16))).value)
+    mac0[3] = mac0[3][:7]  # a MAC tag of 7 bytes, not 8
+    items += [cbor2.dumps(cbor2.CBORTag(17, mac0)), node_message()[:-2], b"\xff"]
     got = cddl.validate(NODE_CDDL, "node-payload", items)
     names = list(BAD_NODE) + ["a short MAC tag", "truncated", "not CBOR"]
     assert [n for n, why in zip(names, got) if why is None] == []

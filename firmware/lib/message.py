@@ -1,7 +1,6 @@
 # Node message v1 (sensor_specs/node_message.cddl), encoded with the node's CBOR codec.
 # Samples are queued pre-encoded (lib/outbox.py); each sample's age is computed at send time, so a
 # replayed message still dates its samples: sample time = receive time - age at the pole.
-import hashlib
 import struct
 import time
 
@@ -10,9 +9,6 @@ from outbox import record_fields
 from registry import DIGITS, KEYS
 
 FLAG_AGE_LOWER_BOUND = 1  # sampled before a reset: the ages leave out how long the node was down
-_COSE_MAC0 = 17
-_PROTECTED = b"\xa1\x01\x04"  # {1: 4}: alg HMAC 256/64
-_BLOCK = 64
 
 
 def encode_values(readings):
@@ -115,21 +111,3 @@ def decode_ack(b):
         return out
     except IndexError:
         raise ValueError("ack: truncated")
-
-
-def hmac_sha256(key, data):
-    if len(key) > _BLOCK:
-        key = hashlib.sha256(key).digest()
-    key = key + b"\x00" * (_BLOCK - len(key))
-    inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
-    inner.update(data)
-    outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
-    outer.update(inner.digest())
-    return outer.digest()
-
-
-def sign(payload, key):
-    """Wrap an encoded node message in COSE_Mac0 with HMAC 256/64 (RFC 9052, alg 4)."""
-    mac_structure = cbor.dumps(["MAC0", _PROTECTED, b"", payload])
-    tag = hmac_sha256(key, mac_structure)[:8]
-    return cbor.dumps(cbor.Tag(_COSE_MAC0, [_PROTECTED, {}, payload, tag]))

@@ -66,7 +66,7 @@ def _firmware_lib():
     if added:
         sys.path.insert(0, lib)
     try:
-        return importlib.import_module("message"), importlib.import_module("cbor")
+        return importlib.import_module("message"), importlib.import_module("cose"), importlib.import_module("cbor")
     finally:
         if added:
             sys.path.remove(lib)
@@ -77,13 +77,13 @@ EXAMPLE_KEY = bytes(range(32))
 
 def example_messages():
     """(plain, signed) node messages as a street box sends them, made by the node's encoder."""
-    message, cbor = _firmware_lib()
+    message, cose, cbor = _firmware_lib()
     weather = message.encode_values({"temperature": 21.37, "humidity": 48.2, "pressure": 1013.62})
     air = message.encode_values({"pm1": 4, "pm2_5": 7, "pm10": 11})
     noise = message.encode_values({"laeq": 62.4, "lamax": 71.8, "lamin": 55.1})
     status = cbor.dumps({"bme280": [0, 0], "pms5003": [0, 0], "noise": [0, 0]})
     plain = message.encode("pole17-a", 12, 4031, [(1200, weather), (1200, air), (1200, noise)], status)
-    return plain, message.sign(plain, EXAMPLE_KEY)
+    return plain, cose.sign(plain, EXAMPLE_KEY)
 
 
 def _hex_lines(b, width=32):

@@ -1,0 +1,27 @@
+# COSE_Mac0 (RFC 9052) for a node with a key ("key" in its config): HMAC 256/64 over the encoded
+# node message. Loaded at boot only by a node that signs; the agent checks the tag (edge_agent/decode.py).
+import hashlib
+
+import cbor
+
+_COSE_MAC0 = 17
+_PROTECTED = b"\xa1\x01\x04"  # {1: 4}: alg HMAC 256/64
+_BLOCK = 64
+
+
+def hmac_sha256(key, data):
+    if len(key) > _BLOCK:
+        key = hashlib.sha256(key).digest()
+    key = key + b"\x00" * (_BLOCK - len(key))
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+    inner.update(data)
+    outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+    outer.update(inner.digest())
+    return outer.digest()
+
+
+def sign(payload, key):
+    """Wrap an encoded node message in COSE_Mac0 with HMAC 256/64 (RFC 9052, alg 4)."""
+    mac_structure = cbor.dumps(["MAC0", _PROTECTED, b"", payload])
+    tag = hmac_sha256(key, mac_structure)[:8]
+    return cbor.dumps(cbor.Tag(_COSE_MAC0, [_PROTECTED, {}, payload, tag]))
