@@ -99,7 +99,7 @@ def test_name_resolution_holds_the_watchdog_longer_and_gives_it_back(app, tmp_pa
 
 # A broker on the other end of a fake socket: it answers what the client writes.
 FAKE_SOCKET = """
-import json, time, errno
+import json, sys, time, errno
 import transport
 ALLOWED = %(allowed)r
 calls = []
@@ -177,14 +177,15 @@ class SocketModule:
 class Select:
     POLLOUT, POLLERR, POLLHUP = 4, 8, 16
     def poll(self): return Poll()
-transport.socket = SocketModule()
-transport.select = Select()
+sys.modules["socket"] = SocketModule()  # what transport_connect imports when it is loaded
+sys.modules["select"] = Select()
 t = transport.Transport("n1", "broker.local", 1883, user="n1", password="s3cret", keepalive_s=60, window=3,
                         subscribe=("openpole/v1/n1/cmd",))
 got = []
 t.on_message = lambda topic, payload: got.append([topic.decode(), payload.decode()])
 while not t.ensure():
     pass
+let_go = t.conn is None and "transport_connect" not in sys.modules  # the connect code, once up
 sent = [t.publish("openpole/v1/n1/data", b"x" * 200, dup=(i == 0)) for i in range(3)]
 HOLD_ACKS[0] = True
 sent += [t.publish("openpole/v1/n1/data", b"y") for _ in range(4)]  # the window of 3 is full until PUBACKs
@@ -207,13 +208,13 @@ pinged = any(b == b"\\xc0\\x00" for b in s.sent)
 t.close()
 t2 = transport.Transport("n1", "broker.local", 1883, user="n1", password="s3cret")
 socks_before = len(socks)
-transport.socket.socket = lambda *a: (lambda s: (setattr(s, "refuse_connack", 5), socks.append(s), s)[-1])(FakeSocket())
+sys.modules["socket"].socket = lambda *a: (lambda s: (setattr(s, "refuse_connack", 5), socks.append(s), s)[-1])(FakeSocket())
 for _ in range(3):
     t2.ensure()
 print(json.dumps({"calls": sorted(set(calls)), "sent": sent, "dup": [bool(b[0] & 8) for b in pubs],
                   "connect": socks[0].sent[0].hex(), "got": got, "oversized": t.oversized, "pinged": pinged,
                   "ping_answered": t.ping_sent is None,
-                  "pieces": [pieces[0], len(pieces), pieces[-307:].decode()], "refused": t2.last_error, "up": t2.connected}))
+                  "pieces": [pieces[0], len(pieces), pieces[-307:].decode()], "refused": t2.last_error, "up": t2.connected, "let_go": let_go}))
 """
 
 
@@ -229,6 +230,7 @@ def test_the_mqtt_client_uses_only_the_esp32_socket_surface_and_never_blocks(app
     assert connect[0] == 0x10 and b"MQTT\x04" in connect and connect[9] == 0xC2  # user, password, clean session
     assert got["got"] == [["openpole/v1/n1/cmd", "hi"], ["openpole/v1/n1/cmd", "ok"]]
     assert got["oversized"] == 1
+    assert got["let_go"]
     # A list payload goes out as one PUBLISH (QoS 0, 2-byte length, topic, payload) written in pieces.
     assert got["pieces"] == [0x30, 1 + 2 + 2 + len("openpole/v1/n1/diag") + 307, "{\"a\": " + "1" * 300 + "}"]
     assert got["pinged"] and got["ping_answered"]
@@ -237,7 +239,7 @@ def test_the_mqtt_client_uses_only_the_esp32_socket_surface_and_never_blocks(app
 
 
 TRANSPORT_WRAP = """
-import json, time, errno
+import json, sys, time, errno
 import transport
 time.start_at(time.PERIOD - 3000)  # 3 s before the wrap
 tries = []
@@ -251,7 +253,7 @@ class S:
 class M:
     def socket(self, *a): return S()
     def getaddrinfo(self, h, p): return [(2, 1, 0, "", (h, p))]
-transport.socket = M()
+sys.modules["socket"] = M()  # what transport_connect imports when it is loaded
 t = transport.Transport("n1", "10.0.0.1", 1883, backoff_max_ms=2000)
 for _ in range(600):  # 60 s
     t.ensure()

@@ -6,9 +6,8 @@
 # the 10 ms audio loop. This client uses only the socket calls listed in SOCKET_CALLS.
 import errno
 import random
-import select
-import socket
 import struct
+import sys
 import time
 
 try:
@@ -19,17 +18,12 @@ except ImportError:  # CPython (the host's tests and tools)
         return x
 
 
-_IPPROTO_TCP = const(6)  # lwIP and Linux
-_TCP_NODELAY = const(1)  # QoS 1 on loopback: 44-88 ms per publish without, 0.1 ms with
 _BACKOFF_MIN_MS = const(500)
 _BACKOFF_MAX_MS = const(60000)
-_HANDSHAKE_MAX_MS = const(5000)  # an ESP32 does an EC P-256 handshake in about a second
 _RESOLVE_AFTER = const(3)  # failed connects in a row before the broker's name is looked up again
 DOWN, CONNECTING, WAIT_CONNACK, UP = 0, 1, 2, 3
 # What this client calls on a socket: a test checks it against a fake socket with only these.
 SOCKET_CALLS = ("setblocking", "setsockopt", "connect", "write", "readinto", "close")
-_CONNACK_CODES = ("accepted", "unacceptable protocol version", "client id rejected", "server unavailable",
-                  "bad user name or password", "not authorised")
 
 
 def since(t0, ms):
@@ -65,7 +59,7 @@ def _packet(first, body, more=0):
 
 class Transport:
     def __init__(self, client_id, host, port=1883, user=None, password=None, keepalive_s=60, timeout_s=10,
-                 subscribe=(), backoff_max_ms=_BACKOFF_MAX_MS, window=8, rx_bytes=768, resolve=None, tls=None):
+                 subscribe=(), backoff_max_ms=_BACKOFF_MAX_MS, window=8, rx_bytes=512, resolve=None, tls=None):
         self.client_id = client_id
         self.host, self.port = host, port
         self.user, self.password = user, password
@@ -74,7 +68,7 @@ class Transport:
         self.topics = subscribe
         self.backoff_max_ms = backoff_max_ms
         self.window = window
-        self.resolve = resolve or socket.getaddrinfo  # the node gives one that holds the watchdog
+        self.resolve = resolve  # the node gives one that holds the watchdog; None: socket.getaddrinfo
         self.tls = tls  # None: plain TCP; else (socket, host) -> TLS socket (brokertls.Wrap)
         self.will = None
         self.on_message = None  # (topic bytes, payload bytes): called from poll(), never inside a write
@@ -83,6 +77,7 @@ class Transport:
         self.fails_in_row = 0
         self.sock = None
         self.poller = None
+        self.conn = None  # transport_connect while the link is down
         self.state = DOWN
         self.deadline = 0
         self.rx = bytearray(rx_bytes)
@@ -94,6 +89,7 @@ class Transport:
         self.failed_at = None  # ticks of the last failure; the next try waits `wait_ms` after it
         self.wait_ms = 0
         self.last_out = time.ticks_ms()
+        self.written = 0  # bytes _send() wrote (a streamed payload's check)
         self.ping_sent = None
         self.errors = 0
         self.oversized = 0
@@ -141,86 +137,23 @@ class Transport:
                 raise OSError(errno.ETIMEDOUT)
             else:
                 time.sleep_ms(1)
+        self.written += len(buf)
         self.last_out = time.ticks_ms()
 
     def ensure(self, on_connect=None):
-        """One non-blocking step towards a connection; True when connected."""
+        """One non-blocking step towards a connection; True when connected. The connect code
+        (transport_connect.py) is loaded while the link is down and let go once it is up."""
         if self.state == UP:
             return True
-        now = time.ticks_ms()
         if on_connect is not None:
             self.on_connect = on_connect
-        try:
-            if self.state == DOWN:
-                if not since(self.failed_at, self.wait_ms):
-                    return False
-                self._start(now)
-            if self.state == CONNECTING:
-                for _, ev in self.poller.ipoll(0):
-                    if ev & (select.POLLERR | select.POLLHUP):
-                        raise OSError(errno.ECONNREFUSED)
-                    if ev & select.POLLOUT:
-                        if self.tls:
-                            self.sock = self.tls(self.sock, self.host)
-                        # A TLS handshake runs inside this first write: give it the connect's time,
-                        # but never as long as the node's 8 s watchdog.
-                        left = max(0, time.ticks_diff(self.deadline, now))
-                        self._send(self._connect_packet(), min(_HANDSHAKE_MAX_MS, left))
-                        self.state = WAIT_CONNACK
-            if self.state == WAIT_CONNACK:
-                self._read()
-            if self.state != UP and time.ticks_diff(now, self.deadline) > 0:
-                raise OSError(errno.ETIMEDOUT)
-        except (OSError, ValueError) as e:
-            self._failed("connect: %s" % _reason(e))
+        if self.conn is None:
+            self.conn = __import__("transport_connect")
+            del sys.modules["transport_connect"]
+        self.conn.step(self)
+        if self.state == UP:
+            self.conn = None
         return self.state == UP
-
-    def _start(self, now):
-        if self.addr is None:
-            self.addr = self.resolve(self.host, self.port)[0][-1]
-        s = socket.socket()
-        self.sock = s
-        s.setblocking(False)
-        try:
-            s.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
-        except OSError:
-            pass  # a stack without the option still works, slower
-        try:
-            s.connect(self.addr)
-        except OSError as e:
-            if e.args[0] not in (errno.EINPROGRESS, errno.EAGAIN):
-                raise
-        self.poller = select.poll()
-        self.poller.register(s, select.POLLOUT)
-        self.state = CONNECTING
-        self.deadline = time.ticks_add(now, self.timeout_ms)
-
-    def _connect_packet(self):
-        flags = 0x02  # clean session: the node keeps its own queue
-        body = bytearray(b"\x00\x04MQTT\x04\x00")
-        body.extend(struct.pack(">H", self.keepalive_s))
-        _str(body, self.client_id)
-        if self.will:
-            flags |= 0x04 | 0x08 | 0x20  # will, QoS 1, retained
-            _str(body, self.will[0])
-            _str(body, self.will[1])
-        if self.user:
-            flags |= 0x80
-            _str(body, self.user)
-            if self.password:
-                flags |= 0x40
-                _str(body, self.password)
-        body[7] = flags
-        return _packet(0x10, body)
-
-    def _subscribe(self):
-        if not self.topics:
-            return
-        body = bytearray(struct.pack(">H", self._next_pid()))
-        for t in self.topics:
-            _str(body, t)
-            body.append(0)  # QoS 0: a lost command or ack is asked again, never queued for a node
-        self._send(_packet(0x82, body))
 
     def _next_pid(self):
         self.pid = self.pid % 65535 + 1  # 1..65535: 0 is not a packet id
@@ -229,23 +162,31 @@ class Transport:
     def can_publish(self):
         return self.state == UP and len(self.unacked) < self.window
 
-    def publish(self, topic, payload, qos=1, retain=False, dup=False):
+    def publish(self, topic, payload, qos=1, retain=False, dup=False, length=None):
         """Send one PUBLISH without waiting; True when written. At QoS 1 the broker's PUBACK is
-        taken in by poll(); at most `window` wait for it. payload: bytes, or a list of bytes
-        written one after another (a large report needs no contiguous block of the heap)."""
+        taken in by poll(); at most `window` wait for it. payload: bytes; a list of bytes written
+        one after another; or a function given a write function, which writes exactly `length`
+        bytes (a large report goes out as it is made, never whole in the heap)."""
         if self.state != UP or qos and len(self.unacked) >= self.window:
             return False
-        parts = payload if isinstance(payload, list) else (payload,)
+        if not callable(payload):
+            parts = payload if isinstance(payload, list) else (payload,)
+            length = sum(len(p) for p in parts)
         body = bytearray()
         _str(body, topic)
         if qos:
             pid = self._next_pid()
             body.extend(struct.pack(">H", pid))
         try:
-            self._send(_packet(0x30 | (0x08 if dup else 0) | qos << 1 | (1 if retain else 0), body,
-                               sum(len(p) for p in parts)))
-            for p in parts:
-                self._send(p)
+            self._send(_packet(0x30 | (0x08 if dup else 0) | qos << 1 | (1 if retain else 0), body, length))
+            if callable(payload):
+                self.written = 0
+                payload(self._send)
+                if self.written != length:  # the stream would be out of step: start a new connection
+                    raise OSError("payload of %d bytes, %d announced" % (self.written, length))
+            else:
+                for p in parts:
+                    self._send(p)
         except OSError as e:
             self._failed("publish: %s" % _reason(e))
             return False
@@ -316,16 +257,8 @@ class Transport:
         rx = self.rx
         kind = first & 0xF0
         if kind == 0x20:  # CONNACK
-            code = rx[i + 1]
-            if code:
-                raise ValueError("broker refused: %s" % (_CONNACK_CODES[code] if code < 6 else code))
-            self.state = UP
-            self.fails_in_row = 0
-            self.backoff_ms = 0
-            self.failed_at = None
-            self._subscribe()
-            if self.on_connect:
-                self.on_connect()
+            if self.conn is not None:  # else not asked for: ignored
+                self.conn.connack(self, rx[i + 1])
         elif kind == 0x40:  # PUBACK
             pid = (rx[i] << 8) | rx[i + 1]
             if pid in self.unacked:
