@@ -24,7 +24,7 @@ def selftest(node):
 
 def command(node, raw):
     """A command from the MQTT command topic: JSON {"cmd": ..., "value": ...}. The reply goes
-    out in pieces (diag.json_parts): diag.py is loaded once for the report and the reply."""
+    out in pieces (diag.send): diag.py is loaded once for the report and the reply."""
     c = None
     diag = _lazy("diag")
     try:
@@ -36,8 +36,10 @@ def command(node, raw):
                 if "interval_s" not in s.settings:
                     s.interval_ms = int(node.cfg["interval_s"] * 1000)
             reply = {"ok": True}
-        elif name == "diag":
-            reply = {"ok": True, "diag": diag.diag(node)}
+        elif name == "diag":  # the report streamed into the reply, never whole in the heap
+            snap = diag.snapshot(node)
+            diag.send(node, lambda: diag.diag_items(node, snap=snap), b'{"ok": true, "cmd": "diag", "diag": ', b"}")
+            return
         elif name == "selftest":
             reply = {"ok": True, "selftest": selftest(node)}
         elif name == "reboot":
@@ -49,7 +51,7 @@ def command(node, raw):
     except (ValueError, KeyError, TypeError) as e:
         reply = {"ok": False, "error": "bad command: %s" % e}
     reply["cmd"] = c.get("cmd") if isinstance(c, dict) else None
-    node.mqtt.publish(node.diag_topic, diag.json_parts(reply.items()), qos=0)
+    diag.send(node, reply.items)
 
 
 _RANGES = {"temperature": (-40, 85), "humidity": (0, 100), "pressure": (300, 1100), "laeq": (20, 140)}

@@ -1,6 +1,7 @@
 # The serial console's resident part: gathers what is typed on stdin, a byte at a time, never
-# blocking the loop. A complete line is run by the shell (lib/shell.py), loaded for that line and
-# dropped after it, so the heap holds the console's commands only while one runs.
+# blocking the loop. A complete line is run by the shell (lib/shell.py), or for status, sensors and
+# diag by diag.py, loaded for that line and dropped after it, so the heap holds the console's
+# commands only while one runs.
 import select
 import sys
 
@@ -8,6 +9,7 @@ from app import lazy
 
 CRASH_FILE = "crash.txt"
 PROMPT = "openpole> "
+DIAG_WORDS = ("status", "sensors", "diag")  # answered by diag.py alone: the heap holds one module for them
 
 
 class LazyConsole:
@@ -38,10 +40,21 @@ class LazyConsole:
                 if self.n:
                     text = bytes(self.line[: self.n]).decode("utf-8", "replace")
                     self.n = 0
-                    lazy("shell").run(self.node, text)
+                    self.run(text)
                 self.prompt()
             elif c in (8, 127):
                 self.n = max(0, self.n - 1)
             elif self.n < len(self.line):
                 self.line[self.n] = c
                 self.n += 1
+
+    def run(self, text):
+        word = text.split()
+        word = word[0] if len(word) == 1 else None
+        if word in DIAG_WORDS:
+            try:
+                lazy("diag").console(self.node, word)
+            except Exception as e:  # a console command must never stop the node
+                print("error: %s failed: %s" % (word, e))
+        else:
+            lazy("shell").run(self.node, text)

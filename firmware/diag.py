@@ -11,55 +11,100 @@ from node import VERSION
 from sensors import STATE_NAMES
 
 
-def diag_items(node):
+def snapshot(node):
+    """What changes from one moment to the next, read once: (ticks, heap free, unix time, network)."""
+    return time.ticks_ms(), gc.mem_free(), time.time(), node.hw.net_info()
+
+
+def diag_items(node, brief=False, snap=None):
     """The report `openpole diag` reads, a (field, value) at a time: what is wrong shows in its
-    fields. Published, each field is serialized and let go before the next is made."""
+    fields. Published, each field is serialized and let go before the next is made. brief: without
+    the network and the config (the console's status). snap: a snapshot(), for the same report twice."""
     ob, mq = node.outbox, node.mqtt
+    now, heap_free, unix, net = snap or snapshot(node)
     yield "fw", VERSION
     yield "micropython", "%d.%d.%d" % sys.implementation.version[:3]
     yield "board", node.cfg["board"]
     yield "node", node.node_id
-    yield "uptime_s", node.uptime_ms() // 1000
+    yield "uptime_s", time.ticks_diff(now, node.t0) // 1000
     yield "reset_cause", node.hw.reset_cause()
     yield "boot", node.boot
-    yield "heap_free", gc.mem_free()
+    yield "heap_free", heap_free
     yield "heap_min_free", node.heap_min_free
     yield "tick_max_ms", node.tick_max_ms
     yield "audio_lost_blocks", node.noise.lost if node.noise else 0
-    yield "net", node.hw.net_info()
+    if not brief:
+        yield "net", net
     yield "mqtt", {"connected": mq.connected, "errors": mq.errors, "last_error": mq.last_error,
-                   "last_publish_age_s": None if node.last_publish is None else time.ticks_diff(time.ticks_ms(), node.last_publish) // 1000,
+                   "last_publish_age_s": None if node.last_publish is None else time.ticks_diff(now, node.last_publish) // 1000,
                    "published": node.published, "delivered": node.delivered, "resent": node.resent,
                    "in_flight": node.inflight, "ack": "pole" if node.ack_by_pole else "broker"}
     yield "queue", {"depth": len(ob), "ram": ob.ram_records, "flash": ob.flash_records, "spilled": ob.spilled,
                     "dropped": ob.dropped}
     yield "sensors", {s.name: {"state": STATE_NAMES[s.state], "errors": s.errors, "last_error": s.last_error, "last": s.last}
                       for s in node.sensors}
-    yield "clock", {"synced": time.time() > 1577836800, "unix": time.time()}
-    yield "config", _lazy("redact").redacted(node.cfg)
+    yield "clock", {"synced": unix > 1577836800, "unix": unix}
+    if not brief:
+        yield "config", _lazy("redact").redacted(node.cfg)
 
 
-def diag(node):
-    """The report as a dict."""
-    return dict(diag_items(node))
-
-
-def json_parts(items, parts=None, depth=2):
-    """(key, value) pairs as a JSON object in pieces (a dict value down to `depth` levels in
-    pieces of its own), for Transport.publish: a report goes out without a kilobyte-sized block,
-    which a fragmented 56 KB heap may not have."""
-    parts = [] if parts is None else parts
+def json_parts(items, emit, depth=2):
+    """(key, value) pairs as a JSON object, given to emit() in pieces (a dict value down to
+    `depth` levels in pieces of its own): a report goes out without a kilobyte-sized block, which
+    a fragmented 56 KB heap may not have."""
     sep = b"{"
     for k, v in items:
         if depth > 1 and isinstance(v, dict) and v:
-            parts.append(sep + json.dumps(k).encode() + b": ")
-            json_parts(v.items(), parts, depth - 1)
+            emit(sep + json.dumps(k).encode() + b": ")
+            json_parts(v.items(), emit, depth - 1)
         else:
-            parts.append(sep + ("%s: %s" % (json.dumps(k), json.dumps(v))).encode())
+            emit(sep + ("%s: %s" % (json.dumps(k), json.dumps(v))).encode())
         sep = b", "
-    parts.append(b"{}" if sep == b"{" else b"}")
-    return parts
+    emit(b"{}" if sep == b"{" else b"}")
+
+
+def send(node, items, head=b"", tail=b""):
+    """Publish head, a JSON object, tail on the diag topic, streamed. items: a function giving the
+    object's (key, value) pairs afresh, the same each time: serialized once to count the bytes, then
+    again into the socket a piece at a time, so the report is never whole in the heap."""
+    size = len(head) + len(tail)
+
+    def count(p):
+        nonlocal size
+        size += len(p)
+
+    def write(emit):
+        emit(head)
+        json_parts(items(), emit)
+        emit(tail)
+
+    json_parts(items(), count)
+    node.mqtt.publish(node.diag_topic, write, qos=0, length=size)
 
 
 def publish(node):
-    node.mqtt.publish(node.diag_topic, json_parts(diag_items(node)), qos=0)
+    snap = snapshot(node)
+    send(node, lambda: diag_items(node, snap=snap))
+
+
+def console(node, word):
+    """The console's status, sensors and diag."""
+    if word == "diag":  # one JSON line, printed a piece at a time
+        json_parts(diag_items(node), lambda p: print(p.decode(), end=""))
+        print()
+    elif word == "sensors":
+        for s in node.sensors:
+            print("%s: %s, %d errors, last %s" % (s.name, STATE_NAMES[s.state], s.errors, json.dumps(s.last)))
+    else:
+        d = dict(diag_items(node, brief=True))
+        print("node %s on %s, firmware %s, up %d s, boot %d (reset: %s)" % (
+            d["node"], d["board"], d["fw"], d["uptime_s"], d["boot"], d["reset_cause"]))
+        m = d["mqtt"]
+        print("mqtt %s, %d published, last %s s ago, %d errors%s" % (
+            "connected" if m["connected"] else "DOWN", m["published"], m["last_publish_age_s"], m["errors"],
+            "" if not m["last_error"] else " (last: %s)" % m["last_error"]))
+        q = d["queue"]
+        print("queue %d (ram %d, flash %d), %d dropped; heap free %d (min %d)" % (
+            q["depth"], q["ram"], q["flash"], q["dropped"], d["heap_free"], d["heap_min_free"]))
+        for name, s in d["sensors"].items():
+            print("sensor %-8s %s, %d errors%s" % (name, s["state"], s["errors"], "" if not s["last_error"] else ": " + s["last_error"]))

@@ -169,10 +169,6 @@ class Node:
         self.outbox.save()
         self.hw.reset()
 
-    def diag(self):
-        """The diagnostics report (a dict): diag.py, loaded for the call and let go after."""
-        return _lazy("diag").diag(self)
-
     def selftest(self):
         """Each sensor present and plausible: {name: "ok" or the problem}."""
         return _lazy("commands").selftest(self)

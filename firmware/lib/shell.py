@@ -1,12 +1,12 @@
 # The serial diagnostics console: lines typed on the USB serial port while the node keeps sampling.
 # help, status, diag (one JSON line), sensors, config get/set, log, selftest, monitor, reboot.
 # Unknown input gets one error line; Ctrl-C still interrupts to the REPL (nothing catches it).
-# console.LazyConsole gathers a line and loads this module to run it, then drops it.
+# console.LazyConsole gathers a line and loads this module to run it, then drops it; status,
+# sensors and diag go straight to diag.py, so the heap never holds both modules for them.
 import json
 
 from app import lazy as _lazy
 from console import CRASH_FILE
-from sensors import STATE_NAMES
 
 
 def run(node, text):
@@ -21,7 +21,10 @@ def run(node, text):
         print("error: unknown command %r: type help for the list" % words[0][:20])
         return
     try:
-        fn(node, words[1:])
+        if fn is None:  # answered by diag.py (the console sends these there itself)
+            _lazy("diag").console(node, name)
+        else:
+            fn(node, words[1:])
     except Exception as e:  # a console command must never stop the node
         print("error: %s failed: %s" % (words[0], e))
 
@@ -29,30 +32,6 @@ def run(node, text):
 def help(node, args):
     for name, _, text in COMMANDS:
         print("  %-9s %s" % (name, text))
-
-
-def status(node, args):
-    d = node.diag()
-    print("node %s on %s, firmware %s, up %d s, boot %d (reset: %s)" % (
-        d["node"], d["board"], d["fw"], d["uptime_s"], d["boot"], d["reset_cause"]))
-    m = d["mqtt"]
-    print("mqtt %s, %d published, last %s s ago, %d errors%s" % (
-        "connected" if m["connected"] else "DOWN", m["published"], m["last_publish_age_s"], m["errors"],
-        "" if not m["last_error"] else " (last: %s)" % m["last_error"]))
-    q = d["queue"]
-    print("queue %d (ram %d, flash %d), %d dropped; heap free %d (min %d)" % (
-        q["depth"], q["ram"], q["flash"], q["dropped"], d["heap_free"], d["heap_min_free"]))
-    for name, s in d["sensors"].items():
-        print("sensor %-8s %s, %d errors%s" % (name, s["state"], s["errors"], "" if not s["last_error"] else ": " + s["last_error"]))
-
-
-def diag(node, args):
-    print(json.dumps(node.diag()))
-
-
-def sensors(node, args):
-    for s in node.sensors:
-        print("%s: %s, %d errors, last %s" % (s.name, STATE_NAMES[s.state], s.errors, json.dumps(s.last)))
 
 
 def config(node, args):
@@ -95,9 +74,9 @@ def reboot(node, args):
 
 COMMANDS = (
     ("help", help, "this list"),
-    ("status", status, "a short human summary"),
-    ("diag", diag, "everything, as one JSON line (secrets redacted)"),
-    ("sensors", sensors, "each sensor's state, errors and last values"),
+    ("status", None, "a short human summary"),
+    ("diag", None, "everything, as one JSON line (secrets redacted)"),
+    ("sensors", None, "each sensor's state, errors and last values"),
     ("config", config, "config get KEY | config set KEY VALUE"),
     ("log", log, "recent log lines and the last crash"),
     ("selftest", selftest, "check each sensor is present and plausible"),
