@@ -2,7 +2,8 @@
 # RAM first (a preallocated byte FIFO); when it fills during an outage the oldest records move to
 # flash in whole segment files (written once, deleted once replayed: LittleFS spreads the wear),
 # at most max_segments of them (sized from the free flash); past that the oldest segment is
-# dropped and counted. Before a deliberate reset save() moves what is in RAM to flash.
+# dropped and counted. Before a deliberate reset save() moves what is in RAM to flash. Replay reads
+# flash a record at a time: no segment-sized buffer, which a fragmented heap may not have.
 # Replay is in order: flash (oldest) first, then RAM. Records keep their (boot, seq), so a record
 # replayed after a reset is de-duplicated upstream; its age is then a lower bound.
 #
@@ -27,9 +28,8 @@ class Outbox:
         self.dir = spill_dir
         self.seg_bytes = seg_bytes
         self.max_segments = max_segments or flash_segments(seg_bytes, flash_share)
-        self.seg = None  # the oldest flash segment, being replayed: allocated only while there is one
-        self.seg_loaded = None  # the number of the segment in self.seg
-        self.seg_pos = 0
+        self.seg_loaded = None  # the oldest flash segment, once its size is known
+        self.seg_pos = 0  # where its replay has got to
         self.seg_len = 0
         self.spilled = 0  # records written to flash
         self.dropped = 0  # records lost: flash full, or too big to keep
@@ -64,10 +64,11 @@ class Outbox:
         """Segments on flash (some numbers may be gone: a file removed by hand is skipped)."""
         return self.next - self.first
 
-    def _count(self, num):
+    def _count(self, num, pos=0):
         n = 0
         try:
             with open(self._path(num), "rb") as f:
+                f.seek(pos)
                 while True:
                     h = f.read(2)
                     if len(h) < 2:
@@ -122,10 +123,7 @@ class Outbox:
             pos += ln
             n += 1
         if self.segments >= self.max_segments:
-            lost = self._count(self.first)
-            self.dropped += lost
-            self.flash_records -= lost
-            self._drop_first()
+            self._lose_first()
         if not self.segments:
             self.first = self.next = self.next or 1
         path = self._path(self.next)
@@ -146,33 +144,66 @@ class Outbox:
         except OSError:
             pass
 
+    def _lose_first(self):
+        """Drop the oldest segment; what it still held from its replay point is counted lost."""
+        lost = self._count(self.first, self.seg_pos if self.seg_loaded == self.first else 0)
+        self.dropped += lost
+        self.flash_records -= lost
+        self._drop_first()
+
     def _drop_first(self):
         self._remove("%08d" % self.first)
         if self.seg_loaded == self.first:
             self.seg_loaded = None
         self.first += 1
         if self.first == self.next:
-            self.seg = None  # flash is empty again: its buffer goes back to the heap
+            self.flash_records = 0  # flash is empty: a torn record counted at boot is gone too
 
     def _load(self):
+        """The oldest segment's size, for its replay; empty or unreadable segments are dropped."""
         while self.segments and self.seg_loaded != self.first:
-            if self.seg is None:
-                self.seg = bytearray(self.seg_bytes)
             try:
-                with open(self._path(self.first), "rb") as f:
-                    self.seg_len = f.readinto(self.seg) or 0
+                self.seg_len = os.stat(self._path(self.first))[6]
             except OSError:
                 self.seg_len = 0
             self.seg_loaded, self.seg_pos = self.first, 0
             if self.seg_len < _HDR_LEN:
                 self._drop_first()
 
+    def _flash(self, i, read=True):
+        """Record i from the replay point of the oldest segment: its bytes (read) or its length;
+        None past the segment's end, at a torn record, or when the file cannot be read."""
+        try:
+            with open(self._path(self.first), "rb") as f:
+                pos = self.seg_pos
+                while True:
+                    f.seek(pos)
+                    h = f.read(2)
+                    ln = (h[0] << 8) | h[1] if len(h) == 2 else 0
+                    if ln < _HDR_LEN or pos + ln > self.seg_len:
+                        return None
+                    if not i:
+                        break
+                    pos += ln
+                    i -= 1
+                if not read:
+                    return ln
+                f.seek(pos)
+                rec = f.read(ln)
+                return rec if len(rec) == ln else None
+        except OSError:
+            return None
+
     def peek(self):
         """The oldest record as (buffer, offset), or None when empty."""
-        if self.segments:
+        while self.segments:
             self._load()
-            if self.segments:
-                return self.seg, self.seg_pos
+            if not self.segments:
+                break
+            rec = self._flash(0)
+            if rec is not None:
+                return rec, 0
+            self._lose_first()  # torn or unreadable from here on
         if self.ram_records:
             return self.ram, self.start
         return None
@@ -181,24 +212,30 @@ class Outbox:
         """Record i from the oldest, as (buffer, offset), within the oldest region (the first flash
         segment, or RAM when nothing is in flash); None past it: a send window never spans regions."""
         rec = self.peek()
-        if rec is None:
-            return None
-        buf, off = rec
-        end = self.seg_len if buf is self.seg else self.end
+        if rec is None or not i:
+            return rec
+        if rec[0] is not self.ram:
+            rec = self._flash(i)
+            return None if rec is None else (rec, 0)
+        off = rec[1]
         while i:
-            off += (buf[off] << 8) | buf[off + 1]
-            if off + _HDR_LEN > end or ((buf[off] << 8) | buf[off + 1]) < _HDR_LEN:
+            off += (self.ram[off] << 8) | self.ram[off + 1]
+            if off + _HDR_LEN > self.end:
                 return None
             i -= 1
-        return buf, off
+        return self.ram, off
 
     def pop(self):
         """Drop the oldest record: the pole has it."""
         if self.segments:
-            ln = (self.seg[self.seg_pos] << 8) | self.seg[self.seg_pos + 1]
-            self.seg_pos += ln
+            self._load()
+            ln = self._flash(0, read=False)
+            if ln is None:  # (peek() found the record: only a failing flash gets here)
+                self._lose_first()
+                return
             self.flash_records -= 1
-            if self.seg_pos + _HDR_LEN > self.seg_len or ((self.seg[self.seg_pos] << 8) | self.seg[self.seg_pos + 1]) < _HDR_LEN:
+            self.seg_pos += ln
+            if self.seg_pos + _HDR_LEN > self.seg_len:
                 self._drop_first()
             return
         ln = (self.ram[self.start] << 8) | self.ram[self.start + 1]
