@@ -1,6 +1,7 @@
 # CBOR (RFC 8949) for the node: dumps(obj) here and loads(data) in cbor_decode, MicroPython and CPython alike.
 # Types: int (to 64 bits), float (preferred serialization: shortest of half/single/double that keeps
-# the value), bytes, str, list/tuple, dict, bool, None; tags decode to Tag. Decoding takes
+# the value), bytes, str, list/tuple, dict, bool, None; a tag is head(out, 6, n) then its item, and
+# decodes to cbor_decode.Tag. Decoding takes
 # indefinite lengths and half floats; malformed, truncated, too deep or oversized input raises
 # ValueError before any large allocation.
 
@@ -19,18 +20,6 @@ MAX_DEPTH = const(16)
 MAX_SIZE = const(65536)
 _BREAK = const(0xFF)
 _FLT_MAX = 3.4028234663852886e38
-
-
-class Tag:
-    def __init__(self, tag, value):
-        self.tag = tag
-        self.value = value
-
-    def __eq__(self, other):
-        return isinstance(other, Tag) and self.tag == other.tag and self.value == other.value
-
-    def __repr__(self):
-        return "Tag(%d, %r)" % (self.tag, self.value)
 
 
 # --- half precision, by hand: struct's 'e' format is not in every MicroPython build ---
@@ -132,9 +121,6 @@ def _enc(out, obj, depth):
         for k, v in obj.items():
             _enc(out, k, depth + 1)
             _enc(out, v, depth + 1)
-    elif isinstance(obj, Tag):
-        head(out, 6, obj.tag)
-        _enc(out, obj.value, depth + 1)
     else:
         raise ValueError("cbor: cannot encode %s" % type(obj).__name__)
 

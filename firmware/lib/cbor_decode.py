@@ -4,9 +4,21 @@ import struct
 
 import math
 
-from cbor import MAX_DEPTH, MAX_SIZE, Tag, const
+from cbor import MAX_DEPTH, MAX_SIZE, const
 
 _BREAK = const(0xFF)
+
+
+class Tag:
+    def __init__(self, tag, value):
+        self.tag = tag
+        self.value = value
+
+    def __eq__(self, other):
+        return isinstance(other, Tag) and self.tag == other.tag and self.value == other.value
+
+    def __repr__(self):
+        return "Tag(%d, %r)" % (self.tag, self.value)
 
 
 def _half_value(h):

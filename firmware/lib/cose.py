@@ -24,4 +24,7 @@ def sign(payload, key):
     """Wrap an encoded node message in COSE_Mac0 with HMAC 256/64 (RFC 9052, alg 4)."""
     mac_structure = cbor.dumps(["MAC0", _PROTECTED, b"", payload])
     tag = hmac_sha256(key, mac_structure)[:8]
-    return cbor.dumps(cbor.Tag(_COSE_MAC0, [_PROTECTED, {}, payload, tag]))
+    out = bytearray()
+    cbor.head(out, 6, _COSE_MAC0)  # tag 17, then the item
+    out.extend(cbor.dumps([_PROTECTED, {}, payload, tag]))
+    return bytes(out)
