@@ -9,15 +9,27 @@ import sys
 def lazy(name):
     """Import a module used now and then (config, diag, commands) and drop it from sys.modules, so
     the heap holds it only while it is in use: the node lives in the ESP32's 56 KB starting heap."""
-    mod = __import__(name)
-    del sys.modules[name]
-    return mod
+    try:
+        return __import__(name)
+    finally:
+        sys.modules.pop(name, None)  # a module whose import failed half-way goes too
+
+
+WARM = ("shell", "diag", "commands", "transport_connect", "redact")
 
 
 def main(wdt=None):
     node = None
     try:
         import hw
+
+        # The modules the node loads now and then, each loaded once and let go while the heap is
+        # empty: the names they intern (kept for good) are laid down at its bottom now, not later
+        # between the running node's objects, where they would cut its free space into pieces
+        # too small for the next module (at 56k the console's first line had failed so).
+        for name in WARM:
+            lazy(name)
+            gc.collect()
 
         # The config first, while the heap is empty: its module and the JSON text go before the
         # long-lived modules and objects are laid out.
@@ -29,9 +41,10 @@ def main(wdt=None):
         node.console = LazyConsole(node)
         gc.collect()  # start-up garbage (config text, import buffers, the bring-up code) out of the way
         done = node.run((cfg.get("sim") or {}).get("cycles"))
-        print("done cycles=%d published=%d delivered=%d queued=%d dropped=%d heap_live=%d tick_max_ms=%d audio_lost=%d" % (
-            done, node.published, node.delivered, len(node.outbox), node.outbox.dropped, node.heap_live,
-            node.tick_max_ms, node.noise.lost if node.noise else 0))
+        print("done cycles=%d published=%d delivered=%d queued=%d dropped=%d spilled=%d heap_live=%d tick_max_ms=%d "
+              "audio_lost=%d short_of_heap=%d" % (
+                  done, node.published, node.delivered, len(node.outbox), node.outbox.dropped, node.outbox.spilled,
+                  node.heap_live, node.tick_max_ms, node.noise.lost if node.noise else 0, node.short_of_heap))
         return 0
     except KeyboardInterrupt:
         if node is not None:

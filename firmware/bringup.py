@@ -45,6 +45,7 @@ def node(cfg, hw):
     n.heap_live = 0  # most heap in use after a collection: what the node really holds
     n.tick_max_ms = 0
     n.heap_min_free = gc.mem_free()
+    n.short_of_heap = 0  # reports, commands and console lines skipped for want of heap
     n.outbox = Outbox(ram_bytes=cfg["queue_ram_bytes"])
     n.samples = []  # of the message being gathered
     iv = int(cfg["interval_s"] * 1000)

@@ -49,12 +49,16 @@ class LazyConsole:
                 self.n += 1
 
     def run(self, text):
-        word = text.split()
-        word = word[0] if len(word) == 1 else None
-        if word in DIAG_WORDS:
-            try:
-                lazy("diag").console(self.node, word)
-            except Exception as e:  # a console command must never stop the node
-                print("error: %s failed: %s" % (word, e))
-        else:
-            lazy("shell").run(self.node, text)
+        """Run a typed line. A failing command, one that finds too little heap included, prints one
+        error line; the node goes on."""
+        words = text.split() or [""]
+        try:
+            if len(words) == 1 and words[0] in DIAG_WORDS:
+                lazy("diag").console(self.node, words[0])
+            else:
+                lazy("shell").run(self.node, text)
+        except MemoryError:
+            self.node.short_of_heap += 1
+            print("error: %s: not enough heap free now; try again in a moment" % words[0][:20])
+        except Exception as e:
+            print("error: %s failed: %s" % (words[0][:20], e))

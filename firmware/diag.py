@@ -31,6 +31,7 @@ def diag_items(node, brief=False, snap=None):
     yield "boot", node.boot
     yield "heap_free", heap_free
     yield "heap_min_free", node.heap_min_free
+    yield "short_of_heap", node.short_of_heap
     yield "tick_max_ms", node.tick_max_ms
     yield "audio_lost_blocks", node.noise.lost if node.noise else 0
     if not brief:

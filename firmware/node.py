@@ -184,11 +184,16 @@ class Node:
                 os.remove("crashes.txt")
             except OSError:
                 pass
-        while self.commands:
-            self.command(self.commands.pop(0))
-        if time.ticks_diff(now, self.diag_due) >= 0 and self.mqtt.connected:
-            self.diag_due = time.ticks_add(now, int(self.cfg["diag_interval_s"] * 1000))
-            _lazy("diag").publish(self)
+        # A command or report that finds too little heap (one block of it) is skipped and counted:
+        # sampling goes on, and the pole asks again or gets the next report.
+        try:
+            while self.commands:
+                self.command(self.commands.pop(0))
+            if time.ticks_diff(now, self.diag_due) >= 0 and self.mqtt.connected:
+                self.diag_due = time.ticks_add(now, int(self.cfg["diag_interval_s"] * 1000))
+                _lazy("diag").publish(self)
+        except MemoryError:
+            self.short_of_heap += 1
 
     def run(self, cycles=None):
         self.console.prompt()

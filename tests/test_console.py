@@ -80,3 +80,32 @@ def test_ctrl_c_reaches_the_repl(node):
     assert b"KeyboardInterrupt" in out and out.endswith(b">>> ")
     node.ser.write(b"print(6 * 7)\r")
     assert b"42" in node.ser.read_until(b">>> ")
+
+
+SHORT_OF_HEAP = """
+import gc, sys
+from console import LazyConsole
+class Node:
+    short_of_heap = 0
+    watch = False
+node = Node()
+con = LazyConsole(node)
+hold = [None] * 3000
+i = 0
+gc.collect()
+while gc.mem_free() > 1500:  # the heap taken but for less than the shell needs
+    hold[i] = bytearray(16)
+    i += 1
+con.run("help")
+hold = None
+gc.collect()
+print(node.short_of_heap, "shell" in sys.modules)
+con.run("help")
+"""
+
+
+def test_a_line_that_finds_no_heap_gets_one_error_line_and_the_node_goes_on(mp):
+    out = mp.run(SHORT_OF_HEAP, heap="48k").splitlines()
+    assert out[0] == "error: help: not enough heap free now; try again in a moment"
+    assert out[1] == "1 False"  # counted; the half-loaded shell is not kept
+    assert any(line.strip().startswith("help") for line in out[2:])  # the next try works

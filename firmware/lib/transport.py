@@ -142,16 +142,19 @@ class Transport:
 
     def ensure(self, on_connect=None):
         """One non-blocking step towards a connection; True when connected. The connect code
-        (transport_connect.py) is loaded while the link is down and let go once it is up."""
+        (transport_connect.py) is loaded for an attempt and let go when it ends, so neither a
+        connected node nor one waiting out its backoff holds it."""
         if self.state == UP:
             return True
         if on_connect is not None:
             self.on_connect = on_connect
+        if self.state == DOWN and not since(self.failed_at, self.wait_ms):
+            return False
         if self.conn is None:
             self.conn = __import__("transport_connect")
             del sys.modules["transport_connect"]
         self.conn.step(self)
-        if self.state == UP:
+        if self.state in (UP, DOWN):
             self.conn = None
         return self.state == UP
 
@@ -187,8 +190,8 @@ class Transport:
             else:
                 for p in parts:
                     self._send(p)
-        except OSError as e:
-            self._failed("publish: %s" % _reason(e))
+        except (OSError, MemoryError) as e:  # a packet cut short: the connection cannot go on
+            self._failed("publish: %s" % ("out of heap" if isinstance(e, MemoryError) else _reason(e)))
             return False
         if qos:
             self.unacked.append(pid)

@@ -7,7 +7,7 @@ import socket
 import struct
 import time
 
-from transport import CONNECTING, DOWN, UP, WAIT_CONNACK, _packet, _reason, _str, since
+from transport import CONNECTING, DOWN, UP, WAIT_CONNACK, _packet, _reason, _str
 
 try:
     from micropython import const
@@ -28,9 +28,7 @@ def step(t):
     """One non-blocking step of Transport t towards a connection."""
     now = time.ticks_ms()
     try:
-        if t.state == DOWN:
-            if not since(t.failed_at, t.wait_ms):
-                return
+        if t.state == DOWN:  # (Transport.ensure waited out the backoff)
             _start(t, now)
         if t.state == CONNECTING:
             for _, ev in t.poller.ipoll(0):
