@@ -7,7 +7,8 @@ The whole node (BME280, PMS5003 and the noise meter on the simulated buses, MQTT
 Mosquitto, the console) runs --cycles sampling cycles at a 100 ms interval (the shortest a node
 config takes), every sensor due; the diag goes out at 60 s.
 - heap: runs under -X heapsize=56k (an ESP32's starting heap) or not, and the smallest heap that
-  runs, in 4k steps, with the most the node held after a collection (target 48 KB). An ESP32 is
+  runs, in 4k steps, with the most the node held after a collection (target 48 KB); on the 32-bit
+  VM also a run at 56k through a 20 s broker outage (spill, reconnect, replay). An ESP32 is
   32-bit: its figures come from a 32-bit build (--micropython, from
   ../shared/tools/build-micropython-32bit or MicroPython's ports/unix built with -m32); the x64
   VM's objects are about twice the size. --frozen-micropython: a VM with bench/node_manifest.py
@@ -25,6 +26,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -72,15 +74,49 @@ def run(app, world, broker, cycles, heap, tmp, vm=None, node_id="bench-1"):
     wall = time.monotonic() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    m = re.search(r"done cycles=(\d+) published=(\d+) .* heap_live=(\d+) tick_max_ms=(\d+) audio_lost=(\d+)", out)
+    m = re.search(r"done cycles=(\d+) published=(\d+) delivered=(\d+) .* dropped=(\d+) spilled=(\d+) heap_live=(\d+) "
+                  r"tick_max_ms=(\d+) audio_lost=(\d+) short_of_heap=(\d+)", out)
+    errors = re.findall(r"error: [^\n]*", out)  # a console command that failed
     if p.returncode != 0 or not m:
         err = [line for line in out.splitlines() if "Error" in line]
         return None, (err[-1] if err else out.strip().splitlines()[-1:])
-    return {"cycles": int(m.group(1)), "published": int(m.group(2)), "heap_live": int(m.group(3)),
-            "tick_max_ms": int(m.group(4)), "audio_lost": int(m.group(5)), "cpu": cpu, "wall": wall}, None
+    if errors or int(m.group(9)):
+        return None, f"{int(m.group(9))} report(s), command(s) or console line(s) short of heap: {errors[:1]}"
+    return {"cycles": int(m.group(1)), "published": int(m.group(2)), "delivered": int(m.group(3)),
+            "dropped": int(m.group(4)), "spilled": int(m.group(5)), "heap_live": int(m.group(6)),
+            "tick_max_ms": int(m.group(7)), "audio_lost": int(m.group(8)), "cpu": cpu, "wall": wall}, None
 
 
-def smallest_heap(app, world, broker, cycles, tmp, vm, jobs, lo=40, hi=160):
+def outage_line(label, app, world, vm, tmp, cycles=500, down_after_s=15, down_s=20):
+    """Run the node at the ESP32's 56 KB through a broker outage: the broker stops mid-run and a new
+    one starts on its port down_s later. The node spills to flash, reconnects (its connect code
+    loaded again) and replays, the peak the steady-state runs never reach."""
+    broker = Broker(Path(tmp) / "outage-broker").start()
+    again = []
+
+    def outage():
+        time.sleep(down_after_s)
+        broker.stop()
+        time.sleep(down_s)
+        again.append(Broker(Path(tmp) / "outage-broker-2", port=broker.port).start())
+
+    t = threading.Thread(target=outage, daemon=True)
+    t.start()
+    try:
+        res, err = run(app, world, broker, cycles, ESP32_TARGET_KB, tmp, vm, "bench-outage")
+    finally:
+        t.join()
+        for b in again:
+            b.stop()
+    if res is None:
+        print(f"heap, {label}, a {down_s} s broker outage under -X heapsize={ESP32_TARGET_KB}k: does NOT run: {err}")
+        return
+    print(f"heap, {label}, a {down_s} s broker outage under -X heapsize={ESP32_TARGET_KB}k: {res['cycles']} cycles, "
+          f"{res['spilled']} messages spilled to flash and replayed, {res['delivered']} of {res['cycles']} delivered, "
+          f"{res['dropped']} dropped; most held after a collection {res['heap_live']} bytes")
+
+
+def smallest_heap(app, world, broker, cycles, tmp, vm, jobs, lo=32, hi=160):
     """The smallest heap (4k steps) that runs the node, and that run: a search that tries `jobs`
     sizes at once (a node mostly waits for audio) and narrows to the gap between the largest
     failing and the smallest working size. lo is taken to fail; hi is tried first."""
@@ -144,7 +180,7 @@ def sensor_community_json(readings):
 
 def heap_lines(label, vm, app, world, broker, args, tmp):
     """Print a VM's heap figures; returns the run at the smallest heap (or None)."""
-    target, _ = run(app, world, broker, args.cycles, ESP32_TARGET_KB, tmp, vm, "bench-t")
+    target, why = run(app, world, broker, args.cycles, ESP32_TARGET_KB, tmp, vm, "bench-t")
     small, res = smallest_heap(app, world, broker, args.cycles, tmp, vm, args.jobs)
     if small is None:
         print(f"heap, {label}: does not run {args.cycles} cycles in up to 160k: {res}")
@@ -154,6 +190,8 @@ def heap_lines(label, vm, app, world, broker, args, tmp):
     print(f"heap, {label}: {verdict} {args.cycles} cycles under -X heapsize={ESP32_TARGET_KB}k (target); smallest heap "
           f"that runs them {small}k; most held after a collection {res['heap_live']} bytes "
           f"({'within' if res['heap_live'] <= LIVE_TARGET else 'over'} the 48 KB target)")
+    if not target:
+        print(f"heap, {label}: at {ESP32_TARGET_KB}k: {why}")
     if mods:
         print(f"heap, {label}: of that, the modules take {mods} bytes, the node's data and buffers {res['heap_live'] - mods}")
     return res
@@ -179,8 +217,9 @@ def main():
             if args.micropython:
                 vm = simnode.micropython(args.micropython)
                 app32 = simnode.build_app(Path(tmp) / "app32", arch=simnode.vm_arch(vm))
-                heap_lines(f"32-bit ({simnode.vm_arch(vm)}, app as .mpy in the filesystem)", vm, app32, world, broker,
-                           args, tmp)
+                label = f"32-bit ({simnode.vm_arch(vm)}, app as .mpy in the filesystem)"
+                heap_lines(label, vm, app32, world, broker, args, tmp)
+                outage_line(label, app32, world, vm, tmp)
             if args.frozen_micropython:
                 heap_lines("32-bit, app frozen into the VM (a custom firmware)", args.frozen_micropython, None, world,
                            broker, args, tmp)
