@@ -158,7 +158,8 @@ def test_after_a_quiet_day_new_data_still_goes_upstream(pole):
     assert wait(lambda: agent.rows() == 0, timeout=30), "the storage limits should prune a day-old sent row"
     sent += load(broker, boot=2)
     delivered(receiver, sent)
-    assert agent.status()["queue"]["messages"] == 0
+    # The receiver has every reading before the agent marks the batch sent: wait for that too.
+    assert wait(lambda: agent.status()["queue"]["messages"] == 0, timeout=10), agent.status()["queue"]
 
 
 def test_data_taken_under_fake_hwclock_is_not_aged_out_when_ntp_steps_the_clock(pole, tmp_path):
