@@ -36,7 +36,7 @@ from pgcluster import PgServer  # noqa: E402
 
 from openpole.city.load import CONSUMER, READING_TYPES  # noqa: E402
 from openpole.city.stream import STREAM, StreamSettings  # noqa: E402
-from openpole.edge_agent import batch, decode, sign  # noqa: E402
+from openpole.wire import batch, node_message, sign  # noqa: E402
 from openpole.edge_agent.sinks import NatsSink  # noqa: E402
 from openpole.sim.broker import free_port  # noqa: E402
 
@@ -58,7 +58,7 @@ def make_batches(n_readings, poles):
         for j in range(MESSAGES_PER_BATCH):
             node = f"{pole}-n{j % 5}"
             s = seq[node] = seq.get(node, 0) + 1
-            m = decode.decode(cbor2.dumps({0: 1, 1: node, 2: 1, 3: s, 4: [[0, {k: 20.0 + (s + k) % 17 for k in QUANTITIES}]]}))
+            m = node_message.decode(cbor2.dumps({0: 1, 1: node, 2: 1, 3: s, 4: [[0, {k: 20.0 + (s + k) % 17 for k in QUANTITIES}]]}))
             blobs.append(batch.senml_records(pole, m, now)[1])
         bid = batch.new_batch_id()
         out.append((pole, bid, sign.sign(batch.encode(bid, pole, blobs, per_batch, now), pole, KEY), per_batch))

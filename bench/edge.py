@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from powercut import soak as powercut_soak  # noqa: E402
 
 from openpole.receiver.server import Receiver  # noqa: E402
-from openpole.sim import node as simnode  # noqa: E402
+from openpole.field import appbuild  # noqa: E402
 from openpole.sim.broker import Broker, free_port  # noqa: E402
 from openpole.sim.world import WorldServer  # noqa: E402
 
@@ -194,7 +194,7 @@ def main():
             world = WorldServer()
             try:
                 nodes, cycles = 4, int((args.power_cuts * 2.5 + 10) / 0.2)
-                r = powercut_soak(simnode.build_app(), world, tmp / "cuts", nodes=nodes, cycles=cycles, cuts=args.power_cuts)
+                r = powercut_soak(appbuild.build_app(), world, tmp / "cuts", nodes=nodes, cycles=cycles, cuts=args.power_cuts)
             finally:
                 world.close()
             print(f"power cuts: {r['cuts']} cuts of the pole (broker and agent SIGKILLed, {r['lost_bytes'] // 1024} KB of "

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from openpole.field import deploy as fdeploy  # noqa: E402
 from openpole.field import image
-from openpole.sim import node as simnode
+from openpole.field import appbuild
 
 
 def deploy_round(files, tmp):
@@ -113,8 +113,8 @@ def main():
     if not args.no_flash:
         with tempfile.TemporaryDirectory() as tmp:
             flash_figures(tmp)
-    app = simnode.build_app(arch="x64", include_sim=True)
-    files = simnode.app_files(app)
+    app = appbuild.build_app(arch="x64", include_sim=True)
+    files = appbuild.app_files(app)
     total = sum(map(len, files.values()))
     with tempfile.TemporaryDirectory() as tmp:
         runs = [deploy_round(files, tmp) for _ in range(args.rounds)]
@@ -142,8 +142,8 @@ def main():
     cold = Path(tempfile.mkdtemp())
     try:
         t0 = time.perf_counter()
-        app_dir = simnode.build_app(cold, arch=chip["mpy_arch"], include_sim=False)
-        files = simnode.app_files(app_dir)
+        app_dir = appbuild.build_app(cold, arch=chip["mpy_arch"], include_sim=False)
+        files = appbuild.app_files(app_dir)
         fs = image.build_fs(board, files, cfg)
         image.verify_fs(fs, files, cfg)
         print(f"image build from cold (mpy-cross for {len(files) - 1} files): {time.perf_counter() - t0:.2f} s")

@@ -36,7 +36,8 @@ from helpers import Collector  # noqa: E402
 
 import cbor  # noqa: E402  firmware/lib, as the node encodes
 import message  # noqa: E402
-from openpole.edge_agent import decode  # noqa: E402
+from openpole.wire import node_message  # noqa: E402
+from openpole.field import appbuild  # noqa: E402
 from openpole.sim import node as simnode  # noqa: E402
 from openpole.sim.broker import Broker  # noqa: E402
 from openpole.sim.world import WorldServer  # noqa: E402
@@ -54,7 +55,7 @@ CONSOLE_INPUT = "help\nstatus\nsensors\ndiag\n"
 def install(app, state):
     """Put the app in the node's own filesystem, as a flashed board has it: module paths (kept as
     interned strings for __file__) are then "lib/noise.mpy", not this machine's build directory."""
-    for rel, data in simnode.app_files(app).items() if app is not None else ():
+    for rel, data in appbuild.app_files(app).items() if app is not None else ():
         (state / rel).parent.mkdir(parents=True, exist_ok=True)
         (state / rel).write_bytes(data)
 
@@ -218,14 +219,14 @@ def main():
         try:
             if args.micropython:
                 vm = simnode.micropython(args.micropython)
-                app32 = simnode.build_app(Path(tmp) / "app32", arch=simnode.vm_arch(vm))
+                app32 = appbuild.build_app(Path(tmp) / "app32", arch=simnode.vm_arch(vm))
                 label = f"32-bit ({simnode.vm_arch(vm)}, app as .mpy in the filesystem)"
                 heap_lines(label, vm, app32, world, broker, args, tmp)
                 outage_line(label, app32, world, vm, tmp)
             if args.frozen_micropython:
                 heap_lines("32-bit, app frozen into the VM (a custom firmware)", args.frozen_micropython, None, world,
                            broker, args, tmp)
-            app = simnode.build_app()
+            app = appbuild.build_app()
             heap_lines("x64 (the venv's VM; objects about twice an ESP32's)", None, app, world, broker, args, tmp)
             # The timing figures from a run alone on the machine: a loaded machine is a late loop.
             res, err = run(app, world, broker, args.cycles, 256, tmp)
@@ -245,7 +246,7 @@ def main():
             sub.close()
             broker.stop()
             world.close()
-    full = [(len(p), decode.decode(p)) for _, p, _ in msgs]
+    full = [(len(p), node_message.decode(p)) for _, p, _ in msgs]
     full = [(n, m) for n, m in full if {r.name for r in m.readings} >= {"temperature", "pm2_5", "laeq"}]
     print(f"(bench took {time.monotonic() - t0:.0f} s)")
     if not full:

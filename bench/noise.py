@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 
+from openpole.field import appbuild
 from openpole.sim import node as simnode
 
 SNIPPET = """
@@ -55,7 +56,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=int, default=20, help="seconds of audio to process")
     args = ap.parse_args()
-    app = simnode.build_app()
+    app = appbuild.build_app()
     r = subprocess.run([simnode.micropython(), "-X", "heapsize=256k", "-c", SNIPPET % args.seconds],
                        env=simnode.node_env(app), capture_output=True, text=True, check=True)
     res = json.loads(r.stdout.strip().splitlines()[-1])

@@ -13,10 +13,12 @@ import sqlite3
 import threading
 import time
 
-from . import batch, decode, sign, systemd
+from openpole.wire import batch, node_message, sign
+
+from . import systemd
 from .aggregate import Minutes
 from .ingest import MqttIngest
-from .observe import Histogram
+from openpole.common import Histogram
 from .sinks import Permanent, TooLarge, Transient, sink_for
 from . import store as store_mod
 from .store import Store
@@ -174,10 +176,10 @@ class Agent:
         synced = self.clock_synced() if self.clock_synced is not None else None
         for receive_ns, topic, payload, mid, qos in items:
             try:
-                msg = decode.decode(payload, self.cfg.node_keys, self.cfg.require_mac)
+                msg = node_message.decode(payload, self.cfg.node_keys, self.cfg.require_mac)
                 parts = topic.split("/")
                 if len(parts) != 4 or parts[2] != msg.node:
-                    raise decode.Rejected("topic_mismatch", f"node {msg.node!r} published on {topic!r}")
+                    raise node_message.Rejected("topic_mismatch", f"node {msg.node!r} published on {topic!r}")
                 tq = self.time_quality(receive_ns, synced)
                 if msg.age_lower_bound and tq == TQ_OK:
                     tq = TQ_NODE_RESET  # sampled before a node reset: the true time is earlier
@@ -186,7 +188,7 @@ class Agent:
                 if self._track(msg, receive_ns):
                     with self.minutes_lock:
                         self.minutes.add(msg.node, msg.readings, receive_ns)
-            except decode.Rejected as e:
+            except node_message.Rejected as e:
                 rejected.append((receive_ns, topic, e.reason, str(e), bytes(payload)))
             except Exception as e:  # a message this code could not handle: kept and counted, never fatal
                 log.exception("message on %s could not be processed; quarantined", topic)
@@ -204,7 +206,7 @@ class Agent:
 
     def _side(self, topic, payload):
         parts = topic.split("/")
-        if len(parts) != 4 or len(payload) > self.SIDE_MAX_BYTES or not decode.NODE_ID_RE.match(parts[2]):
+        if len(parts) != 4 or len(payload) > self.SIDE_MAX_BYTES or not node_message.NODE_ID_RE.match(parts[2]):
             self.store.count("side_rejected")
             return
         node, kind = parts[2], parts[3]

@@ -38,7 +38,7 @@ def register(sub):
 
 
 def run(args):
-    from openpole.sim.node import parse_hostport
+    from openpole.common import parse_hostport
 
     from . import config
     from .agent import Agent

@@ -111,7 +111,7 @@ def load(path=None, **overrides):
         if value is not None:
             setattr(cfg, name, value)
     cfg.state_dir = Path(cfg.state_dir)
-    from .batch import POLE_ID
+    from openpole.wire.batch import POLE_ID
 
     if not isinstance(cfg.pole_id, str) or not POLE_ID.fullmatch(cfg.pole_id):
         raise UserError(f"pole.id {cfg.pole_id!r}: 1-64 of a-z, A-Z, 0-9, '.', '_' and '-' (it names the pole upstream)")
@@ -123,7 +123,7 @@ def load(path=None, **overrides):
     if cfg.mqtt_version not in (3, 5):
         raise UserError("ingest.mqtt_version must be 3 (MQTT 3.1.1) or 5")
     if cfg.page_listen:
-        from openpole.sim.node import parse_hostport
+        from openpole.common import parse_hostport
 
         parse_hostport(cfg.page_listen, 8080, flag="page.listen")
         if cfg.page_password_hash and not cfg.page_password_hash.startswith("scrypt$"):

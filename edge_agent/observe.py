@@ -1,7 +1,6 @@
 """What the agent shows about itself: /status (JSON) and /metrics (Prometheus text) on a local port,
 and `openpole edge status [--json]`, which reads /status from the running agent."""
 
-import bisect
 import json
 import threading
 import time
@@ -46,28 +45,6 @@ def status(agent):
         "counters": agent.store.counters(),
         "nodes": nodes,
     }
-
-
-class Histogram:
-    """A Prometheus histogram kept by one thread (the writer) and read by the scrape."""
-
-    BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-    def __init__(self):
-        self.counts = [0] * (len(self.BUCKETS) + 1)
-        self.sum = 0.0
-
-    def observe(self, seconds):
-        self.counts[bisect.bisect_left(self.BUCKETS, seconds)] += 1
-        self.sum += seconds
-
-    def snapshot(self):
-        """{"buckets": [[le, cumulative count], ...], "sum": s, "count": n}."""
-        out, total = [], 0
-        for le, n in zip(list(self.BUCKETS) + ["+Inf"], list(self.counts)):
-            total += n
-            out.append([le, total])
-        return {"buckets": out, "sum": round(self.sum, 6), "count": total}
 
 
 def _name(counter):

@@ -26,11 +26,13 @@ import time
 
 from aiohttp import web
 
-from openpole.field.report import problems as diag_problems
+from openpole.diagnosis import problems as diag_problems
 
-from . import batch, observe
+from openpole.wire import batch
+
+from . import observe
 from .charts import bucket, esc, svg_chart
-from .decode import NODE_ID_RE
+from openpole.wire.node_message import NODE_ID_RE
 from .password import check_password
 
 log = logging.getLogger("openpole.edge.page")
@@ -547,7 +549,7 @@ class Page:
 
 def serve(agent, listen):
     """Start the page on listen ("HOST:PORT"); returns the Page (its .url)."""
-    from openpole.sim.node import parse_hostport
+    from openpole.common import parse_hostport
 
     host, port = parse_hostport(listen, 8080, flag="page.listen")
     p = Page(agent, host, port)

@@ -7,6 +7,8 @@ import json
 import urllib.error
 import urllib.request
 
+from openpole.common import redact_url
+
 
 class Transient(Exception):
     """Worth retrying, as an alarm: network down, timeout, 5xx, 429, and 401/403/404 (a credential
@@ -77,7 +79,7 @@ class HttpSink:
             raise Transient(f"upstream answered {r.status} without this batch's id: not counted as delivered", r.status)
 
     def describe(self):
-        return self.url
+        return redact_url(self.url)
 
 
 class MqttSink:
@@ -198,9 +200,7 @@ class NatsSink:
             asyncio.run_coroutine_threadsafe(nc.close(), self.loop)
 
     def describe(self):
-        import re
-
-        return re.sub(r"//[^@/,]*@", "//***@", ",".join(self.servers)) + f" ({self.subject})"  # no password shown
+        return redact_url(",".join(self.servers)) + f" ({self.subject})"
 
 
 async def _quiet(*_):

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from openpole import paths
+from openpole.field import appbuild
 from openpole.sim import node as simnode
 from openpole.sim.broker import Broker, mosquitto_path
 
@@ -50,7 +51,7 @@ def mp_time(monkeypatch):
 @pytest.fixture(scope="session")
 def app(tmp_path_factory):
     """The firmware and umqtt compiled with mpy-cross, as a board gets them."""
-    return simnode.build_app(tmp_path_factory.mktemp("node-app"))
+    return appbuild.build_app(tmp_path_factory.mktemp("node-app"))
 
 
 class MicroPython:

@@ -12,7 +12,7 @@ import cbor  # firmware/lib: the node's own encoder
 import cose
 import message
 from openpole import paths
-from openpole.edge_agent import batch, decode
+from openpole.wire import batch, node_message
 from openpole.edge_agent.agent import node_acks
 from openpole.spec import cddl
 
@@ -26,7 +26,7 @@ def test_the_independent_validator_is_installed():
     assert cddl.available(), cddl.INSTALL
 
 
-def node_message(seq=0, flags=0, lost=False):
+def encoded_message(seq=0, flags=0, lost=False):
     values = message.encode_values({"temperature": 21.53, "humidity": 40.2, "pressure": 1013.25, "pm2_5": 7,
                                     "laeq": 55.3, "lamax": 71.0, "la90": 41.2})
     status = {"bme280": [0, 0], "pms5003": [1, 2], "noise": [0, 0, 3] if lost else [0, 0]}
@@ -34,7 +34,7 @@ def node_message(seq=0, flags=0, lost=False):
 
 
 def test_what_the_node_encodes_is_a_node_payload():
-    plain = [node_message(), node_message(1, flags=message.FLAG_AGE_LOWER_BOUND), node_message(2, lost=True)]
+    plain = [encoded_message(), encoded_message(1, flags=message.FLAG_AGE_LOWER_BOUND), encoded_message(2, lost=True)]
     signed = [cose.sign(p, bytes(range(16))) for p in plain]
     clocked = cbor2.loads(plain[0])
     clocked[6] = 1_796_000_000_000  # the node's wall clock at send time, when it has one
@@ -57,12 +57,12 @@ BAD_NODE = {
 def test_what_breaks_the_node_message_spec_is_refused():
     items = []
     for change in BAD_NODE.values():
-        m = cbor2.loads(node_message())
+        m = cbor2.loads(encoded_message())
         change(m)
         items.append(cbor2.dumps(m))
-    mac0 = list(cbor2.loads(cose.sign(node_message(), bytes(16))).value)
+    mac0 = list(cbor2.loads(cose.sign(encoded_message(), bytes(16))).value)
     mac0[3] = mac0[3][:7]  # a MAC tag of 7 bytes, not 8
-    items += [cbor2.dumps(cbor2.CBORTag(17, mac0)), node_message()[:-2], b"\xff"]
+    items += [cbor2.dumps(cbor2.CBORTag(17, mac0)), encoded_message()[:-2], b"\xff"]
     got = cddl.validate(NODE_CDDL, "node-payload", items)
     names = list(BAD_NODE) + ["a short MAC tag", "truncated", "not CBOR"]
     assert [n for n, why in zip(names, got) if why is None] == []
@@ -80,7 +80,7 @@ def test_the_agents_acks_are_node_acks():
 
 
 def upstream_batch(minutes=()):
-    msgs = [decode.decode(node_message(s)) for s in range(3)]
+    msgs = [node_message.decode(encoded_message(s)) for s in range(3)]
     blobs = [batch.senml_records("pole1", m, time.time_ns(), time_quality=q) for q, m in enumerate(msgs)]
     return batch.encode(batch.new_batch_id(), "pole1", [b for _, b in blobs], sum(n for n, _ in blobs), minutes=minutes)
 
@@ -113,7 +113,7 @@ def test_without_the_validator_conformance_says_how_to_get_it_in_one_line(monkey
     from openpole.errors import UserError
 
     monkeypatch.setattr(cddl, "VENV", tmp_path / "none")
-    records = [(0, "openpole/v1/pole1-a/data", node_message(), False)]
+    records = [(0, "openpole/v1/pole1-a/data", encoded_message(), False)]
     try:
         conformance.check(records, "pole1-a")
     except UserError as e:

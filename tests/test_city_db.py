@@ -49,12 +49,12 @@ def test_city_init_applies_the_schema_once(pg):
 def signed_batch(pole, key, node, boot, seqs, batch_id=None):
     import cbor2
 
-    from openpole.edge_agent import batch, decode, sign
+    from openpole.wire import batch, node_message, sign
 
     now = time.time_ns()
     blobs, n = [], 0
     for s in seqs:
-        m = decode.decode(cbor2.dumps({0: 1, 1: node, 2: boot, 3: s, 4: [[0, {1: 20.0 + s % 10, 2: 50.0, 3: 1000.0}]]}))
+        m = node_message.decode(cbor2.dumps({0: 1, 1: node, 2: boot, 3: s, 4: [[0, {1: 20.0 + s % 10, 2: 50.0, 3: 1000.0}]]}))
         k, senml = batch.senml_records(pole, m, now + s * 1_000_000)  # a node message each millisecond
         blobs.append(senml)
         n += k
@@ -80,7 +80,7 @@ def test_the_loader_stores_each_reading_once_rejects_what_fails_and_survives_a_k
         sink.send(*signed_batch("p1", key, "n0", 1, range(0, 5)))
         sink.send(*signed_batch("p1", bytes(32), "n1", 1, [999]))  # a bad MAC
         sink.send(*signed_batch("p9", key, "n1", 1, [999]))  # a pole with no key here
-        from openpole.edge_agent import sign
+        from openpole.wire import sign
 
         sink.send(b"\x01" * 16, sign.sign(b"\xa1\x00", "p1", key))  # signed right, but not a batch
         metrics = free_port()
@@ -198,9 +198,9 @@ def test_a_group_holding_a_message_twice_and_a_clock_years_ahead(pg):
         ahead = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=3 * 365)
         import cbor2
 
-        from openpole.edge_agent import batch, decode, sign
+        from openpole.wire import batch, node_message, sign
 
-        m = decode.decode(cbor2.dumps({0: 1, 1: "n2", 2: 1, 3: 1, 4: [[0, {1: 21.5}]]}))
+        m = node_message.decode(cbor2.dumps({0: 1, 1: "n2", 2: 1, 3: 1, 4: [[0, {1: 21.5}]]}))
         _, senml = batch.senml_records("p1", m, int(ahead.timestamp() * 1e9))
         bid = batch.new_batch_id()
         loader.store([("s", sign.sign(batch.encode(bid, "p1", [senml], 1), "p1", key), None)])

@@ -12,7 +12,7 @@ from helpers import agent_subscribed as subscribed
 from helpers import wait
 from natscluster import NatsCluster
 
-from openpole.edge_agent import batch
+from openpole.wire import batch
 from openpole.edge_agent.sinks import NatsSink, Transient
 from openpole.sim.broker import free_port
 

@@ -7,7 +7,7 @@ import pytest
 
 import cose
 import message  # firmware/lib/message.py: the node's own encoder
-from openpole.edge_agent import decode
+from openpole.wire import node_message
 
 
 def good(fields=None):
@@ -19,19 +19,19 @@ def good(fields=None):
 def test_the_firmware_encoder_output_decodes():
     values = message.encode_values({"temperature": 21.374, "humidity": 45.51, "pressure": 1013.249})
     payload = message.encode("n1", 3, 7, [(1500, values)], cbor2.dumps({"bme280": [0, 0]}))
-    m = decode.decode(payload)
+    m = node_message.decode(payload)
     assert (m.node, m.boot, m.seq) == ("n1", 3, 7)
     assert {r.name: r.value for r in m.readings} == {"temperature": 21.37, "humidity": 45.51, "pressure": 1013.25}
     assert {r.age_ms for r in m.readings} == {1500}
     assert not m.age_lower_bound
-    flagged = decode.decode(message.encode("n1", 3, 8, [(10, values)], cbor2.dumps({}), flags=message.FLAG_AGE_LOWER_BOUND))
+    flagged = node_message.decode(message.encode("n1", 3, 8, [(10, values)], cbor2.dumps({}), flags=message.FLAG_AGE_LOWER_BOUND))
     assert flagged.age_lower_bound
 
 
 def test_out_of_range_values_are_kept_and_flagged():
-    m = decode.decode(cbor2.dumps(good({4: [[0, {1: 150.0, 2: 50.0}]]})))
+    m = node_message.decode(cbor2.dumps(good({4: [[0, {1: 150.0, 2: 50.0}]]})))
     flags = {r.name: r.flags for r in m.readings}
-    assert flags == {"temperature": decode.FLAG_OUT_OF_RANGE, "humidity": 0}
+    assert flags == {"temperature": node_message.FLAG_OUT_OF_RANGE, "humidity": 0}
     assert [r.value for r in m.readings if r.name == "temperature"] == [150.0]
 
 
@@ -65,23 +65,23 @@ REASONS = {"oversized": "oversized", "wrong version": "version", "unknown quanti
 
 @pytest.mark.parametrize("name", BAD)
 def test_bad_messages_are_rejected_with_a_reason(name):
-    with pytest.raises(decode.Rejected) as e:
-        decode.decode(BAD[name])
+    with pytest.raises(node_message.Rejected) as e:
+        node_message.decode(BAD[name])
     assert e.value.reason == REASONS.get(name, "schema")
     assert len(str(e.value)) < 200 and "\n" not in str(e.value)
 
 
 def test_a_keyed_node_must_sign():
-    with pytest.raises(decode.Rejected) as e:
-        decode.decode(cbor2.dumps(good()), keys={"n1": b"k" * 16})
+    with pytest.raises(node_message.Rejected) as e:
+        node_message.decode(cbor2.dumps(good()), keys={"n1": b"k" * 16})
     assert e.value.reason == "unsigned"
 
 
 def test_signed_message_round_trip_on_cpython():
     payload = cose.sign(cbor2.dumps(good()), b"k" * 16)
-    assert decode.decode(payload, keys={"n1": b"k" * 16}).signed
+    assert node_message.decode(payload, keys={"n1": b"k" * 16}).signed
     tampered = bytearray(payload)
     tampered[-12] ^= 1  # inside the node message
-    with pytest.raises(decode.Rejected) as e:
-        decode.decode(bytes(tampered), keys={"n1": b"k" * 16})
+    with pytest.raises(node_message.Rejected) as e:
+        node_message.decode(bytes(tampered), keys={"n1": b"k" * 16})
     assert e.value.reason in ("bad_mac", "malformed", "schema")

@@ -10,7 +10,7 @@ import cbor2
 from helpers import AgentProcess, wait
 import pytest
 
-from openpole.edge_agent import batch, decode
+from openpole.wire import batch, node_message
 from openpole.edge_agent.store import Store
 from openpole.receiver.server import Receiver
 from openpole.sim import load
@@ -87,7 +87,7 @@ def test_a_damaged_queue_file_is_moved_aside_and_the_agent_starts(tmp_path):
 
 def message(node, seq, receive_ns):
     payload = cbor2.dumps({0: 1, 1: node, 2: 1, 3: seq, 4: [[0, {1: 20.0, 2: 50.0, 3: 1000.0}]], 5: {}})
-    msg = decode.decode(payload)
+    msg = node_message.decode(payload)
     n, senml = batch.senml_records("p", msg, receive_ns)
     return (node, 1, seq, receive_ns, n, senml)
 

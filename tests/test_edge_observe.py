@@ -10,14 +10,14 @@ import urllib.request
 import cbor2
 
 from helpers import publish_all
-from openpole.edge_agent import decode
+from openpole.wire import node_message
 from openpole.edge_agent.aggregate import Minutes
 from openpole.receiver.server import Receiver
 from openpole.sim.broker import free_port
 
 
 def msg(node, seq, values, age_ms=0):
-    return decode.decode(cbor2.dumps({0: 1, 1: node, 2: 1, 3: seq, 4: [[age_ms, values]], 5: {}}))
+    return node_message.decode(cbor2.dumps({0: 1, 1: node, 2: 1, 3: seq, 4: [[age_ms, values]], 5: {}}))
 
 
 def test_minutes_average_linear_quantities_and_decibels_as_energy():
@@ -99,7 +99,7 @@ def test_status_metrics_and_aggregates_from_a_running_agent(tmp_path, mosquitto)
 
 
 def test_edge_status_reads_the_queue_from_the_state_directory_when_the_agent_is_down(tmp_path):
-    from openpole.edge_agent import batch
+    from openpole.wire import batch
     from openpole.edge_agent.store import Store
 
     s = Store(tmp_path / "state")

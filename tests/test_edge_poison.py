@@ -7,7 +7,7 @@ import time
 import cbor2
 import pytest
 
-from openpole.edge_agent import batch, decode
+from openpole.wire import batch, node_message
 from openpole.edge_agent.agent import Agent
 from openpole.edge_agent.config import AgentConfig
 from openpole.edge_agent.store import Store
@@ -91,7 +91,7 @@ def test_an_unexpected_error_in_one_message_is_quarantined_not_fatal(tmp_path, m
 
 
 def entry(seq, receive_ns):
-    m = decode.decode(msg(seq, {1: 20.0}))
+    m = node_message.decode(msg(seq, {1: 20.0}))
     n, senml = batch.senml_records("px", m, receive_ns)
     return ("px1", 7, seq, receive_ns, n, senml)
 

@@ -11,7 +11,7 @@ import urllib.request
 import cbor2
 from helpers import Collector, publish_all, wait
 
-from openpole.edge_agent import batch, decode, sign
+from openpole.wire import batch, node_message, sign
 from openpole.edge_agent.agent import Agent
 from openpole.edge_agent.config import AgentConfig
 from openpole.receiver.server import Receiver
@@ -51,7 +51,7 @@ def test_signed_compressed_batches_reach_a_receiver_that_checks_them(tmp_path, m
 
 def test_a_receiver_refuses_unsigned_wrongly_signed_and_bomb_batches(tmp_path):
     receiver = Receiver("127.0.0.1", free_port(), tmp_path / "r", keys={"p1": KEY}).start()
-    msg = decode.decode(node_msgs(1)[0][1])
+    msg = node_message.decode(node_msgs(1)[0][1])
     n, senml = batch.senml_records("p1", msg, time.time_ns())
     body = batch.encode(b"\x02" * 16, "p1", [senml], n)
 
@@ -104,7 +104,7 @@ def export(tmp_path):
 def test_export_in_the_array_of_things_layout(tmp_path):
     receiver = Receiver("127.0.0.1", free_port(), tmp_path / "r").start()
     try:
-        msgs = [decode.decode(p) for _, p in node_msgs(3, "n1") + node_msgs(2, "n2")]
+        msgs = [node_message.decode(p) for _, p in node_msgs(3, "n1") + node_msgs(2, "n2")]
         blobs = [batch.senml_records("p1", m, 1_700_000_000 * 10**9 + i * 10**9) for i, m in enumerate(msgs)]
         body = batch.encode(b"\x03" * 16, "p1", [b for _, b in blobs], sum(n for n, _ in blobs))
         urllib.request.urlopen(urllib.request.Request(receiver.url + "/v1/batches", data=body, method="POST"))
@@ -125,7 +125,7 @@ def test_export_in_the_array_of_things_layout(tmp_path):
 
 def test_the_receiver_keeps_each_message_once_across_batches(tmp_path):
     def body(batch_id, seqs):
-        msgs = [decode.decode(p) for _, p in node_msgs(6)]
+        msgs = [node_message.decode(p) for _, p in node_msgs(6)]
         blobs = [batch.senml_records("p1", msgs[s], 1_700_000_000 * 10**9 + s * 10**9) for s in seqs]
         return batch.encode(batch_id * 16, "p1", [b for _, b in blobs], sum(n for n, _ in blobs))
 

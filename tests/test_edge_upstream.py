@@ -165,7 +165,7 @@ def post(url, body, headers=()):
 def test_the_receiver_answers_malformed_signed_gzip_and_pole_ids_with_400_and_stays_up(tmp_path):
     import gzip
 
-    from openpole.edge_agent import batch
+    from openpole.wire import batch
     from openpole.receiver.server import Receiver
     from openpole.sim.broker import free_port
 

@@ -13,7 +13,7 @@ from helpers import Collector
 
 from openpole.errors import UserError
 from openpole.field import deploy as fdeploy
-from openpole.sim import node as simnode
+from openpole.field import appbuild
 
 
 def openpole(*args, timeout=120):
@@ -65,8 +65,8 @@ def test_deploy_onto_a_blank_node_then_every_console_tool(blank, mosquitto, tmp_
     sub = Collector(mosquitto, "openpole/v1/fa-1/data")
     r = openpole("deploy", "--port", blank.port, "--sim")
     assert r.returncode == 0, r.stderr
-    app = simnode.build_app(arch="x64", include_sim=True)
-    n_files = len(simnode.app_files(app))
+    app = appbuild.build_app(arch="x64", include_sim=True)
+    n_files = len(appbuild.app_files(app))
     assert f"{n_files} file(s) sent" in r.stdout and "0 unchanged" in r.stdout and "restarted: node fa-1 ok" in r.stdout
     assert len(sub.wait_for(lambda m: len(m) >= 3, timeout=30)) >= 3, "the deployed app does not publish"
     sub.close()

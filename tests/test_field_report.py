@@ -1,6 +1,6 @@
 """The diag report puts what is wrong first, each with what to do, and nothing when all is well."""
 
-from openpole.field import report
+from openpole import diagnosis as report
 
 OK = {"node": "n1", "board": "esp32-devkitc", "fw": "0.2.0", "uptime_s": 100, "boot": 3, "reset_cause": "power_on",
       "heap_free": 30000, "heap_min_free": 20000,

@@ -8,7 +8,7 @@ import subprocess
 
 from helpers import Collector
 
-from openpole.edge_agent import decode
+from openpole.wire import node_message
 from openpole.sim import node as simnode
 
 
@@ -31,7 +31,7 @@ def test_node_publishes_valid_v1_messages_in_order(app, tmp_path, mosquitto, wor
     out = run_node(app, tmp_path / "node", mosquitto, cycles=5, world=world)
     msgs = sub.wait_for(lambda m: sum(t.endswith("/data") for t, _, _ in m) >= 5)
     sub.close()
-    data = [decode.decode(p) for t, p, _ in msgs if t == "openpole/v1/sk-1/data"]
+    data = [node_message.decode(p) for t, p, _ in msgs if t == "openpole/v1/sk-1/data"]
     assert [m.seq for m in data] == [0, 1, 2, 3, 4]
     assert len({m.boot for m in data}) == 1 and data[0].boot >= 1
     for m in data:
@@ -52,7 +52,7 @@ def test_boot_counter_persists_on_the_node_filesystem(app, tmp_path, mosquitto, 
     run_node(app, state, mosquitto, cycles=1, world=world)
     msgs = sub.wait_for(lambda m: sum(t.endswith("/data") for t, _, _ in m) >= 2)
     sub.close()
-    boots = [decode.decode(p).boot for t, p, _ in msgs if t.endswith("/data")]
+    boots = [node_message.decode(p).boot for t, p, _ in msgs if t.endswith("/data")]
     assert boots[1] == boots[0] + 1  # a new boot id, one up: (node, boot, seq) stays unique
     assert (state / "boot_count").read_text() == str(boots[1])
 
@@ -64,11 +64,11 @@ def test_signed_messages_verify_at_the_agent_and_a_wrong_key_is_refused(app, tmp
     msgs = sub.wait_for(lambda m: sum(t.endswith("/data") for t, _, _ in m) >= 2)
     sub.close()
     payloads = [p for t, p, _ in msgs if t.endswith("/data")]
-    assert [decode.decode(p, {"sk-1": bytes.fromhex(key)}).seq for p in payloads] == [0, 1]
+    assert [node_message.decode(p, {"sk-1": bytes.fromhex(key)}).seq for p in payloads] == [0, 1]
     for keys, reason in (({"sk-1": b"\x00" * 16}, "bad_mac"), ({}, "unknown_node")):
         try:
-            decode.decode(payloads[0], keys)
-        except decode.Rejected as e:
+            node_message.decode(payloads[0], keys)
+        except node_message.Rejected as e:
             assert e.reason == reason
         else:
             raise AssertionError("a message with a wrong or unknown key was accepted")
@@ -131,7 +131,7 @@ def test_a_missing_sensor_is_reported_while_the_others_keep_working(app, tmp_pat
     out = run_node(app, tmp_path / "node", mosquitto, cycles=3, world=world, sensors=("bme280", "noise"))
     msgs = sub.wait_for(lambda m: sum(t.endswith("/data") for t, _, _ in m) >= 3)
     sub.close()
-    data = [decode.decode(p) for t, p, _ in msgs if t.endswith("/data")]
+    data = [node_message.decode(p) for t, p, _ in msgs if t.endswith("/data")]
     assert all("laeq" in {r.name for r in m.readings} for m in data)
     # Extremes and percentiles start once the meter has settled (250 ms): the last message has them.
     assert {r.name for r in data[-1].readings} == {"laeq", "lamax", "lamin", "la10", "la50", "la90"}
@@ -239,7 +239,7 @@ def test_bus_errors_are_counted_and_the_sensor_recovers(app, tmp_path, mosquitto
     out = run_node(app, tmp_path / "node", mosquitto, cycles=6, world=world)
     msgs = sub.wait_for(lambda m: sum(t.endswith("/data") for t, _, _ in m) >= 4)
     sub.close()
-    data = [decode.decode(p) for t, p, _ in msgs if t.endswith("/data")]
+    data = [node_message.decode(p) for t, p, _ in msgs if t.endswith("/data")]
     assert data and data[-1].status["bme280"][0] == 0  # ok again
     assert data[-1].status["bme280"][1] >= 1  # the errors were counted
     assert "sensor bme280" in out or "bme280=failed" in out  # and said on the console
@@ -288,7 +288,7 @@ def test_pms5003_sleeps_between_readings_and_wakes_30_s_before_each(app, tmp_pat
     assert p.returncode == 0, out
     msgs = sub.wait_for(lambda m: len(m) >= 2, timeout=10)
     sub.close()
-    data = [decode.decode(pl) for _, pl, _ in msgs]
+    data = [node_message.decode(pl) for _, pl, _ in msgs]
     assert len(data) == 2 and all({r.name for r in m.readings} >= {"pm2_5", "pc0_3"} for m in data)
     # The SET pin (pin 1 in the simulated world): on at start, off after the first reading, on again
     # 30 s before the second, off after it. Readings are asked for over the UART in passive mode.
@@ -320,6 +320,6 @@ def test_audio_the_loop_was_too_late_for_is_counted_as_the_dma_loses_it(app, tmp
     assert world_blocks > 5, "the slow bus should have overrun the DMA"
     # The node's count (from elapsed time) against what the DMA really overwrote, in 10 ms blocks.
     assert abs(lost - world_blocks) <= 0.2 * world_blocks + 8, (lost, world_blocks)
-    statuses = [decode.decode(pl).status["noise"] for _, pl, _ in msgs]
+    statuses = [node_message.decode(pl).status["noise"] for _, pl, _ in msgs]
     assert statuses[-1][:2] == [0, 0] and statuses[-1][2] == lost or statuses[-1][2] <= lost
     assert int(re.search(r"tick_max_ms=(\d+)", out).group(1)) > 52

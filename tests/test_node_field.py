@@ -325,7 +325,7 @@ def sim_node(*args, timeout=90):
 def test_sim_node_runs_with_a_firmware_library_set_and_another_vm(tmp_path, mosquitto):
     from helpers import Collector
 
-    from openpole.edge_agent import decode
+    from openpole.wire import node_message
 
     # A firmware's frozen modules, as a stock ESP32 build carries them (umqtt.simple among them):
     # the node's own MQTT client must not depend on which one, or whether it is there at all.
@@ -342,7 +342,7 @@ def test_sim_node_runs_with_a_firmware_library_set_and_another_vm(tmp_path, mosq
     assert r.returncode == 0, r.stdout + r.stderr
     assert "done cycles=3 published=3 delivered=3 queued=0" in r.stdout
     assert "IMPORTED" not in r.stdout
-    assert [decode.decode(p).seq for _, p, _ in msgs] == [0, 1, 2]
+    assert [node_message.decode(p).seq for _, p, _ in msgs] == [0, 1, 2]
 
 
 def test_sim_node_says_what_is_wrong_with_a_bad_vm_or_library_path(tmp_path):

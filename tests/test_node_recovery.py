@@ -12,7 +12,7 @@ import time
 import serial
 from helpers import Collector, publish_all
 
-from openpole.edge_agent import decode
+from openpole.wire import node_message
 from openpole.sim import node as simnode
 
 HEAP = "128k"
@@ -39,7 +39,7 @@ def test_selftest_and_reboot_over_mqtt_then_the_last_will_of_a_dropped_node(app,
         reply = next(json.loads(p) for t, p, _ in msgs if t.endswith("/diag") and b'"selftest"' in p)
         assert reply["ok"] and reply["selftest"] == {"bme280": "ok"}
 
-        first_boot = next(decode.decode(p).boot for t, p, _ in msgs if t.endswith("/data"))
+        first_boot = next(node_message.decode(p).boot for t, p, _ in msgs if t.endswith("/data"))
         publish_all(mosquitto, [(cmd, b'{"cmd": "reboot"}')])
         assert node.wait(timeout=20) == -signal.SIGUSR1, "reboot resets the board (the simulator's reset line)"
         msgs = sub.wait_for(lambda m: any(b'"reboot"' in p for t, p, _ in m if t.endswith("/diag")), timeout=5)
@@ -49,7 +49,7 @@ def test_selftest_and_reboot_over_mqtt_then_the_last_will_of_a_dropped_node(app,
         n = len(sub.messages)
         node = simnode.start(state, app, heap=HEAP, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         msgs = sub.wait_for(lambda m: any(t.endswith("/data") for t, _, _ in m[n:]), timeout=30)
-        again = [decode.decode(p) for t, p, _ in msgs[n:] if t.endswith("/data")]
+        again = [node_message.decode(p) for t, p, _ in msgs[n:] if t.endswith("/data")]
         assert again and again[0].boot == first_boot + 1 and again[0].seq == 0
 
         n = len(sub.messages)

@@ -8,7 +8,7 @@ import time
 
 from helpers import Collector
 
-from openpole.edge_agent import decode
+from openpole.wire import node_message
 from openpole.sim import node as simnode
 from openpole.sim.broker import Broker, free_port
 
@@ -25,7 +25,7 @@ def config(node_id, host, port, world, **kw):
 
 
 def data(msgs):
-    return [decode.decode(p) for t, p, _ in msgs if t.endswith("/data")]
+    return [node_message.decode(p) for t, p, _ in msgs if t.endswith("/data")]
 
 
 def spilled_records(state):

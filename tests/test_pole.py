@@ -83,13 +83,13 @@ def test_records_wait_on_disk_while_the_upstream_is_down(tmp_path, mosquitto):
 
 
 def test_a_re_sent_batch_is_stored_once(tmp_path):
-    from openpole.edge_agent import batch
+    from openpole.wire import batch
 
-    from openpole.edge_agent import decode
+    from openpole.wire import node_message
 
     receiver = Receiver("127.0.0.1", free_port(), tmp_path / "receiver").start()
     try:
-        msg = decode.decode(node_msg("n1", 1, 0)[1])
+        msg = node_message.decode(node_msg("n1", 1, 0)[1])
         count, senml = batch.senml_records("p1", msg, 1_700_000_001 * 10**9)
         body = batch.encode(b"\x01" * 16, "p1", [senml], count)
         for _ in range(3):

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from openpole import paths
-from openpole.edge_agent import decode
+from openpole.wire import node_message
 from openpole.noise import design
 from openpole.spec import build, model, site
 
@@ -83,12 +83,12 @@ def test_the_example_messages_decode_at_the_pole(built):
     plain, signed = site.example_messages()
     payload_page = built[1]["docs/specs/payload.md"]
     assert plain.hex()[:64] in payload_page and signed.hex()[:64] in payload_page
-    m = decode.decode(plain)
+    m = node_message.decode(plain)
     assert m.node == "pole17-a" and m.boot == 12 and m.seq == 4031
-    k = decode.decode(signed, keys={"pole17-a": site.EXAMPLE_KEY}, require_mac=True)
+    k = node_message.decode(signed, keys={"pole17-a": site.EXAMPLE_KEY}, require_mac=True)
     assert k.node == "pole17-a"
-    with pytest.raises(decode.Rejected):
-        decode.decode(signed, keys={"pole17-a": bytes(32)}, require_mac=True)
+    with pytest.raises(node_message.Rejected):
+        node_message.decode(signed, keys={"pole17-a": bytes(32)}, require_mac=True)
 
 
 def test_the_plotted_filter_is_within_class_1_tolerance(built):

@@ -5,7 +5,7 @@ bus, its message encoder and its MQTT transport publish node messages v1 at QoS 
 
 from helpers import Collector
 
-from openpole.edge_agent import decode
+from openpole.wire import node_message
 
 SKELETON = """
 import time, gc
@@ -40,6 +40,6 @@ def test_driver_message_and_transport_publish_in_a_64k_heap(mp, mosquitto, world
     msgs = sub.wait_for(lambda m: len(m) >= 5)
     sub.close()
     assert "published 5" in out
-    got = [decode.decode(p) for _, p, _ in msgs]
+    got = [node_message.decode(p) for _, p, _ in msgs]
     assert [m.seq for m in got] == [0, 1, 2, 3, 4]
     assert all({r.name for r in m.readings} == {"temperature", "humidity", "pressure"} for m in got)

@@ -18,7 +18,7 @@ from pathlib import Path
 import cbor2
 
 from . import paths
-from .edge_agent import decode
+from .wire import node_message
 from .errors import UserError
 from .spec import cddl
 
@@ -110,8 +110,8 @@ def check(records, node_id, interval_s=None, key=None, independent=True):
     times = []
     for receive_ns, payload in data:
         try:
-            msg = decode.decode(payload, keys, require_mac=bool(key))
-        except decode.Rejected as e:
+            msg = node_message.decode(payload, keys, require_mac=bool(key))
+        except node_message.Rejected as e:
             check_name = "mac" if e.reason in ("bad_mac", "unsigned", "unknown_node") else "schema"
             if e.reason in ("not_finite", "unknown_quantity"):
                 check_name = "ranges"
@@ -122,7 +122,7 @@ def check(records, node_id, interval_s=None, key=None, independent=True):
             r.ok("mac")
         if msg.node != node_id:
             r.fail("schema", f"node id {msg.node!r} on {node_id!r}'s topic", payload)
-        bad = [x.name for x in msg.readings if x.flags & decode.FLAG_OUT_OF_RANGE]
+        bad = [x.name for x in msg.readings if x.flags & node_message.FLAG_OUT_OF_RANGE]
         if bad:
             r.fail("ranges", f"outside the registry range: {', '.join(bad)}", payload)
         else:
@@ -214,7 +214,7 @@ def load(path):
 
 
 def register(sub):
-    from .sim.node import parse_hostport
+    from .common import parse_hostport
 
     c = sub.add_parser("capture", help="record a node's MQTT traffic to a file, for conformance")
     c.add_argument("--broker", required=True, help="HOST:PORT")

@@ -1,5 +1,5 @@
 # COSE_Mac0 (RFC 9052) for a node with a key ("key" in its config): HMAC 256/64 over the encoded
-# node message. Loaded at boot only by a node that signs; the agent checks the tag (edge_agent/decode.py).
+# node message. Loaded at boot only by a node that signs; the agent checks the tag (wire/node_message.py).
 import hashlib
 
 import cbor

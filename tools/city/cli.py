@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from ..errors import UserError
-from ..sim.node import parse_hostport
+from ..common import parse_hostport
 
 
 def register(sub):

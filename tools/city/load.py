@@ -2,7 +2,7 @@
 
 A loader reads the stream through one durable pull consumer ("loaders"); several loaders share it,
 so adding one adds throughput. Each fetched group is checked (the pole's signature when keys are
-given, then the shared decoder: edge_agent/batch.py decode_signed); what fails goes to `rejected`
+given, then the shared decoder: wire/batch.py decode_signed); what fails goes to `rejected`
 with the reason. A group is one transaction: the message index first (COPY into a session table,
 then one INSERT ... ON CONFLICT DO NOTHING), then the readings of the messages the index did not
 hold, with COPY; a node message already there (re-sent past the stream's duplicate window, or in
@@ -24,12 +24,12 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from openpole.edge_agent import batch
-from openpole.edge_agent.observe import Histogram
+from openpole.common import Histogram, redact_url
+from openpole.wire import batch
 
 from ..errors import UserError
 from .db import connect, require_schema
-from .stream import STREAM, SUBJECTS, _connect, shown
+from .stream import STREAM, SUBJECTS, _connect
 
 CONSUMER = "loaders"
 ACK_WAIT_S = 20.0  # an unacknowledged group comes again this long after a loader died with it
@@ -369,7 +369,7 @@ async def _run(nats_url, dsn, keys, group, idle_exit_s, report, metrics_at=None,
                                           config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT_S,
                                                                 max_ack_pending=20000))
         except nats.js.errors.NotFoundError:
-            raise UserError(f"--nats {shown(nats_url)}: no stream {STREAM}: run `openpole city init --nats URL` first") from None
+            raise UserError(f"--nats {redact_url(nats_url)}: no stream {STREAM}: run `openpole city init --nats URL` first") from None
         idle_since = beat = time.monotonic()
         pending = None
         try:

@@ -4,9 +4,10 @@
 import asyncio
 import datetime
 
+from ..common import redact_url
 from ..errors import UserError
 from .db import connect, require_schema
-from .stream import STREAM, _connect, shown
+from .stream import STREAM, _connect
 
 LIVE_S = 60.0  # a loader whose row is older than this is reported as stopped
 UTC = datetime.timezone.utc
@@ -65,10 +66,10 @@ async def _stream_status(url, opts=None, patience_s=15.0):
                 consumers = await js.consumers_info(STREAM)
                 break
             except nats.js.errors.NotFoundError:
-                raise UserError(f"--nats {shown(url)}: no stream {STREAM}: run `openpole city init --nats URL` first") from None
+                raise UserError(f"--nats {redact_url(url)}: no stream {STREAM}: run `openpole city init --nats URL` first") from None
             except (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError):
                 if asyncio.get_running_loop().time() > deadline:
-                    raise UserError(f"--nats {shown(url)}: the stream {STREAM} has no leader for {patience_s:g} s: fewer than "
+                    raise UserError(f"--nats {redact_url(url)}: the stream {STREAM} has no leader for {patience_s:g} s: fewer than "
                                     f"a majority of its servers run; start the stopped nats-servers") from None
                 await asyncio.sleep(0.5)
     finally:

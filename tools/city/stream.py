@@ -7,9 +7,9 @@ the loaders have taken them and for max_age at most, so a loader outage of that 
 
 import asyncio
 import os
-import re
 from dataclasses import dataclass
 
+from ..common import redact_url
 from ..errors import UserError
 
 STREAM = "OPENPOLE_BATCHES"
@@ -39,11 +39,6 @@ async def _quiet(*_):
     """nats-py logs every connection error with a traceback; the one-line UserError says it."""
 
 
-def shown(url):
-    """The URL as messages may show it: a user:password@ inside becomes ***@."""
-    return re.sub(r"//[^@/,]*@", "//***@", url)
-
-
 def options(creds=None, tls_ca=None):
     """nats.connect's keyword arguments for a credentials file (nkey/JWT) and a private CA."""
     opts = {}
@@ -66,7 +61,7 @@ def servers(url):
     out = [s.strip() for s in url.split(",") if s.strip()]
     for s in out:
         if not s.startswith(("nats://", "tls://")):
-            raise UserError(f"--nats {shown(url)}: each server is nats://HOST:PORT (comma-separated for several)")
+            raise UserError(f"--nats {redact_url(url)}: each server is nats://HOST:PORT (comma-separated for several)")
     return out
 
 
@@ -82,13 +77,13 @@ async def _connect(url, timeout_s=5.0, opts=None, keep=False):
         return await nats.connect(servers(url), connect_timeout=timeout_s, error_cb=_quiet, disconnected_cb=_quiet,
                                   **again, **(opts or {}))
     except (nats.errors.NoServersError, OSError, asyncio.TimeoutError) as e:
-        raise UserError(f"--nats {shown(url)}: no NATS server answers ({type(e).__name__}): is nats-server running "
+        raise UserError(f"--nats {redact_url(url)}: no NATS server answers ({type(e).__name__}): is nats-server running "
                         f"with JetStream (-js)?") from None
     except nats.errors.Error as e:
         if "authorization" in str(e).lower() or "authentication" in str(e).lower():
-            raise UserError(f"--nats {shown(url)}: the server refused the credentials: check the user and password in "
+            raise UserError(f"--nats {redact_url(url)}: the server refused the credentials: check the user and password in "
                             f"the URL (nats://user:pass@host:4222) or --nats-creds") from None
-        raise UserError(f"--nats {shown(url)}: {e}") from None
+        raise UserError(f"--nats {redact_url(url)}: {e}") from None
 
 
 async def _ensure(url, settings, opts):
@@ -103,7 +98,7 @@ async def _ensure(url, settings, opts):
         except nats.js.errors.NotFoundError:
             info = None
         except nats.js.errors.ServiceUnavailableError:
-            raise UserError(f"--nats {shown(url)}: JetStream is not enabled on the server (start nats-server with -js)") from None
+            raise UserError(f"--nats {redact_url(url)}: JetStream is not enabled on the server (start nats-server with -js)") from None
         try:
             if info is None:
                 await js.add_stream(want)
@@ -117,7 +112,7 @@ async def _ensure(url, settings, opts):
             await js.update_stream(want)
             return "updated", want
         except nats.js.errors.APIError as e:
-            raise UserError(f"--nats {shown(url)}: the stream {STREAM} was refused: {e.description or e}") from None
+            raise UserError(f"--nats {redact_url(url)}: the stream {STREAM} was refused: {e.description or e}") from None
     finally:
         await nc.close()
 

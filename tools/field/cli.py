@@ -241,7 +241,7 @@ def run_deploy(args):
 
 
 def _after_restart(port):
-    from . import report
+    from .. import diagnosis as report
     from .console import wait_for_diag
 
     try:
@@ -282,7 +282,7 @@ def run_diag(args):
 def run_monitor(args):
     from rich.console import Console
 
-    from . import report
+    from .. import diagnosis as report
     from .console import NodeConsole
 
     port_list = _ports(args)

@@ -171,10 +171,10 @@ def merge(board, chip_id, firmware, fs_image):
 def app_for(chip, sim=False):
     """The app files for a chip's architecture, as they go on the node's filesystem. sim: for the
     simulator (`sim node --image`, a virtual board): the Unix port's architecture, simulated hardware."""
-    from ..sim import node as simnode
+    from . import appbuild
 
-    app = simnode.build_app(arch="x64" if sim else chip["mpy_arch"], include_sim=sim)
-    return simnode.app_files(app), f"{app_version()}+{app.name}"
+    app = appbuild.build_app(arch="x64" if sim else chip["mpy_arch"], include_sim=sim)
+    return appbuild.app_files(app), f"{app_version()}+{app.name}"
 
 
 def app_version():

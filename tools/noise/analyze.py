@@ -10,6 +10,7 @@ from array import array
 from pathlib import Path
 
 from ..errors import UserError
+from ..field import appbuild
 from ..sim import node as simnode
 
 KEYS = ("laeq", "lamax", "lamin", "la10", "la50", "la90")
@@ -54,7 +55,7 @@ def run_meter(samples, mic="inmp441", interval_s=0.0, heap="512k"):
     mics = model.load(paths.SENSOR_SPECS, paths.BOARD_DEFS).mics
     if mic not in mics:
         raise UserError(f"unknown microphone {mic!r} (known: {', '.join(sorted(mics))})")
-    app = simnode.build_app()
+    app = appbuild.build_app()
     with tempfile.TemporaryDirectory(prefix="openpole-noise-") as tmp:
         raw = Path(tmp) / "samples.raw"
         raw.write_bytes(samples.tobytes())

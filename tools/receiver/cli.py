@@ -6,7 +6,7 @@ import signal
 from pathlib import Path
 
 from ..errors import UserError
-from ..sim.node import parse_hostport
+from ..common import parse_hostport
 
 
 def register(sub):

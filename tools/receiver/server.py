@@ -10,7 +10,7 @@ import threading
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from openpole.edge_agent import batch
+from openpole.wire import batch
 
 from .store import ReceiverStore
 

@@ -8,7 +8,7 @@ import threading
 import time
 from pathlib import Path
 
-from openpole.edge_agent import batch as upstream
+from openpole.wire import batch as upstream
 from openpole.errors import UserError
 
 SCHEMA = """

@@ -28,6 +28,7 @@ import time
 import tty
 from pathlib import Path
 
+from ..common import parse_hostport
 from ..errors import UserError
 from . import node as simnode
 from .esp_rom import ESP32_MAGIC, JEDEC_SIZE, Rom, slip
@@ -358,7 +359,7 @@ def run(args):
     board = Board(args.flash, f"{world.host}:{world.port}", chip=args.chip, flash_mb=args.flash_mb,
                   auto_reset=not args.no_auto_reset, fail_write_at=args.fail_write_at, mute=args.mute,
                   heap=args.heap, vm=args.micropython)
-    host, port = simnode.parse_hostport(args.listen, default_port=0, flag="--listen")
+    host, port = parse_hostport(args.listen, default_port=0, flag="--listen")
     server = Server(board, host, port)
     print(server.url, flush=True)
     signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))

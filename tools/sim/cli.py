@@ -9,7 +9,9 @@ import time
 import tty
 from pathlib import Path
 
+from ..common import parse_hostport
 from ..errors import UserError
+from ..field import appbuild
 from . import node as simnode
 
 
@@ -87,11 +89,11 @@ def run_board(args):
 def run_node(args):
     from .world import WorldServer
 
-    host, port = simnode.parse_hostport(args.broker)
+    host, port = parse_hostport(args.broker)
     args.heap = args.heap or ("192k" if args.image else "128k")
     if args.firmware_lib and not args.firmware_lib.is_dir():
         raise UserError(f"--firmware-lib {args.firmware_lib}: not a directory")
-    app = None if args.fs_app else simnode.build_app(arch=simnode.vm_arch(args.micropython))
+    app = None if args.fs_app else appbuild.build_app(arch=simnode.vm_arch(args.micropython))
     world = WorldServer()
     sensors = tuple(s for s in args.sensors.split(",") if s)
     with tempfile.TemporaryDirectory(prefix="openpole-node-") as tmp:
@@ -145,8 +147,6 @@ def run_demo(args):
     heap = args.heap or ("192k" if args.flash else "128k")
     page = None if args.page == "off" else args.page
     if page:
-        from .node import parse_hostport
-
         parse_hostport(page, 0, flag="--page")
     return demo.run(args.nodes, args.duration, args.interval, heap, args.state, broker_kind=args.broker_kind,
                     flash=args.flash, page=page)

@@ -22,6 +22,7 @@ from openpole.edge_agent.agent import Agent
 from openpole.edge_agent.config import AgentConfig
 
 from ..receiver.server import Receiver
+from ..field import appbuild
 from . import node as simnode
 from .broker import Broker, free_port
 from .world import WorldServer
@@ -158,10 +159,10 @@ class Tap:
     def __init__(self, broker, nodes, keys=None):
         import paho.mqtt.client as mqtt
 
-        from openpole.edge_agent import decode
+        from openpole.wire import node_message
 
         self.by_id = {n.node_id: n for n in nodes}
-        self.decode = lambda payload: decode.decode(payload, keys)
+        self.decode = lambda payload: node_message.decode(payload, keys)
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="openpole-demo-tap")
         c.on_connect = lambda cl, *a: cl.subscribe("openpole/v1/+/data", qos=1)
         c.on_message = self._on_message
@@ -193,7 +194,7 @@ def run(n_nodes=3, duration_s=0, interval_s=1.0, heap="128k", state_dir=None, co
         tmp = tempfile.TemporaryDirectory(prefix="openpole-demo-")
         state_dir = tmp.name
     state = Path(state_dir)
-    app = simnode.build_app()
+    app = appbuild.build_app()
     world = WorldServer()
     broker = Broker(state / "broker", kind=broker_kind).start()
     receiver = Receiver("127.0.0.1", free_port(), state / "receiver").start()

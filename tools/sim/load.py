@@ -84,7 +84,7 @@ def register(ssub):
 
 
 def _cli(args):
-    from .node import parse_hostport
+    from ..common import parse_hostport
 
     host, port = parse_hostport(args.broker)
     try:

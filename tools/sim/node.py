@@ -4,24 +4,13 @@ The app is compiled with mpy-cross, as it is for a board (compiling source on th
 the heap a pole does not have); the node's filesystem is a state directory holding config.json.
 """
 
-import hashlib
 import json
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-from .. import paths
 from ..errors import UserError
-
-
-def _venv_tool(name):
-    here = Path(sys.executable).parent / name
-    found = here if here.exists() else shutil.which(name)
-    if not found:
-        raise UserError(f"{name} is not installed: run `make install` (it comes with openpole[sim])")
-    return str(found)
+from ..field.appbuild import venv_tool
 
 
 def micropython(vm=None):
@@ -31,7 +20,7 @@ def micropython(vm=None):
         if not (vm.is_file() and os.access(vm, os.X_OK)):
             raise UserError(f"--micropython {vm}: not an executable MicroPython Unix port")
         return str(vm.resolve())
-    return _venv_tool("micropython")
+    return venv_tool("micropython")
 
 
 # sys.implementation._mpy >> 10: the native-code architecture a VM loads (py/persistentcode.h).
@@ -51,65 +40,6 @@ def vm_arch(vm=None):
         except (ValueError, KeyError):
             raise UserError(f"{exe} did not say its architecture: is it a MicroPython Unix port?") from None
     return _arch_cache[exe]
-
-
-# What runs only in the simulator: never put on a board.
-SIM_ONLY = ("hw/sim.py", "hw/fakebus.py", "hw/fake_")
-# MicroPython boots main.py, never main.mpy: it ships as source (a few lines that start app.mpy).
-SOURCE_FILES = ("main.py",)
-
-
-def _sources(include_sim=True):
-    files = sorted(p for p in paths.FIRMWARE.rglob("*.py") if "__pycache__" not in p.parts)
-    out = [(p, p.relative_to(paths.FIRMWARE)) for p in files]
-    if not include_sim:
-        out = [(p, rel) for p, rel in out if not str(rel.as_posix()).startswith(SIM_ONLY)]
-    return out
-
-
-def build_app(build_root=None, arch="x64", include_sim=True):
-    """Compile the firmware to .mpy for `arch` (x64: the Unix port; x86: a 32-bit one; xtensawin:
-    ESP32 and ESP32-S3); returns the app directory, laid out as on the node's filesystem (cached
-    by content)."""
-    sources = _sources(include_sim)
-    h = hashlib.sha256(f"{arch}\0".encode())
-    for src, rel in sources:
-        h.update(str(rel).encode() + b"\0" + src.read_bytes())
-    build_root = Path(build_root or paths.ROOT / "build" / "node-app")
-    app = build_root / h.hexdigest()[:16]
-    if (app / ".complete").exists():
-        return app
-    tmp = build_root / (app.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    cross = _venv_tool("mpy-cross")
-    for src, rel in sources:
-        if rel.as_posix() in SOURCE_FILES:
-            out = tmp / rel
-            out.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, out)
-            continue
-        out = tmp / rel.with_suffix(".mpy")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        # Viper code (the noise kernel) needs the target's architecture. The source name is the
-        # module's __file__ on an ESP32 ("node.mpy", "/lib/noise.mpy"; sys.path is ['', '.frozen',
-        # '/lib']): the VM interns __file__ anyway, so the heap holds one name per module, not two,
-        # and a traceback names the file that ran. (The simulator's "lib/" keeps two for lib/.)
-        name = out.relative_to(tmp).as_posix()
-        name = "/" + name if name.startswith("lib/") else name
-        r = subprocess.run([cross, f"-march={arch}", "-o", str(out), "-s", name, str(src)], capture_output=True, text=True)
-        if r.returncode:
-            raise UserError(f"mpy-cross refused {rel}: {r.stderr.strip().splitlines()[-1]}")
-    (tmp / ".complete").touch()
-    shutil.rmtree(app, ignore_errors=True)
-    tmp.rename(app)
-    return app
-
-
-def app_files(app):
-    """The app's files as {path on the node: bytes}, in a stable order."""
-    app = Path(app)
-    return {p.relative_to(app).as_posix(): p.read_bytes()
-            for p in sorted(app.rglob("*")) if p.is_file() and p.name != ".complete"}
 
 
 def node_env(app=None, firmware_lib=None):
@@ -201,17 +131,3 @@ def start_image(fs_path, world, heap="128k", interactive=False, vm=None, firmwar
     env = dict(os.environ, OPENPOLE_WORLD=world)
     env.pop("MICROPYPATH", None)
     return subprocess.Popen(cmd, cwd=Path(fs_path).parent, env=env, **popen)
-
-
-def parse_hostport(text, default_port=1883, flag="--broker"):
-    """HOST:PORT as the user typed it after `flag`; a one-line error naming that flag."""
-    host, _, port = text.rpartition(":")
-    if not host:
-        host, port = text, str(default_port)
-    try:
-        port = int(port)
-        if not 0 <= port <= 65535:
-            raise ValueError
-        return host, port
-    except ValueError:
-        raise UserError(f"{flag} {text!r}: expected HOST:PORT, e.g. 127.0.0.1:{default_port or 1883}") from None

@@ -1,4 +1,5 @@
-"""A node's `diag` answer, read for a technician: what is wrong first, then the details."""
+"""A node's `diag` answer, read for a technician: what is wrong first, then the details. Shared by the
+field tools (`openpole diag`) and the pole's page."""
 
 # What the node's reset cause says (firmware/hw/esp32.py). An ESP32 reports a brownout as power_on
 # and a panic as hard, the same as the reset button: only the watchdog is unambiguous.
