@@ -16,8 +16,8 @@ def register(sub):
     b = ssub.add_parser("build", help="generate the firmware constants and docs/specs/")
     _dirs(b)
     b.add_argument("--check", action="store_true", help="write nothing; exit 1 if a generated file is stale")
-    b.add_argument("--site", type=Path, default=paths.ROOT / "build" / "site",
-                   help="where to write the HTML site (default build/site)")
+    b.add_argument("--site", type=Path, default=paths.ROOT / "build" / "site" if paths.CHECKOUT else Path("openpole-specs"),
+                   help="where to write the HTML site (default build/site in a checkout, ./openpole-specs otherwise)")
     b.set_defaults(func=run_build)
 
 
@@ -62,10 +62,17 @@ def run_build(args):
             return 1
         print(f"{len(files)} generated files are fresh")
         return 0
-    build.write(files)
+    if paths.CHECKOUT:
+        build.write(files)
+    elif build.stale(files):
+        # The installed package's generated files are its own; specs of your own belong in a clone.
+        print("these specs differ from the installed package's: to build firmware and docs from them, work in "
+              "a clone of openpole (git clone, then make specs)", file=sys.stderr)
+        return 1
     pages = site.write_site(files, args.site)
     bad = site.broken_links(args.site)
     for b in bad:
         print(f"broken link: {b}", file=sys.stderr)
-    print(f"wrote {len(files)} files (firmware constants and docs/specs/) and {pages} HTML pages in {args.site}")
+    what = f"wrote {len(files)} files (firmware constants and docs/specs/) and" if paths.CHECKOUT else "wrote"
+    print(f"{what} {pages} HTML pages in {args.site}")
     return 1 if bad else 0

@@ -12,9 +12,9 @@ from ... import paths
 from ...errors import UserError
 
 HERE = Path(__file__).resolve().parent
-VENV = paths.ROOT / ".venv-cddl"
+VENV = paths.ROOT / ".venv-cddl" if paths.CHECKOUT else paths.CACHE / "venv-cddl"
 INSTALL = (f"python3 -m venv {VENV} && {VENV}/bin/pip install -r {HERE / 'requirements.txt'} "
-           "(make install does this)")
+           "(in a checkout, make install does this)")
 
 
 def available():
