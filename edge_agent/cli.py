@@ -21,11 +21,12 @@ def register(sub):
     r.add_argument("--metrics-port", type=int, help="local port for /status and /metrics (default 9108; 0: off)")
     r.add_argument("--page", metavar="HOST:PORT", help="serve the pole's web page there (page.listen; default off)")
     r.set_defaults(func=run)
-    i = esub.add_parser("install-service", help="install and start the agent as a systemd service (as root)")
+    i = esub.add_parser("install-service", help="install and start the agent as a systemd service, as its own user (as root)")
     i.add_argument("--config", type=Path, required=True, help="the agent config the service runs with")
     i.add_argument("--user", default="openpole", help="the user the agent runs as (default openpole)")
     i.add_argument("--unit-dir", type=Path, default=Path("/etc/systemd/system"), help="where the unit goes")
-    i.add_argument("--no-start", action="store_true", help="write the unit only: no systemctl enable --now")
+    i.add_argument("--no-start", action="store_true",
+                   help="write the unit (and, as root, make the user and hand it its files); no systemctl enable --now")
     i.set_defaults(func=install_service)
     st = esub.add_parser("status", help="what the running agent is doing: nodes, queue, upstream, counters",
                          description="Ask the running agent (its metrics port), or read the queue's figures from its "
@@ -100,39 +101,9 @@ def show_status(args):
     return 0
 
 
-UNIT = "openpole-edge.service"
-
-
 def install_service(args):
-    import os
-    import shutil
-    import subprocess
-    import sys
+    from . import service
 
-    from openpole import paths
-    from openpole.errors import UserError
-
-    config = args.config.resolve()
-    if not config.is_file():
-        raise UserError(f"{config}: no such config; start from edge_agent/sample.toml")
-    exe = shutil.which("openpole") or f"{sys.executable} -m openpole"
-    template = (Path(__file__).with_name(UNIT)).read_text()
-    unit = template.format(exe=exe, config=config, user=args.user, readme=paths.ROOT / "README.md")
-    target = args.unit_dir / UNIT
-    try:
-        target.write_text(unit)
-    except PermissionError:
-        raise UserError(f"cannot write {target}: run it as root (sudo openpole edge install-service ...)") from None
-    except FileNotFoundError:
-        raise UserError(f"{args.unit_dir} does not exist: is this a systemd machine? (or pass --unit-dir)") from None
-    print(f"wrote {target}")
-    if args.no_start:
-        return 0
-    if os.geteuid() != 0:
-        raise UserError("systemctl needs root: sudo openpole edge install-service ...")
-    for cmd in (["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", UNIT]):
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode:
-            raise UserError(f"{' '.join(cmd)} failed: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
-    print(f"{UNIT} enabled and started: journalctl -u {UNIT} -f shows its log, openpole edge status its state")
+    for line in service.install(args.config, args.user, args.unit_dir, start=not args.no_start):
+        print(line)
     return 0

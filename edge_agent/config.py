@@ -26,6 +26,7 @@ class AgentConfig:
     nats_creds: str | None = None
     nats_tls_ca: str | None = None
     node_keys: dict = field(default_factory=dict, repr=False)  # node id -> key bytes
+    node_keys_file: Path | None = None  # nodes.keys_file, resolved: the service user must own it
     require_mac: bool = False
     group_commit_ms: int = 50  # a node message waits at most this long for its PUBACK
     group_commit_idle_ms: float = 5.0  # ... or sooner, once nothing has arrived for this long
@@ -99,7 +100,7 @@ def load(path=None, **overrides):
         cfg.sources = data.get("sources", [])
         keys_file = data.get("nodes", {}).get("keys_file")
         if keys_file:  # `openpole pole init` keeps the keys apart, readable by the agent alone
-            keys_path = Path(path).parent / keys_file
+            keys_path = cfg.node_keys_file = (Path(path).parent / keys_file).resolve()
             try:
                 _read_keys(cfg, tomllib.loads(keys_path.read_text()), keys_path)
             except OSError as e:

@@ -158,12 +158,12 @@ def test_the_receiver_keeps_each_message_once_across_batches(tmp_path):
 
 def test_install_service_writes_a_unit(tmp_path):
     cfg = tmp_path / "agent.toml"
-    cfg.write_text("[pole]\nid = \"p7\"\n")
+    cfg.write_text(f"[pole]\nid = \"p7\"\n[state]\ndir = \"{tmp_path / 'state'}\"\n")
     r = subprocess.run([sys.executable, "-m", "openpole", "edge", "install-service", "--config", str(cfg), "--unit-dir",
-                        str(tmp_path), "--no-start", "--user", "pi"], capture_output=True, text=True)
+                        str(tmp_path), "--no-start", "--user", "daemon"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     unit = (tmp_path / "openpole-edge.service").read_text()
-    assert f"edge run --config {cfg}" in unit and "User=pi" in unit and "Restart=always" in unit
+    assert f"edge run --config {cfg}" in unit and "User=daemon" in unit and "Restart=always" in unit
     r = subprocess.run([sys.executable, "-m", "openpole", "edge", "install-service", "--config", str(tmp_path / "none.toml"),
                         "--unit-dir", str(tmp_path), "--no-start"], capture_output=True, text=True)
     assert r.returncode == 2 and "no such config" in r.stderr

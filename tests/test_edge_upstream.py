@@ -248,9 +248,10 @@ def test_the_service_says_ready_and_feeds_the_watchdog_only_while_its_workers_lo
 
 
 def test_the_unit_is_hardened_and_watched():
-    from openpole.edge_agent import cli
+    from openpole.edge_agent import service
+    from openpole.edge_agent.config import AgentConfig
 
-    unit = (cli.Path(cli.__file__).with_name(cli.UNIT)).read_text()
+    unit = service.unit_text(AgentConfig(), "/etc/openpole/agent.toml", "/usr/bin/openpole", "openpole")
     for line in ("Type=notify", "WatchdogSec=90", "NoNewPrivileges=true", "ProtectSystem=strict",
                  "ReadWritePaths=/var/lib/openpole", "PrivateTmp=true", "MemoryMax=256M"):
         assert f"\n{line}" in unit

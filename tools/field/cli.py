@@ -241,20 +241,21 @@ def run_deploy(args):
 
 
 def _after_restart(port):
-    from .. import diagnosis as report
+    from .. import diagnosis
     from .console import wait_for_diag
 
     try:
         d = wait_for_diag(port, timeout=30)
     except UserError as e:
         return f"the app did not come back: {e}", False
-    return f"node {d.get('node')} {report.verdict(d)}", True
+    return f"node {d.get('node')} {diagnosis.verdict(d)}", True
 
 
 def run_diag(args):
     from rich.console import Console
 
-    from . import multi, report
+    from . import multi
+    from .. import diagnosis
     from .console import NodeConsole
 
     port_list = _ports(args)
@@ -267,10 +268,10 @@ def run_diag(args):
         got[port] = d
         if len(port_list) == 1:
             if args.json:  # the exit status still says healthy (0) or not (1), for scripts
-                return not report.problems(d), json.dumps(d, indent=1)
-            report.render(d, console)
-            return not report.problems(d), ""
-        return not report.problems(d), f"node {d.get('node')}: {report.verdict(d)}"
+                return not diagnosis.problems(d), json.dumps(d, indent=1)
+            diagnosis.render(d, console)
+            return not diagnosis.problems(d), ""
+        return not diagnosis.problems(d), f"node {d.get('node')}: {diagnosis.verdict(d)}"
 
     if args.json and len(port_list) > 1:
         status = multi.run(job, port_list, "diag", console=Console(stderr=True))
@@ -282,7 +283,7 @@ def run_diag(args):
 def run_monitor(args):
     from rich.console import Console
 
-    from .. import diagnosis as report
+    from .. import diagnosis
     from .console import NodeConsole
 
     port_list = _ports(args)
@@ -296,7 +297,7 @@ def run_monitor(args):
             with NodeConsole(port) as c:
                 c.attach()
                 for name, values in c.monitor(duration=args.duration, count=args.count, stop=stop):
-                    console.print(f"{prefix}{time.strftime('%H:%M:%S')} [bold]{name}[/] {report.values_text(values)}",
+                    console.print(f"{prefix}{time.strftime('%H:%M:%S')} [bold]{name}[/] {diagnosis.values_text(values)}",
                                   highlight=False)
         except UserError as e:
             errors.append(str(e))
@@ -362,7 +363,7 @@ def run_pole_init(args):
         print(f"  {path}")
     print(f"the pole's page (page.listen in agent.toml turns it on): its password is page_password in "
           f"{site.agent_secrets_path()}")
-    print("on the Pi: run this with --out / (as root), or copy etc/ over /etc and "
+    print("on the Pi: run this with --out / (as root; it makes the agent's user), or copy etc/ over /etc and "
           "`sudo chown mosquitto: /etc/mosquitto/openpole.passwd`; then `sudo systemctl restart mosquitto` "
-          "and `openpole edge run --config /etc/openpole/agent.toml`")
+          "and `sudo openpole edge install-service --config /etc/openpole/agent.toml`")
     return 0

@@ -9,7 +9,8 @@ import threading
 from dataclasses import dataclass
 
 from ..errors import UserError
-from . import image, ports, report
+from .. import diagnosis
+from . import image, ports
 from .console import wait_for_diag
 
 
@@ -164,4 +165,4 @@ def verify_console(port, node_id, timeout=30.0):
         return f"flashed, but the node's console is not answering: {e}", False
     if d.get("node") != node_id:
         return f"flashed, but the node calls itself {d.get('node')!r}, not {node_id!r}: its config did not load", False
-    return report.verdict(d), True
+    return diagnosis.verdict(d), True

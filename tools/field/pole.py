@@ -11,6 +11,7 @@ Written under OUT as they go on the Pi (OUT=/ installs them):
 
 import base64
 import hashlib
+import os
 import secrets as rnd
 from pathlib import Path
 
@@ -90,6 +91,11 @@ def init(site, out, listen="0.0.0.0:1883", pole_id="pole", persistence_dir=None,
     if not nodes:
         raise UserError(f"{site.inventory}: no nodes in the inventory: flash a node first")
     out = Path(out)
+    if os.geteuid() == 0 and out.resolve() == Path("/"):
+        # Installing on this Pi: the agent's user first, so its keys and config are its own from the start.
+        from openpole.edge_agent.service import ensure_user
+
+        ensure_user(AGENT_USER, "/var/lib/openpole")
     etc_m, etc_o = out / "etc" / "mosquitto", out / "etc" / "openpole"
     agent = site.agent_secrets()
     users = [password_line(agent["broker_user"], agent["broker_password"])]
