@@ -27,8 +27,11 @@ $(CDDL_VENV)/.installed: tools/spec/cddl/requirements.txt
 	$(CDDL_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r tools/spec/cddl/requirements.txt
 	@touch $@
 
-test: install
+# The services first (.ci/services): a machine without them hears so at once, not after minutes of
+# pip installs.
+test:
 	@bash .ci/services
+	@$(MAKE) --no-print-directory install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: install
@@ -36,8 +39,9 @@ demo: install
 
 # The README's pictures of the pole's page, taken by its browser test (tests/test_page.py) after five
 # minutes of data.
-screenshots: install
+screenshots:
 	@bash .ci/services
+	@$(MAKE) --no-print-directory install
 	OPENPOLE_SCREENSHOTS=docs/screenshots OPENPOLE_SCREENSHOTS_AFTER_S=300 $(BIN)/python -m pytest -q tests/test_page.py -k browser
 
 specs: install

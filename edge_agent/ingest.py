@@ -45,7 +45,7 @@ class _ReadAheadClient(mqtt.Client):
     a time; the QoS 0/1 PUBLISH packets complete in that buffer are parsed here (MQTT 3.1.1 section
     3.3) and handed to on_message; every other packet, a partial one and anything v5 goes to paho
     as before, through the same buffer. paho's private _sock_recv, _in_packet and locks are the
-    seam: paho is pinned <3 in pyproject.toml."""
+    seam: paho's minor version is pinned in pyproject.toml (2.2.*, the one tested)."""
 
     READ = 65536
 

@@ -15,7 +15,7 @@ def lazy(name):
         sys.modules.pop(name, None)  # a module whose import failed half-way goes too
 
 
-WARM = ("shell", "diag", "commands", "transport_connect", "redact")
+WARM = ("shell", "diag", "commands", "ranges", "transport_connect", "redact")
 
 
 def main(wdt=None):

@@ -100,11 +100,16 @@ def wait(predicate, timeout=20):
 
 
 class AgentProcess:
-    """`openpole edge run` as a pole runs it: a process that can be killed."""
+    """`openpole edge run` as a pole runs it: a process that can be killed. Its /status is on a free
+    port of its own (`metrics_port`): agents of tests run side by side must not share 9108."""
 
     def __init__(self, broker, upstream, state, pole_id="dur", start=True):
+        from openpole.sim.broker import free_port
+
+        self.metrics_port = free_port()
         self.args = [sys.executable, "-m", "openpole", "edge", "run", "--broker", f"{broker.host}:{broker.port}",
-                     "--upstream", upstream, "--state", str(state), "--pole-id", pole_id, "--batch-interval", "0.5"]
+                     "--upstream", upstream, "--state", str(state), "--pole-id", pole_id, "--batch-interval", "0.5",
+                     "--metrics-port", str(self.metrics_port)]
         self.proc = None
         if start:
             self.start()
@@ -121,13 +126,29 @@ class AgentProcess:
             self.proc.terminate()
             self.proc.wait(timeout=20)
 
+    def wait_subscribed(self, timeout=30):
+        """Wait until the agent holds its subscription at the broker; fail the test if it does not."""
+        ok = wait(lambda: self.proc.poll() is not None or agent_subscribed(self.metrics_port), timeout)
+        if self.proc.poll() is not None:
+            raise AssertionError(f"the agent exited {self.proc.returncode}: {self.proc.stderr.read()[-2000:]}")
+        assert ok, f"the agent did not subscribe at its broker within {timeout} s"
 
-def agent_subscribed(port):
-    """Has the agent with this metrics port subscribed at its broker? (False while it is not up.)"""
+    def status(self):
+        return agent_status(self.metrics_port)
+
+
+def agent_status(port):
+    """The /status of the agent with this metrics port, or None while it does not answer."""
     import json
 
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=2) as r:
-            return json.load(r)["broker"]["subscribed"]
+            return json.load(r)
     except OSError:
-        return False
+        return None
+
+
+def agent_subscribed(port):
+    """Has the agent with this metrics port subscribed at its broker? (False while it is not up.)"""
+    st = agent_status(port)
+    return bool(st and st["broker"]["subscribed"])

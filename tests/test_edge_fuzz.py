@@ -2,10 +2,9 @@
 nothing valid lost in between."""
 
 import random
-import time
 
 import cbor2
-from helpers import publish_all
+from helpers import publish_all, wait
 
 from openpole.edge_agent.agent import Agent
 from openpole.edge_agent.config import AgentConfig
@@ -44,7 +43,7 @@ def test_fuzzed_payloads_are_rejected_counted_and_valid_ones_all_arrive(tmp_path
     agent = Agent(cfg)
     agent.start()
     try:
-        time.sleep(1)
+        assert agent.ingest.subscribed.wait(10), "the agent did not subscribe at the broker"
         items, n_valid = [], 0
         for i in range(600):
             if i % 3 == 0:
@@ -53,14 +52,15 @@ def test_fuzzed_payloads_are_rejected_counted_and_valid_ones_all_arrive(tmp_path
             else:
                 items.append(("openpole/v1/fz/data", fuzz(rng)))
         publish_all(mosquitto, items)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and receiver.store.stats()["unique"] < 2 * n_valid:
-            time.sleep(0.1)
-        counters = agent.store.counters()
-        rejected = sum(v for k, v in counters.items() if k.startswith("rejected_"))
-        accepted = counters.get("messages_accepted", 0) + counters.get("messages_duplicate", 0)
-        assert accepted + rejected == 600  # every payload accounted for
-        assert receiver.store.stats()["unique"] >= 2 * n_valid  # every valid one stored
+
+        def accounted():
+            counters = agent.store.counters()
+            rejected = sum(v for k, v in counters.items() if k.startswith("rejected_"))
+            return counters.get("messages_accepted", 0) + counters.get("messages_duplicate", 0), rejected
+
+        assert wait(lambda: sum(accounted()) == 600, timeout=30), accounted()  # every payload accounted for
+        assert wait(lambda: receiver.store.stats()["unique"] >= 2 * n_valid, timeout=30), receiver.store.stats()
+        rejected = accounted()[1]
         assert all(t.is_alive() for t in agent._threads)
         quarantined = agent.store.db.execute("SELECT count(*) FROM quarantine").fetchone()[0]
         assert quarantined == rejected

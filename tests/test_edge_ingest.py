@@ -57,8 +57,7 @@ def sink(mosquitto):
     s.ingest = MqttIngest(cfg, s)
     s.ingest.start()
     try:
-        assert wait_for(lambda: s.ingest.connected, 10)
-        time.sleep(0.3)  # subscribed
+        assert s.ingest.subscribed.wait(10), "the ingest did not subscribe at the broker"
         yield s
     finally:
         s.ingest.stop()
@@ -71,10 +70,10 @@ def test_a_burst_is_delivered_whole_and_a_reconnect_starts_clean(sink, mosquitto
     assert wait_for(lambda: sink.count() >= 2000, 5), sink.count()
     assert sorted(sink.got) == sorted(b"%08d" % i + b"x" * 90 for i in range(2000))
 
+    ingest.subscribed.clear()  # set again by the SUBACK on the new connection
     ingest.client.socket().shutdown(socket.SHUT_RDWR)  # the connection drops; paho reconnects
     assert wait_for(lambda: not ingest.connected, 10)
-    assert wait_for(lambda: ingest.connected, 15)
-    time.sleep(0.3)
+    assert ingest.subscribed.wait(15), "the ingest did not subscribe again after the reconnect"
     publish_burst(mosquitto, 500, start=2000)
     assert wait_for(lambda: sink.count() >= 2500, 5), sink.count()
     assert len(set(sink.got)) == 2500

@@ -9,7 +9,7 @@ import urllib.request
 
 import cbor2
 
-from helpers import publish_all
+from helpers import agent_subscribed, publish_all, wait
 from openpole.wire import node_message
 from openpole.edge_agent.aggregate import Minutes
 from openpole.receiver.server import Receiver
@@ -55,15 +55,14 @@ def test_status_metrics_and_aggregates_from_a_running_agent(tmp_path, mosquitto)
                               "--batch-interval", "0.3", "--metrics-port", str(port)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        time.sleep(1.5)
+        assert wait(lambda: agent_subscribed(port) or agent.poll() is not None, timeout=30), "the agent did not subscribe"
+        assert agent.poll() is None, f"the agent exited {agent.returncode}"
         old = time.time_ns() // 1_000_000 - 300_000  # readings from five minutes ago: their minute is closed
         items = [(f"openpole/v1/n{k}/data", cbor2.dumps({0: 1, 1: f"n{k}", 2: 1, 3: s, 4: [[300_000, {1: 20.0 + s}]], 5: {},
                                                          6: old})) for k in range(2) for s in (0, 1, 3)]
         items.append(("openpole/v1/n0/data", b"\x00junk"))
         publish_all(mosquitto, items)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and receiver.store.stats()["unique"] < 6:
-            time.sleep(0.1)
+        assert wait(lambda: receiver.store.stats()["unique"] >= 6), receiver.store.stats()
         st = json.loads(subprocess.run([sys.executable, "-m", "openpole", "edge", "status", "--json", "--port", str(port)],
                                        capture_output=True, text=True, check=True).stdout)
         assert st["pole"] == "obs" and st["broker"]["connected"] and st["upstream"]["ok"]
@@ -84,12 +83,11 @@ def test_status_metrics_and_aggregates_from_a_running_agent(tmp_path, mosquitto)
         types = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
         assert len(types) == len([line for line in text.splitlines() if line.startswith("# TYPE")])  # each once
         # The closed minute went upstream with a batch.
-        deadline = time.monotonic() + 10
-        rows = []
-        while time.monotonic() < deadline and not rows:
-            rows = receiver.store.db.execute("SELECT node, quantity, count, mean, min, max FROM minutes ORDER BY node").fetchall()
-            time.sleep(0.2)
-        assert ("n0", "temperature", 3, 21.333333, 20.0, 23.0) in [(r[0], r[1], r[2], round(r[3], 6), r[4], r[5]) for r in rows]
+        def minutes():
+            rows = receiver.store.db.execute("SELECT node, quantity, count, mean, min, max FROM minutes ORDER BY node")
+            return [(r[0], r[1], r[2], round(r[3], 6), r[4], r[5]) for r in rows.fetchall()]
+
+        assert wait(lambda: ("n0", "temperature", 3, 21.333333, 20.0, 23.0) in minutes(), timeout=10), minutes()
     finally:
         agent.terminate()
         agent.wait(timeout=20)

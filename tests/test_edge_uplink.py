@@ -29,10 +29,9 @@ def run_agent(mosquitto, tmp_path, upstream, **kw):
                       state_dir=tmp_path / "edge", batch_interval_s=0.2, metrics_port=0, **kw)
     agent = Agent(cfg)
     agent.start()
-    deadline = time.monotonic() + 10
-    while not agent.ingest.connected and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.2)
+    if not agent.ingest.subscribed.wait(10):
+        agent.stop()
+        raise AssertionError("the agent did not subscribe at the broker")
     return agent
 
 

@@ -6,7 +6,7 @@ import signal
 import subprocess
 import time
 
-from helpers import Collector
+from helpers import Collector, wait
 
 from openpole.wire import node_message
 from openpole.sim import node as simnode
@@ -48,9 +48,10 @@ def test_broker_down_for_minutes_then_every_reading_arrives_in_order(app, tmp_pa
     simnode.write_config(state, config("out-1", broker.host, broker.port, world, cycles=cycles, sensors=("bme280", "noise")))
     node = simnode.start(state, app, heap="128k", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        time.sleep(5)
+        # The node is up and delivering before the outage (5 s of the run are meant for it).
+        assert len(sub.wait_for(lambda m: len(m) >= 10, timeout=30)) >= 10, "the node delivered no 10 messages before the outage"
         broker.stop()  # the pole's broker goes away while the node keeps sampling
-        time.sleep(OUTAGE_S)
+        time.sleep(OUTAGE_S)  # on purpose: the outage itself
         spilled = spilled_records(state)
         broker.start()
         out, _ = node.communicate(timeout=120)
@@ -77,9 +78,8 @@ def test_node_reset_during_an_outage_keeps_what_was_spilled(app, tmp_path, world
     state = tmp_path / "node"
     simnode.write_config(state, config("out-2", "127.0.0.1", port, world, sensors=("bme280",)))
     node = simnode.start(state, app, heap="128k", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and (not (state / "spill").exists() or spilled_records(state) < 60):
-        time.sleep(0.5)
+    assert wait(lambda: (state / "spill").exists() and spilled_records(state) >= 60, timeout=60), \
+        "the node did not spill 60 records to flash in 60 s with no broker"
     node.send_signal(signal.SIGKILL)  # power cut, broker still down
     node.wait()
     spilled = spilled_records(state)

@@ -48,6 +48,24 @@ def test_the_mounted_layer_loses_what_a_process_never_synced(powercut_fs):
     assert (powercut_fs.path / "synced").read_bytes() == b"kept"
 
 
+def test_a_sites_secrets_and_inventory_survive_a_power_cut(powercut_fs):
+    """The site's secrets are the only copy of its nodes' keys: once written, a power cut keeps them."""
+    from openpole.field.site import Site
+
+    site = Site(powercut_fs.path / "site")
+    first = {n: site.node_secrets(n) for n in ("n1", "n2")}
+    renewed = site.node_secrets("n1", renew=True)  # a file replaced, not only made
+    agent = site.agent_secrets()
+    for n, mac in (("n1", "24:0a:c4:00:00:01"), ("n2", "24:0a:c4:00:00:02")):
+        site.record(node_id=n, mac=mac, board="esp32-devkitc", how="flash")
+    cuts, lost = powercut_fs.cut()
+    site = Site(powercut_fs.path / "site")
+    assert site.node_secrets("n1") == renewed != first["n1"] and site.node_secrets("n2") == first["n2"]
+    assert site.agent_secrets() == agent
+    assert {n: r["mac"] for n, r in site.nodes().items()} == {"n1": "24:0a:c4:00:00:01", "n2": "24:0a:c4:00:00:02"}
+    assert (cuts, lost) == (1, 0), "the site left writes unsynced"
+
+
 def test_pole_power_cuts_lose_no_reading_and_store_none_twice(app, tmp_path, world):
     r = soak(app, world, tmp_path, nodes=len(NODES), cycles=CYCLES, cuts=CUTS)
     assert r["cuts"] == CUTS

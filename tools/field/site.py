@@ -19,15 +19,29 @@ from pathlib import Path
 
 from ..errors import UserError
 
+def _sync_dir(path):
+    """fsync a directory: the names made or replaced in it are on the disk, not only in its cache."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_file(path, text, private=False, owner=None):
-    """Write a file whole or not at all (temporary name, then rename); a private one is 0600 from
-    its creation, and handed to `owner` (a user name) when we are root and that user exists."""
+    """Write a file whole or not at all (temporary name, then rename), on the disk when this returns:
+    a site's secrets are the only copy of its nodes' keys. A private one is 0600 from its creation,
+    and handed to `owner` (a user name) when we are root and that user exists."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
     with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
         f.write(text)
+        f.flush()
+        # The data before the name: renamed unsynced, a power cut can leave the new name on an
+        # empty file, and the old file is gone.
+        os.fsync(f.fileno())
     if owner and os.geteuid() == 0:
         try:
             pw = pwd.getpwnam(owner)
@@ -36,6 +50,7 @@ def write_file(path, text, private=False, owner=None):
         if pw:
             os.chown(tmp, pw.pw_uid, pw.pw_gid)
     os.replace(tmp, path)
+    _sync_dir(path.parent)
 
 
 FIELDS = ("date", "node_id", "mac", "board", "chip", "firmware", "app", "secrets", "how")
@@ -49,8 +64,11 @@ class Site:
         self._lock = threading.RLock()  # several ports flash at once
 
     def _private_dir(self):
+        made = not self.secrets_dir.is_dir()
         self.secrets_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.secrets_dir, 0o700)
+        if made:
+            _sync_dir(self.secrets_dir.parent)  # its name in the site, as write_file does for files
 
     def _write_private(self, path, data):
         self._private_dir()
@@ -130,6 +148,10 @@ class Site:
             if new:
                 w.writeheader()
             w.writerow({k: row.get(k, "") for k in FIELDS})
+            f.flush()
+            os.fsync(f.fileno())  # a node flashed is a node recorded, power cut or not
+        if new:
+            _sync_dir(self.root)
 
     def nodes(self):
         """{node id: its latest inventory row}."""

@@ -31,6 +31,19 @@ def registry_module(specs):
     return _module("Quantity keys and their resolution for the node.", body)
 
 
+def ranges_module(specs):
+    """Each quantity's registry range, for the node's self-test (firmware/commands.py), which loads
+    it for the test alone."""
+    by_key = {q["key"]: q for q in specs.quantities}
+    body = ["# key -> min and max of the quantity (sensor_specs/quantities.toml), at 2 * key and 2 * key + 1:",
+            "# one flat tuple of constants, not an object per quantity on the node's heap.", "RANGES = ("]
+    for key in range(max(by_key) + 1):
+        q = by_key.get(key)
+        body.append(f"    {q['min']!r}, {q['max']!r},  # {q['name']}" if q else "    0, 0,  # no quantity")
+    body.append(")")
+    return _module("Quantity ranges for the node's self-test, loaded for the test alone.", body)
+
+
 def sensor_facts_module(specs):
     """Sensor facts (bus, address, driver settings): read at a sensor's start only."""
     body = ["SENSORS = {"]
@@ -217,6 +230,7 @@ def outputs(specs):
     """Every generated file, as {path relative to the repository root: text}."""
     out = {
         "firmware/lib/registry.py": registry_module(specs),
+        "firmware/lib/ranges.py": ranges_module(specs),
         "firmware/lib/sensor_facts.py": sensor_facts_module(specs),
         "firmware/lib/boards.py": boards_module(specs),
         "firmware/lib/mics.py": mics_module(specs),
