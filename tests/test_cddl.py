@@ -138,6 +138,10 @@ def test_what_breaks_the_upstream_batch_spec_is_refused():
         "a record without its quantity name": lambda b: b[4][1].pop(0),
         "a record value that is text": lambda b: b[4][1].update({2: "7"}),
         "a minute without its max": lambda b: b.update({5: [["n", "laeq", 0, 1, 50.0, 40.0]]}),
+        "a seq past 64 signed bits": lambda b: b[4][0].update({"seq": 2**63}),
+        "a receive time past 64 signed bits": lambda b: b[4][0].update({"rt": 2**63}),
+        "a time quality of 4": lambda b: b[4][0].update({"tq": 4}),
+        "flags past 32 signed bits": lambda b: b[4][1].update({"fl": 2**31}),
     }
     items = []
     for change in changes.values():
