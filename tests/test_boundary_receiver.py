@@ -353,3 +353,34 @@ def test_signed_batches_a_receiver_kept_whole_are_still_exported(tmp_path):
     store.add_batch(batch_id, pole, sign.sign(body, "p1", KEY), messages, minutes)
     store.close()
     assert export(tmp_path, tmp_path / "out") == 6
+
+
+BAD_KEYS = {  # the line, and what of it must never be shown
+    "empty": ('p1 = ""', KEY.hex()),
+    "not hex": ('p1 = "00112233445566778899aabbccddeezz"', "00112233445566778899aabbccddeezz"),
+    "short": ('p1 = "0011223344556677"', "0011223344556677"),
+    "a number": ("p1 = 7", KEY.hex()),
+}
+
+
+@pytest.mark.parametrize("name", BAD_KEYS)
+@pytest.mark.parametrize("command", [["receiver", "--listen", "127.0.0.1:0", "--data", "{data}"],
+                                     ["city", "load", "--nats", "nats://127.0.0.1:1", "--db", "postgresql://127.0.0.1:1/x"]],
+                         ids=["receiver", "city load"])
+def test_a_pole_key_that_is_empty_short_or_not_hex_is_refused_in_one_line(tmp_path, name, command):
+    keys = tmp_path / "poles.toml"
+    line, secret = BAD_KEYS[name]
+    keys.write_text(f'good = "{KEY.hex()}"\n{line}\n')
+    r = openpole(*[c.format(data=tmp_path / "d") for c in command], "--keys", keys, timeout=60)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(keys) in lines[0] and "pole 'p1'" in lines[0], lines
+    assert secret not in r.stderr and KEY.hex() not in r.stderr  # a key is never shown
+
+
+def test_a_keys_file_without_a_pole_is_refused_not_taken_for_no_signatures(tmp_path):
+    keys = tmp_path / "poles.toml"
+    keys.write_text("# the poles come here\n")
+    r = openpole("receiver", "--listen", "127.0.0.1:0", "--data", tmp_path / "d", "--keys", keys, timeout=60)
+    assert r.returncode == 2 and r.stderr.strip() == f"openpole: {keys}: no pole keys in it; expected lines like  " \
+                                                    'pole-7 = "00112233..."  (the key in hex)'
