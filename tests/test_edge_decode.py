@@ -70,7 +70,13 @@ BAD = {
     "a flag v1 has not": cbor2.dumps(good({7: 2})),
     "version true": cbor2.dumps(good({0: True})),
     "version 1.0": cbor2.dumps(good({0: 1.0})),
-    "a key that is a float": cbor2.dumps({**good(), 7.0: 1}),  # Python takes 7.0 for the flags' key 7
+    "a key that is a float": cbor2.dumps({**good(), 7.0: 1}),
+    # Reasons name what was wrong in a few characters: str() refuses an int past 4300 digits
+    "version a bignum of 20000 bits": cbor2.dumps(good({0: 2**20000})),
+    "a quantity key of 20000 bits": cbor2.dumps(good({4: [[0, {2**20000: 1.0}]]})),
+    "a field key of 20000 bits": cbor2.dumps({**good(), 2**20000: 1}),
+    "a sensor state of 20000 bits": cbor2.dumps(good({5: {"bme280": [2**20000, 0]}})),
+    "version a long text": cbor2.dumps(good({0: "v" * 10000})),  # Python takes 7.0 for the flags' key 7
     # The status map as the CDDL has it: state 0..3, a name of 1..16 bytes, counts that fit 64 bits
     "sensor state 4": cbor2.dumps(good({5: {"bme280": [4, 0]}})),
     "sensor state -1": cbor2.dumps(good({5: {"bme280": [-1, 0]}})),
@@ -83,7 +89,8 @@ BAD = {
 REASONS = {"oversized": "oversized", "wrong version": "version", "unknown quantity": "unknown_quantity",
            "NaN": "not_finite", "infinity": "not_finite", "malformed": "malformed", "random bytes": "malformed",
            "deep nesting": "malformed", "duplicate map keys": "malformed", "trailing bytes": "malformed",
-           "version true": "version", "version 1.0": "version"}
+           "version true": "version", "version 1.0": "version", "version a bignum of 20000 bits": "version",
+           "version a long text": "version", "a quantity key of 20000 bits": "unknown_quantity"}
 
 
 @pytest.mark.parametrize("name", BAD)

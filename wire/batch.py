@@ -132,7 +132,7 @@ def _kind(v):
     if type(v) is int:
         return f"an integer of {v.bit_length()} bits" if v >= 0 else "a negative integer"
     if type(v) is float:
-        return f"{v:.4g}"
+        return f"the float {v!r}"
     return "missing" if v is None else type(v).__name__
 
 
@@ -169,7 +169,8 @@ def decode_messages(data, max_size=8 * 1024 * 1024):
         if b is not None:  # a message's first record: the message's fields are here
             parts = b.split(":") if type(b) is str else ()
             if len(parts) != 5 or parts[0] != "urn" or parts[1] != "openpole" or parts[4]:
-                raise ValueError(f"base name {str(b)[:80]!r} is not urn:openpole:<pole>:<node>:")
+                shown = repr(b[:80]) if type(b) is str else _kind(b)
+                raise ValueError(f"base name {shown} is not urn:openpole:<pole>:<node>:")
             if parts[2] != pole:  # a pole's signature covers its own data only
                 raise ValueError(f"base name of pole {parts[2][:64]!r} in a batch of pole {pole!r}")
             if not node_message.NODE_ID_RE.match(parts[3]):
@@ -192,8 +193,8 @@ def decode_messages(data, max_size=8 * 1024 * 1024):
         if type(name) is not str or type(unit) is not str or type(value) not in (int, float) or type(t) not in (int, float):
             raise ValueError("a SenML record needs a name, a unit, a numeric value and a numeric time")
         _number(value, f"the value of {name[:40]!r}")
-        cur.append((name, unit, value, _time(bt + _number(t, "t"), "a record's time"), _unsigned(rec.get("fl", 0), "fl", FLAGS_MAX),
-                    tq, rt))
+        at = _time(bt + _number(t, "t"), "a record's time")
+        cur.append((name, unit, value, at, _unsigned(rec.get("fl", 0), "fl", FLAGS_MAX), tq, rt))
     minutes = env.get(5, [])
     if not isinstance(minutes, (list, tuple)) or not all(isinstance(m, (list, tuple)) and len(m) == 7 for m in minutes):
         raise ValueError("aggregates must be [node, quantity, minute, count, mean, min, max] rows")

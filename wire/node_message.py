@@ -95,6 +95,17 @@ def _loads(payload):
 MAX_INT = 2**53  # the integers a SenML reader's double holds exactly
 
 
+def _shown(v):
+    """A value as a reason shows it, in a few characters: it may be a 16 KB string, or a bignum
+    that str() refuses (past 4300 digits)."""
+    if type(v) is int and v.bit_length() > 64:
+        return f"an integer of {v.bit_length()} bits"
+    if v is None or type(v) in (bool, int, float, str, bytes):
+        r = repr(v)
+        return r if len(r) <= 40 else r[:36] + "..."
+    return type(v).__name__
+
+
 def _uint(value, what, top=COUNTER_MAX, span="a signed 64-bit integer"):
     if type(value) is not int or not 0 <= value <= top:
         raise Rejected("schema", f"{what} must be an unsigned integer that fits {span}")
@@ -135,7 +146,7 @@ def decode(payload, keys=None, require_mac=False):
     if not isinstance(obj, dict):
         raise Rejected("schema", "node message must be a map")
     if type(obj.get(0)) is not int or obj[0] != 1:  # not true, not 1.0: CBOR's 1 only
-        raise Rejected("version", f"unsupported message version {obj.get(0)!r}")
+        raise Rejected("version", f"unsupported message version {_shown(obj.get(0))}")
     node = obj.get(1)
     if not isinstance(node, str) or not NODE_ID_RE.match(node):
         raise Rejected("schema", "node id must match [a-z0-9][a-z0-9_-]{0,31}")
@@ -145,7 +156,7 @@ def decode(payload, keys=None, require_mac=False):
         raise Rejected("unsigned", f"node {node!r} has a key but sent no MAC")
     unknown = [k for k in obj if type(k) is not int or k not in _FIELDS]
     if unknown:
-        raise Rejected("schema", f"unknown field(s) {sorted(unknown, key=repr)}"[:120])
+        raise Rejected("schema", f"unknown field(s) {', '.join(_shown(k) for k in unknown[:4])}"[:120])
     boot = _uint(obj.get(2), "boot")
     seq = _uint(obj.get(3), "seq")
     samples = obj.get(4)
@@ -159,7 +170,7 @@ def decode(payload, keys=None, require_mac=False):
         for key, value in sample[1].items():
             q = _BY_KEY.get(key) if type(key) is int else None
             if q is None:
-                raise Rejected("unknown_quantity", f"key {key!r} is not in the registry")
+                raise Rejected("unknown_quantity", f"key {_shown(key)} is not in the registry")
             kind = type(value)
             if kind is float:
                 if not math.isfinite(value):
@@ -181,7 +192,7 @@ def decode(payload, keys=None, require_mac=False):
         if type(v) is not list or len(v) not in (2, 3) or any(type(x) is not int for x in v):
             raise Rejected("schema", "status must map sensor name -> [state, errors] or [state, errors, lost]")
         if v[0] not in SENSOR_STATES:
-            raise Rejected("schema", f"sensor {k!r}: state {v[0]} is not 0..3 (ok, warming, degraded, failed)"[:120])
+            raise Rejected("schema", f"sensor {k!r}: state {_shown(v[0])} is not 0..3 (ok, warming, degraded, failed)")
         for x in v[1:]:
             _uint(x, f"sensor {k!r}: a count")
     clock = obj.get(6)
