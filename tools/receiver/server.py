@@ -77,8 +77,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _failed(self, e):
         """500 with the reason: the pole sends the batch again. Counted in memory (the database may
-        be what fails) and logged with its traceback the first time each kind of fault is met, not
-        at every retry."""
+        be what fails) and logged in one line the first time each kind of fault is met, not at every
+        retry (the traceback at debug level)."""
         kind = f"{type(e).__name__}: {e}"[:300]
         srv = self.server
         with srv.faults_lock:
@@ -87,7 +87,8 @@ class _Handler(BaseHTTPRequestHandler):
             if first:
                 srv.faults.add(kind)
         if first:
-            log.error("could not take a batch (%s); answering 500, the pole will send it again", kind, exc_info=e)
+            log.error("could not take a batch (%s); answering 500, the pole will send it again", kind)
+            log.debug("where the receiver failed", exc_info=e)
         return self._reply(500, {"error": f"the receiver could not store the batch ({kind}); send it again later"})
 
     def do_GET(self):
