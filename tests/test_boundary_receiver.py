@@ -73,7 +73,7 @@ BAD_BATCHES = {
     "node clock text": (lambda b: first(b).update({"nc": "now"}), "nc must be"),
     "boot 2^63": (lambda b: first(b).update({"boot": 2**63}), "boot must be"),
     "seq negative": (lambda b: first(b).update({"seq": -1}), "seq must be"),
-    "seq true": (lambda b: first(b).update({"seq": True}), "boot and seq"),
+    "seq true": (lambda b: first(b).update({"seq": True}), "seq must be"),
     "a node id with capitals": (lambda b: first(b).update({-2: "urn:openpole:p1:Node 1!:"}), "node id"),
     "a node id of 33": (lambda b: first(b).update({-2: "urn:openpole:p1:" + "n" * 33 + ":"}), "node id"),
     "an empty node id": (lambda b: first(b).update({-2: "urn:openpole:p1::"}), "node id"),

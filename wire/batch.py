@@ -107,7 +107,7 @@ POLE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # it names files and U
 # years 1 to 9999 only.
 INT64_MAX = 2**63 - 1
 FLAGS_MAX = 2**31 - 1
-MAX_INT = 2**53  # the integers a SenML reader's double holds exactly
+MAX_INT = node_message.MAX_INT  # the integers a SenML reader's double holds exactly
 TIME_QUALITIES = range(4)  # synchronised, unsynchronised, implausible, sampled before a node reset
 TIME_MIN_S, TIME_MAX_S = -62_135_596_800.0, 253_402_300_799.0  # 0001-01-01 .. 9999-12-31 23:59:59 UTC
 
@@ -175,11 +175,7 @@ def decode_messages(data, max_size=8 * 1024 * 1024):
                 raise ValueError(f"base name of pole {parts[2][:64]!r} in a batch of pole {pole!r}")
             if not node_message.NODE_ID_RE.match(parts[3]):
                 raise ValueError(f"node id {parts[3][:40]!r} in the base name: 1-32 of a-z, 0-9, '_' and '-'")
-            boot, seq = rec.get("boot"), rec.get("seq")
-            if type(boot) is not int or type(seq) is not int:
-                raise ValueError("the first record of a message needs integer boot and seq")
-            _unsigned(boot, "boot")
-            _unsigned(seq, "seq")
+            boot, seq = _unsigned(rec.get("boot"), "boot"), _unsigned(rec.get("seq"), "seq")
             bt = _time(_number(rec.get(BT, bt), "bt"), "bt")
             nc = rec.get("nc")
             if nc is not None:
@@ -227,8 +223,8 @@ def open_signed(data, keys=None, max_size=8 * 1024 * 1024):
 
 
 def decode_signed(data, keys=None, max_size=8 * 1024 * 1024):
-    """open_signed's decoded batch: (batch_id, pole, messages, minutes). The HTTP receiver and the
-    city's loaders share it."""
+    """open_signed's decoded batch: (batch_id, pole, messages, minutes), for the city's loaders (the
+    HTTP receiver calls open_signed: it keeps the body)."""
     return open_signed(data, keys, max_size)[1]
 
 
