@@ -196,7 +196,7 @@ def decode(payload, keys=None, require_mac=False):
         for x in v[1:]:
             _uint(x, f"sensor {k!r}: a count")
     clock = obj.get(6)
-    if clock is not None:
+    if clock is not None:  # only compared with the pole's: a wrong clock is kept, to be shown as wrong
         _uint(clock, "clock")
     flags = _uint(obj.get(7, 0), "flags")
     if flags & ~FLAGS_KNOWN:
