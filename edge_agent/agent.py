@@ -32,6 +32,19 @@ EXIT_WORKER_DIED = 70  # EX_SOFTWARE
 RETRY_MAX_S = 30.0  # the longest wait between two tries of the same batch
 DISK_RETRY_S = 1.0
 WORKER_STALE_S = 60.0  # a worker silent this long is hung: the watchdog is not fed (WatchdogSec=90)
+SQLITE_BUSY, SQLITE_LOCKED = 5, 6
+
+
+def _one_message_fault(e):
+    """True for a queue write error one message can cause (a value SQLite cannot hold, a constraint
+    refused): not a full disk (waited out instead), nor a database another process holds locked,
+    where storing the messages one by one would only quarantine good data."""
+    if not isinstance(e, (OverflowError, ValueError, TypeError, sqlite3.Error)):
+        return False
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in (SQLITE_BUSY, SQLITE_LOCKED):
+        return False
+    return not (isinstance(e, sqlite3.OperationalError) and store_mod.disk_full(e))
 
 
 def node_acks(accepted):
@@ -171,10 +184,11 @@ class Agent:
 
     def process(self, items):
         """Decode a group of (receive_ns, topic, payload, mid, qos), commit it, then ack it."""
-        accepted, rejected = [], []
+        decoded, rejected = [], []  # decoded: (queue row, message, item)
         pole = self.cfg.pole_id
         synced = self.clock_synced() if self.clock_synced is not None else None
-        for receive_ns, topic, payload, mid, qos in items:
+        for item in items:
+            receive_ns, topic, payload, mid, qos = item
             try:
                 msg = node_message.decode(payload, self.cfg.node_keys, self.cfg.require_mac)
                 parts = topic.split("/")
@@ -184,21 +198,55 @@ class Agent:
                 if msg.age_lower_bound and tq == TQ_OK:
                     tq = TQ_NODE_RESET  # sampled before a node reset: the true time is earlier
                 count, senml = batch.senml_records(pole, msg, receive_ns, tq)
-                accepted.append((msg.node, msg.boot, msg.seq, receive_ns, count, senml, tq in (TQ_OK, TQ_NODE_RESET)))
-                if self._track(msg, receive_ns):
-                    with self.minutes_lock:
-                        self.minutes.add(msg.node, msg.readings, receive_ns)
+                decoded.append(((msg.node, msg.boot, msg.seq, receive_ns, count, senml, tq in (TQ_OK, TQ_NODE_RESET)),
+                                msg, item))
             except node_message.Rejected as e:
                 rejected.append((receive_ns, topic, e.reason, str(e), bytes(payload)))
             except Exception as e:  # a message this code could not handle: kept and counted, never fatal
                 log.exception("message on %s could not be processed; quarantined", topic)
                 rejected.append((receive_ns, topic, "internal_error", f"{type(e).__name__}: {e}", bytes(payload)))
-        self._when_room(self.store.append, accepted, rejected)
+        stored = self._commit(decoded, rejected)
+        # Tracked once stored: a message that never reached the disk must not count as the node's
+        # newest, or the node's next ones would be taken for replays and left out of the minutes.
+        for row, msg, _ in stored:
+            if self._track(msg, row[3]):
+                with self.minutes_lock:
+                    self.minutes.add(msg.node, msg.readings, row[3])
+        accepted = [row for row, _, _ in stored]
         self.committed_records += sum(a[4] for a in accepted)
         self.ingest.ack_group([(mid, qos) for _, _, _, mid, qos in items], node_acks(accepted))
         acked_at = self.clock()
         for item in items:
             self.ack_latency.observe((acked_at - item[0]) / 1e9)
+
+    def _commit(self, decoded, rejected):
+        """Store a group in one transaction and return what was stored. When one message breaks the
+        transaction, the group is stored a message at a time: that one goes to the quarantine
+        (internal_error) and the others are stored and acknowledged, so it cannot stop the writer
+        and come back from the broker after every restart."""
+        try:
+            self._when_room(self.store.append, [d[0] for d in decoded], rejected)
+            return decoded
+        except Exception as e:
+            if not _one_message_fault(e):
+                raise
+            log.warning("a group of %d messages could not be stored at once (%s: %s); storing them one by one",
+                        len(decoded), type(e).__name__, e)
+        stored = []
+        for d in decoded:
+            receive_ns, topic, payload = d[2][:3]
+            try:
+                self._when_room(self.store.append, [d[0]], [])
+                stored.append(d)
+            except Exception as e:
+                if not _one_message_fault(e):
+                    raise
+                log.error("message on %s could not be stored (%s: %s); quarantined", topic, type(e).__name__, e)
+                bad = (receive_ns, topic, "internal_error", f"{type(e).__name__}: {e}"[:200], bytes(payload))
+                self._when_room(self.store.append, [], [bad])
+        if rejected:
+            self._when_room(self.store.append, [], rejected)
+        return stored
 
     # --- the nodes' diag reports and status (paho's thread): for the page and /status ---
     SIDE_MAX_BYTES = 16384

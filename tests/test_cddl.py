@@ -68,6 +68,46 @@ def test_what_breaks_the_node_message_spec_is_refused():
     assert [n for n, why in zip(names, got) if why is None] == []
 
 
+AT_THE_EDGES = {  # each range's last value in, and the first out
+    "seq 2^63 - 1": lambda m: m.update({3: 2**63 - 1}),
+    "seq 2^63": lambda m: m.update({3: 2**63}),
+    "boot 2^63 - 1": lambda m: m.update({2: 2**63 - 1}),
+    "boot 2^64 - 1": lambda m: m.update({2: 2**64 - 1}),
+    "age 2^32 - 1 ms": lambda m: m[4][0].__setitem__(0, 2**32 - 1),
+    "age 2^32 ms": lambda m: m[4][0].__setitem__(0, 2**32),
+    "clock 2^63 - 1": lambda m: m.update({6: 2**63 - 1}),
+    "clock 2^63": lambda m: m.update({6: 2**63}),
+    "flags 1": lambda m: m.update({7: 1}),
+    "flags 2": lambda m: m.update({7: 2}),
+    "state 3": lambda m: m.update({5: {"bme280": [3, 0]}}),
+    "state 4": lambda m: m.update({5: {"bme280": [4, 0]}}),
+    # ASCII: zcbor 0.9.1 sizes a tstr in characters, RFC 8610 (3.8.1) and openpole's decoder in bytes
+    "a sensor name of 16 bytes": lambda m: m.update({5: {"b" * 16: [0, 0]}}),
+    "a sensor name of 17 bytes": lambda m: m.update({5: {"b" * 17: [0, 0]}}),
+    "errors 2^63 - 1": lambda m: m.update({5: {"noise": [0, 2**63 - 1, 2**63 - 1]}}),
+    "errors 2^63": lambda m: m.update({5: {"noise": [0, 2**63]}}),
+    "lost 2^64 - 1": lambda m: m.update({5: {"noise": [0, 0, 2**64 - 1]}}),
+}
+
+
+def test_the_decoder_and_the_published_cddl_agree_at_the_edge_of_every_range():
+    items = []
+    for change in AT_THE_EDGES.values():
+        m = cbor2.loads(encoded_message())
+        change(m)
+        items.append(cbor2.dumps(m))
+    by_cddl = [why is None for why in cddl.validate(NODE_CDDL, "node-payload", items)]
+    by_decoder = []
+    for item in items:
+        try:
+            node_message.decode(item)
+            by_decoder.append(True)
+        except node_message.Rejected:
+            by_decoder.append(False)
+    assert dict(zip(AT_THE_EDGES, by_decoder)) == dict(zip(AT_THE_EDGES, by_cddl))
+    assert by_cddl == [True, False] * 7 + [True, False, False], dict(zip(AT_THE_EDGES, by_cddl))
+
+
 def test_the_agents_acks_are_node_acks():
     accepted = [("n1", 7, s) for s in (0, 1, 2, 5, 6)] + [("n1", 8, 0)]
     acks = node_acks(accepted)["n1"]
@@ -98,6 +138,10 @@ def test_what_breaks_the_upstream_batch_spec_is_refused():
         "a record without its quantity name": lambda b: b[4][1].pop(0),
         "a record value that is text": lambda b: b[4][1].update({2: "7"}),
         "a minute without its max": lambda b: b.update({5: [["n", "laeq", 0, 1, 50.0, 40.0]]}),
+        "a seq past 64 signed bits": lambda b: b[4][0].update({"seq": 2**63}),
+        "a receive time past 64 signed bits": lambda b: b[4][0].update({"rt": 2**63}),
+        "a time quality of 4": lambda b: b[4][0].update({"tq": 4}),
+        "flags past 32 signed bits": lambda b: b[4][1].update({"fl": 2**31}),
     }
     items = []
     for change in changes.values():

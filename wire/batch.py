@@ -2,6 +2,7 @@
 (sensor_specs/upstream_batch.cddl). The receiver de-duplicates on the batch id and on a message's
 (pole, node, boot, seq), so a batch re-sent after a lost acknowledgement is harmless."""
 
+import math
 import os
 import re
 import struct
@@ -10,6 +11,8 @@ import time
 import cbor2
 
 from openpole.spec.registry import REGISTRY
+
+from . import node_message
 
 # SenML CBOR labels (RFC 8428 table 4) and openpole's extension labels.
 BN, BT, N, U, V, T = -2, -3, 0, 1, 2, 6
@@ -98,6 +101,45 @@ def encode(batch_id, pole, blobs, records, created_ns=None, minutes=()):
 
 
 POLE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # it names files and URL paths downstream
+# The ranges a decoded batch keeps to (sensor_specs/upstream_batch.cddl), so that whatever a receiver
+# accepts it can store and read back: SQLite and PostgreSQL hold signed 64-bit integers, the city a
+# record's flags in an int4, and Python's datetime (the receiver's export, the city's loaders) the
+# years 1 to 9999 only.
+INT64_MAX = 2**63 - 1
+FLAGS_MAX = 2**31 - 1
+MAX_INT = node_message.MAX_INT  # the integers a SenML reader's double holds exactly
+TIME_QUALITIES = range(4)  # synchronised, unsynchronised, implausible, sampled before a node reset
+TIME_MIN_S, TIME_MAX_S = -62_135_596_800.0, 253_402_300_799.0  # 0001-01-01 .. 9999-12-31 23:59:59 UTC
+
+
+def _unsigned(v, what, top=INT64_MAX):
+    """v when it is an unsigned integer up to top; ValueError naming the field otherwise."""
+    if type(v) is not int or not 0 <= v <= top:
+        raise ValueError(f"{what} must be an unsigned integer up to {top}, not {_kind(v)}")
+    return v
+
+
+def _number(v, what):
+    """v when it is a finite number SenML's doubles hold; ValueError naming the field otherwise."""
+    kind = type(v)
+    if (kind is float and math.isfinite(v)) or (kind is int and -MAX_INT <= v <= MAX_INT):
+        return v
+    raise ValueError(f"{what} must be a finite number, not {_kind(v)}")
+
+
+def _kind(v):
+    """What a bad value was, in a few words: never its text, which may be megabytes (or a bignum)."""
+    if type(v) is int:
+        return f"an integer of {v.bit_length()} bits" if v >= 0 else "a negative integer"
+    if type(v) is float:
+        return f"the float {v!r}"
+    return "missing" if v is None else type(v).__name__
+
+
+def _time(t, what):
+    if not TIME_MIN_S <= t <= TIME_MAX_S:
+        raise ValueError(f"{what} {t:.4g} s is outside the years 1 to 9999")
+    return t
 
 
 def decode_messages(data, max_size=8 * 1024 * 1024):
@@ -110,8 +152,8 @@ def decode_messages(data, max_size=8 * 1024 * 1024):
     try:
         env = cbor2.loads(data, max_depth=8)
     except Exception as e:
-        raise ValueError(f"not CBOR: {e}") from None
-    if not isinstance(env, dict) or env.get(0) != VERSION:
+        raise ValueError(f"not CBOR: {str(e)[:120]}") from None
+    if not isinstance(env, dict) or env.get(0) != VERSION or type(env.get(0)) is not int:
         raise ValueError("not an openpole upstream batch v1")
     batch_id, pole, pack = env.get(1), env.get(2), env.get(4)
     if not isinstance(batch_id, bytes) or len(batch_id) != 16 or not isinstance(pole, str) or not isinstance(pack, list):
@@ -127,43 +169,63 @@ def decode_messages(data, max_size=8 * 1024 * 1024):
         if b is not None:  # a message's first record: the message's fields are here
             parts = b.split(":") if type(b) is str else ()
             if len(parts) != 5 or parts[0] != "urn" or parts[1] != "openpole" or parts[4]:
-                raise ValueError(f"base name {b!r} is not urn:openpole:<pole>:<node>:")
-            boot, seq, bt = rec.get("boot"), rec.get("seq"), rec.get(BT, bt)
-            if type(boot) is not int or type(seq) is not int:
-                raise ValueError("the first record of a message needs integer boot and seq")
-            if type(bt) not in (int, float):
-                raise ValueError("bt must be a number")
+                shown = repr(b[:80]) if type(b) is str else _kind(b)
+                raise ValueError(f"base name {shown} is not urn:openpole:<pole>:<node>:")
+            if parts[2] != pole:  # a pole's signature covers its own data only
+                raise ValueError(f"base name of pole {parts[2][:64]!r} in a batch of pole {pole!r}")
+            if not node_message.NODE_ID_RE.match(parts[3]):
+                raise ValueError(f"node id {parts[3][:40]!r} in the base name: 1-32 of a-z, 0-9, '_' and '-'")
+            boot, seq = _unsigned(rec.get("boot"), "boot"), _unsigned(rec.get("seq"), "seq")
+            bt = _time(_number(rec.get(BT, bt), "bt"), "bt")
+            nc = rec.get("nc")
+            if nc is not None:
+                _unsigned(nc, "nc")
+            tq, rt = _unsigned(rec.get("tq", 0), "tq", TIME_QUALITIES[-1]), _unsigned(rec.get("rt"), "rt")
             cur = []
-            msgs.append((parts[2], parts[3], boot, seq, rec.get("nc"), cur))
-            tq, rt = rec.get("tq", 0), rec.get("rt")
+            msgs.append((parts[2], parts[3], boot, seq, nc, cur))
         elif cur is None:
             raise ValueError("the first SenML record needs a base name")
-        name, value, t = rec.get(N), rec.get(V), rec.get(T, 0)
-        if type(name) is not str or type(value) not in (int, float) or type(t) not in (int, float):
-            raise ValueError("a SenML record needs a name, a numeric value and a numeric time")
-        cur.append((name, rec.get(U), value, bt + t, rec.get("fl", 0), tq, rt))
+        name, unit, value, t = rec.get(N), rec.get(U), rec.get(V), rec.get(T, 0)
+        if type(name) is not str or type(unit) is not str or type(value) not in (int, float) or type(t) not in (int, float):
+            raise ValueError("a SenML record needs a name, a unit, a numeric value and a numeric time")
+        _number(value, f"the value of {name[:40]!r}")
+        at = _time(bt + _number(t, "t"), "a record's time")
+        cur.append((name, unit, value, at, _unsigned(rec.get("fl", 0), "fl", FLAGS_MAX), tq, rt))
     minutes = env.get(5, [])
-    if not isinstance(minutes, (list, tuple)) or not all(
-        isinstance(m, (list, tuple)) and len(m) == 7 and isinstance(m[0], str) and isinstance(m[1], str) for m in minutes
-    ):
+    if not isinstance(minutes, (list, tuple)) or not all(isinstance(m, (list, tuple)) and len(m) == 7 for m in minutes):
         raise ValueError("aggregates must be [node, quantity, minute, count, mean, min, max] rows")
+    for node, quantity, start, count, *stats in minutes:
+        if type(node) is not str or not node_message.NODE_ID_RE.match(node) or type(quantity) is not str:
+            raise ValueError("an aggregate needs a node id and a quantity name")
+        # A pole whose clock is still near 1970 dates a minute before it: an integer either way.
+        if type(start) is not int or not -INT64_MAX <= start <= INT64_MAX:
+            raise ValueError(f"an aggregate's minute must be an integer, not {_kind(start)}")
+        _unsigned(count, "an aggregate's count")
+        for v in stats:
+            _number(v, "an aggregate's mean, min and max")
     return batch_id, pole, msgs, [tuple(m) for m in minutes]
 
 
-def decode_signed(data, keys=None, max_size=8 * 1024 * 1024):
-    """A batch as an upstream receives it, signed (COSE_Mac0) or not: (batch_id, pole, messages,
-    minutes). keys: {pole: key}; with keys, only batches a known pole signed pass, and the signer
-    must be the pole the batch names. ValueError with the reason otherwise. The HTTP receiver and the
-    city's loaders share it."""
+def open_signed(data, keys=None, max_size=8 * 1024 * 1024):
+    """A batch as an upstream receives it, signed (COSE_Mac0) or not: (body, (batch_id, pole,
+    messages, minutes)), body being the batch itself, unwrapped and verified (what a receiver keeps).
+    keys: {pole: key}; with keys, only batches a known pole signed pass, and the signer must be the
+    pole the batch names. ValueError with the reason otherwise."""
     from . import sign
 
     body, signer = sign.unwrap(data, keys or {})
     if keys and signer is None:
         raise ValueError("this upstream takes signed batches only")
-    batch_id, pole, messages, minutes = decode_messages(body, max_size)
-    if signer is not None and signer != pole:
-        raise ValueError(f"batch from pole {pole!r} signed by {signer!r}")
-    return batch_id, pole, messages, minutes
+    decoded = decode_messages(body, max_size)
+    if signer is not None and signer != decoded[1]:
+        raise ValueError(f"batch from pole {decoded[1]!r} signed by {signer[:64]!r}")
+    return body, decoded
+
+
+def decode_signed(data, keys=None, max_size=8 * 1024 * 1024):
+    """open_signed's decoded batch: (batch_id, pole, messages, minutes), for the city's loaders (the
+    HTTP receiver calls open_signed: it keeps the body)."""
+    return open_signed(data, keys, max_size)[1]
 
 
 RECORD_FIELDS = ("pole", "node", "boot", "seq", "node_clock_ms", "name", "unit", "value", "time", "flags", "time_quality",

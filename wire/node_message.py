@@ -26,6 +26,20 @@ FLAG_OUT_OF_RANGE = 1
 _FIELDS = frozenset(range(8))  # the v1 message's keys
 _BY_KEY = REGISTRY.by_key
 FLAG_AGE_LOWER_BOUND = 1  # message flags (key 7)
+# A flag v1 does not define could change what the ages mean, as flag 1 does: such a message is
+# refused (counted, kept in quarantine), never stored misdated.
+FLAGS_KNOWN = FLAG_AGE_LOWER_BOUND
+
+# The ranges of the numeric fields (sensor_specs/node_message.cddl): what passes is what the pole's
+# SQLite queue, the upstream batch and the city's PostgreSQL hold.
+COUNTER_MAX = 2**63 - 1  # boot, seq, node clock, sensor counts: a signed 64-bit integer column
+# A node dates a sample on a millisecond counter of 32 bits at most: MicroPython's ticks_ms wraps at
+# 2^30 (ticks_diff spans +-2^29; openpole's firmware adds one boot's uptime after a reset: < 2^30),
+# Arduino's millis() and FreeRTOS ticks at 2^32. A larger age (49.7 days) is no node's measurement,
+# and one of 10^14 ms would date a sample before year 1, which the city's loader cannot store.
+AGE_MAX_MS = 2**32 - 1
+SENSOR_STATES = range(4)  # ok, warming, degraded, failed
+SENSOR_NAME_BYTES = range(1, 17)  # CDDL tstr .size: bytes of UTF-8
 
 
 class Rejected(Exception):
@@ -81,9 +95,20 @@ def _loads(payload):
 MAX_INT = 2**53  # the integers a SenML reader's double holds exactly
 
 
-def _uint(value, what):
-    if type(value) is not int or value < 0 or value >= 1 << 64:
-        raise Rejected("schema", f"{what} must be an unsigned integer")
+def _shown(v):
+    """A value as a reason shows it, in a few characters: it may be a 16 KB string, or a bignum
+    that str() refuses (past 4300 digits)."""
+    if type(v) is int and v.bit_length() > 64:
+        return f"an integer of {v.bit_length()} bits"
+    if v is None or type(v) in (bool, int, float, str, bytes):
+        r = repr(v)
+        return r if len(r) <= 40 else r[:36] + "..."
+    return type(v).__name__
+
+
+def _uint(value, what, top=COUNTER_MAX, span="a signed 64-bit integer"):
+    if type(value) is not int or not 0 <= value <= top:
+        raise Rejected("schema", f"{what} must be an unsigned integer that fits {span}")
     return value
 
 
@@ -120,8 +145,8 @@ def decode(payload, keys=None, require_mac=False):
         obj = _loads(cose[2])
     if not isinstance(obj, dict):
         raise Rejected("schema", "node message must be a map")
-    if obj.get(0) != 1:
-        raise Rejected("version", f"unsupported message version {obj.get(0)!r}")
+    if type(obj.get(0)) is not int or obj[0] != 1:  # not true, not 1.0: CBOR's 1 only
+        raise Rejected("version", f"unsupported message version {_shown(obj.get(0))}")
     node = obj.get(1)
     if not isinstance(node, str) or not NODE_ID_RE.match(node):
         raise Rejected("schema", "node id must match [a-z0-9][a-z0-9_-]{0,31}")
@@ -129,8 +154,9 @@ def decode(payload, keys=None, require_mac=False):
         _verify(cose, node, keys)
     elif require_mac or node in keys:
         raise Rejected("unsigned", f"node {node!r} has a key but sent no MAC")
-    if not _FIELDS.issuperset(obj):
-        raise Rejected("schema", f"unknown field(s) {sorted(set(obj) - _FIELDS, key=repr)}")
+    unknown = [k for k in obj if type(k) is not int or k not in _FIELDS]
+    if unknown:
+        raise Rejected("schema", f"unknown field(s) {', '.join(_shown(k) for k in unknown[:4])}"[:120])
     boot = _uint(obj.get(2), "boot")
     seq = _uint(obj.get(3), "seq")
     samples = obj.get(4)
@@ -140,11 +166,11 @@ def decode(payload, keys=None, require_mac=False):
     for sample in samples:
         if not isinstance(sample, list) or len(sample) != 2 or not isinstance(sample[1], dict) or not sample[1]:
             raise Rejected("schema", "a sample must be [age-ms, {key: value}]")
-        age = _uint(sample[0], "age")
+        age = _uint(sample[0], "age", AGE_MAX_MS, "32 bits (a node's millisecond counter)")
         for key, value in sample[1].items():
             q = _BY_KEY.get(key) if type(key) is int else None
             if q is None:
-                raise Rejected("unknown_quantity", f"key {key!r} is not in the registry")
+                raise Rejected("unknown_quantity", f"key {_shown(key)} is not in the registry")
             kind = type(value)
             if kind is float:
                 if not math.isfinite(value):
@@ -160,12 +186,20 @@ def decode(payload, keys=None, require_mac=False):
     if type(status) is not dict:
         raise Rejected("schema", "status must map sensor name -> [state, errors]")
     for k, v in status.items():
+        if type(k) is not str or len(k.encode()) not in SENSOR_NAME_BYTES:
+            raise Rejected("schema", "a sensor name in the status must be text of 1..16 bytes")
         # [state, errors], and for the noise meter optionally audio blocks lost since boot
-        if type(k) is not str or type(v) is not list or len(v) not in (2, 3) or any(type(x) is not int for x in v):
+        if type(v) is not list or len(v) not in (2, 3) or any(type(x) is not int for x in v):
             raise Rejected("schema", "status must map sensor name -> [state, errors] or [state, errors, lost]")
+        if v[0] not in SENSOR_STATES:
+            raise Rejected("schema", f"sensor {k!r}: state {_shown(v[0])} is not 0..3 (ok, warming, degraded, failed)")
+        for x in v[1:]:
+            _uint(x, f"sensor {k!r}: a count")
     clock = obj.get(6)
-    if clock is not None:
+    if clock is not None:  # only compared with the pole's: a wrong clock is kept, to be shown as wrong
         _uint(clock, "clock")
     flags = _uint(obj.get(7, 0), "flags")
+    if flags & ~FLAGS_KNOWN:
+        raise Rejected("schema", f"flags {flags:#x}: bits v1 does not define"[:120])
     return NodeMessage(node, boot, seq, readings, status, clock, signed, bool(flags & FLAG_AGE_LOWER_BOUND))
 

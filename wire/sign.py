@@ -16,10 +16,8 @@ def sign(body, pole, key):
     return cbor2.dumps(cbor2.CBORTag(COSE_MAC0, [PROTECTED, {4: pole.encode()}, body, tag]))
 
 
-def unwrap(data, keys):
-    """(body, pole or None). keys: {pole id: key}. A signed batch must verify; ValueError if not."""
-    if not data or data[0] != 0xD1:  # tag 17
-        return data, None
+def _parse(data):
+    """A COSE_Mac0 signed batch -> (protected, body, tag, pole); ValueError if it is not one."""
     try:
         obj = cbor2.loads(data, max_depth=4)
         if not isinstance(obj.value, (list, tuple)) or len(obj.value) != 4:
@@ -28,15 +26,28 @@ def unwrap(data, keys):
         if not (isinstance(protected, bytes) and isinstance(unprotected, Mapping) and isinstance(body, bytes)
                 and isinstance(tag, bytes) and isinstance(unprotected.get(4), bytes)):
             raise TypeError("COSE_Mac0 fields of the wrong types")
-        pole = unprotected[4].decode()
+        return protected, body, tag, unprotected[4].decode()
     except (ValueError, TypeError, KeyError, AttributeError, cbor2.CBORDecodeError):
         raise ValueError("not a COSE_Mac0 signed batch") from None
+
+
+def unwrap(data, keys):
+    """(body, pole or None). keys: {pole id: key}. A signed batch must verify; ValueError if not."""
+    if not data or data[0] != 0xD1:  # tag 17
+        return data, None
+    protected, body, tag, pole = _parse(data)
     if protected != PROTECTED:
         raise ValueError("unsupported signature algorithm (need HMAC 256/256)")
     key = keys.get(pole)
     if key is None:
-        raise ValueError(f"no key for pole {pole!r}")
+        raise ValueError(f"no key for pole {pole[:64]!r}")
     expected = hmac.new(key, cbor2.dumps(["MAC0", protected, b"", body]), hashlib.sha256).digest()
     if not hmac.compare_digest(expected, tag):
-        raise ValueError(f"bad signature for pole {pole!r}")
+        raise ValueError(f"bad signature for pole {pole[:64]!r}")
     return body, pole
+
+
+def stored_body(data):
+    """The batch of a body kept as it came, signed or not, without checking the signature again:
+    the receiver used to keep a signed batch whole, verified when it came."""
+    return _parse(data)[1] if data[:1] == b"\xd1" else data

@@ -62,18 +62,38 @@ def stats(args):
     return 0
 
 
+KEY_MIN_BYTES = 16  # 128 bits at the least; RFC 2104 advises the hash's length, 32 bytes for SHA-256
+
+
 def pole_keys(path):
-    """A TOML table of pole id = key (hex) -> {pole: key bytes}; a one-line UserError otherwise.
-    The HTTP receiver's --keys and the city loaders' take the same file."""
+    """A TOML table of pole id = key (hex, at least 16 bytes) -> {pole: key bytes}; a one-line
+    UserError naming the file and the pole otherwise (never the key). The HTTP receiver's --keys and
+    the city loaders' take the same file."""
     import tomllib
 
     try:
         data = tomllib.loads(path.read_text())
-        return {pole: bytes.fromhex(key) for pole, key in data.items()}
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror}") from None
-    except (tomllib.TOMLDecodeError, TypeError, ValueError, AttributeError):
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError):
         raise UserError(f"{path}: expected lines like  pole-7 = \"00112233...\"  (the key in hex)") from None
+    if not data:  # taking every batch unsigned is not what --keys asks for
+        raise UserError(f"{path}: no pole keys in it; expected lines like  pole-7 = \"00112233...\"  (the key in hex)")
+    keys = {}
+    for pole, key in data.items():
+        name = f"pole {pole[:64]!r}"
+        try:
+            key = bytes.fromhex(key) if type(key) is str else None
+        except ValueError:
+            key = None
+        if key is None:
+            raise UserError(f"{path}: the key of {name} is not hex; write it as  {pole[:64]} = \"00112233...\"")
+        if len(key) < KEY_MIN_BYTES:
+            size = f"{len(key)} bytes" if key else "empty"
+            raise UserError(f"{path}: the key of {name} is {size}; it needs at least {KEY_MIN_BYTES} bytes "
+                            f"({2 * KEY_MIN_BYTES} hex digits): make one with  openssl rand -hex 32")
+        keys[pole] = key
+    return keys
 
 
 def export_cmd(args):

@@ -1,7 +1,8 @@
 """The reference city receiver: POST /v1/batches (upstream batch v1, CBOR), GET /v1/latest, GET /v1/stats.
 
 It verifies each batch's structure, de-duplicates and stores it, then answers 200; a malformed
-batch gets 400 with the reason and is counted, so the pole quarantines it instead of retrying.
+batch gets 400 with the reason and is counted, so the pole quarantines it instead of retrying; a
+fault of the receiver's own (its database locked or full) gets 500, counted, and the pole retries.
 """
 
 import json
@@ -44,30 +45,58 @@ class _Handler(BaseHTTPRequestHandler):
             length = int(self.headers.get("Content-Length", ""))
         except ValueError:
             return self._reply(411, {"error": "Content-Length required"})
-        if not 0 < length <= MAX_BODY:
+        if length > MAX_BODY:
             return self._reply(413, {"error": f"batch must be 1..{MAX_BODY} bytes"})
         try:
-            body = self.rfile.read(length)
+            body = self.rfile.read(max(0, length))
         except OSError:  # the client stalled past `timeout` or went away: its pole sends again
             self.close_connection = True
             return
         store = self.server.store
         try:
+            if not body:
+                raise ValueError("an empty body: POST one upstream batch (CBOR)")
             if self.headers.get("Content-Encoding", "").lower() == "gzip":
                 body = _gunzip(body)
-            batch_id, pole, messages, minutes = batch.decode_signed(body, self.server.keys)
+            # What is kept is the batch itself, unwrapped from its signature once verified: what
+            # export, stats and latest read back.
+            body, (batch_id, pole, messages, minutes) = batch.open_signed(body, self.server.keys)
         except ValueError as e:
-            store.count("batches_rejected")
-            return self._reply(400, {"error": str(e)})
-        new, dup = store.add_batch(batch_id, pole, body, messages, minutes)
+            try:
+                store.count("batches_rejected")
+            except Exception as fault:  # not counted: the pole is told to send it again
+                return self._failed(fault)
+            return self._reply(400, {"error": str(e)[:300]})
+        except Exception as e:  # a fault of the receiver's, not of the batch
+            return self._failed(e)
+        try:
+            new, dup = store.add_batch(batch_id, pole, body, messages, minutes)
+        except Exception as e:
+            return self._failed(e)
         self._reply(200, {"batch": batch_id.hex(), "stored": new, "duplicates": dup})
+
+    def _failed(self, e):
+        """500 with the reason: the pole sends the batch again. Counted in memory (the database may
+        be what fails) and logged in one line the first time each kind of fault is met, not at every
+        retry (the traceback at debug level)."""
+        kind = f"{type(e).__name__}: {e}"[:300]
+        srv = self.server
+        with srv.faults_lock:
+            srv.batches_failed += 1
+            first = kind not in srv.faults and len(srv.faults) < 100
+            if first:
+                srv.faults.add(kind)
+        if first:
+            log.error("could not take a batch (%s); answering 500, the pole will send it again", kind)
+            log.debug("where the receiver failed", exc_info=e)
+        return self._reply(500, {"error": f"the receiver could not store the batch ({kind}); send it again later"})
 
     def do_GET(self):
         store = self.server.store
         if self.path == "/v1/latest":
             return self._reply(200, store.latest())
         if self.path == "/v1/stats":
-            return self._reply(200, store.stats())
+            return self._reply(200, {**store.stats(), "batches_failed": self.server.batches_failed})
         if self.path == "/healthz":
             return self._reply(200, {"ok": True})
         return self._reply(404, {"error": "GET /v1/latest, /v1/stats or /healthz"})
@@ -96,6 +125,9 @@ class Receiver:
         self.httpd.daemon_threads = True
         self.httpd.store = self.store
         self.httpd.keys = keys or {}  # pole id -> key: when set, only signed batches are taken
+        self.httpd.faults = set()  # the kinds of fault already logged
+        self.httpd.faults_lock = threading.Lock()
+        self.httpd.batches_failed = 0  # answered 500
         self._thread = None
 
     @property

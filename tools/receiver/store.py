@@ -1,7 +1,8 @@
-"""The reference receiver's storage: SQLite. Each batch is kept as the pole sent it (the verified
-CBOR body); a message index de-duplicates on (pole, node, boot, seq) and says which batch holds
-each message's first copy. Readings are read back out of the bodies (`readings()`): one index row
-per node message instead of one table row per reading is what lets the receiver keep pace."""
+"""The reference receiver's storage: SQLite. Each batch is kept as the pole sent it, unwrapped from
+its signature once verified (the CBOR body); a message index de-duplicates on (pole, node, boot,
+seq) and says which batch holds each message's first copy. Readings are read back out of the bodies
+(`readings()`): one index row per node message instead of one table row per reading is what lets
+the receiver keep pace."""
 
 import sqlite3
 import threading
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 
 from openpole.wire import batch as upstream
+from openpole.wire import sign
 from openpole.errors import UserError
 
 SCHEMA = """
@@ -166,7 +168,7 @@ def readings(rows, owner):
     stored_ns. rows: (batch id, received_ns, duplicates, body); owner(message) -> the batch id
     holding that message's first copy (asked only of batches that carried duplicates)."""
     for batch_id, received_ns, dups, body in rows:
-        _, _, messages, _ = upstream.decode_messages(body)
+        _, _, messages, _ = upstream.decode_messages(sign.stored_body(body))
         for m in messages:
             if dups and owner(m) != batch_id:
                 continue
