@@ -24,6 +24,8 @@ class Minutes:
             if r.age_ms != age:  # a sample's readings share their age
                 age = r.age_ms
                 minute = (receive_ns - age * 1_000_000) // 60_000_000_000 * 60
+            if minute < 0:
+                continue  # sampled "before 1970": a Pi without a clock yet; its readings go up flagged tq
             k = (node, r.key, minute)
             acc = opened.get(k)
             v = 10 ** (r.value / 10) if r.key in levels else r.value

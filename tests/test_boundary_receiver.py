@@ -392,3 +392,24 @@ def test_a_keys_file_without_a_pole_is_refused_not_taken_for_no_signatures(tmp_p
     r = openpole("receiver", "--listen", "127.0.0.1:0", "--data", tmp_path / "d", "--keys", keys, timeout=60)
     assert r.returncode == 2 and r.stderr.strip() == f"openpole: {keys}: no pole keys in it; expected lines like  " \
                                                     'pole-7 = "00112233..."  (the key in hex)'
+
+
+def test_a_stored_batch_that_todays_checks_refuse_is_left_out_of_the_export_with_a_line(tmp_path):
+    """A receiver of an older release stored what its decoder let through (a NaN, say): the export
+    says so in one line and goes on with the rest, instead of stopping."""
+    store = ReceiverStore(tmp_path / "data")
+    good = good_batch(seqs=(0,))
+    bid, pole, msgs, minutes = batch.decode_messages(good)
+    store.add_batch(bid, pole, good, msgs, minutes)
+    bad = changed(lambda b: reading(b).__setitem__(2, math.nan), good_batch(seqs=(1,)))
+    with pytest.raises(ValueError):
+        batch.decode_messages(bad)
+    bid2 = batch.new_batch_id()
+    store.add_batch(bid2, "p1", bad, [("p1", "n1", 7, 1, None, [])], [])  # as an older decoder let it in
+    store.close()
+    out = openpole("receiver", "export", "--data", tmp_path / "data", "--out", tmp_path / "out")
+    assert out.returncode == 0, out.stderr
+    assert f"batch {bid2.hex()}" in out.stderr and "left out" in out.stderr and "Traceback" not in out.stderr
+    with gzip.open(tmp_path / "out" / "data.csv.gz", "rt") as f:
+        rows = list(csv.reader(f))[1:]
+    assert len(rows) == 3 and {r[4] for r in rows} == {"temperature", "humidity", "pm2_5"}

@@ -47,6 +47,15 @@ def test_a_minute_opened_before_the_clock_stepped_back_closes_at_once():
     assert m.close(back + 5 * 10**9) == []  # the minute now being filled stays open
 
 
+def test_a_pi_without_its_clock_yet_makes_no_minute_before_1970():
+    """Just after boot a Pi with no RTC reads 1970: a sample a minute old would fall in a negative
+    minute, which no aggregate row (a uint in upstream_batch.cddl) can carry."""
+    m = Minutes()
+    m.add("n1", msg("n1", 0, {1: 20.0}, age_ms=60_000).readings, 5 * 10**9)
+    m.add("n1", msg("n1", 1, {1: 21.0}).readings, 5 * 10**9)
+    assert [(r[1], r[2], r[3]) for r in m.close(10**12)] == [("temperature", 0, 1)]
+
+
 def test_status_metrics_and_aggregates_from_a_running_agent(tmp_path, mosquitto):
     receiver = Receiver("127.0.0.1", free_port(), tmp_path / "receiver").start()
     port = free_port()

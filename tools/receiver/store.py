@@ -4,6 +4,7 @@ seq) and says which batch holds each message's first copy. Readings are read bac
 (`readings()`): one index row per node message instead of one table row per reading is what lets
 the receiver keep pace."""
 
+import logging
 import sqlite3
 import threading
 import time
@@ -12,6 +13,8 @@ from pathlib import Path
 from openpole.wire import batch as upstream
 from openpole.wire import sign
 from openpole.errors import UserError
+
+log = logging.getLogger("openpole.receiver")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (
@@ -168,7 +171,12 @@ def readings(rows, owner):
     stored_ns. rows: (batch id, received_ns, duplicates, body); owner(message) -> the batch id
     holding that message's first copy (asked only of batches that carried duplicates)."""
     for batch_id, received_ns, dups, body in rows:
-        _, _, messages, _ = upstream.decode_messages(sign.stored_body(body))
+        try:
+            _, _, messages, _ = upstream.decode_messages(sign.stored_body(body))
+        except ValueError as e:  # stored by an older receiver whose decoder was less strict
+            log.warning("batch %s (stored %s) fails today's batch checks (%s): left out", batch_id.hex(),
+                        time.strftime("%Y-%m-%d %H:%M", time.gmtime(received_ns / 1e9)), e)
+            continue
         for m in messages:
             if dups and owner(m) != batch_id:
                 continue
