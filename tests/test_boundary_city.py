@@ -365,6 +365,31 @@ def test_implausible_times_a_timestamp_holds_wait_in_the_default_partition(pg, l
         assert conn.execute("SELECT count(*) FROM readings_other WHERE node = 'far'").fetchone()[0] == 4
 
 
+def test_a_batch_postgresql_refuses_after_the_checks_is_rejected_alone(pg):
+    """A database in LATIN1 cannot hold a Cyrillic node id, which every check passes: the group's
+    COPY fails, and then each batch is written alone, the refused one to `rejected`."""
+    import psycopg
+
+    from openpole.city import db, load
+
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE latin1 ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
+    dsn = pg.dsn.rsplit("/", 1)[0] + "/latin1"
+    db.migrate(dsn)
+    latin = load.Loader(dsn, {POLE: KEY}, name="latin1")
+    try:
+        (a, na), (b, nb) = good_batch("good-a"), good_batch("good-b")
+        _, cyrillic = records_batch(message("\u0443\u0437\u0435\u043b", 1, 1, [("temperature", "Cel", 1.0, 0, None)]))
+        counts = latin.store([("s", a, None), ("s", cyrillic, None), ("s", b, None)])
+        assert counts["batches"] == 2 and counts["rejected"] == 1 and counts["records_unique"] == na + nb, counts
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("SELECT count(*) FROM readings").fetchone()[0] == na + nb
+            (reason, kept), = conn.execute("SELECT reason, payload FROM rejected").fetchall()
+        assert "PostgreSQL refused it" in reason and "latin-1" in reason and bytes(kept) == cyrillic, reason
+    finally:
+        latin.close()
+
+
 def _incompressible(n, seed):
     """n characters of four UTF-8 bytes each that no compression shrinks much (as an index stores them)."""
     import random
@@ -380,6 +405,26 @@ def test_the_longest_texts_the_loader_takes_fit_postgresqls_indexes(pg, loader):
                                unit=_incompressible(MAX_TEXT, 3))
     rows, reason = _store_between_good_ones(pg, loader, records_batch(records)[1])
     assert reason is None and rows == [stored_row(f)], reason
+
+
+def test_an_index_row_postgresql_cannot_hold_is_rejected_alone(pg, loader, monkeypatch):
+    """Were the checks to let a node id through that is too long for the indexes (PostgreSQL's index
+    row limit, which it reports as an OperationalError), its batch is rejected alone: the loader does
+    not take it for a lost connection and try it for ever."""
+    import threading
+
+    from openpole.city import load
+
+    monkeypatch.setattr(load, "MAX_TEXT", 4000)
+    records, _ = plain_message(node=_incompressible(1500, 4))
+    done = []
+    t = threading.Thread(target=lambda: done.append(_store_between_good_ones(pg, loader, records_batch(records)[1])),
+                         daemon=True)
+    t.start()
+    t.join(timeout=60)
+    assert done, "the loader is still trying the group: it took the refusal for a lost connection"
+    rows, reason = done[0]
+    assert "PostgreSQL refused it" in reason and "index row" in reason and not rows, reason
 
 
 def test_poison_batches_between_good_ones_through_nats_and_the_real_loader(pg, tmp_path):

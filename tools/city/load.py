@@ -6,11 +6,13 @@ given, then the shared decoder: wire/batch.py decode_signed, then every field ag
 it goes to: a time a timestamp holds, a finite value, boot and seq of 64 bits, flags of 32 and the
 time quality of 16, text without NUL); a batch that fails any check goes to `rejected` whole, with
 the reason, and is acknowledged: a batch is loaded or kept whole, never in part, so a re-delivery
-does the same again. A group is one transaction: the message index first (COPY into a session
-table, then one INSERT ... ON CONFLICT DO NOTHING), then the readings of the messages the index did
-not hold, with COPY; a node message already there (re-sent past the stream's duplicate window, or
-in another batch after a pole crash) is counted as a duplicate and its readings are skipped. Every
-statement touches its rows in key order, so loaders sharing the tables cannot deadlock each other.
+does the same again. Should PostgreSQL still refuse a group for its content, each of its batches
+is written alone and the ones it refuses go to `rejected` too. A group is one transaction: the
+message index first (COPY into a session table, then one INSERT ... ON CONFLICT DO NOTHING), then
+the readings of the messages the index did not hold, with COPY; a node message already there
+(re-sent past the stream's duplicate window, or in another batch after a pole crash) is counted as
+a duplicate and its readings are skipped. Every statement touches its rows in key order, so
+loaders sharing the tables cannot deadlock each other.
 
 The NATS messages are acknowledged only after COMMIT: a loader killed mid-group loses nothing (the
 stream sends the group again after the consumer's ack wait) and doubles nothing (the index). While
@@ -47,6 +49,18 @@ INDEX_TYPES = ["text", "text", "int8", "int8", "bytea", "int4"]
 READING_TYPES = ["text", "text", "text", "timestamptz", "float8", "text", "int4", "int2", "int8", "int8"]
 INT8, INT4, INT2 = 1 << 63, 1 << 31, 1 << 15  # a binary COPY wraps an int4 or int2 out of range without a word
 MAX_TEXT = 256  # characters in a node id, quantity or unit: the indexes on them take at most 2,704 bytes a row
+COUNTS = ("batches", "records_received", "records_unique", "rejected")
+
+
+def _content_errors():
+    """What a group's content (not the database's state) can make the COPY or PostgreSQL raise: the
+    checks should leave none, and when one comes the group's batches are written one by one."""
+    import psycopg
+    import psycopg.errors
+
+    # ProgramLimitExceeded: an index row over its size. It is an OperationalError, not a reason to reconnect.
+    return (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded, ValueError, TypeError,
+            OverflowError)
 
 
 def _show(x):
@@ -240,7 +254,7 @@ class Loader:
             try:
                 if self.conn is None or self.conn.closed:
                     self._connect()
-                counts = self._write(good, bad)
+                counts = self._write_isolated(good, bad)
                 break
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
                 self.errors["db_retries"] += 1
@@ -261,6 +275,28 @@ class Loader:
             self.totals[k] += v
         self._recent.append((time.monotonic(), counts["records_unique"]))
         self.last_commit = done
+        return counts
+
+    def _write_isolated(self, good, bad):
+        """The group in one transaction. Should its content still make PostgreSQL or the COPY refuse
+        it, each batch alone, and the ones refused go to `rejected`: no batch stops its group."""
+        refusals = _content_errors()
+        try:
+            return self._write(good, bad)
+        except refusals:
+            pass
+        counts = dict.fromkeys(COUNTS, 0)
+        bad = list(bad)
+        for b in good:
+            try:
+                one = self._write([b], [])
+            except refusals as e:
+                bad.append((_ascii(b[0]), _ascii(f"batch not loaded: PostgreSQL refused it: {_why(e)}"), b[1]))
+                continue
+            for k, v in one.items():
+                counts[k] += v
+        for k, v in self._write([], bad).items():
+            counts[k] += v
         return counts
 
     def heartbeat(self):
