@@ -249,7 +249,7 @@ def _fresh(pg):
     import psycopg
 
     with psycopg.connect(pg.dsn) as conn:
-        for table in ("readings", "messages", "rejected", "series", "nodes", "poles", "loaders"):
+        for table in ("readings", "messages", "rejected", "dead_letters", "series", "nodes", "poles", "loaders"):
             conn.execute(f"DELETE FROM {table}")  # a few rows: quicker than TRUNCATE's lock on every partition
 
 

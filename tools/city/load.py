@@ -18,11 +18,16 @@ The NATS messages are acknowledged only after COMMIT: a loader killed mid-group 
 stream sends the group again after the consumer's ack wait) and doubles nothing (the index). While
 PostgreSQL is away (a restart, a failover) the loader keeps the group, tells the stream it is still
 working on it, and writes it once the database answers again.
+
+A batch the stream delivered MAX_DELIVER times without an ack (one that crashed or stalled each
+loader it reached) is given up: the stream's advisory waits in DEAD_STREAM until a loader records
+the batch, fetched by its sequence, in `dead_letters` (reason "max_deliver").
 """
 
 import asyncio
 import collections
 import datetime
+import json
 import math
 import os
 import socket
@@ -35,10 +40,9 @@ from openpole.wire import batch
 
 from ..errors import UserError
 from .db import connect, require_schema
-from .stream import STREAM, SUBJECTS, _connect
+from .stream import (ACK_WAIT_S, CONSUMER, DEAD_CONSUMER, DEAD_STREAM, DEAD_SUBJECTS, STREAM, SUBJECTS, _connect,
+                     consumer_config, dead_consumer_config, update_consumer)
 
-CONSUMER = "loaders"
-ACK_WAIT_S = 20.0  # an unacknowledged group comes again this long after a loader died with it
 POLE_EVERY_S = 60.0  # poles.last_batch: at most this stale
 HEARTBEAT_S = 10.0  # an idle loader still refreshes its row in `loaders` (city status: alive, rate 0)
 RETRY_S = (0.5, 1.0, 2.0, 5.0)  # PostgreSQL unreachable: the waits between tries, the last repeated
@@ -75,7 +79,7 @@ def _show(x):
 
 
 def _ascii(text, limit=500):
-    """Text for `rejected` that any database encoding holds."""
+    """Text for `rejected` and `dead_letters` that any database encoding holds."""
     return text.replace("\x00", "\\x00").encode("ascii", "backslashreplace").decode()[:limit]
 
 
@@ -89,8 +93,6 @@ def _why(e):
     except Exception:  # str() of an exception holding a 5,000-digit integer raises
         text = ""
     return text or type(e).__name__
-
-
 
 
 class LatencyHistogram(Histogram):
@@ -122,6 +124,8 @@ class Loader:
         self._t0 = time.monotonic()
         self.known_series, self.known_nodes = set(), set()  # already in the database: not inserted again
         self._texts = set()  # node ids, quantities and units already checked
+        self.dead_letters = 0  # batches the stream gave up on that this loader recorded
+        self._dead_conn = None  # dead letters have a connection of their own: a group's thread holds self.conn
         self.pole_written = {}  # pole -> when this loader last wrote its row (monotonic)
         month = _month(self.started)
         self.partitions.add(month)  # made at connect, below
@@ -401,9 +405,33 @@ class Loader:
         self.known_series |= new_series
         return counts
 
+    def dead_letter(self, letters):
+        """Record the batches the stream gave up on: [(advisory id, stream seq, consumer, deliveries,
+        subject, reason, payload)], each once. False: no database (the advisories come again)."""
+        import psycopg
+
+        try:
+            if self._dead_conn is None or self._dead_conn.closed:
+                self._dead_conn = connect(self.dsn)
+            new = 0
+            with self._dead_conn.transaction(), self._dead_conn.cursor() as cur:
+                for letter in letters:
+                    cur.execute("INSERT INTO dead_letters (advisory, stream_seq, consumer, deliveries, subject, reason, "
+                                "payload) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (advisory) DO NOTHING", letter)
+                    new += cur.rowcount
+            self.dead_letters += new
+            return True
+        except (psycopg.OperationalError, psycopg.InterfaceError, UserError):
+            self.errors["db_reconnects"] += 1
+            if self._dead_conn is not None:
+                self._dead_conn.close()
+            self._dead_conn = None
+            return False
+
     def close(self):
-        if self.conn is not None:
-            self.conn.close()
+        for conn in (self.conn, self._dead_conn):
+            if conn is not None:
+                conn.close()
 
 
 def metrics(loader):
@@ -420,6 +448,9 @@ def metrics(loader):
         "# HELP openpole_city_batches_rejected_total Batches with a bad signature, an unknown pole, a malformed body or "
         "a field no column holds.",
         "# TYPE openpole_city_batches_rejected_total counter", f"openpole_city_batches_rejected_total {t['rejected']}",
+        "# HELP openpole_city_dead_letters_total Batches the stream gave up on (MAX_DELIVER deliveries, no ack), "
+        "recorded in dead_letters.",
+        "# TYPE openpole_city_dead_letters_total counter", f"openpole_city_dead_letters_total {loader.dead_letters}",
         "# HELP openpole_city_errors_total Database reconnects and retries, failed acks and fetches.",
         "# TYPE openpole_city_errors_total counter",
     ]
@@ -496,11 +527,81 @@ async def _fetch(sub, group, loader):
     return msgs, loader.decode(items)
 
 
-async def _run(nats_url, dsn, keys, group, idle_exit_s, report, metrics_at=None, name=None, nats_opts=None):
-    import nats
-    import nats.errors
-    from nats.js.api import AckPolicy, ConsumerConfig
+async def _subscribe(js, nats_url):
+    """The pull subscriptions to the loaders' consumer (made, or given MAX_DELIVER when an older
+    openpole made it) and to the dead letters' advisories; a UserError when a stream is missing."""
+    import nats.js.errors
 
+    try:
+        await update_consumer(js)
+        sub = await js.pull_subscribe(SUBJECTS[0], durable=CONSUMER, stream=STREAM, config=consumer_config())
+    except nats.js.errors.NotFoundError:
+        raise UserError(f"--nats {redact_url(nats_url)}: no stream {STREAM}: run `openpole city init --nats URL` first") from None
+    try:
+        dead = await js.pull_subscribe(DEAD_SUBJECTS[0], durable=DEAD_CONSUMER, stream=DEAD_STREAM,
+                                       config=dead_consumer_config())
+    except nats.js.errors.NotFoundError:
+        raise UserError(f"--nats {redact_url(nats_url)}: no stream {DEAD_STREAM}, where the batches no loader could "
+                        f"take are kept: run `openpole city init --nats URL` (again, after an upgrade)") from None
+    return sub, dead
+
+
+async def _letter(js, m):
+    """A max-deliveries advisory -> the dead_letters row of the batch it names, fetched from the
+    stream by its sequence (no subject and payload when its max age or size cap took it first)."""
+    import nats.js.errors
+
+    try:
+        adv = json.loads(m.data)
+        aid, seq, deliveries, consumer = adv["id"], adv["stream_seq"], adv.get("deliveries"), adv.get("consumer")
+        if type(aid) is not str or type(seq) is not int or not 0 < seq < INT8:
+            raise ValueError("no advisory id or stream sequence")
+    except Exception as e:  # anyone allowed to publish on the advisory subject may put anything there
+        return (f"{DEAD_STREAM}:{m.metadata.sequence.stream}", None, None, None, None,
+                _ascii(f"not a max-deliveries advisory: {_why(e)}"), m.data)
+    deliveries = deliveries if type(deliveries) is int and 0 <= deliveries < INT4 else None
+    consumer = _ascii(consumer, 100) if type(consumer) is str else None
+    try:
+        raw = await js.get_msg(STREAM, seq)
+    except nats.js.errors.NotFoundError:
+        return (_ascii(aid, 100), seq, consumer, deliveries, None, "max_deliver", None)
+    return (_ascii(aid, 100), seq, consumer, deliveries, _ascii(raw.subject or "", 1000), "max_deliver", raw.data)
+
+
+async def _record_dead_letters(js, sub, loader, state):
+    """Record each batch the stream gave up on in dead_letters, then let its advisory go (loaders
+    that both take one record it once). state["idle"]: the last look found none."""
+    import nats.errors
+
+    while True:
+        try:
+            msgs = await sub.fetch(20, timeout=2)
+        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            state["idle"] = True
+            continue
+        except nats.errors.Error:
+            loader.errors["fetch_errors"] += 1
+            await asyncio.sleep(1)
+            continue
+        state["idle"] = False
+        try:
+            letters = [await _letter(js, m) for m in msgs]
+        except nats.errors.Error:  # the stream did not answer: the advisories come again after their ack wait
+            loader.errors["fetch_errors"] += 1
+            await asyncio.sleep(1)
+            continue
+        tries = 0
+        while not await asyncio.to_thread(loader.dead_letter, letters):
+            await asyncio.sleep(RETRY_S[min(tries, len(RETRY_S) - 1)])
+            tries += 1
+        for m in msgs:
+            try:
+                await m.ack()
+            except Exception:  # it comes again; dead_letters holds it once
+                loader.errors["ack_failures"] += 1
+
+
+async def _run(nats_url, dsn, keys, group, idle_exit_s, report, metrics_at=None, name=None, nats_opts=None):
     loader = Loader(dsn, keys, name)
     httpd = serve_metrics(loader, *metrics_at) if metrics_at else None
     try:
@@ -512,16 +613,15 @@ async def _run(nats_url, dsn, keys, group, idle_exit_s, report, metrics_at=None,
         raise
     try:
         js = nc.jetstream(timeout=10)
-        try:
-            sub = await js.pull_subscribe(SUBJECTS[0], durable=CONSUMER, stream=STREAM,
-                                          config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT_S,
-                                                                max_ack_pending=20000))
-        except nats.js.errors.NotFoundError:
-            raise UserError(f"--nats {redact_url(nats_url)}: no stream {STREAM}: run `openpole city init --nats URL` first") from None
+        sub, dead = await _subscribe(js, nats_url)
+        watch = {"idle": False}
+        watcher = asyncio.ensure_future(_record_dead_letters(js, dead, loader, watch))
         idle_since = beat = time.monotonic()
         pending = None
         try:
             while True:
+                if watcher.done():
+                    watcher.result()  # its error, rather than dead letters silently no longer recorded
                 msgs, decoded = await (pending or _fetch(sub, group, loader))
                 pending = None
                 if not msgs:
@@ -529,7 +629,7 @@ async def _run(nats_url, dsn, keys, group, idle_exit_s, report, metrics_at=None,
                     if now - beat > HEARTBEAT_S:
                         await asyncio.to_thread(loader.heartbeat)
                         beat = now
-                    if idle_exit_s is not None and now - idle_since > idle_exit_s:
+                    if idle_exit_s is not None and now - idle_since > idle_exit_s and watch["idle"]:
                         return loader.totals
                     continue
                 idle_since = beat = time.monotonic()
@@ -542,6 +642,7 @@ async def _run(nats_url, dsn, keys, group, idle_exit_s, report, metrics_at=None,
                         loader.errors["ack_failures"] += 1
                 report(counts)
         finally:
+            watcher.cancel()  # an advisory it held comes again after its ack wait
             if pending is not None:
                 pending.cancel()  # what it may have fetched comes again after the ack wait
     finally:
@@ -564,5 +665,6 @@ def stats(dsn):
                                                  "coalesce(sum(loaded), 0) FROM loaders").fetchone()
         nodes = conn.execute("SELECT count(*) FROM nodes").fetchone()[0]
         rejected = conn.execute("SELECT count(*) FROM rejected").fetchone()[0]
+        dead = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
     return {"records": int(received), "unique": int(unique), "duplicates": int(received - unique), "nodes": nodes,
-            "batches": int(batches), "batches_rejected": rejected}
+            "batches": int(batches), "batches_rejected": rejected, "dead_letters": dead}
