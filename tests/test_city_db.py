@@ -30,14 +30,15 @@ def pg():
 
 def test_city_init_applies_the_schema_once(pg):
     r = openpole("city", "init", "--db", pg.dsn)
-    assert r.returncode == 0 and "applied migration(s) 1, 2" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "applied migration(s) 1, 2, 3" in r.stdout, r.stdout + r.stderr
     r = openpole("city", "init", "--db", pg.dsn)
-    assert r.returncode == 0 and "database schema: up to date (version 2)" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "database schema: up to date (version 3)" in r.stdout, r.stdout + r.stderr
     import psycopg
 
     with psycopg.connect(pg.dsn) as conn:
         tables = {t for (t,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
-        assert {"poles", "nodes", "messages", "readings_other", "rejected", "series", "loaders", "schema_migrations"} <= tables
+        assert {"poles", "nodes", "messages", "readings_other", "rejected", "series", "loaders", "dead_letters",
+                "schema_migrations"} <= tables
         kind = conn.execute("SELECT relkind FROM pg_class WHERE relname = 'readings'").fetchone()[0]
         assert kind == "p"  # partitioned by time
     r = openpole("city", "init", "--db", "postgresql://openpole@127.0.0.1:9/none")
@@ -170,9 +171,9 @@ def test_an_older_schema_is_brought_up_to_date_and_tools_refuse_a_missing_one(pg
         conn.execute("INSERT INTO schema_migrations (version) VALUES (1)")
         conn.execute("INSERT INTO counters VALUES ('batches', 7), ('records_received', 90), ('records_unique', 80)")
     r = openpole("city", "latest", "--db", pg.dsn)
-    assert r.returncode == 2 and "schema version 1, this openpole needs version 2" in r.stderr, r.stderr
+    assert r.returncode == 2 and "schema version 1, this openpole needs version 3" in r.stderr, r.stderr
     r = openpole("city", "init", "--db", pg.dsn)
-    assert r.returncode == 0 and "applied migration(s) 2" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "applied migration(s) 2, 3" in r.stdout, r.stdout + r.stderr
     st = json.loads(openpole("city", "stats", "--db", pg.dsn, "--json").stdout)
     assert (st["batches"], st["records"], st["unique"], st["duplicates"]) == (7, 90, 80, 10), st
 
@@ -215,3 +216,157 @@ def test_a_group_holding_a_message_twice_and_a_clock_years_ahead(pg):
             assert conn.execute("SELECT count(*) FROM readings").fetchone()[0] == 25
     finally:
         loader.close()
+
+
+def _js(url, work):
+    """Run work(js) against the stream's servers with a plain NATS client (what a loader is to the stream)."""
+    import asyncio
+
+    import nats
+
+    async def main():
+        nc = await nats.connect(url.split(","))
+        try:
+            return await work(nc.jetstream(timeout=10))
+        finally:
+            await nc.close()
+
+    return asyncio.run(main())
+
+
+def test_a_batch_no_loader_could_ack_goes_to_dead_letters_and_the_loaders_go_on(pg, tmp_path):
+    """A batch delivered MAX_DELIVER times without an ack (loaders that each failed on it) is given
+    up by the stream; its advisory waits in the dead letters' stream although no loader ran then, and
+    the next loader records it (once), shows it in `city status` and loads the batches after it."""
+    import nats.errors
+    import psycopg
+    from helpers import wait
+    from natscluster import NatsCluster
+
+    from openpole.city.stream import (CONSUMER, DEAD_STREAM, DEAD_SUBJECTS, MAX_DELIVER, STREAM, SUBJECTS,
+                                      consumer_config)
+    from openpole.edge_agent.sinks import NatsSink
+
+    lone = NatsCluster(tmp_path / "nats", 1)
+    key = bytes(range(32))
+    keys = tmp_path / "poles.toml"
+    keys.write_text(f'p1 = "{key.hex()}"\n')
+    try:
+        r = openpole("city", "init", "--nats", lone.url, "--replicas", "1", "--db", pg.dsn)
+        assert r.returncode == 0 and f"stream {DEAD_STREAM} made" in r.stdout, r.stdout + r.stderr
+        sink = NatsSink(lone.url, pole="p1")
+        stuck = signed_batch("p1", key, "stuck", 1, range(3))
+        sink.send(*stuck)
+
+        async def fail_on_it(js):  # each delivery to a loader that fails on the batch and says so (a NAK)
+            sub = await js.pull_subscribe(SUBJECTS[0], durable=CONSUMER, stream=STREAM, config=consumer_config())
+            deliveries = []
+            while len(deliveries) <= MAX_DELIVER + 2:  # without max_deliver, for ever
+                try:
+                    (m,) = await sub.fetch(1, timeout=2)
+                except nats.errors.TimeoutError:
+                    return deliveries
+                deliveries.append(m.metadata.num_delivered)
+                await m.nak()
+            return deliveries
+
+        assert _js(lone.url, fail_on_it) == list(range(1, MAX_DELIVER + 1))
+
+        async def held(js):
+            return (await js.stream_info(DEAD_STREAM)).state.messages
+
+        assert wait(lambda: _js(lone.url, held) == 1), "no max-deliveries advisory in the dead letters' stream"
+        for b in range(2):  # the batches after it
+            sink.send(*signed_batch("p1", key, "after", 1, range(b * 10, b * 10 + 10)))
+        metrics = free_port()
+        p = subprocess.Popen([sys.executable, "-m", "openpole", "city", "load", "--nats", lone.url, "--db", pg.dsn,
+                              "--keys", str(keys), "--metrics", f"127.0.0.1:{metrics}", "--quiet"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+        def scraped(metric):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5) as m:
+                    return f"\n{metric}\n" in m.read().decode()
+            except OSError:
+                return False
+
+        try:
+            assert wait(lambda: scraped("openpole_city_dead_letters_total 1") and scraped(
+                "openpole_city_readings_loaded_total 60"), timeout=60), p.poll() and p.communicate()
+        finally:
+            p.terminate()
+            p.wait(timeout=30)
+        with psycopg.connect(pg.dsn) as conn:
+            (seq, deliveries, consumer, subject, reason, payload), = conn.execute(
+                "SELECT stream_seq, deliveries, consumer, subject, reason, payload FROM dead_letters").fetchall()
+            nodes = dict(conn.execute("SELECT node, count(*) FROM readings GROUP BY node").fetchall())
+        assert (seq, deliveries, consumer, subject, reason) == (1, MAX_DELIVER, CONSUMER, "openpole.batches.p1",
+                                                                 "max_deliver")
+        assert bytes(payload) == stuck[1] and nodes == {"after": 60}, nodes
+
+        r = openpole("city", "status", "--nats", lone.url, "--db", pg.dsn)
+        assert "dead letters: 1 batch(es)" in r.stdout, r.stdout + r.stderr
+        assert f"#1 openpole.batches.p1: stream seq 1, max_deliver after {MAX_DELIVER} deliveries" in r.stdout, r.stdout
+        assert "consumer loaders: 0 batches waiting (lag), 0 in flight" in r.stdout, r.stdout
+        st = json.loads(openpole("city", "status", "--nats", lone.url, "--db", pg.dsn, "--json").stdout)
+        assert st["dead_letters"]["count"] == 1 and st["dead_letters"]["newest"][0]["stream_seq"] == 1, st
+        assert st["dead_letters"]["newest"][0]["bytes"] == len(stuck[1]), st
+        assert json.loads(openpole("city", "stats", "--db", pg.dsn, "--json").stdout)["dead_letters"] == 1
+
+        async def again(js):  # the same advisory twice (an ack lost), and one that is not an advisory at all
+            first = await js.get_msg(DEAD_STREAM, 1)
+            await js.publish(DEAD_SUBJECTS[0], first.data)
+            await js.publish(DEAD_SUBJECTS[0], b"\xff not json")
+
+        _js(lone.url, again)
+        r = openpole("city", "load", "--nats", lone.url, "--db", pg.dsn, "--keys", keys, "--exit-when-idle", "2")
+        assert r.returncode == 0, r.stdout + r.stderr
+        with psycopg.connect(pg.dsn) as conn:
+            reasons = [r for (r,) in conn.execute("SELECT reason FROM dead_letters ORDER BY id")]
+        assert reasons[0] == "max_deliver" and len(reasons) == 2 and "not a max-deliveries advisory" in reasons[1], reasons
+    finally:
+        lone.stop()
+
+
+def test_an_older_consumer_gets_max_deliver_from_city_init_and_from_a_loader(pg, tmp_path):
+    """Cities made by an older openpole have a loaders' consumer that redelivers a batch for ever."""
+    from natscluster import NatsCluster
+    from nats.js.api import AckPolicy, ConsumerConfig
+
+    from openpole.city.stream import CONSUMER, DEAD_STREAM, MAX_DELIVER, STREAM, SUBJECTS
+
+    async def older(js):  # the consumer as loaders before MAX_DELIVER made it
+        try:
+            await js.delete_consumer(STREAM, CONSUMER)
+        except Exception:
+            pass
+        await js.pull_subscribe(SUBJECTS[0], durable=CONSUMER, stream=STREAM,
+                                config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=20.0, max_ack_pending=20000))
+        return (await js.consumer_info(STREAM, CONSUMER)).config.max_deliver
+
+    async def max_deliver(js):
+        return (await js.consumer_info(STREAM, CONSUMER)).config.max_deliver
+
+    lone = NatsCluster(tmp_path / "nats", 1)
+    try:
+        assert openpole("city", "init", "--nats", lone.url, "--replicas", "1", "--db", pg.dsn).returncode == 0
+        assert _js(lone.url, older) == -1
+        r = openpole("city", "init", "--nats", lone.url, "--replicas", "1")
+        assert r.returncode == 0 and f"consumer {CONSUMER} updated" in r.stdout, r.stdout + r.stderr
+        assert _js(lone.url, max_deliver) == MAX_DELIVER
+        r = openpole("city", "init", "--nats", lone.url, "--replicas", "1")
+        assert r.returncode == 0 and "consumer" not in r.stdout and f"stream {DEAD_STREAM} unchanged" in r.stdout, r.stdout
+        assert _js(lone.url, older) == -1
+        r = openpole("city", "load", "--nats", lone.url, "--db", pg.dsn, "--exit-when-idle", "1")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert _js(lone.url, max_deliver) == MAX_DELIVER
+
+        async def drop_dead_letters(js):
+            await js.delete_stream(DEAD_STREAM)
+
+        _js(lone.url, drop_dead_letters)  # an upgraded loader on a stream `city init` has not brought up to date
+        r = openpole("city", "load", "--nats", lone.url, "--db", pg.dsn, "--exit-when-idle", "1")
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and f"no stream {DEAD_STREAM}" in r.stderr, r.stderr
+        assert "openpole city init --nats URL" in r.stderr
+    finally:
+        lone.stop()

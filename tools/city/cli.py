@@ -89,16 +89,21 @@ def run_init(args):
 
 
 def _init_stream(args):
-    from .stream import STREAM, StreamSettings, ensure
+    from .stream import CONSUMER, DEAD_STREAM, MAX_DELIVER, STREAM, StreamSettings, ensure
 
     if not 1 <= args.replicas <= 5:
         raise UserError("--replicas: 1 to 5 (JetStream's limit)")
     settings = StreamSettings(replicas=args.replicas, duplicate_window_s=args.duplicate_window_s,
                               max_age_s=args.max_age_days * 86400, max_bytes=int(args.max_gb * 1024**3))
-    what, cfg = ensure(args.nats, settings, _nats_opts(args))
+    what, cfg, more = ensure(args.nats, settings, _nats_opts(args))
     print(f"stream {STREAM} {what}: subjects {', '.join(cfg.subjects)}, {cfg.num_replicas} replica(s), file storage, "
           f"duplicate window {cfg.duplicate_window:g} s, max age {cfg.max_age / 86400:g} days, "
           f"max {cfg.max_bytes / 1024**3:g} GiB")
+    print(f"stream {DEAD_STREAM} {more['dead_letters']}: the advisories of batches given up after {MAX_DELIVER} "
+          f"deliveries, until a loader records them in dead_letters")
+    if more["consumer"] == "updated":
+        print(f"consumer {CONSUMER} updated: a batch delivered {MAX_DELIVER} times without an ack is given up, not "
+              f"redelivered for ever")
 
 
 def run_load(args):

@@ -6,7 +6,8 @@ primary key is a node message's identity, (pole, node, boot, seq): a message tha
 in one batch re-sent past the stream's duplicate window or in another batch after a pole crash,
 is stored once and counted as a duplicate. `series` lists each (pole, node, quantity) once (a
 loader adds the ones it has not seen), and each loader keeps a row in `loaders` for `openpole city
-status`.
+status`. `rejected` keeps each batch refused for its content, with the reason; `dead_letters` each
+batch the stream gave up on after MAX_DELIVER deliveries without an ack (tools/city/stream.py).
 A migration is never edited once released: a change is a new one.
 """
 
@@ -90,6 +91,22 @@ SELECT 'before schema 2', now(), now(),
        coalesce(max(value) FILTER (WHERE name = 'rejected'), 0)
 FROM counters HAVING count(*) > 0;
 DROP TABLE counters;
+"""),
+    (3, """
+-- Batches the stream gave up on: delivered max_deliver times and never acknowledged (they crashed or
+-- stalled every loader they reached). advisory: the stream's max-deliveries advisory id, so a loader
+-- recording it again adds nothing; payload: the batch as the stream held it (NULL when already gone).
+CREATE TABLE dead_letters (
+    id bigserial PRIMARY KEY,
+    at timestamptz NOT NULL DEFAULT now(),
+    advisory text NOT NULL UNIQUE,
+    stream_seq bigint,
+    consumer text,
+    deliveries integer,
+    subject text,
+    reason text NOT NULL,
+    payload bytea
+);
 """),
 ]
 

@@ -91,18 +91,27 @@ async def _stream_status(url, opts=None, patience_s=15.0):
     }
 
 
-def _loaders(dsn):
+DEAD_SHOWN = 5  # the newest dead letters `city status` lists
+
+
+def _database(dsn):
+    """(the loaders' rows, newest first; the dead letters' count and the newest DEAD_SHOWN)."""
     with connect(dsn) as conn:
         require_schema(conn)
         rows = conn.execute("SELECT name, extract(epoch FROM now() - started)::float8, "
                             "extract(epoch FROM now() - seen)::float8, batches, received, loaded, rejected, rate, errors "
                             "FROM loaders ORDER BY seen DESC").fetchall()
+        dead = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+        newest = conn.execute("SELECT id, extract(epoch FROM now() - at)::float8, stream_seq, subject, deliveries, reason, "
+                              "octet_length(payload) FROM dead_letters ORDER BY id DESC LIMIT %s", (DEAD_SHOWN,)).fetchall()
     out = []
     for name, up, ago, batches, received, loaded, rejected, rate, errors in rows:
         out.append({"name": name, "live": ago < LIVE_S, "up_s": round(up), "seen_s_ago": round(ago, 1),
                     "batches": batches, "readings": loaded, "duplicates": received - loaded, "rejected": rejected,
                     "rate": round(rate, 1), "errors": {k: v for k, v in errors.items() if v}})
-    return out
+    letters = [{"id": i, "s_ago": round(ago, 1), "stream_seq": seq, "subject": subject, "deliveries": deliveries,
+                "reason": reason, "bytes": size} for i, ago, seq, subject, deliveries, reason, size in newest]
+    return out, {"count": dead, "newest": letters}
 
 
 def status(nats_url=None, dsn=None, nats_opts=None):
@@ -119,7 +128,7 @@ def status(nats_url=None, dsn=None, nats_opts=None):
             problems.append("the stream is over 80 % of its size cap: add loaders, or the oldest batches will be "
                             "dropped (openpole city init --max-gb)")
     if dsn:
-        out["loaders"] = _loaders(dsn)
+        out["loaders"], out["dead_letters"] = _database(dsn)
     live = [l for l in out.get("loaders", []) if l["live"]]
     if nats_url and not out["consumers"] and out["stream"]["batches"]:
         problems.append(f"{out['stream']['batches']} batches wait and no loader has ever subscribed: start "
@@ -168,6 +177,18 @@ def format_status(st):
                              f"loaded")
         if len(stopped) > 5:
             lines.append(f"  and {len(stopped) - 5} loaders stopped earlier")
+    dead = st.get("dead_letters")
+    if dead and dead["count"]:
+        lines.append(f"dead letters: {dead['count']} batch(es) delivered to loaders without an ack until the stream gave "
+                     f"up, kept in table dead_letters: the loaders' logs say why")
+        for d in dead["newest"]:
+            held = f"{d['bytes']} bytes kept" if d["bytes"] is not None else "no longer in the stream"
+            lines.append(f"  #{d['id']} {d['subject'] or '(no subject)'}: stream seq {d['stream_seq']}, {d['reason']} "
+                         f"after {d['deliveries']} deliveries, {_ago(d['s_ago'])} ago, {held}")
+        if dead["count"] > len(dead["newest"]):
+            lines.append(f"  and {dead['count'] - len(dead['newest'])} earlier")
+    elif dead is not None:
+        lines.append("dead letters: none")
     for p in st["problems"]:
         lines.append(f"problem: {p}")
     return "\n".join(lines)

@@ -3,6 +3,8 @@
 Poles publish each signed SenML-CBOR batch to openpole.batches.<pole> with the batch id as
 Nats-Msg-Id (edge_agent/sinks.py NatsSink). The stream keeps them on file storage, replicated, until
 the loaders have taken them and for max_age at most, so a loader outage of that long loses nothing.
+The loaders share the durable consumer CONSUMER; a batch it delivered MAX_DELIVER times without an
+ack is given up, and the stream's advisory of it is kept in DEAD_STREAM for the loaders to record.
 """
 
 import asyncio
@@ -14,6 +16,16 @@ from ..errors import UserError
 
 STREAM = "OPENPOLE_BATCHES"
 SUBJECTS = ["openpole.batches.>"]
+CONSUMER = "loaders"
+ACK_WAIT_S = 20.0  # an unacknowledged group comes again this long after a loader died with it
+# A batch that crashed or stalled this many loaders in turn is given up rather than let it stop every
+# loader of the city for ever: with the 20 s ack wait, within two minutes.
+MAX_DELIVER = 5
+# JetStream announces each given-up message once, on a plain subject: a stream keeps the announcement
+# until a loader has recorded it, even when every loader was down (crashed by that very batch).
+DEAD_STREAM = "OPENPOLE_DEAD_LETTERS"
+DEAD_SUBJECTS = [f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{STREAM}.{CONSUMER}"]
+DEAD_CONSUMER = "dead-letters"
 
 
 @dataclass
@@ -33,6 +45,43 @@ class StreamSettings:
                             retention=RetentionPolicy.LIMITS, discard=DiscardPolicy.OLD,
                             duplicate_window=self.duplicate_window_s, max_age=self.max_age_s,
                             max_bytes=self.max_bytes, max_msg_size=self.max_msg_size)
+
+    def dead_config(self):
+        """The stream of max-deliveries advisories (about 250 bytes each), as replicated as the batches'."""
+        from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+
+        return StreamConfig(name=DEAD_STREAM, subjects=DEAD_SUBJECTS, storage=StorageType.FILE,
+                            num_replicas=self.replicas, retention=RetentionPolicy.LIMITS, discard=DiscardPolicy.OLD,
+                            max_age=self.max_age_s, max_bytes=64 * 1024**2, duplicate_window=120.0)
+
+
+def consumer_config():
+    """The loaders' durable consumer, as a loader makes it when the stream has none."""
+    from nats.js.api import AckPolicy, ConsumerConfig
+
+    return ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT_S, max_ack_pending=20000,
+                          max_deliver=MAX_DELIVER)
+
+
+def dead_consumer_config():
+    from nats.js.api import AckPolicy, ConsumerConfig
+
+    return ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=60.0, max_ack_pending=1000)
+
+
+async def update_consumer(js):
+    """A loaders' consumer made before MAX_DELIVER (redelivering a batch for ever) gets it:
+    "updated", "unchanged", or None when there is no consumer yet."""
+    import nats.js.errors
+
+    try:
+        info = await js.consumer_info(STREAM, CONSUMER)
+    except nats.js.errors.NotFoundError:
+        return None
+    if info.config.max_deliver == MAX_DELIVER:
+        return "unchanged"
+    await js.add_consumer(STREAM, info.config.evolve(max_deliver=MAX_DELIVER))  # a durable's create updates it
+    return "updated"
 
 
 async def _quiet(*_):
@@ -86,37 +135,49 @@ async def _connect(url, timeout_s=5.0, opts=None, keep=False):
         raise UserError(f"--nats {redact_url(url)}: {e}") from None
 
 
+async def _ensure_stream(js, url, want):
+    import nats.js.errors
+
+    try:
+        info = await js.stream_info(want.name)
+    except nats.js.errors.NotFoundError:
+        info = None
+    except nats.js.errors.ServiceUnavailableError:
+        raise UserError(f"--nats {redact_url(url)}: JetStream is not enabled on the server (start nats-server with -js)") from None
+    try:
+        if info is None:
+            await js.add_stream(want)
+            return "made", want
+        have = info.config
+        fields = ("subjects", "num_replicas", "duplicate_window", "max_age", "max_bytes", "max_msg_size")
+        if all(getattr(have, f) == getattr(want, f) for f in fields if getattr(want, f) is not None):
+            return "unchanged", have
+        await js.update_stream(want)
+        return "updated", want
+    except nats.js.errors.APIError as e:
+        raise UserError(f"--nats {redact_url(url)}: the stream {want.name} was refused: {e.description or e}") from None
+
+
 async def _ensure(url, settings, opts):
     import nats.js.errors
 
     nc = await _connect(url, opts=opts)
     try:
         js = nc.jetstream(timeout=10)
-        want = settings.config()
+        what, cfg = await _ensure_stream(js, url, settings.config())
+        dead, _ = await _ensure_stream(js, url, settings.dead_config())
         try:
-            info = await js.stream_info(STREAM)
-        except nats.js.errors.NotFoundError:
-            info = None
-        except nats.js.errors.ServiceUnavailableError:
-            raise UserError(f"--nats {redact_url(url)}: JetStream is not enabled on the server (start nats-server with -js)") from None
-        try:
-            if info is None:
-                await js.add_stream(want)
-                return "made", want
-            have = info.config
-            same = (have.subjects == want.subjects and have.num_replicas == want.num_replicas
-                    and have.duplicate_window == want.duplicate_window and have.max_age == want.max_age
-                    and have.max_bytes == want.max_bytes and have.max_msg_size == want.max_msg_size)
-            if same:
-                return "unchanged", have
-            await js.update_stream(want)
-            return "updated", want
+            consumer = await update_consumer(js)
         except nats.js.errors.APIError as e:
-            raise UserError(f"--nats {redact_url(url)}: the stream {STREAM} was refused: {e.description or e}") from None
+            raise UserError(f"--nats {redact_url(url)}: the consumer {CONSUMER} could not be updated: "
+                            f"{e.description or e}") from None
+        return what, cfg, {"dead_letters": dead, "consumer": consumer}
     finally:
         await nc.close()
 
 
 def ensure(url, settings=None, opts=None):
-    """Make the stream, or bring its settings up to date; returns ("made"|"updated"|"unchanged", config)."""
+    """Make the stream and the dead letters' stream, or bring their settings up to date, and give an
+    existing loaders' consumer MAX_DELIVER; returns ("made"|"updated"|"unchanged", config, {"dead_letters":
+    the same for DEAD_STREAM, "consumer": "updated"|"unchanged"|None})."""
     return asyncio.run(_ensure(url, settings or StreamSettings(), opts))
