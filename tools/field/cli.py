@@ -254,7 +254,8 @@ def _after_restart(port):
 def run_diag(args):
     from rich.console import Console
 
-    from . import multi, report
+    from .. import diagnosis as report
+    from . import multi
     from .console import NodeConsole
 
     port_list = _ports(args)
