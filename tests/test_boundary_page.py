@@ -1,0 +1,132 @@
+"""The pole's page at its boundary: whatever a node reports on its diag topic, the page shows it
+for that node alone, and the other nodes still show their data.
+
+The agent runs in this process (real Mosquitto, a real receiver, real SQLite, the real aiohttp
+server); a diag report goes in the way paho's thread hands it over (MqttIngest._on_message, which
+calls Agent._side for the diag topic)."""
+
+import http.client
+import json
+
+import cbor2
+import paho.mqtt.client as mqtt
+import pytest
+from helpers import publish_all, wait
+
+from openpole.edge_agent import observe
+from openpole.edge_agent.agent import Agent
+from openpole.edge_agent.config import AgentConfig
+from openpole.edge_agent.page import serve
+from openpole.edge_agent.password import hash_password
+from openpole.receiver.server import Receiver
+from openpole.sim.broker import Broker, free_port
+
+PASSWORD = "correct horse battery"
+HASH = hash_password(PASSWORD)
+GOOD = {"node": "good", "board": "esp32-devkitc", "fw": "0.2.0", "micropython": "1.26.1", "uptime_s": 100, "boot": 1,
+        "reset_cause": "power_on", "heap_free": 30000, "heap_min_free": 20000,
+        "net": {"ssid": "pole", "connected": True, "rssi": -60, "ip": "10.0.0.5"},
+        "mqtt": {"connected": True, "errors": 0, "last_error": None, "last_publish_age_s": 1, "published": 99},
+        "queue": {"depth": 0, "ram": 0, "flash": 0, "spilled": 0, "dropped": 0},
+        "sensors": {"bme280": {"state": "ok", "errors": 0, "last_error": None, "last": {"temperature": 21.5}}}}
+ANSWERS = {200, 400, 401, 403, 404}  # 403: a form's wrong password (a page's is 401)
+
+
+def data(node, seq):
+    """A node message as the firmware sends it: temperature and humidity, the BME280 ok."""
+    return cbor2.dumps({0: 1, 1: node, 2: 1, 3: seq, 4: [[0, {1: 20.5 + seq % 3, 2: 40.0}]], 5: {"bme280": [0, 0]}})
+
+
+class Pole:
+    """The agent in this process with its page and /metrics, a receiver upstream."""
+
+    def __init__(self, root, broker, open_read=True, pole_id="bp"):
+        self.receiver = Receiver("127.0.0.1", free_port(), root / "receiver").start()
+        cfg = AgentConfig(pole_id=pole_id, broker_host=broker.host, broker_port=broker.port, upstream=self.receiver.url,
+                          state_dir=root / "edge", batch_interval_s=0.5, metrics_port=0, page_password_hash=HASH,
+                          page_open_read=open_read, page_offline_after_s=3600.0, page_refresh_s=5.0)
+        self.agent = Agent(cfg)
+        self.agent.start()
+        self.page = serve(self.agent, "127.0.0.1:0")
+        self.metrics_port = free_port()
+        self.metrics = observe.serve(self.agent, self.metrics_port)
+        self.broker = broker
+
+    def request(self, method, path, body=None, headers=None, timeout=30):
+        """(status, headers, body) of one request on a connection of its own."""
+        c = http.client.HTTPConnection("127.0.0.1", self.page.port, timeout=timeout)
+        try:
+            c.request(method, path, body=body, headers=headers or {})
+            r = c.getresponse()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+        finally:
+            c.close()
+
+    def side(self, node, payload, kind="diag"):
+        """A message on a node's side topic, handed over as paho's thread does."""
+        msg = mqtt.MQTTMessage(topic=f"openpole/v1/{node}/{kind}".encode())
+        msg.payload = payload
+        self.agent.ingest._on_message(self.agent.ingest.client, None, msg)
+
+    def with_good_node(self):
+        publish_all(self.broker, [("openpole/v1/good/data", data("good", seq)) for seq in range(1, 4)],
+                    client_id=f"openpole-test-{self.agent.cfg.pole_id}")
+        assert wait(lambda: self.agent.store.latest_messages("good", 1), timeout=30)
+        self.side("good", json.dumps(GOOD).encode())
+        return self
+
+    def stop(self):
+        self.page.stop()
+        self.metrics.shutdown()
+        self.agent.stop()
+        self.receiver.stop()
+
+
+@pytest.fixture(scope="module")
+def pole(tmp_path_factory):
+    root = tmp_path_factory.mktemp("page-boundary")
+    with Broker(root / "broker", kind="mosquitto") as broker:
+        p = Pole(root, broker).with_good_node()
+        yield p
+        p.stop()
+
+
+def html(status, headers, body):
+    """The answer is a page, not a traceback, in a status the page means."""
+    text = body.decode("utf-8")  # the page is UTF-8, always
+    assert status in ANSWERS, (status, text[-500:])
+    assert headers["content-type"].startswith("text/html"), headers
+    assert text.startswith("<!doctype html>"), text[:200]
+    assert "Traceback" not in text and "could not be made" not in text
+    return text
+
+
+def good_row(overview):
+    """The overview's row of the node that always sends good data."""
+    start = overview.index('<a href="/node/good">good</a>')
+    return overview[start:overview.index("</tr>", start)]
+
+
+def assert_good_node_shows(pole):
+    status, headers, body = pole.request("GET", "/")
+    row = good_row(html(status, headers, body))
+    assert status == 200 and "✓ online" in row and "✓ no problems" in row, row
+    assert "20,000 B" in row and "-60 dBm" in row and "0.2.0 (MicroPython 1.26.1)" in row and "bme280 ok" in row, row
+    status, headers, body = pole.request("GET", "/node/good")
+    text = html(status, headers, body)
+    assert status == 200 and '<th scope="row">temperature</th>' in text and 'class="line l0"' in text
+
+
+def test_a_report_of_the_wrong_shape_says_what_is_wrong_for_that_node_only(pole):
+    pole.side("netx", b'{"net": "x", "fw": "0.2.0"}')
+    status, headers, body = pole.request("GET", "/")
+    overview = html(status, headers, body)
+    assert status == 200
+    start = overview.index('<a href="/node/netx">netx</a>')
+    row = overview[start:overview.index("</tr>", start)]
+    assert "diag report unreadable (net: a string, not an object)" in row and "deploy openpole" in row, row
+    assert "unreadable" not in good_row(overview)
+    status, headers, body = pole.request("GET", "/node/netx")
+    text = html(status, headers, body)
+    assert status == 200 and "Report unreadable in part: net: a string, not an object." in text
+    assert_good_node_shows(pole)
