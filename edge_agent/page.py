@@ -11,6 +11,8 @@ fetching its live part again (a few lines of script).
     /status.json        the agent's /status
     POST /node/ID/action   diag, selftest or interval, with the page password; every one logged
 
+Every request, whatever its method or path, passes the password guard first (page.open_read =
+false); a refusal or an error is one line that says what to do, in HTML (JSON on a .json route).
 Reads touch only the reader connection of the queue's database and the agent's in-memory state:
 nothing on the ingest path waits for the page.
 """
@@ -23,17 +25,30 @@ import logging
 import math
 import threading
 import time
+from http import HTTPStatus
 
 from aiohttp import web
 
 from openpole.wire.node_message import NODE_ID_RE
 
 from . import observe, page_views as views
-from .page_templates import node_live, node_rest, overview_live, page
+from .page_templates import error_page, node_live, node_rest, overview_live, page
 from .password import check_password
 
 log = logging.getLogger("openpole.edge.page")
 ACTION_WAIT_S = 6.0  # how long an action waits for the node's answer before the page says "sent"
+FORM_MAX_BYTES = 16 * 1024
+HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
+           "Content-Security-Policy": "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
+                                      "img-src 'self' data:"}
+
+
+class Refusal(Exception):
+    """A request the page answers with status and one line (what went wrong and what to do)."""
+
+    def __init__(self, status, text, headers=None):
+        super().__init__(text)
+        self.status, self.text, self.headers = status, text, headers or {}
 
 
 class Page:
@@ -62,7 +77,7 @@ class Page:
     def _serve(self):
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
-        app = web.Application(middlewares=[self._guard], client_max_size=16 * 1024)
+        app = web.Application(middlewares=[self._guard], client_max_size=FORM_MAX_BYTES)
         app.add_routes([web.get("/", self.overview), web.get("/node/{node}", self.node),
                         web.get("/node/{node}/diag.json", self.diag_json), web.get("/status.json", self.status_json),
                         web.post("/node/{node}/action", self.action)])
@@ -105,23 +120,43 @@ class Page:
 
     @web.middleware
     async def _guard(self, request, handler):
-        if request.method == "GET" and not self._read_allowed(request):
-            return web.Response(status=401, text="This pole's page needs its password (any user name).",
-                                headers={"WWW-Authenticate": 'Basic realm="openpole pole page"'})
         try:
+            if not self._read_allowed(request):  # every method and path: HEAD and OPTIONS too
+                raise Refusal(401, "This pole's page needs its password (any user name).",
+                              {"WWW-Authenticate": 'Basic realm="openpole pole page"'})
             return await handler(request)
-        except web.HTTPException:
-            raise
-        except Exception:  # never a traceback in the page: one line in the agent's log
-            log.exception("page %s failed", request.path)
-            return web.Response(status=500, text="The page could not be made: the agent's log says why.")
+        except Refusal as e:
+            return self._error(request, e.status, e.text, e.headers)
+        except web.HTTPException as e:  # aiohttp's own: no such page, method or size
+            if e.status < 400:
+                raise
+            return self._error(request, e.status, self._framework_text(request, e),
+                               {k: v for k, v in e.headers.items() if k in ("Allow", "Retry-After")})
+        except Exception:  # never a traceback in the page: one line here, the trace in the agent's log
+            log.exception("page %s failed", request.path[:200])
+            return self._error(request, 500, "The page could not be made: the agent's log says why.")
+
+    @staticmethod
+    def _framework_text(request, e):
+        if e.status == 404:
+            return "No such page on this pole: the overview (/) lists its nodes."
+        if e.status == 405:
+            return (f"{request.method[:20]} is not answered here: the pages answer GET and HEAD, a node's actions "
+                    f"POST.")
+        if e.status == 413:
+            return f"The request is larger than {FORM_MAX_BYTES // 1024} KB: send the form from the node's page."
+        return f"{e.reason}: open the pole's overview (/) and go from there."
 
     # --- pages ---
-    def _html(self, body, status=200):
-        return web.Response(text=body, status=status, content_type="text/html",
-                            headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
-                                     "Content-Security-Policy": "default-src 'self'; style-src 'unsafe-inline'; "
-                                                                "script-src 'unsafe-inline'; img-src 'self' data:"})
+    def _error(self, request, status, text, headers=None):
+        headers = {**HEADERS, **(headers or {})}
+        resource = request.match_info.route.resource  # None for no route: a 404 or 405
+        if resource is not None and resource.canonical.endswith(".json"):
+            return web.json_response({"error": text}, status=status, headers=headers)
+        return self._html(error_page(f"{status} {HTTPStatus(status).phrase}", text), status, headers)
+
+    def _html(self, body, status=200, headers=HEADERS):
+        return web.Response(text=body, status=status, content_type="text/html", headers=headers)
 
     async def overview(self, request):
         v = views.pole_view(self.agent)
@@ -131,13 +166,15 @@ class Page:
         return self._html(page(f"openpole pole {self.cfg.pole_id}", self.cfg.pole_id, live,
                                refresh_s=self.cfg.page_refresh_s))
 
-    def _known(self, node):
-        return NODE_ID_RE.match(node or "") and (node in self.agent.nodes or node in self.agent.node_info)
+    def _node_id(self, request):
+        """The node the URL names: a 404 for one this pole has not heard."""
+        node = request.match_info["node"]
+        if not (NODE_ID_RE.match(node) and (node in self.agent.nodes or node in self.agent.node_info)):
+            raise Refusal(404, f"No node {node[:64]!r} on this pole: the overview lists the nodes.")
+        return node
 
     async def node(self, request, flash=None, status=200):
-        node = request.match_info["node"]
-        if not self._known(node):
-            raise web.HTTPNotFound(text=f"No node {node[:64]!r} on this pole: the overview lists the nodes.")
+        node = self._node_id(request)
         agent = self.agent
         live = node_live(views.node_view(agent, node, agent.clock()), views.latest_readings(agent, node),
                          views.charts(agent, node), views.counters(agent, node))
@@ -148,20 +185,16 @@ class Page:
         return self._html(page(f"Node {node}", self.cfg.pole_id, live, rest, self.cfg.page_refresh_s, flash), status)
 
     async def diag_json(self, request):
-        node = request.match_info["node"]
-        if not self._known(node):
-            raise web.HTTPNotFound(text=f"No node {node[:64]!r} on this pole.")
-        return web.json_response(self.agent.node_info.get(node, {}).get("diag") or {})
+        node = self._node_id(request)
+        return web.json_response(self.agent.node_info.get(node, {}).get("diag") or {}, headers=HEADERS)
 
     async def status_json(self, request):
-        return web.json_response(observe.status(self.agent))
+        return web.json_response(observe.status(self.agent), headers=HEADERS)
 
     async def action(self, request):
         """Validate, check the password, send the command, wait a little for the answer; log it all."""
-        node = request.match_info["node"]
+        node = self._node_id(request)
         client = request.remote or "?"
-        if not self._known(node):
-            raise web.HTTPNotFound(text=f"No node {node[:64]!r} on this pole.")
         form = await request.post()
         act, value, password = form.get("action", ""), str(form.get("value", "")).strip(), str(form.get("password", ""))
         if act not in ("diag", "selftest", "interval"):

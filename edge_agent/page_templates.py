@@ -58,6 +58,14 @@ def page(title, pole, live, rest="", refresh_s=5.0, flash=None):
             f'</main>{SCRIPT % int(refresh_s * 1000)}</body></html>')
 
 
+def error_page(title, text):
+    """A refusal or an error: one line that says what went wrong and what to do."""
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width,initial-scale=1"><title>{esc(title)}</title>'
+            f'<style>{CSS}</style></head><body><header><h1>{esc(title)}</h1></header><main>'
+            f'<p class="alarm" role="alert">{esc(text)}</p><p><a href="/">the pole\'s overview</a></p></main></body></html>')
+
+
 def state_badge(online):
     return '<span class="badge ok">✓ online</span>' if online else '<span class="badge alarm">✗ offline</span>'
 

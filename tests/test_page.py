@@ -6,6 +6,7 @@ Screenshots at desktop and phone widths go to $OPENPOLE_SCREENSHOTS (`make scree
 or the test's own folder."""
 
 import base64
+import http.client
 import json
 import os
 import shutil
@@ -234,6 +235,60 @@ def test_read_only_pages_can_ask_for_the_password(tmp_path, mosquitto):
         assert code == 401 and "needs its password" in body
         assert p.get("", auth="wrong")[0] == 401
         assert p.get("", auth=PASSWORD)[0] == 200
+    finally:
+        p.stop()
+
+
+METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "PROPFIND")
+ROUTES = ("", "node/n1", "node/n1/diag.json", "status.json", "node/n1/action", "no/such/page", "node/N!")
+
+
+def raw_request(pole, method, path, auth=None):
+    """(status, headers, body) for any method, with the page password as HTTP Basic or without."""
+    c = http.client.HTTPConnection("127.0.0.1", pole.port, timeout=20)
+    headers = {"Authorization": "Basic " + base64.b64encode(f"x:{auth}".encode()).decode()} if auth else {}
+    try:
+        c.request(method, "/" + path, headers=headers)
+        r = c.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read().decode()
+    finally:
+        c.close()
+
+
+def served(method, route):
+    """What the page answers to a request it lets through: the pages to GET and HEAD, actions to POST."""
+    if route == "no/such/page":
+        return 404
+    if route.endswith("/action"):
+        return 400 if method == "POST" else 405  # 400: the form is empty
+    if method not in ("GET", "HEAD"):
+        return 405
+    return 404 if route == "node/N!" else 200
+
+
+@pytest.mark.parametrize("open_read", [False, True])
+def test_every_method_on_every_route_passes_the_password_guard(tmp_path, mosquitto, open_read):
+    p = Pole(tmp_path, mosquitto, nodes=("n1",), open_read=open_read)
+    try:
+        assert wait(lambda: p.get("node/n1", auth=PASSWORD)[0] == 200, timeout=40), p.agent_log()
+        for route in ROUTES:
+            for method in METHODS:
+                status, headers, body = raw_request(p, method, route)
+                want = served(method, route) if open_read else 401
+                assert status == want, (method, route, status, body)
+                assert "Traceback" not in body and "could not be made" not in body
+                if status == 401:
+                    assert headers["www-authenticate"].startswith("Basic") and (method == "HEAD" or "needs its password" in body)
+                if status == 405:
+                    allow = "POST" if route.endswith("/action") else "GET"
+                    assert allow in headers["allow"] and (method == "HEAD" or "is not answered here" in body)
+                if method == "HEAD":
+                    assert body == ""
+                status, _, body = raw_request(p, method, route, auth=PASSWORD)
+                assert status == served(method, route), (method, route, status, body)
+        if not open_read:  # a wrong password gets no further than none, whatever the method
+            for method in METHODS:
+                assert raw_request(p, method, "node/n1/diag.json", auth="wrong")[0] == 401, method
     finally:
         p.stop()
 
