@@ -13,8 +13,9 @@ fetching its live part again (a few lines of script).
 
 Every request, whatever its method or path, passes the password guard first (page.open_read =
 false); a refusal or an error is one line that says what to do, in HTML (JSON on a .json route).
-Reads touch only the reader connection of the queue's database and the agent's in-memory state:
-nothing on the ingest path waits for the page.
+Password checks run at most two at once (password.Checks). Reads touch only the reader connection
+of the queue's database and the agent's in-memory state: nothing on the ingest path waits for the
+page.
 """
 
 import asyncio
@@ -23,6 +24,7 @@ import hashlib
 import json
 import logging
 import math
+import sqlite3
 import threading
 import time
 from http import HTTPStatus
@@ -33,11 +35,15 @@ from openpole.wire.node_message import NODE_ID_RE
 
 from . import observe, page_views as views
 from .page_templates import error_page, node_live, node_rest, overview_live, page
-from .password import check_password
+from .password import Checks
 
 log = logging.getLogger("openpole.edge.page")
 ACTION_WAIT_S = 6.0  # how long an action waits for the node's answer before the page says "sent"
 FORM_MAX_BYTES = 16 * 1024
+READ_OK_S = 600  # a page refreshing every few seconds: one scrypt in ten minutes
+READ_OK_KEPT = 64  # accepted Authorization headers remembered at once
+WRONG_PASSWORD_DELAY_S = 1.0  # a guesser gets one try a second per connection
+COUNT_EVERY_S = 1.0
 HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
            "Content-Security-Policy": "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
                                       "img-src 'self' data:"}
@@ -51,13 +57,27 @@ class Refusal(Exception):
         self.status, self.text, self.headers = status, text, headers or {}
 
 
+def basic_password(header):
+    """The password of an `Authorization: Basic` header (any user name), or None."""
+    kind, _, token = header.partition(" ")
+    if kind.lower() != "basic":
+        return None
+    try:
+        return base64.b64decode(token.strip(), validate=True).decode("utf-8").partition(":")[2]
+    except (ValueError, UnicodeError):
+        return None
+
+
 class Page:
     def __init__(self, agent, host, port):
         self.agent, self.host, self.port = agent, host, port
         self.cfg = agent.cfg
         self.loop = None
         self.runner = None
+        self.checks = None  # password.Checks, made on the page's loop
         self._read_ok = {}  # sha256 of an accepted Authorization header -> until (monotonic)
+        self._counts = {}  # counter -> n, not yet in the store (see _count)
+        self._count_timer = None
         self.started = threading.Event()
         self.error = None
 
@@ -77,6 +97,7 @@ class Page:
     def _serve(self):
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
+        self.checks = Checks()
         app = web.Application(middlewares=[self._guard], client_max_size=FORM_MAX_BYTES)
         app.add_routes([web.get("/", self.overview), web.get("/node/{node}", self.node),
                         web.get("/node/{node}/diag.json", self.diag_json), web.get("/status.json", self.status_json),
@@ -97,31 +118,75 @@ class Page:
 
     def stop(self):
         if self.loop and self.runner:
-            asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop).result(10)
             self.loop.call_soon_threadsafe(self.loop.stop)
 
+    async def _shutdown(self):
+        await self.runner.cleanup()
+        if self._count_timer:
+            self._count_timer.cancel()
+        counts, self._counts = self._counts, {}
+        await self.loop.run_in_executor(None, self._store_counts, counts)
+        self.checks.close()
+
+    # --- counted and logged off the event loop: a store write waits for the writer's commit ---
+    def _count(self, name):
+        """Into the agent's counters (so /metrics shows it) at most once a second: a flood of
+        guesses must not become a flood of SQLite writes."""
+        self._counts[name] = self._counts.get(name, 0) + 1
+        if self._count_timer is None:
+            self._count_timer = self.loop.call_later(COUNT_EVERY_S, self._flush_counts)
+
+    def _flush_counts(self):
+        counts, self._counts, self._count_timer = self._counts, {}, None
+        self.loop.run_in_executor(None, self._store_counts, counts)
+
+    def _store_counts(self, counts):
+        for name, n in counts.items():
+            try:
+                self.agent.store.count(name, n)
+            except sqlite3.Error as e:
+                log.warning("page: %d %s not counted: %s", n, name, e)
+
+    async def _log(self, t_ns, node, act, value, client, outcome):
+        log.info("page action %s%s on node %s from %s: %s", act, f" {value}" if value else "", node, client, outcome)
+        await self.loop.run_in_executor(None, self.agent.store.log_action, t_ns, node, act, value, client, outcome)
+
     # --- access ---
-    def _read_allowed(self, request):
+    async def _read_allowed(self, request):
+        """True, False (no password or a wrong one), or None (too many password checks at once)."""
         if self.cfg.page_open_read or not self.cfg.page_password_hash:
             return True
         header = request.headers.get("Authorization", "")
-        key = hashlib.sha256(header.encode()).hexdigest()
-        if self._read_ok.get(key, 0) > time.monotonic():
+        key = hashlib.sha256(header.encode("utf-8", "surrogateescape")).hexdigest()
+        now = time.monotonic()
+        if self._read_ok.get(key, 0) > now:
             return True
-        try:
-            kind, _, token = header.partition(" ")
-            password = base64.b64decode(token).decode().partition(":")[2] if kind.lower() == "basic" else None
-        except (ValueError, UnicodeDecodeError):
-            password = None
-        if password is not None and check_password(password, self.cfg.page_password_hash):
-            self._read_ok[key] = time.monotonic() + 600  # a page refreshing every few seconds: one scrypt in ten minutes
-            return True
-        return False
+        password = basic_password(header)
+        if password is None:
+            return False  # not sent yet: the browser asks for it, no check is made
+        ok = await self.checks.check(password, self.cfg.page_password_hash)
+        if ok:
+            self._read_ok = {k: t for k, t in self._read_ok.items() if t > now}
+            if len(self._read_ok) < READ_OK_KEPT:
+                self._read_ok[key] = now + READ_OK_S
+        elif ok is False:
+            await asyncio.sleep(WRONG_PASSWORD_DELAY_S)
+            self._count("page_password_refused")
+        return ok
+
+    def _busy(self):
+        self._count("page_password_busy")
+        return Refusal(429, "Too many password checks at once on this pole: try again in a few seconds.",
+                       {"Retry-After": "1"})
 
     @web.middleware
     async def _guard(self, request, handler):
         try:
-            if not self._read_allowed(request):  # every method and path: HEAD and OPTIONS too
+            allowed = await self._read_allowed(request)  # every method and path: HEAD and OPTIONS too
+            if allowed is None:
+                raise self._busy()
+            if not allowed:
                 raise Refusal(401, "This pole's page needs its password (any user name).",
                               {"WWW-Authenticate": 'Basic realm="openpole pole page"'})
             return await handler(request)
@@ -215,17 +280,19 @@ class Page:
         if not stored:
             return await self.node(request, (False, "Actions are off: this pole has no page password (openpole pole "
                                                     "init makes one)."), 403)
-        ok = await asyncio.get_running_loop().run_in_executor(None, check_password, password, stored)
+        ok = await self.checks.check(password, stored)
+        if ok is None:
+            raise self._busy()
         now = self.agent.clock()
         if not ok:
-            await asyncio.sleep(1.0)  # a guesser gets one try a second per connection
-            self.agent.store.count("page_password_refused")
-            self._log(now, node, act, value, client, "refused: wrong password")
+            await asyncio.sleep(WRONG_PASSWORD_DELAY_S)
+            self._count("page_password_refused")
+            await self._log(now, node, act, value, client, "refused: wrong password")
             return await self.node(request, (False, "Wrong password: nothing was sent. The action was logged."), 403)
         before = self.agent.node_info.get(node, {}).get("reply_ns")
         sent = self.agent.ingest.command(node, json.dumps(cmd).encode())
         if not sent:
-            self._log(now, node, act, value, client, "not sent: the agent is not connected to the broker")
+            await self._log(now, node, act, value, client, "not sent: the agent is not connected to the broker")
             return await self.node(request, (False, "Not sent: the agent is not connected to the pole's broker."), 503)
         deadline = time.monotonic() + ACTION_WAIT_S
         reply = None
@@ -236,12 +303,8 @@ class Page:
                 break
             await asyncio.sleep(0.1)
         answered_ok, outcome = views.outcome(reply, ACTION_WAIT_S)
-        self._log(now, node, act, value, client, outcome)
+        await self._log(now, node, act, value, client, outcome)
         return await self.node(request, (answered_ok, f"{act} → {node}: {outcome}"))
-
-    def _log(self, t_ns, node, act, value, client, outcome):
-        log.info("page action %s%s on node %s from %s: %s", act, f" {value}" if value else "", node, client, outcome)
-        self.agent.store.log_action(t_ns, node, act, value, client, outcome)
 
 
 def serve(agent, listen):

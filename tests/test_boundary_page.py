@@ -1,12 +1,17 @@
 """The pole's page at its boundary: whatever a node reports on its diag topic, the page shows it
-for that node alone, and the other nodes still show their data.
+for that node alone, and the other nodes still show their data. Parallel wrong passwords are
+checked at most two at once; past that they get a 429 at once, counted in /metrics.
 
 The agent runs in this process (real Mosquitto, a real receiver, real SQLite, the real aiohttp
 server); a diag report goes in the way paho's thread hands it over (MqttIngest._on_message, which
 calls Agent._side for the diag topic)."""
 
+import base64
 import http.client
 import json
+import threading
+import time
+import urllib.parse
 
 import cbor2
 import paho.mqtt.client as mqtt
@@ -17,7 +22,7 @@ from openpole.edge_agent import observe
 from openpole.edge_agent.agent import Agent
 from openpole.edge_agent.config import AgentConfig
 from openpole.edge_agent.page import serve
-from openpole.edge_agent.password import hash_password
+from openpole.edge_agent.password import AT_ONCE, hash_password
 from openpole.receiver.server import Receiver
 from openpole.sim.broker import Broker, free_port
 
@@ -29,7 +34,7 @@ GOOD = {"node": "good", "board": "esp32-devkitc", "fw": "0.2.0", "micropython": 
         "mqtt": {"connected": True, "errors": 0, "last_error": None, "last_publish_age_s": 1, "published": 99},
         "queue": {"depth": 0, "ram": 0, "flash": 0, "spilled": 0, "dropped": 0},
         "sensors": {"bme280": {"state": "ok", "errors": 0, "last_error": None, "last": {"temperature": 21.5}}}}
-ANSWERS = {200, 400, 401, 403, 404}  # 403: a form's wrong password (a page's is 401)
+ANSWERS = {200, 400, 401, 403, 404, 429}  # 403: a form's wrong password (a page's is 401)
 
 
 def data(node, seq):
@@ -130,3 +135,61 @@ def test_a_report_of_the_wrong_shape_says_what_is_wrong_for_that_node_only(pole)
     text = html(status, headers, body)
     assert status == 200 and "Report unreadable in part: net: a string, not an object." in text
     assert_good_node_shows(pole)
+
+
+# --- parallel password guessers -----------------------------------------------------------------
+
+def basic(password, user="tech"):
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def metric(port, name):
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return int(line.split()[1])
+    return 0
+
+
+def test_parallel_wrong_passwords_are_checked_two_at_a_time(tmp_path, mosquitto):
+    p = Pole(tmp_path, mosquitto, open_read=False, pole_id="guess")
+    try:
+        p.side("n1", json.dumps(GOOD).encode())
+        signed_in = {"Authorization": basic(PASSWORD)}
+        assert p.request("GET", "/", headers=signed_in)[0] == 200  # a technician's open page, before the guessers
+        answers, lock = [], threading.Lock()
+
+        def guess(i):
+            if i % 2:  # the page's password...
+                status, headers, body = p.request("GET", "/status.json", headers={"Authorization": basic(f"guess{i}")})
+            else:  # ...and an action's
+                form = urllib.parse.urlencode({"action": "diag", "password": f"guess{i}"})
+                status, headers, body = p.request("POST", "/node/n1/action", body=form, headers={
+                    **signed_in, "Content-Type": "application/x-www-form-urlencoded"})
+            with lock:
+                answers.append((status, headers))
+
+        threads = [threading.Thread(target=guess, args=(i,)) for i in range(48)]
+        for t in threads:
+            t.start()
+        # Meanwhile the pole answers at once: its overview for the technician already signed in.
+        while any(t.is_alive() for t in threads):
+            t0 = time.monotonic()
+            status, _, _ = p.request("GET", "/", headers=signed_in)
+            assert status == 200 and time.monotonic() - t0 < 1.0, time.monotonic() - t0
+        for t in threads:
+            t.join()
+        statuses = [s for s, _ in answers]
+        assert p.page.checks.peak <= AT_ONCE == 2, p.page.checks.peak
+        assert set(statuses) <= {401, 403, 429} and statuses.count(429) >= 10, statuses
+        assert all(h.get("retry-after") == "1" for s, h in answers if s == 429)
+        busy = statuses.count(429)
+        assert wait(lambda: metric(p.metrics_port, "openpole_edge_page_password_busy_total") == busy, timeout=10), busy
+        refused = len(statuses) - busy
+        assert wait(lambda: metric(p.metrics_port, "openpole_edge_page_password_refused_total") == refused), refused
+        # and the right password, from someone not yet signed in, still gets in
+        assert p.request("GET", "/", headers={"Authorization": basic(PASSWORD, "engineer")})[0] == 200
+    finally:
+        p.stop()
