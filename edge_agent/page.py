@@ -13,9 +13,9 @@ fetching its live part again (a few lines of script).
 
 Every request, whatever its method or path, passes the password guard first (page.open_read =
 false); a refusal or an error is one line that says what to do, in HTML (JSON on a .json route).
-Password checks run at most two at once (password.Checks). Reads touch only the reader connection
-of the queue's database and the agent's in-memory state: nothing on the ingest path waits for the
-page.
+Password checks run at most two at once (password.Checks). Bad input (a node id, a query string, a
+form field) is a 400, never a 500. Reads touch only the reader connection of the queue's database
+and the agent's in-memory state: nothing on the ingest path waits for the page.
 """
 
 import asyncio
@@ -23,7 +23,7 @@ import base64
 import hashlib
 import json
 import logging
-import math
+import re
 import sqlite3
 import threading
 import time
@@ -39,11 +39,15 @@ from .password import Checks
 
 log = logging.getLogger("openpole.edge.page")
 ACTION_WAIT_S = 6.0  # how long an action waits for the node's answer before the page says "sent"
+ACTIONS = ("diag", "selftest", "interval")
+INTERVAL_S = (1, 86400)
 FORM_MAX_BYTES = 16 * 1024
 READ_OK_S = 600  # a page refreshing every few seconds: one scrypt in ten minutes
 READ_OK_KEPT = 64  # accepted Authorization headers remembered at once
 WRONG_PASSWORD_DELAY_S = 1.0  # a guesser gets one try a second per connection
 COUNT_EVERY_S = 1.0
+NODE_ID_TEXT = "1 to 32 of a-z, 0-9, - and _, starting with a letter or digit"
+DECIMAL = re.compile(r"[0-9]{1,6}(\.[0-9]{1,6})?")  # seconds as a technician types them: 60, 0.5, 30.25
 HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
            "Content-Security-Policy": "default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
                                       "img-src 'self' data:"}
@@ -99,9 +103,10 @@ class Page:
         asyncio.set_event_loop(self.loop)
         self.checks = Checks()
         app = web.Application(middlewares=[self._guard], client_max_size=FORM_MAX_BYTES)
-        app.add_routes([web.get("/", self.overview), web.get("/node/{node}", self.node),
-                        web.get("/node/{node}/diag.json", self.diag_json), web.get("/status.json", self.status_json),
-                        web.post("/node/{node}/action", self.action)])
+        node = "/node/{node:[^/]+}"  # aiohttp's default leaves out { and }: every id gets its answer here
+        app.add_routes([web.get("/", self.overview), web.get(node, self.node),
+                        web.get(node + "/diag.json", self.diag_json), web.get("/status.json", self.status_json),
+                        web.post(node + "/action", self.action)])
         self.runner = web.AppRunner(app, access_log=None)
         try:
             self.loop.run_until_complete(self.runner.setup())
@@ -189,6 +194,9 @@ class Page:
             if not allowed:
                 raise Refusal(401, "This pole's page needs its password (any user name).",
                               {"WWW-Authenticate": 'Basic realm="openpole pole page"'})
+            if request.query_string:
+                raise Refusal(400, f"This page takes no query string ({request.query_string[:40]!r}): open "
+                                   f"{request.path[:80]} without one.")
             return await handler(request)
         except Refusal as e:
             return self._error(request, e.status, e.text, e.headers)
@@ -232,10 +240,12 @@ class Page:
                                refresh_s=self.cfg.page_refresh_s))
 
     def _node_id(self, request):
-        """The node the URL names: a 404 for one this pole has not heard."""
+        """The node the URL names: a 400 for an id no node can have, a 404 for one this pole has not heard."""
         node = request.match_info["node"]
-        if not (NODE_ID_RE.match(node) and (node in self.agent.nodes or node in self.agent.node_info)):
-            raise Refusal(404, f"No node {node[:64]!r} on this pole: the overview lists the nodes.")
+        if not NODE_ID_RE.fullmatch(node):
+            raise Refusal(400, f"Node id {node[:40]!r}: a node id is {NODE_ID_TEXT}; the overview (/) lists the nodes.")
+        if node not in self.agent.nodes and node not in self.agent.node_info:
+            raise Refusal(404, f"No node {node!r} on this pole: the overview lists the nodes.")
         return node
 
     async def node(self, request, flash=None, status=200):
@@ -256,23 +266,36 @@ class Page:
     async def status_json(self, request):
         return web.json_response(observe.status(self.agent), headers=HEADERS)
 
+    async def _form(self, request):
+        """The action form's fields as text: a 400 for a body that is not a form of text fields."""
+        try:
+            form = await request.post()
+        except web.HTTPException:
+            raise
+        except Exception:  # whatever the body held, it is the sender's to fix
+            raise Refusal(400, "The form could not be read: send it from the node's page.") from None
+        fields = {}
+        for name in ("action", "value", "password"):
+            v = form.get(name, "")
+            if not isinstance(v, str):
+                raise Refusal(400, f"Form field {name}: text expected, not a file; send the form from the node's page.")
+            fields[name] = v
+        return fields["action"], fields["value"].strip(), fields["password"]
+
     async def action(self, request):
         """Validate, check the password, send the command, wait a little for the answer; log it all."""
         node = self._node_id(request)
         client = request.remote or "?"
-        form = await request.post()
-        act, value, password = form.get("action", ""), str(form.get("value", "")).strip(), str(form.get("password", ""))
-        if act not in ("diag", "selftest", "interval"):
+        act, value, password = await self._form(request)
+        if act not in ACTIONS:
             return await self.node(request, (False, "Choose an action: diag, selftest or interval."), 400)
         cmd = {"cmd": act}
         if act == "interval":
-            try:
-                seconds = float(value)
-                if not (math.isfinite(seconds) and 1 <= seconds <= 86400):
-                    raise ValueError
-            except ValueError:
-                return await self.node(request, (False, f"Interval {value[:20]!r}: give a number of seconds from 1 to "
-                                                        f"86400."), 400)
+            lo, hi = INTERVAL_S
+            seconds = float(value) if DECIMAL.fullmatch(value) else None
+            if seconds is None or not lo <= seconds <= hi:
+                return await self.node(request, (False, f"Interval {value[:20]!r}: give a number of seconds from {lo} "
+                                                        f"to {hi}."), 400)
             cmd["value"] = int(seconds) if seconds == int(seconds) else seconds
         else:
             value = ""

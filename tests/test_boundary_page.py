@@ -1,6 +1,8 @@
 """The pole's page at its boundary: whatever a node reports on its diag topic, the page shows it
-for that node alone, and the other nodes still show their data. Parallel wrong passwords are
-checked at most two at once; past that they get a 429 at once, counted in /metrics.
+for that node alone, and the other nodes still show their data. Whatever a URL, a query string or
+a form holds, the page answers with a status it means (never a 500) in HTML, or JSON on a .json
+route, never a traceback. Parallel wrong passwords are checked at most two at once; past that they
+get a 429 at once, counted in /metrics.
 
 The agent runs in this process (real Mosquitto, a real receiver, real SQLite, the real aiohttp
 server); a diag report goes in the way paho's thread hands it over (MqttIngest._on_message, which
@@ -17,6 +19,8 @@ import cbor2
 import paho.mqtt.client as mqtt
 import pytest
 from helpers import publish_all, wait
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from openpole.edge_agent import observe
 from openpole.edge_agent.agent import Agent
@@ -35,6 +39,8 @@ GOOD = {"node": "good", "board": "esp32-devkitc", "fw": "0.2.0", "micropython": 
         "queue": {"depth": 0, "ram": 0, "flash": 0, "spilled": 0, "dropped": 0},
         "sensors": {"bme280": {"state": "ok", "errors": 0, "last_error": None, "last": {"temperature": 21.5}}}}
 ANSWERS = {200, 400, 401, 403, 404, 429}  # 403: a form's wrong password (a page's is 401)
+SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                            HealthCheck.too_slow])
 
 
 def data(node, seq):
@@ -106,6 +112,12 @@ def html(status, headers, body):
     return text
 
 
+def strict_json(body):
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+    return json.loads(body.decode("utf-8"), parse_constant=refuse)
+
+
 def good_row(overview):
     """The overview's row of the node that always sends good data."""
     start = overview.index('<a href="/node/good">good</a>')
@@ -135,6 +147,89 @@ def test_a_report_of_the_wrong_shape_says_what_is_wrong_for_that_node_only(pole)
     text = html(status, headers, body)
     assert status == 200 and "Report unreadable in part: net: a string, not an object." in text
     assert_good_node_shows(pole)
+
+
+# --- what a browser (or anything else) sends --------------------------------------------------
+
+@SETTINGS
+@given(node=st.text(max_size=80) | st.binary(max_size=40), suffix=st.sampled_from(["", "/diag.json", "/action"]))
+def test_any_node_id_in_a_url_is_a_page_or_a_one_line_refusal(pole, node, suffix):
+    quoted = urllib.parse.quote_from_bytes(node if isinstance(node, bytes) else node.encode("utf-8", "surrogatepass"),
+                                           safe="")
+    method = "POST" if suffix == "/action" else "GET"
+    status, headers, body = pole.request(method, f"/node/{quoted}{suffix}")
+    if suffix == "/diag.json" and quoted not in ("", ".", ".."):  # (those may be other paths)
+        assert headers["content-type"].startswith("application/json"), (quoted, status, headers)
+    if headers["content-type"].startswith("application/json"):
+        assert status in ANSWERS and isinstance(strict_json(body), dict)
+    else:
+        text = html(status, headers, body)
+        if status in (400, 404):
+            assert text.count('role="alert"') == 1  # one line that says what to do
+
+
+@SETTINGS
+@given(query=st.text(st.characters(blacklist_categories=["Cs"]), min_size=1, max_size=60), path=st.sampled_from(["/", "/node/good", "/status.json"]))
+def test_any_query_string_is_a_400_that_says_so(pole, query, path):
+    status, headers, body = pole.request("GET", f"{path}?{urllib.parse.quote(query, safe='=&')}")
+    assert status == 400, status
+    if path.endswith(".json"):
+        assert "takes no query string" in strict_json(body)["error"]
+    else:
+        assert "takes no query string" in html(status, headers, body)
+
+
+TEXT = (st.sampled_from(["diag", "selftest", "interval", "60", "", " 30 "]) | st.text(max_size=40)
+        | st.integers().map(str) | st.floats().map(str))
+FIELDS = st.dictionaries(st.sampled_from(["action", "value", "password", "other"]), TEXT, max_size=4)
+
+
+@settings(SETTINGS, max_examples=30)  # a wrong password costs its 1 s
+@given(form=FIELDS)
+def test_any_form_field_is_checked_and_nothing_goes_without_the_password(pole, form):
+    status, headers, body = pole.request("POST", "/node/good/action", body=urllib.parse.urlencode(form),
+                                         headers={"Content-Type": "application/x-www-form-urlencoded"})
+    text = html(status, headers, body)
+    assert status in (400, 403), (form, status)  # 200 would be an action sent without the password
+    assert ("Wrong password: nothing was sent" if status == 403 else 'class="flash bad"') in text
+
+
+@SETTINGS
+@given(raw=st.binary(max_size=300) | TEXT.map(str.encode),
+       kind=st.sampled_from(["application/x-www-form-urlencoded", "application/x-www-form-urlencoded; charset=latin-1",
+                             "multipart/form-data; boundary=xyz", "multipart/form-data", "text/plain", ""]))
+def test_any_request_body_is_an_answer_never_a_500(pole, raw, kind):
+    status, headers, body = pole.request("POST", "/node/good/action", body=raw, headers={"Content-Type": kind})
+    assert status in (400, 403), status
+    html(status, headers, body)
+
+
+def test_the_interval_is_checked_for_type_and_range(pole):
+    for value in ("abc", "nan", "inf", "0", "0.5", "86401", "1e3", "١٢", "-5", "60s", "9" * 50):
+        status, headers, body = pole.request("POST", "/node/good/action", body=urllib.parse.urlencode(
+            {"action": "interval", "value": value, "password": "wrong"}),
+            headers={"Content-Type": "application/x-www-form-urlencoded"})
+        text = html(status, headers, body)
+        assert status == 400 and "give a number of seconds from 1 to 86400" in text, (value, status)
+    status, headers, body = pole.request("POST", "/node/good/action", body=b"action=diag&password=%ff%fe",
+                                         headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 403 and "Wrong password" in html(status, headers, body)
+    upload = (b'--xyz\r\nContent-Disposition: form-data; name="action"; filename="a.txt"\r\n\r\ndiag\r\n--xyz--\r\n')
+    status, headers, body = pole.request("POST", "/node/good/action", body=upload,
+                                         headers={"Content-Type": "multipart/form-data; boundary=xyz"})
+    assert status == 400 and "Form field action: text expected, not a file" in html(status, headers, body)
+
+
+def test_bad_node_ids_are_400_and_unknown_ones_404(pole):
+    for path in ("/node/UPPER", "/node/a%2Fb", "/node/%ff", "/node/good%0A", "/node/" + "a" * 33, "/node/-x/diag.json"):
+        status, headers, body = pole.request("GET", path)
+        assert status == 400, (path, status)
+        text = body.decode()
+        assert "a node id is 1 to 32 of a-z, 0-9, - and _" in text and "Traceback" not in text
+    status, headers, body = pole.request("GET", "/node/nobody")
+    assert status == 404 and "No node &#x27;nobody&#x27; on this pole" in html(status, headers, body)
+    status, headers, body = pole.request("GET", "/node/nobody/diag.json")
+    assert status == 404 and "No node 'nobody'" in strict_json(body)["error"]
 
 
 # --- parallel password guessers -----------------------------------------------------------------

@@ -263,7 +263,7 @@ def served(method, route):
         return 400 if method == "POST" else 405  # 400: the form is empty
     if method not in ("GET", "HEAD"):
         return 405
-    return 404 if route == "node/N!" else 200
+    return 400 if route == "node/N!" else 200
 
 
 @pytest.mark.parametrize("open_read", [False, True])
