@@ -229,7 +229,9 @@ class Page:
         return self._html(error_page(f"{status} {HTTPStatus(status).phrase}", text), status, headers)
 
     def _html(self, body, status=200, headers=HEADERS):
-        return web.Response(text=body, status=status, content_type="text/html", headers=headers)
+        # A node's string may hold lone surrogates ("\ud800" is valid JSON): replaced, never a 500.
+        return web.Response(body=body.encode("utf-8", "replace"), status=status, content_type="text/html",
+                            charset="utf-8", headers=headers)
 
     async def overview(self, request):
         v = views.pole_view(self.agent)
@@ -261,7 +263,12 @@ class Page:
 
     async def diag_json(self, request):
         node = self._node_id(request)
-        return web.json_response(self.agent.node_info.get(node, {}).get("diag") or {}, headers=HEADERS)
+        report = self.agent.node_info.get(node, {}).get("diag") or {}
+        text = views.as_json(report)
+        if text is None:
+            text = json.dumps({"node": node, "unreadable": "the report holds NaN or infinity, or nests too deeply: "
+                                                           "JSON cannot carry it as it is"})
+        return web.Response(text=text, content_type="application/json", headers=HEADERS)
 
     async def status_json(self, request):
         return web.json_response(observe.status(self.agent), headers=HEADERS)

@@ -1,8 +1,8 @@
-"""The pole's page at its boundary: whatever a node reports on its diag topic, the page shows it
-for that node alone, and the other nodes still show their data. Whatever a URL, a query string or
-a form holds, the page answers with a status it means (never a 500) in HTML, or JSON on a .json
-route, never a traceback. Parallel wrong passwords are checked at most two at once; past that they
-get a 429 at once, counted in /metrics.
+"""The pole's page at its boundary. Whatever a node reports on its diag topic (JSON of any shape,
+extreme numbers, deep nesting, huge strings, bytes that are not UTF-8), whatever a URL, a query
+string or a form holds, the page answers with a status it means (never a 500) in HTML, or JSON on
+a .json route, never a traceback, and the other nodes still show their data. Parallel wrong
+passwords are checked at most two at once; past that they get a 429 at once, counted in /metrics.
 
 The agent runs in this process (real Mosquitto, a real receiver, real SQLite, the real aiohttp
 server); a diag report goes in the way paho's thread hands it over (MqttIngest._on_message, which
@@ -22,6 +22,7 @@ from helpers import publish_all, wait
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from openpole import diagnosis
 from openpole.edge_agent import observe
 from openpole.edge_agent.agent import Agent
 from openpole.edge_agent.config import AgentConfig
@@ -98,6 +99,7 @@ def pole(tmp_path_factory):
     root = tmp_path_factory.mktemp("page-boundary")
     with Broker(root / "broker", kind="mosquitto") as broker:
         p = Pole(root, broker).with_good_node()
+        p.side("bad", b"{}")  # the node whose reports the tests make up, known to the pole from the start
         yield p
         p.stop()
 
@@ -132,6 +134,68 @@ def assert_good_node_shows(pole):
     status, headers, body = pole.request("GET", "/node/good")
     text = html(status, headers, body)
     assert status == 200 and '<th scope="row">temperature</th>' in text and 'class="line l0"' in text
+
+
+# --- what a node sends on its diag topic ------------------------------------------------------
+
+SCALARS = (st.none() | st.booleans() | st.integers(min_value=-2**80, max_value=2**80)
+           | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=30))
+VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4)
+                      | st.dictionaries(st.text(max_size=12), inner, max_size=4), max_leaves=16)
+
+
+def shaped(kind):
+    """Objects near the shape firmware/diag.py sends (diagnosis.SHAPE), each field of any type."""
+    if "*" in kind:
+        return st.dictionaries(st.text(max_size=12), VALUES | shaped(kind["*"]), max_size=3)
+    return st.fixed_dictionaries({}, optional={k: VALUES | shaped(v) if isinstance(v, dict) and v else VALUES
+                                               for k, v in kind.items()})
+
+
+REPORTS = shaped(diagnosis.SHAPE) | VALUES
+
+
+def encoded(report):
+    return st.sampled_from([json.dumps(report).encode(),
+                            json.dumps(report, ensure_ascii=False).encode("utf-8", "surrogatepass"),
+                            json.dumps({"cmd": "diag", "ok": True, "diag": report}).encode()])
+
+
+PAYLOADS = st.one_of(
+    REPORTS.flatmap(encoded),
+    st.binary(max_size=300),  # not UTF-8, not JSON
+    st.integers(1, 20000).map(lambda n: ("[" * n + "]" * n).encode()),  # nested past any parser's limit, or not
+    st.integers(1, 3000).map(lambda n: ('{"net": ' * n + "1" + "}" * n).encode()),
+    st.integers(0, 16000).map(lambda n: json.dumps({"fw": "x" * n, "sensors": {"s" * n: {"state": "failed" * n}},
+                                                    "mqtt": {"connected": False, "last_error": "e" * n}}).encode()),
+    st.integers(300, 5000).map(lambda n: ('{"heap_min_free": ' + "9" * n + ', "queue": {"dropped": -' + "9" * n
+                                          + "}}").encode()),
+    st.sampled_from([b'{"net": "x"}', b'{"heap_min_free": NaN, "net": {"rssi": -Infinity}}', b'{"fw": "\\ud800"}',
+                     b'{"sensors": {"bme280": {"state": "failed", "last_error": {"a": [1]}}}}', b'{"sensors": []}',
+                     b'{"mqtt": {"errors": 1e400}, "audio_lost_blocks": "x", "queue": []}', b"\xff\xfe{}"]),
+)
+
+
+@settings(SETTINGS, max_examples=250)
+@given(payload=PAYLOADS)
+def test_any_diag_report_shows_for_its_node_alone(pole, payload):
+    pole.side("bad", payload)
+    status, headers, body = pole.request("GET", "/")
+    overview = html(status, headers, body)
+    assert status == 200 and '<a href="/node/bad">bad</a>' in overview
+    report = pole.agent.node_info["bad"].get("diag")
+    wrong = diagnosis.shape(report) if report else []
+    if wrong:  # a report of the wrong shape says so, on its node's row
+        start = overview.index('<a href="/node/bad">bad</a>')
+        assert "diag report unreadable" in overview[start:overview.index("</tr>", start)]
+    for path, headers in (("/node/bad", {}), ("/node/bad", {"X-Partial": "1"}), ("/", {"X-Partial": "1"})):
+        status, got, body = pole.request("GET", path, headers=headers)
+        text = body.decode("utf-8")
+        assert status == 200 and "Traceback" not in text and got["content-type"].startswith("text/html"), text[-300:]
+    status, got, body = pole.request("GET", "/node/bad/diag.json")
+    assert status == 200 and got["content-type"].startswith("application/json")
+    assert isinstance(strict_json(body), dict)
+    assert_good_node_shows(pole)
 
 
 def test_a_report_of_the_wrong_shape_says_what_is_wrong_for_that_node_only(pole):
