@@ -9,7 +9,8 @@ import threading
 from dataclasses import dataclass
 
 from ..errors import UserError
-from . import image, ports, report
+from .. import diagnosis as report
+from . import image, ports
 from .console import wait_for_diag
 
 
