@@ -233,7 +233,8 @@ def test_any_node_id_in_a_url_is_a_page_or_a_one_line_refusal(pole, node, suffix
 
 
 @SETTINGS
-@given(query=st.text(st.characters(blacklist_categories=["Cs"]), min_size=1, max_size=60), path=st.sampled_from(["/", "/node/good", "/status.json"]))
+@given(query=st.text(st.characters(blacklist_categories=["Cs"]), min_size=1, max_size=60),
+       path=st.sampled_from(["/", "/node/good", "/status.json"]))
 def test_any_query_string_is_a_400_that_says_so(pole, query, path):
     status, headers, body = pole.request("GET", f"{path}?{urllib.parse.quote(query, safe='=&')}")
     assert status == 400, status

@@ -102,7 +102,8 @@ def test_any_json_is_read_and_rendered_without_an_error():
     from rich.console import Console
 
     values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-                          lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                          lambda inner: st.lists(inner, max_size=3)
+                          | st.dictionaries(st.text(max_size=8), inner, max_size=3),
                           max_leaves=12)
     fields = st.fixed_dictionaries({}, optional={k: values | st.fixed_dictionaries(
         {}, optional={f: values for f in (v if isinstance(v, dict) else {})}) for k, v in report.SHAPE.items()})
