@@ -53,6 +53,9 @@ DEPTH_SQL = ("SELECT count(*), coalesce(sum(records), 0), coalesce(sum(length(se
 KEEP_SENT_NS = 24 * 3600 * 10**9  # rows already upstream stay a day: replays in that time are caught
 HISTORY_NS = 25 * 3600 * 10**9  # the page's charts and logs: a day and an hour
 ACTIONS_KEPT = 1000
+# A day of diag reports is 288 at the default diag_interval_s (300 s); a node sending one a second
+# must not make the page read and parse 86,400 of them on each refresh.
+DIAGS_READ = 1500
 
 
 SQLITE_CORRUPT, SQLITE_FULL, SQLITE_NOTADB = 11, 13, 26
@@ -290,7 +293,7 @@ class Store:
             return dict(self.reader.execute("SELECT name, value FROM counters").fetchall())
 
     # --- the page's history: written off the ingest path (the sender, the limits timer, paho's
-    # thread for diag reports), read through the reader connection ---
+    # thread for diag reports), read through the reader connection by the named queries below ---
     def keep_minutes(self, rows):
         """Closed minutes (node, quantity, minute, count, mean, min, max) for the page's charts."""
         if rows:
@@ -306,9 +309,32 @@ class Store:
             self.db.execute("INSERT INTO actions (t_ns, node, action, value, client, outcome) VALUES (?, ?, ?, ?, ?, ?)",
                             (t_ns, node, action, value, client, outcome))
 
-    def history(self, sql, args=()):
+    def _read(self, sql, args):
         with self._rlock:
             return self.reader.execute(sql, args).fetchall()
+
+    def latest_messages(self, node, n):
+        """The node's n newest stored messages, newest first: [(senml, records, receive_ns)]."""
+        return self._read("SELECT senml, records, receive_ns FROM messages WHERE node = ? ORDER BY boot DESC, seq DESC "
+                          "LIMIT ?", (node, n))
+
+    def minutes(self, node, since_s):
+        """The node's closed minutes from since_s (unix s) on, oldest first:
+        [(quantity, minute, mean, min, max)]."""
+        return self._read("SELECT quantity, minute, mean, min, max FROM minutes WHERE node = ? AND minute >= ? "
+                          "ORDER BY minute", (node, since_s))
+
+    def diags(self, node, since_ns, n=DIAGS_READ):
+        """The node's diag reports from since_ns on, oldest first, at most the n newest:
+        [(t_ns, report as the node sent it)]."""
+        rows = self._read("SELECT t_ns, report FROM diags WHERE node = ? AND t_ns >= ? ORDER BY t_ns DESC LIMIT ?",
+                          (node, since_ns, n))
+        return rows[::-1]
+
+    def actions(self, node, n):
+        """The n latest actions taken on the node, newest first: [(t_ns, action, value, client, outcome)]."""
+        return self._read("SELECT t_ns, action, value, client, outcome FROM actions WHERE node = ? ORDER BY id DESC "
+                          "LIMIT ?", (node, n))
 
     def depth(self):
         """(messages, records, bytes, oldest receive_ns or None) waiting to go upstream."""

@@ -63,3 +63,61 @@ def test_a_firmware_outside_the_supported_versions_is_a_warning_with_what_to_do(
 def test_flash_and_deploy_verdicts_carry_the_firmware_warning():
     d = changed(micropython="1.20.0")
     assert report.verdict(d).startswith("1 problem(s): MicroPython 1.20.0 on the node")
+
+
+# A report is the node's JSON, whatever it holds: each field is type-checked where it is read.
+
+def test_a_report_of_the_wrong_shape_is_unreadable_with_what_is_wrong_first():
+    p = report.problems({"net": "x"})
+    assert p[0] == ("diag report unreadable (net: a string, not an object): the node's firmware does not send the "
+                    "report openpole reads; deploy openpole's firmware (openpole deploy) or fix the box's own")
+    p = report.problems(changed(mqtt__connected="yes", heap_min_free="low", net__rssi=float("-inf"),
+                                sensors__bme280__errors=[1], queue=[], reset_cause=7))
+    assert p[0].startswith("diag report unreadable (reset_cause: an integer, not a string; heap_min_free: a string, "
+                           "not an integer; queue: a list, not an object and 3 more)"), p[0]
+    assert len(p) == 1  # nothing guessed from the unreadable fields: not "MQTT down", not "weak signal"
+    assert report.shape(changed(queue__dropped=2**70)) == ["queue.dropped: an integer out of range"]
+    assert report.problems([1, 2])[0].startswith("diag report unreadable (the report is a list, not an object)")
+    nested = {"config": {"a": {}}}
+    node = nested["config"]["a"]
+    for _ in range(30):
+        node["a"] = {}
+        node = node["a"]
+    assert report.problems(nested)[0].startswith("diag report unreadable (the report nests deeper than 16 levels)")
+    assert report.shape(OK) == [] and report.shape(changed(config={"wifi": {"ssid": "x"}}, extra=[1])) == []
+
+
+def test_readable_fields_still_count_beside_unreadable_ones():
+    p = report.problems(changed(net="x", queue__dropped=5, sensors__bme280__state="failed", sensors__sht31=3))
+    assert p[0].startswith("diag report unreadable (net: a string, not an object; sensors.sht31: an integer")
+    assert "sensor bme280 failed: check its wiring" in p[1] and "5 message(s) dropped" in p[2]
+
+
+def test_any_json_is_read_and_rendered_without_an_error():
+    import io
+    import json
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from rich.console import Console
+
+    values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+                          lambda inner: st.lists(inner, max_size=3)
+                          | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                          max_leaves=12)
+    fields = st.fixed_dictionaries({}, optional={k: values | st.fixed_dictionaries(
+        {}, optional={f: values for f in (v if isinstance(v, dict) else {})}) for k, v in report.SHAPE.items()})
+
+    @settings(max_examples=200, deadline=None)
+    @given(d=fields | values | st.text(max_size=30).map(lambda s: {"fw": s, "node": "[/]" + s, "net": {"ssid": s + "\n",
+                                                                                                    "connected": False}}))
+    def check(d):
+        p = report.problems(d)
+        assert all(isinstance(line, str) and "\n" not in line for line in p)
+        assert (report.shape(d) == []) == (not p or not p[0].startswith("diag report unreadable"))
+        out = io.StringIO()
+        report.render(d, Console(file=out, width=200))
+        assert report.verdict(d) == ("ok" if not p else f"{len(p)} problem(s): {p[0]}")
+        json.dumps(d)  # (what --json prints: the report as the node sent it)
+
+    check()
