@@ -271,7 +271,7 @@ class Agent:
             return
         try:
             report = json.loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past what Python parses
             self.store.count("side_rejected")
             return
         if not isinstance(report, dict):

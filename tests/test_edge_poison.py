@@ -264,5 +264,8 @@ def test_node_reports_on_the_side_topics_never_wait_for_a_full_disk(tmp_path):
     a._side("openpole/v1/../diag", b"{}")
     a._side("openpole/v1/px1/status", b"offline")
     assert a.node_info["px1"]["online"] is False
+    a._side("openpole/v1/px1/diag", b"[" * 4000 + b"]" * 4000)  # JSON nested past Python's parser
+    a._side("openpole/v1/px1\n/diag", b"{}")  # a node id with a newline is no node id
     counters = a.store.counters()
-    assert counters["diag_not_kept_disk_full"] == 1 and counters["side_rejected"] == 2, counters
+    assert counters["diag_not_kept_disk_full"] == 1 and counters["side_rejected"] == 4, counters
+    assert "px1\n" not in a.node_info

@@ -18,7 +18,7 @@ from openpole.spec.registry import REGISTRY
 MAX_PAYLOAD = 16 * 1024  # a v1 message with a day of samples is far smaller
 MAX_DEPTH = 8
 MAX_SAMPLES = 1024
-NODE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+NODE_ID_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}\Z")  # \Z, not $: $ lets "abc\n" through
 COSE_MAC0 = 17
 _PROTECTED_HMAC_256_64 = b"\xa1\x01\x04"
 
