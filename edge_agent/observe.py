@@ -130,18 +130,13 @@ def from_state(state_dir):
     import sqlite3
     from pathlib import Path
 
-    from .store import DEPTH_SQL
+    from .store import read_only
 
     path = Path(state_dir) / "queue.sqlite"
     if not path.is_file():
         raise UserError(f"--state {state_dir}: no queue here (queue.sqlite): is it the agent's state.dir?")
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-        try:
-            messages, records, size, oldest = db.execute(DEPTH_SQL).fetchone()
-            counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
-        finally:
-            db.close()
+        (messages, records, size, oldest), counters = read_only(path)
     except sqlite3.Error as e:
         raise UserError(f"{path}: cannot read the queue: {e}") from None
     return {"agent": "not running", "state": str(state_dir), "counters": counters,

@@ -61,6 +61,16 @@ DIAGS_READ = 1500
 SQLITE_CORRUPT, SQLITE_FULL, SQLITE_NOTADB = 11, 13, 26
 
 
+def read_only(path):
+    """(depth as DEPTH_SQL gives it, {counter: value}) of a queue file opened read-only: what `openpole
+    edge status --state` shows while the agent is down."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        return db.execute(DEPTH_SQL).fetchone(), dict(db.execute("SELECT name, value FROM counters").fetchall())
+    finally:
+        db.close()
+
+
 def disk_full(e):
     code = getattr(e, "sqlite_errorcode", None)
     return code & 0xFF == SQLITE_FULL if code is not None else "full" in str(e)
