@@ -22,6 +22,10 @@ def openpole(*args):
     (("conformance", "--capture", sys.executable, "--node-id", "n1"), "not a capture (binary data"),
     (("sim", "node", "--image", "/nonexistent/node.bin"), "openpole: /nonexistent/node.bin: No such file or directory"),
     (("receiver", "--listen", "127.0.0.1:notaport"), "--listen '127.0.0.1:notaport': expected HOST:PORT"),
+    (("pole", "init", "--site", "/nonexistent/site", "--out", "/nonexistent/out", "--listen", "0.0.0.0:x"),
+     "--listen '0.0.0.0:x': expected HOST:PORT"),
+    (("pole", "init", "--site", "/nonexistent/site", "--out", "/nonexistent/out", "--tls", "0.0.0.0:99999"),
+     "--tls '0.0.0.0:99999': expected HOST:PORT"),
     (("sim", "board", "--flash", "/nonexistent/dir/flash.bin"), "/nonexistent/dir/flash.bin: No such file or directory"),
 ])
 def test_user_errors_are_one_line(args, message):

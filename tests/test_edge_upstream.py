@@ -255,3 +255,24 @@ def test_the_unit_is_hardened_and_watched():
     for line in ("Type=notify", "WatchdogSec=90", "NoNewPrivileges=true", "ProtectSystem=strict",
                  "ReadWritePaths=/var/lib/openpole", "PrivateTmp=true", "MemoryMax=256M"):
         assert f"\n{line}" in unit
+
+
+def test_upstream_credentials_never_show_in_status(tmp_path):
+    """A city's URL may carry a user and password: /status, `edge status` and the pole's page show
+    the upstream by describe(), with the credentials hidden, for every kind of upstream."""
+    from openpole.common import redact_url
+    from openpole.edge_agent.sinks import HttpSink
+
+    assert HttpSink("https://pole17:s3cret@city.example:8443/").describe() == "https://***@city.example:8443/v1/batches"
+    assert redact_url("nats://u:pw@n1:4222,nats://u:pw@n2:4222") == "nats://***@n1:4222,nats://***@n2:4222"
+    up = Upstream()
+    a = start_agent(tmp_path, up)
+    try:
+        a.sink.url = a.sink.url.replace("http://", "http://pole17:s3cret@")
+        from openpole.edge_agent import observe
+
+        st = observe.status(a)
+        assert "s3cret" not in str(st) and st["upstream"]["url"].startswith("http://***@")
+    finally:
+        a.stop()
+        up.close()

@@ -15,6 +15,7 @@ import os
 import secrets as rnd
 from pathlib import Path
 
+from ..common import parse_hostport
 from ..errors import UserError
 from .site import write_file
 
@@ -53,7 +54,7 @@ def main_conf_keys(out):
 
 def mosquitto_conf(listen, passwd, aclfile, n_nodes, persistence_dir=None, main_keys=frozenset(), tls=None):
     """tls: (HOST:PORT, cafile, certfile, keyfile) for a TLS listener beside the plain one."""
-    host, _, port = listen.rpartition(":")
+    host, port = parse_hostport(listen, 1883, flag="--listen")
     # The agent's persistent session holds what arrives while it restarts: an hour of one message
     # a second from every node, and at least 10000.
     queued = max(10000, n_nodes * 3600)
@@ -72,7 +73,7 @@ def mosquitto_conf(listen, passwd, aclfile, n_nodes, persistence_dir=None, main_
         persistence["persistence_location"] = f"persistence_location {persistence_dir}/"
     lines += [line for key, line in persistence.items() if key not in main_keys]  # the main config's stand
     if tls:
-        t_host, _, t_port = tls[0].rpartition(":")
+        t_host, t_port = parse_hostport(tls[0], 8883, flag="--tls")
         # Listener options (allow_anonymous, the password file, the ACL) are global: per_listener_settings is off.
         lines += ["", "# TLS for the nodes: they check this certificate against the site CA (ca.der on each node).",
                   f"listener {t_port} {t_host}".rstrip(), f"cafile {tls[1]}", f"certfile {tls[2]}", f"keyfile {tls[3]}",
@@ -87,6 +88,9 @@ def _toml_str(s):
 def init(site, out, listen="0.0.0.0:1883", pole_id="pole", persistence_dir=None, tls_listen=None, tls_names=()):
     """Write the files; returns {what: path}. tls_listen: HOST:PORT of a TLS listener for the nodes,
     with a certificate for tls_names (the host names or addresses the nodes use for the broker)."""
+    parse_hostport(listen, 1883, flag="--listen")  # a bad flag is one line before anything is written
+    if tls_listen:
+        parse_hostport(tls_listen, 8883, flag="--tls")
     nodes = site.nodes()
     if not nodes:
         raise UserError(f"{site.inventory}: no nodes in the inventory: flash a node first")
@@ -146,7 +150,7 @@ def init(site, out, listen="0.0.0.0:1883", pole_id="pole", persistence_dir=None,
         if "[page]" not in text:  # a pole set up before the page: the section is added, the rest kept
             write_file(files["agent"], text.rstrip("\n") + "\n" + page, private=True, owner=AGENT_USER)
     if not files["agent"].exists():
-        host, _, port = listen.rpartition(":")
+        host, port = parse_hostport(listen, 1883, flag="--listen")
         write_file(files["agent"], (
             "# openpole edge agent: written once by `openpole pole init`; edit freely (see `openpole edge run --help`).\n"
             f"[pole]\nid = {_toml_str(pole_id)}\n\n"
