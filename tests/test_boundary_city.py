@@ -7,6 +7,7 @@ import collections
 import datetime
 import json
 import math
+import re
 import subprocess
 import sys
 import time
@@ -326,30 +327,40 @@ def test_arbitrary_cbor_in_a_signed_batch_is_rejected_or_stored_and_never_stops_
 
 
 def test_the_issues_cases_are_rejected_with_their_reasons(pg, loader):
-    """An age of 10^14 ms through the agent's own encoder, and a batch time of 1e20: the cases that
-    stopped every loader of a city."""
-    m = node_message.decode(cbor2.dumps({0: 1, 1: "n1", 2: 1, 3: 1, 4: [[10**14, {1: 21.5}]]}))
+    """An age of 10^14 ms through the agent's own SenML encoder, and a batch time of 1e20: the cases
+    that stopped every loader of a city."""
+    # The agent's decoder refuses such an age now; a pole of another make (or an older agent) may not.
+    m = node_message.NodeMessage("n1", 1, 1, [node_message.Reading(1, "temperature", 21.5, 10**14)])
     _, senml = batch.senml_records(POLE, m, time.time_ns())
     aged = sign.sign(batch.encode(batch.new_batch_id(), POLE, [senml], 1), POLE, KEY)
     rows, reason = _store_between_good_ones(pg, loader, aged)
-    assert "the time -9" in reason and "outside years 1 to 9999" in reason and "node 'n1' boot 1 seq 1" in reason, reason
+    assert "time -9.82e+10 s is outside" in reason and "years 1 to 9999" in reason, reason  # the shared decoder's check
     _, future = records_batch(message("n1", 1, 2, [("temperature", "Cel", 21.5, 0, None)], bt=1e20))
     rows, reason = _store_between_good_ones(pg, loader, future)
-    assert "the time 1e+20 s is outside years 1 to 9999" in reason, reason
-    cases = {"the value nan is not a finite number": [("temperature", "Cel", math.nan, 0, None)],
-             "boot and seq must be integers of 64 bits": [("temperature", "Cel", 1.0, 0, None)],
-             "the flags 2147483648 are not an integer of 32 bits": [("temperature", "Cel", 1.0, 0, INT4)],
-             "the unit is 5, not a string": [("temperature", 5, 1.0, 0, None)]}
-    for want, readings in cases.items():
-        boot = 2**64 if "boot" in want else 1
+    assert "1e+20 s is outside the years 1 to 9999" in reason, reason
+    # Each refused with its reason, by the shared batch decoder (wire/batch.py) or, were that to let
+    # it through, by the loader's own check of the columns.
+    cases = {("the value nan is not a finite number", "must be a finite number, not the float nan"):
+             [("temperature", "Cel", math.nan, 0, None)],
+             ("boot and seq must be integers of 64 bits", "boot must be an unsigned integer"):
+             [("temperature", "Cel", 1.0, 0, None)],
+             ("the flags 2147483648 are not an integer of 32 bits", "fl must be an unsigned integer up to 2147483647"):
+             [("temperature", "Cel", 1.0, 0, INT4)],
+             ("the unit is 5, not a string", "needs a name, a unit"): [("temperature", 5, 1.0, 0, None)]}
+    for wants, readings in cases.items():
+        boot = 2**64 if "boot" in wants[0] else 1
         _, payload = records_batch(message("n1", boot, 3, readings))
-        assert want in _store_between_good_ones(pg, loader, payload)[1]
+        reason = _store_between_good_ones(pg, loader, payload)[1]
+        assert any(w in reason for w in wants), reason
     _, payload = records_batch(message("n1", 1, 4, [("temperature", "Cel", 1.0, 0, None)], tq=INT2))
-    assert "the time quality 32768 is not an integer of 16 bits" in _store_between_good_ones(pg, loader, payload)[1]
+    reason = _store_between_good_ones(pg, loader, payload)[1]
+    assert "the time quality 32768 is not an integer of 16 bits" in reason or "tq must be an unsigned integer" in reason
     _, payload = records_batch(message("a\x00b", 1, 5, [("temperature", "Cel", 1.0, 0, None)]))
-    assert "holds a NUL character" in _store_between_good_ones(pg, loader, payload)[1]
+    reason = _store_between_good_ones(pg, loader, payload)[1]
+    assert "holds a NUL character" in reason or "node id 'a\\x00b'" in reason, reason
     _, payload = records_batch(message("n1", 1, 6, [("temperature", "Cel", 1.0, 0, None)], pole="p2"))
-    assert "a message of pole 'p2' in a batch of pole 'p1'" in _store_between_good_ones(pg, loader, payload)[1]
+    reason = _store_between_good_ones(pg, loader, payload)[1]
+    assert "a message of pole 'p2' in a batch of pole 'p1'" in reason or "base name of pole 'p2'" in reason, reason
 
 
 def test_implausible_times_a_timestamp_holds_wait_in_the_default_partition(pg, loader):
@@ -366,8 +377,8 @@ def test_implausible_times_a_timestamp_holds_wait_in_the_default_partition(pg, l
 
 
 def test_a_batch_postgresql_refuses_after_the_checks_is_rejected_alone(pg):
-    """A database in LATIN1 cannot hold a Cyrillic node id, which every check passes: the group's
-    COPY fails, and then each batch is written alone, the refused one to `rejected`."""
+    """A database in LATIN1 cannot hold a Cyrillic unit, which every check passes: the group's COPY
+    fails, and then each batch is written alone, the refused one to `rejected`."""
     import psycopg
 
     from openpole.city import db, load
@@ -379,7 +390,7 @@ def test_a_batch_postgresql_refuses_after_the_checks_is_rejected_alone(pg):
     latin = load.Loader(dsn, {POLE: KEY}, name="latin1")
     try:
         (a, na), (b, nb) = good_batch("good-a"), good_batch("good-b")
-        _, cyrillic = records_batch(message("\u0443\u0437\u0435\u043b", 1, 1, [("temperature", "Cel", 1.0, 0, None)]))
+        _, cyrillic = records_batch(message("n1", 1, 1, [("temperature", "\u0443\u0437\u0435\u043b", 1.0, 0, None)]))
         counts = latin.store([("s", a, None), ("s", cyrillic, None), ("s", b, None)])
         assert counts["batches"] == 2 and counts["rejected"] == 1 and counts["records_unique"] == na + nb, counts
         with psycopg.connect(dsn) as conn:
@@ -395,20 +406,22 @@ def _incompressible(n, seed):
     import random
 
     r = random.Random(seed)
-    return "".join(chr(r.randrange(0x10000, 0x10FFFF)) for _ in range(n))
+    return "".join(chr(r.randrange(0x20000, 0x2A6E0)) for _ in range(n))  # CJK Extension B: all printable
 
 
-def test_the_longest_texts_the_loader_takes_fit_postgresqls_indexes(pg, loader):
+def test_the_longest_texts_the_loader_takes_fit_postgresqls_indexes(pg, loader, monkeypatch):
+    """The loader's own limit holds even were the shared decoder to let longer texts through."""
     from openpole.city.load import MAX_TEXT
 
-    records, f = plain_message(node=_incompressible(MAX_TEXT, 1), name=_incompressible(MAX_TEXT, 2),
-                               unit=_incompressible(MAX_TEXT, 3))
+    monkeypatch.setattr(batch, "NAME_RE", re.compile(r".{1,%d}\Z" % MAX_TEXT, re.S))
+    monkeypatch.setattr(batch, "UNIT_MAX", MAX_TEXT)
+    records, f = plain_message(node="n" * 32, name=_incompressible(MAX_TEXT, 2), unit=_incompressible(MAX_TEXT, 3))
     rows, reason = _store_between_good_ones(pg, loader, records_batch(records)[1])
     assert reason is None and rows == [stored_row(f)], reason
 
 
 def test_an_index_row_postgresql_cannot_hold_is_rejected_alone(pg, loader, monkeypatch):
-    """Were the checks to let a node id through that is too long for the indexes (PostgreSQL's index
+    """Were the checks to let a quantity name through that is too long for the indexes (PostgreSQL's index
     row limit, which it reports as an OperationalError), its batch is rejected alone: the loader does
     not take it for a lost connection and try it for ever."""
     import threading
@@ -416,7 +429,8 @@ def test_an_index_row_postgresql_cannot_hold_is_rejected_alone(pg, loader, monke
     from openpole.city import load
 
     monkeypatch.setattr(load, "MAX_TEXT", 4000)
-    records, _ = plain_message(node=_incompressible(1500, 4))
+    monkeypatch.setattr(batch, "NAME_RE", re.compile(r".{1,4000}\Z", re.S))
+    records, _ = plain_message(name=_incompressible(1500, 4))
     done = []
     t = threading.Thread(target=lambda: done.append(_store_between_good_ones(pg, loader, records_batch(records)[1])),
                          daemon=True)
@@ -441,7 +455,8 @@ def test_poison_batches_between_good_ones_through_nats_and_the_real_loader(pg, t
     keys.write_text(f'{POLE} = "{KEY.hex()}"\n')
     try:
         assert openpole("city", "init", "--nats", lone.url, "--replicas", "1").returncode == 0
-        m = node_message.decode(cbor2.dumps({0: 1, 1: "n1", 2: 1, 3: 1, 4: [[10**14, {1: 21.5}]]}))
+        # The agent's decoder refuses such an age now; a pole of another make (or an older agent) may not.
+        m = node_message.NodeMessage("n1", 1, 1, [node_message.Reading(1, "temperature", 21.5, 10**14)])
         _, aged = batch.senml_records(POLE, m, time.time_ns())
         one = [("temperature", "Cel", 1.0, 0, None)]
         poison = [sign.sign(batch.encode(batch.new_batch_id(), POLE, [aged], 1), POLE, KEY),

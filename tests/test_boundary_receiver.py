@@ -413,3 +413,15 @@ def test_a_stored_batch_that_todays_checks_refuse_is_left_out_of_the_export_with
     with gzip.open(tmp_path / "out" / "data.csv.gz", "rt") as f:
         rows = list(csv.reader(f))[1:]
     assert len(rows) == 3 and {r[4] for r in rows} == {"temperature", "humidity", "pm2_5"}
+
+
+@pytest.mark.parametrize("name, unit, why", [
+    ("a\x00b", "Cel", "quantity name"), ("x" * 65, "Cel", "quantity name"), ("Temp", "Cel", "quantity name"),
+    ("temperature", "", "unit"), ("temperature", "C" * 33, "unit"), ("temperature", "C\x00", "unit"),
+])
+def test_quantity_names_and_units_are_what_the_registry_makes(name, unit, why):
+    """A receiver and the city store and index these and write them into CSV files: a NUL, a control
+    character or 100,000 characters of name is refused, as the published contract says."""
+    body = changed(lambda b: reading(b).update({0: name, 1: unit}))
+    with pytest.raises(ValueError, match=why):
+        batch.decode_messages(body)

@@ -110,6 +110,21 @@ FLAGS_MAX = 2**31 - 1
 MAX_INT = node_message.MAX_INT  # the integers a SenML reader's double holds exactly
 TIME_QUALITIES = range(4)  # synchronised, unsynchronised, implausible, sampled before a node reset
 TIME_MIN_S, TIME_MAX_S = -62_135_596_800.0, 253_402_300_799.0  # 0001-01-01 .. 9999-12-31 23:59:59 UTC
+# Quantity names as the registry makes them (tools/spec/model.py NAME_RE) and unit ids as short as
+# units.toml's: a receiver's and the city's indexes hold them, and a CSV export writes them.
+NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}\Z")
+UNIT_MAX = 32
+
+
+def _texts(name, unit, seen):
+    """A record's name and unit checked once per batch (a batch repeats the same few pairs)."""
+    if (name, unit) in seen:
+        return
+    if not NAME_RE.match(name):
+        raise ValueError(f"quantity name {name[:40]!r}: 1-64 of a-z, 0-9 and '_', a letter first")
+    if not 0 < len(unit) <= UNIT_MAX or not unit.isprintable():
+        raise ValueError(f"unit {unit[:40]!r}: 1-{UNIT_MAX} printable characters")
+    seen.add((name, unit))
 
 
 def _unsigned(v, what, top=INT64_MAX):
@@ -161,7 +176,7 @@ def decode_messages(data, max_size=8 * 1024 * 1024):
     if not POLE_ID.fullmatch(pole):
         raise ValueError(f"pole id {pole[:80]!r}: 1-64 of a-z, A-Z, 0-9, '.', '_' and '-'")
     msgs = []
-    bt, cur = 0.0, None
+    bt, cur, seen = 0.0, None, set()
     for rec in pack:
         if type(rec) is not dict:
             raise ValueError("a SenML record must be a map")
@@ -188,6 +203,7 @@ def decode_messages(data, max_size=8 * 1024 * 1024):
         name, unit, value, t = rec.get(N), rec.get(U), rec.get(V), rec.get(T, 0)
         if type(name) is not str or type(unit) is not str or type(value) not in (int, float) or type(t) not in (int, float):
             raise ValueError("a SenML record needs a name, a unit, a numeric value and a numeric time")
+        _texts(name, unit, seen)
         _number(value, f"the value of {name[:40]!r}")
         at = _time(bt + _number(t, "t"), "a record's time")
         cur.append((name, unit, value, at, _unsigned(rec.get("fl", 0), "fl", FLAGS_MAX), tq, rt))
@@ -195,7 +211,8 @@ def decode_messages(data, max_size=8 * 1024 * 1024):
     if not isinstance(minutes, (list, tuple)) or not all(isinstance(m, (list, tuple)) and len(m) == 7 for m in minutes):
         raise ValueError("aggregates must be [node, quantity, minute, count, mean, min, max] rows")
     for node, quantity, start, count, *stats in minutes:
-        if type(node) is not str or not node_message.NODE_ID_RE.match(node) or type(quantity) is not str:
+        if type(node) is not str or not node_message.NODE_ID_RE.match(node) or type(quantity) is not str \
+                or not NAME_RE.match(quantity):
             raise ValueError("an aggregate needs a node id and a quantity name")
         # A pole whose clock is still near 1970 dates a minute before it: an integer either way.
         if type(start) is not int or not -INT64_MAX <= start <= INT64_MAX:
