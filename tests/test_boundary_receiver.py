@@ -234,14 +234,16 @@ def wrapped(body, how):
 
 def test_whatever_is_posted_the_answer_is_200_or_400_and_what_is_stored_reads_back(tmp_path):
     r = Receiver("127.0.0.1", free_port(), tmp_path / "r", keys={"p1": KEY}).start()
-    refused, good, seq = [0], [0], [0]
+    refused, unauthorized, good, seq = [0], [0], [0], [0]
     try:
         @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
         @given(bad_batches())
         def check(case):
             body, headers = wrapped(*case)
             code, answer = post(r.url, body, headers)
-            assert code in (200, 400), (code, answer)
+            # Unsigned or wrongly signed, to a receiver that takes signed batches: 403 (the pole keeps it)
+            assert code in ((403,) if case[1] in ("wrong key", "plain") else (200, 400)), (code, answer)
+            unauthorized[0] += code == 403
             if code == 400:
                 refused[0] += 1
                 assert answer["error"] and len(answer["error"]) <= 300
@@ -258,7 +260,8 @@ def test_whatever_is_posted_the_answer_is_200_or_400_and_what_is_stored_reads_ba
         check()
         stats = get(r.url, "/v1/stats")
         assert stats["batches_rejected"] == refused[0] and stats["batches_failed"] == 0
-        assert stats["batches"] + stats["batches_duplicate"] + refused[0] == 2 * good[0] + good[0] // 10
+        assert stats["batches_unauthorized"] == unauthorized[0]
+        assert stats["batches"] + stats["batches_duplicate"] + refused[0] + unauthorized[0] == 2 * good[0] + good[0] // 10
         latest = get(r.url, "/v1/latest")
         assert {x["name"] for x in latest if x["node"] == "n1"} == {"temperature", "humidity", "pm2_5"}
         assert export(tmp_path / "r", tmp_path / "out") == stats["unique"] >= 6 * good[0]
@@ -325,7 +328,7 @@ def test_signed_batches_from_an_agent_are_exported_by_openpole_receiver(tmp_path
     a = Agent(cfg, ingest_factory=Ingest)
     try:
         assert wait(lambda: _healthy(url), timeout=20), server.stderr.read() if server.poll() is not None else "down"
-        assert post(url, good_batch())[0] == 400  # unsigned, to a receiver that takes signed batches only
+        assert post(url, good_batch())[0] == 403  # unsigned, to a receiver that takes signed batches only
         a.start()
         for s in range(20):
             v = message.encode_values({"temperature": 20.0 + s / 10, "humidity": 40.0})
@@ -343,7 +346,8 @@ def test_signed_batches_from_an_agent_are_exported_by_openpole_receiver(tmp_path
     temperatures = sorted(round(float(r["value_raw"]), 2) for r in rows if r["parameter"] == "temperature")
     assert temperatures == [round(20.0 + s / 10, 2) for s in range(20)]
     stats = openpole("receiver", "stats", "--data", data, "--json")
-    assert json.loads(stats.stdout)["unique"] == 40 and json.loads(stats.stdout)["batches_rejected"] == 1
+    st = json.loads(stats.stdout)
+    assert (st["unique"], st["batches_rejected"], st["batches_unauthorized"]) == (40, 0, 1)
 
 
 def _healthy(url):
@@ -425,3 +429,40 @@ def test_quantity_names_and_units_are_what_the_registry_makes(name, unit, why):
     body = changed(lambda b: reading(b).update({0: name, 1: unit}))
     with pytest.raises(ValueError, match=why):
         batch.decode_messages(body)
+
+
+def test_a_receiver_reads_a_bounded_number_of_batches_at_once(tmp_path):
+    """Each batch in hand may take MAX_BODY of memory: past TAKING_AT_ONCE the answer is 503 with
+    Retry-After at once (the pole retries), and a Content-Length that is not one plain number is
+    refused before any body is read."""
+    import socket
+
+    from openpole.receiver import server
+
+    r = Receiver("127.0.0.1", free_port(), tmp_path / "r").start()
+    port = int(r.url.rsplit(":", 1)[1])
+    stalled = []
+    try:
+        for _ in range(server.TAKING_AT_ONCE):  # clients that announce a body and never send it
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"POST /v1/batches HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+            stalled.append(s)
+        assert wait(lambda: post(r.url, good_batch())[0] == 503, timeout=10)
+        code, _ = post(r.url, good_batch())
+        assert code == 503
+        for s in stalled:
+            s.close()
+        assert wait(lambda: post(r.url, good_batch())[0] == 200, timeout=20)
+        for value in ("1_0", "+10", " 1e3", "0x10"):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(f"POST /v1/batches HTTP/1.1\r\nHost: x\r\nContent-Length: {value}\r\n\r\n".encode() + b"0" * 10)
+            assert s.recv(100).startswith(b"HTTP/1.0 400"), value
+            s.close()
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"POST /v1/batches HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 50\r\n\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.0 400")
+        s.close()
+    finally:
+        for s in stalled:
+            s.close()
+        r.stop()

@@ -227,15 +227,15 @@ def open_signed(data, keys=None, max_size=8 * 1024 * 1024):
     """A batch as an upstream receives it, signed (COSE_Mac0) or not: (body, (batch_id, pole,
     messages, minutes)), body being the batch itself, unwrapped and verified (what a receiver keeps).
     keys: {pole: key}; with keys, only batches a known pole signed pass, and the signer must be the
-    pole the batch names. ValueError with the reason otherwise."""
+    pole the batch names. ValueError with the reason otherwise (sign.Unauthorized for a matter of keys)."""
     from . import sign
 
     body, signer = sign.unwrap(data, keys or {})
     if keys and signer is None:
-        raise ValueError("this upstream takes signed batches only")
+        raise sign.Unauthorized("this upstream takes signed batches only")
     decoded = decode_messages(body, max_size)
     if signer is not None and signer != decoded[1]:
-        raise ValueError(f"batch from pole {decoded[1]!r} signed by {signer[:64]!r}")
+        raise sign.Unauthorized(f"batch from pole {decoded[1]!r} signed by {signer[:64]!r}")
     return body, decoded
 
 

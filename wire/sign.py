@@ -11,6 +11,12 @@ COSE_MAC0 = 17
 PROTECTED = cbor2.dumps({1: 5})  # alg: HMAC 256/256
 
 
+class Unauthorized(ValueError):
+    """The batch is not one this upstream takes from that pole (no key for it, a bad signature, an
+    unsigned batch where signatures are required): a matter of keys, which the city puts right, so
+    an HTTP receiver answers 403 and the pole keeps the batch and sends it again."""
+
+
 def sign(body, pole, key):
     tag = hmac.new(key, cbor2.dumps(["MAC0", PROTECTED, b"", body]), hashlib.sha256).digest()
     return cbor2.dumps(cbor2.CBORTag(COSE_MAC0, [PROTECTED, {4: pole.encode()}, body, tag]))
@@ -40,10 +46,10 @@ def unwrap(data, keys):
         raise ValueError("unsupported signature algorithm (need HMAC 256/256)")
     key = keys.get(pole)
     if key is None:
-        raise ValueError(f"no key for pole {pole[:64]!r}")
+        raise Unauthorized(f"no key for pole {pole[:64]!r}")
     expected = hmac.new(key, cbor2.dumps(["MAC0", protected, b"", body]), hashlib.sha256).digest()
     if not hmac.compare_digest(expected, tag):
-        raise ValueError(f"bad signature for pole {pole[:64]!r}")
+        raise Unauthorized(f"bad signature for pole {pole[:64]!r}")
     return body, pole
 
 

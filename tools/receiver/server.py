@@ -7,15 +7,18 @@ fault of the receiver's own (its database locked or full) gets 500, counted, and
 
 import json
 import logging
+import re
 import threading
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from openpole.wire import batch
+from openpole.wire import batch, sign
 
 from .store import ReceiverStore
 
 MAX_BODY = 8 * 1024 * 1024
+TAKING_AT_ONCE = 8  # batches read and decoded at once (each up to MAX_BODY, and its decoded form)
+_DIGITS = re.compile(r"[0-9]{1,10}")
 log = logging.getLogger("openpole.receiver")
 
 
@@ -26,11 +29,13 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):
         log.debug("%s %s", self.address_string(), fmt % args)
 
-    def _reply(self, code, obj):
+    def _reply(self, code, obj, headers=None):
         body = json.dumps(obj).encode()
         try:
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -41,14 +46,27 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         if self.path.rstrip("/") != "/v1/batches":
             return self._reply(404, {"error": "POST batches to /v1/batches"})
-        try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            return self._reply(411, {"error": "Content-Length required"})
+        lengths = self.headers.get_all("Content-Length") or []
+        if len(lengths) != 1 or not _DIGITS.fullmatch(lengths[0].strip()):
+            self.close_connection = True  # the body's end is not known: the connection cannot be reused
+            return self._reply(411 if not lengths else 400, {"error": "one Content-Length of decimal digits required"})
+        length = int(lengths[0])
         if length > MAX_BODY:
+            self.close_connection = True
             return self._reply(413, {"error": f"batch must be 1..{MAX_BODY} bytes"})
+        # A bounded number of batches are read and decoded at once: each may take MAX_BODY of memory.
+        if not self.server.taking.acquire(blocking=False):
+            self.close_connection = True
+            return self._reply(503, {"error": "the receiver is busy with other batches; send this one again shortly"},
+                               {"Retry-After": "1"})
         try:
-            body = self.rfile.read(max(0, length))
+            self._take(length)
+        finally:
+            self.server.taking.release()
+
+    def _take(self, length):
+        try:
+            body = self.rfile.read(length)
         except OSError:  # the client stalled past `timeout` or went away: its pole sends again
             self.close_connection = True
             return
@@ -61,12 +79,17 @@ class _Handler(BaseHTTPRequestHandler):
             # What is kept is the batch itself, unwrapped from its signature once verified: what
             # export, stats and latest read back.
             body, (batch_id, pole, messages, minutes) = batch.open_signed(body, self.server.keys)
-        except ValueError as e:
+        except TooLarge as e:
+            return self._reply(413, {"error": str(e)})
+        except (sign.Unauthorized, ValueError) as e:
+            unauthorized = isinstance(e, sign.Unauthorized)
             try:
-                store.count("batches_rejected")
+                store.count("batches_unauthorized" if unauthorized else "batches_rejected")
             except Exception as fault:  # not counted: the pole is told to send it again
                 return self._failed(fault)
-            return self._reply(400, {"error": str(e)[:300]})
+            # A matter of keys (403) keeps the batch at the pole until the city puts them right;
+            # a malformed batch (400) is quarantined there.
+            return self._reply(403 if unauthorized else 400, {"error": str(e)[:300]})
         except Exception as e:  # a fault of the receiver's, not of the batch
             return self._failed(e)
         try:
@@ -102,15 +125,20 @@ class _Handler(BaseHTTPRequestHandler):
         return self._reply(404, {"error": "GET /v1/latest, /v1/stats or /healthz"})
 
 
-def _gunzip(data, limit=8 * MAX_BODY):
-    """Inflate with a ceiling: a small body must not become gigabytes (zip bomb)."""
+class TooLarge(ValueError):
+    """A body that inflates past MAX_BODY: 413, so the pole sends smaller batches."""
+
+
+def _gunzip(data, limit=MAX_BODY):
+    """Inflate with a ceiling, the same as a plain body's: a small body must not become gigabytes
+    (zip bomb), and what inflates past MAX_BODY could not be taken anyway."""
     d = zlib.decompressobj(16 + zlib.MAX_WBITS)
     try:
         out = d.decompress(data, limit)
     except zlib.error as e:
         raise ValueError(f"bad gzip body: {e}") from None
     if d.unconsumed_tail:
-        raise ValueError(f"batch inflates past {limit} bytes")
+        raise TooLarge(f"batch inflates past {limit} bytes: send smaller batches")
     if not d.eof:
         raise ValueError("gzip body cut short (no end of stream)")
     if d.unused_data:
@@ -128,6 +156,7 @@ class Receiver:
         self.httpd.faults = set()  # the kinds of fault already logged
         self.httpd.faults_lock = threading.Lock()
         self.httpd.batches_failed = 0  # answered 500
+        self.httpd.taking = threading.BoundedSemaphore(TAKING_AT_ONCE)
         self._thread = None
 
     @property

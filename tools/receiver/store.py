@@ -129,7 +129,8 @@ class ReceiverStore:
         unique = counters.get("records_unique", 0)
         return {"records": received, "unique": unique, "duplicates": received - unique, "nodes": nodes,
                 "batches": counters.get("batches", 0), "batches_duplicate": counters.get("batches_duplicate", 0),
-                "batches_rejected": counters.get("batches_rejected", 0)}
+                "batches_rejected": counters.get("batches_rejected", 0),
+                "batches_unauthorized": counters.get("batches_unauthorized", 0)}
 
     def latest(self):
         """Newest value per (pole, node, quantity): [{pole, node, name, unit, value, time}]."""
