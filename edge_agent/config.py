@@ -92,11 +92,10 @@ def load(path=None, **overrides):
         for (section, key), attr in _SECTIONS.items():
             if key in data.get(section, {}):
                 setattr(cfg, attr, _typed(data[section][key], attr, f"{section}.{key}", path))
+        if "dir" in data.get("state", {}) and not Path(cfg.state_dir).is_absolute():
+            cfg.state_dir = Path(path).resolve().parent / cfg.state_dir  # as keys_file: beside the config
         if "key" in data.get("upstream", {}):
-            try:
-                cfg.upstream_key = bytes.fromhex(data["upstream"]["key"])
-            except (TypeError, ValueError):
-                raise UserError(f"config {path}: upstream.key must be the pole's key in hex") from None
+            cfg.upstream_key = _key(data["upstream"]["key"], f"config {path}: upstream.key", "the pole's key")
         cfg.sources = data.get("sources", [])
         keys_file = data.get("nodes", {}).get("keys_file")
         if keys_file:  # `openpole pole init` keeps the keys apart, readable by the agent alone
@@ -130,6 +129,9 @@ def load(path=None, **overrides):
         if cfg.page_password_hash and not cfg.page_password_hash.startswith("scrypt$"):
             raise UserError("page.password_hash: not a hash `openpole pole init` wrote (scrypt$...); run "
                             "`openpole pole init --page-password` again")
+    if cfg.page_listen and not cfg.page_open_read and not cfg.page_password_hash:
+        raise UserError("page.open_read = false needs page.password_hash (openpole pole init writes it): without it "
+                        "the page would be open to all")
     for name in ("page_offline_after_s", "page_refresh_s"):
         if not 1 <= getattr(cfg, name) <= 86400:
             raise UserError(f"{name.replace('_', '.', 1)} must be 1 to 86400 seconds")
@@ -179,9 +181,20 @@ def _typed(value, attr, name, path):
     return value
 
 
+KEY_MIN_BYTES = 16  # what `openpole flash` makes is 32; an empty or one-byte key signs nothing
+
+
+def _key(hexkey, where, what):
+    """A key from its hex text, or a one-line UserError (never showing the key)."""
+    try:
+        key = bytes.fromhex(hexkey)
+    except (TypeError, ValueError):
+        raise UserError(f"{where} must be {what} in hex") from None
+    if len(key) < KEY_MIN_BYTES:
+        raise UserError(f"{where} is {len(key)} bytes: {what} is at least {KEY_MIN_BYTES} (32 from openpole flash)")
+    return key
+
+
 def _read_keys(cfg, data, path):
     for node, hexkey in data.get("nodes", {}).get("keys", {}).items():
-        try:
-            cfg.node_keys[node] = bytes.fromhex(hexkey)
-        except (TypeError, ValueError):
-            raise UserError(f"config {path}: nodes.keys.{node} must be the key in hex") from None
+        cfg.node_keys[node] = _key(hexkey, f"config {path}: nodes.keys.{node}", "the node's key")

@@ -9,6 +9,7 @@ can read its secrets while nobody else on the Pi can.
 import grp
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import sys
@@ -69,7 +70,7 @@ def hidden(path):
     return next((h for h in HIDDEN if p == h or p.startswith(h + "/")), None)
 
 
-def unit_text(cfg, config, exe, user):
+def unit_text(cfg, config, exe, user, group=None):
     """The unit for this config: User=, the state directory writable (StateDirectory= when it is under
     /var/lib), the sources' device groups, and the bind capability for a page or metrics port < 1024."""
     state = Path(cfg.state_dir).resolve()
@@ -89,7 +90,7 @@ def unit_text(cfg, config, exe, user):
     if any(0 < p < 1024 for p in ports):
         extra += ["AmbientCapabilities=CAP_NET_BIND_SERVICE", "CapabilityBoundingSet=CAP_NET_BIND_SERVICE"]
     template = Path(__file__).with_name(UNIT).read_text()
-    return template.format(exe=exe, config=config, user=user, state=state, extra="\n".join(extra)).replace("\n\n\n", "\n\n")
+    return template.format(exe=exe, config=config, user=user, group=group or user, state=state, extra="\n".join(extra)).replace("\n\n\n", "\n\n")
 
 
 def _group_exists(name):
@@ -108,6 +109,30 @@ def agent_files(cfg, config):
     return files
 
 
+# What the agent itself keeps in state.dir: anything else there is not its to take over.
+AGENT_FILES = re.compile(r"queue\.sqlite.*|boot-.*|ota")
+SYSTEM_DIRS = {Path(p) for p in ("/", "/etc", "/usr", "/var", "/var/lib", "/var/cache", "/srv", "/opt", "/home",
+                                 "/tmp", "/var/tmp", "/root", "/boot", "/dev", "/proc", "/sys", "/run", "/mnt", "/media")}
+
+
+def _own_state_dir(state):
+    """A UserError unless state.dir is a directory of the agent's own: install-service makes it the
+    service user's, recursively, and 0700."""
+    if state in SYSTEM_DIRS:
+        raise UserError(f"state.dir {state} is a system directory: give the agent one of its own "
+                        f"(dir = \"/var/lib/openpole\")")
+    if state.is_dir():
+        strangers = sorted(p.name for p in state.iterdir() if not AGENT_FILES.fullmatch(p.name))
+        if strangers:
+            raise UserError(f"state.dir {state} holds files that are not the agent's ({', '.join(strangers[:3])}): "
+                            f"give the agent a directory of its own (dir = \"/var/lib/openpole\")")
+
+
+def systemd_running():
+    """sd_booted(3): systemd is PID 1 when /run/systemd/system exists."""
+    return Path("/run/systemd/system").is_dir()
+
+
 def install(config, user, unit_dir, start=True):
     """Write the unit for `config` (made for `user`), the user and the state directory; enable and
     start the service unless start is False. Returns what was done, one line each."""
@@ -118,12 +143,14 @@ def install(config, user, unit_dir, start=True):
         raise UserError(f"{config}: no such config; start from edge_agent/sample.toml (openpole pole init writes one)")
     cfg = config_mod.load(config)
     state = Path(cfg.state_dir).resolve()
+    _own_state_dir(state)
     beside = Path(sys.executable).with_name("openpole")  # the console script of this very install
     exe = str(beside) if beside.exists() else shutil.which("openpole") or f"{sys.executable} -m openpole"
-    unit = unit_text(cfg, config, exe, user)
     done = [f"warning: {what} {p} lies under {hidden(p)}, which the service cannot see (ProtectHome, PrivateTmp): "
-            f"move it (the config to /etc/openpole, the state to /var/lib/openpole)"
-            for what, p in (("the config", config), ("state.dir", state)) if hidden(p)]
+            f"move it ({fix})"
+            for what, p, fix in (("the config", config, "to /etc/openpole"), ("state.dir", state, "to /var/lib/openpole"),
+                                 ("the openpole command", Path(exe.split()[0]), "install openpole in a venv under /opt"))
+            if hidden(p)]
     root = os.geteuid() == 0
     if root:
         if ensure_user(user, state):
@@ -138,6 +165,13 @@ def install(config, user, unit_dir, start=True):
         except KeyError:
             done.append(f"the user {user} does not exist yet: `sudo {' '.join(useradd_command(user, state))}` "
                         f"(or run this command as root)")
+        owned = " ".join(str(p) for p in [state, *agent_files(cfg, config)])
+        done.append(f"then, as root: `sudo install -d -m 0700 {state} && sudo chown -R {user}: {owned}`")
+    try:
+        group = grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name
+    except KeyError:
+        group = user  # useradd --user-group makes one of the user's name
+    unit = unit_text(cfg, config, exe, user, group)
     target = Path(unit_dir) / UNIT
     try:
         target.write_text(unit)
@@ -150,12 +184,11 @@ def install(config, user, unit_dir, start=True):
         return done
     if not root:
         raise UserError("systemctl needs root: sudo openpole edge install-service ...")
+    if not systemd_running() or shutil.which("systemctl") is None:
+        raise UserError(f"systemd does not run this machine: the unit is written, but start the agent with "
+                        f"`openpole edge run --config {config}` instead")
     for cmd in (["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", UNIT]):
-        try:
-            r = subprocess.run(cmd, capture_output=True, text=True)
-        except FileNotFoundError:
-            raise UserError(f"{cmd[0]} not found: this machine does not run systemd; start the agent with "
-                            f"`openpole edge run --config {config}` instead") from None
+        r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode:
             last = ((r.stderr or r.stdout).strip().splitlines() or ["no output"])[-1]
             raise UserError(f"{' '.join(cmd)} failed: {last}")

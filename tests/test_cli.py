@@ -63,10 +63,28 @@ def test_sample_config_loads_and_matches_the_defaults():
 
 def test_config_values_and_keys_are_read(tmp_path):
     f = tmp_path / "agent.toml"
-    f.write_text('[pole]\nid = "p7"\n[broker]\nport = 1884\npassword = "s3cret"\n[nodes.keys]\nn1 = "0011"\n')
+    key = "00112233445566778899aabbccddeeff"
+    f.write_text(f'[pole]\nid = "p7"\n[broker]\nport = 1884\npassword = "s3cret"\n[nodes.keys]\nn1 = "{key}"\n'
+                 '[state]\ndir = "queue"\n')
     cfg = config.load(f, broker_host="10.0.0.2")
-    assert (cfg.pole_id, cfg.broker_port, cfg.broker_host, cfg.node_keys) == ("p7", 1884, "10.0.0.2", {"n1": b"\x00\x11"})
-    assert "s3cret" not in repr(cfg) and "0011" not in repr(cfg)
+    assert (cfg.pole_id, cfg.broker_port, cfg.broker_host, cfg.node_keys) == ("p7", 1884, "10.0.0.2",
+                                                                               {"n1": bytes.fromhex(key)})
+    assert "s3cret" not in repr(cfg) and key not in repr(cfg)
+    assert cfg.state_dir == tmp_path / "queue"  # a relative state.dir lies beside its config, as keys_file does
+
+
+@pytest.mark.parametrize("text, why", [
+    ('[nodes.keys]\nn1 = ""\n', "nodes.keys.n1 is 0 bytes"),
+    ('[nodes.keys]\nn1 = "ab"\n', "nodes.keys.n1 is 1 bytes"),
+    ('[nodes.keys]\nn1 = "xyz"\n', "nodes.keys.n1 must be the node's key in hex"),
+    ('[upstream]\nkey = ""\n', "upstream.key is 0 bytes"),
+    ('[page]\nlisten = "127.0.0.1:8080"\nopen_read = false\n', "page.open_read = false needs page.password_hash"),
+])
+def test_keys_that_sign_nothing_and_a_page_open_by_mistake_stop_the_agent_at_start(tmp_path, text, why):
+    f = tmp_path / "agent.toml"
+    f.write_text(text)
+    code, out, err = openpole("edge", "run", "--config", str(f))
+    assert code == 2 and why in err and "Traceback" not in err, err
 
 
 def test_bad_config_value_is_a_one_line_error(tmp_path):

@@ -213,3 +213,29 @@ def test_install_service_makes_the_user_and_hands_it_its_files(tmp_path):
         assert r.returncode == 0 and "made the system user" not in r.stdout, r.stdout + r.stderr
     finally:
         subprocess.run(["userdel", user], capture_output=True)
+
+
+def test_install_service_refuses_what_is_not_the_agents_and_says_what_it_cannot_do(tmp_path):
+    cfg = tmp_path / "agent.toml"
+    for state, why in (("/var/lib", "is a system directory"), (tmp_path / "shared", "holds files that are not the agent's")):
+        (tmp_path / "shared").mkdir(exist_ok=True)
+        (tmp_path / "shared" / "photos").write_text("someone else's")
+        cfg.write_text(f'[pole]\nid = "p7"\n[state]\ndir = "{state}"\n')
+        r = install_service("--config", cfg, "--unit-dir", tmp_path, "--no-start", "--user", "daemon")
+        assert r.returncode == 2 and why in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert (tmp_path / "shared" / "photos").stat().st_uid == os.geteuid()  # left alone
+    # A state directory the agent already used is its own.
+    (tmp_path / "mine").mkdir()
+    for name in ("queue.sqlite", "queue.sqlite-wal", "boot-p7-bme280"):
+        (tmp_path / "mine" / name).write_text("")
+    cfg.write_text(f'[pole]\nid = "p7"\n[state]\ndir = "{tmp_path / "mine"}"\n')
+    # Asked to start it too, but never systemctl on a machine systemd runs: that would be real.
+    start = [] if os.geteuid() != 0 or not Path("/run/systemd/system").is_dir() else ["--no-start"]
+    r = install_service("--config", cfg, "--unit-dir", tmp_path, "--user", "daemon", *start)
+    lines = unit_lines(tmp_path / "openpole-edge.service")
+    assert f"Group={grp.getgrgid(pwd.getpwnam('daemon').pw_gid).gr_name}" in lines
+    assert "the openpole command" not in r.stdout or "/tmp" in sys.executable
+    if os.geteuid() == 0 and not Path("/run/systemd/system").is_dir():  # a container: no systemd to start it
+        assert r.returncode == 2 and "systemd does not run this machine" in r.stderr and "edge run --config" in r.stderr
+    elif os.geteuid() != 0:
+        assert r.returncode == 2 and "systemctl needs root" in r.stderr

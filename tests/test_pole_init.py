@@ -98,6 +98,15 @@ def _debian_main_conf(tmp_path):
     return etc, main_conf
 
 
+def _installed(etc):
+    """What copying etc/ over /etc would do, without touching /etc: the paths `pole init` wrote are
+    the Pi's (/etc/mosquitto/...); here they lead into the test's etc instead."""
+    conf = etc / "mosquitto" / "conf.d" / "openpole.conf"
+    text = conf.read_text()
+    assert f"{etc}" not in text and " /etc/mosquitto/openpole.passwd" in text  # the Pi's paths, not OUT's
+    conf.write_text(text.replace(" /etc/", f" {etc}/"))
+
+
 def _agent_client(broker, port, agent_cfg, timeout_s=10):
     """The agent's client on the broker just started, polled until it listens."""
     deadline = time.monotonic() + timeout_s
@@ -124,6 +133,7 @@ def test_pole_init_writes_a_broker_that_fences_each_node(site, tmp_path):
     conf = (etc / "mosquitto" / "conf.d" / "openpole.conf").read_text()
     assert "set_tcp_nodelay true" in conf and "allow_anonymous false" in conf and "max_queued_messages" in conf
     assert "persistence_location" not in conf and "use_username_as_clientid true" in conf
+    _installed(etc)
     broker = subprocess.Popen([mosquitto_path(), "-c", str(main_conf)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -226,7 +236,8 @@ def test_pole_init_tls_listener_takes_nodes_that_check_the_site_ca(site, tmp_pat
     assert stat.S_IMODE(os.stat(etc / "mosquitto" / "certs" / "openpole-server.key").st_mode) == 0o600
     assert stat.S_IMODE(os.stat(site.ca_dir / "ca.key").st_mode) == 0o600
     conf = (etc / "mosquitto" / "conf.d" / "openpole.conf").read_text()
-    assert f"listener {tls_port} 127.0.0.1" in conf and "certfile" in conf
+    assert f"listener {tls_port} 127.0.0.1" in conf and "certfile /etc/mosquitto/certs/openpole-server.crt" in conf
+    _installed(etc)
     broker = subprocess.Popen([mosquitto_path(), "-c", str(main_conf)], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     other = Site(tmp_path / "another-site")  # a CA the broker's certificate is not from

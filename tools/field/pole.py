@@ -101,6 +101,11 @@ def init(site, out, listen="0.0.0.0:1883", pole_id="pole", persistence_dir=None,
 
         ensure_user(AGENT_USER, "/var/lib/openpole")
     etc_m, etc_o = out / "etc" / "mosquitto", out / "etc" / "openpole"
+
+    def on_pi(path):
+        """Where a file written under OUT is once OUT's tree is the Pi's root (DESTDIR's rule): the
+        paths inside the files are the Pi's, so etc/ can be copied over /etc as it is."""
+        return Path("/") / Path(path).resolve().relative_to(out.resolve())
     agent = site.agent_secrets()
     users = [password_line(agent["broker_user"], agent["broker_password"])]
     keys = []
@@ -133,8 +138,8 @@ def init(site, out, listen="0.0.0.0:1883", pole_id="pole", persistence_dir=None,
         write_file(files["ca"], tls.pem(ca_cert))
         write_file(files["cert"], crt)
         write_file(files["key"], key, private=True, owner="mosquitto")
-        tls_conf = (tls_listen, files["ca"].resolve(), files["cert"].resolve(), files["key"].resolve())
-    write_file(files["conf"], mosquitto_conf(listen, files["passwd"].resolve(), files["acl"].resolve(), len(nodes),
+        tls_conf = (tls_listen, on_pi(files["ca"]), on_pi(files["cert"]), on_pi(files["key"]))
+    write_file(files["conf"], mosquitto_conf(listen, on_pi(files["passwd"]), on_pi(files["acl"]), len(nodes),
                                              persistence_dir, main_conf_keys(out), tls=tls_conf))
     # The agent runs as its own user (the unit's User=openpole): its files are that user's.
     write_file(files["keys"], "# openpole node keys: node id = key in hex. Written by `openpole pole init`.\n"
@@ -156,6 +161,7 @@ def init(site, out, listen="0.0.0.0:1883", pole_id="pole", persistence_dir=None,
             f"[pole]\nid = {_toml_str(pole_id)}\n\n"
             f"[broker]\nhost = \"127.0.0.1\"\nport = {int(port)}\n"
             f"user = {_toml_str(agent['broker_user'])}\npassword = {_toml_str(agent['broker_password'])}\n\n"
-            f"[nodes]\nrequire_mac = true\nkeys_file = {_toml_str(str(files['keys'].resolve()))}\n{page}"), private=True,
+            # Beside agent.toml, wherever etc/ ends up: the agent reads keys_file relative to its config.
+            f"[nodes]\nrequire_mac = true\nkeys_file = \"{files['keys'].name}\"\n{page}"), private=True,
             owner=AGENT_USER)
     return files
