@@ -40,6 +40,17 @@ _opener = urllib.request.build_opener(_NoRedirects)
 
 class HttpSink:
     def __init__(self, url, timeout_s=10.0, token=None, compress=False, **_):
+        import base64
+        import urllib.parse
+
+        # A user and password in the URL are sent as HTTP Basic auth (urllib would take them for
+        # the host), and kept out of the URL every message and page shows.
+        u = urllib.parse.urlsplit(url)
+        self.auth = None
+        if u.username is not None:
+            creds = f"{urllib.parse.unquote(u.username)}:{urllib.parse.unquote(u.password or '')}"
+            self.auth = "Basic " + base64.b64encode(creds.encode()).decode()
+            url = urllib.parse.urlunsplit(u._replace(netloc=u.netloc.rpartition("@")[2]))
         self.url = url.rstrip("/") + "/v1/batches"
         self.timeout = timeout_s
         self.token = token
@@ -55,6 +66,8 @@ class HttpSink:
         req.add_header("Idempotency-Key", batch_id.hex())
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
+        elif self.auth:
+            req.add_header("Authorization", self.auth)
         try:
             with _opener.open(req, timeout=self.timeout) as r:
                 answer = r.read(65536)
@@ -79,7 +92,7 @@ class HttpSink:
             raise Transient(f"upstream answered {r.status} without this batch's id: not counted as delivered", r.status)
 
     def describe(self):
-        return redact_url(self.url)
+        return redact_url(self.url.replace("//", "//***@", 1) if self.auth else self.url)
 
 
 class MqttSink:
@@ -215,5 +228,5 @@ def sink_for(url, **kw):
 
     scheme = url.split(":", 1)[0].lower()
     if scheme not in SINKS:
-        raise UserError(f"upstream {url!r}: the scheme must be one of {', '.join(SINKS)}")
+        raise UserError(f"upstream {redact_url(url)!r}: the scheme must be one of {', '.join(SINKS)}")
     return SINKS[scheme](url, **kw)

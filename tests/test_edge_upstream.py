@@ -2,7 +2,10 @@
 a delivery; 400/422 quarantine the batch; 401, 403, 404, 5xx, a redirect or a 2xx without the id
 keep the data and retry, as an alarm; 413 halves the batch. Storage limits run during an outage."""
 
+import base64
 import json
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -265,6 +268,33 @@ def test_upstream_credentials_never_show_in_status(tmp_path):
 
     assert HttpSink("https://pole17:s3cret@city.example:8443/").describe() == "https://***@city.example:8443/v1/batches"
     assert redact_url("nats://u:pw@n1:4222,nats://u:pw@n2:4222") == "nats://***@n1:4222,nats://***@n2:4222"
+    assert redact_url("nats://alice:p@ss@host:4222") == "nats://***@host:4222"  # an @ in the password
+    # ... and sent as HTTP Basic auth, the host being the host (urllib alone would take "s3cret@city" for it).
+    seen = []
+
+    class H(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(self.headers.get("Authorization"))
+            body = json.dumps({"batch": self.headers["Idempotency-Key"]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        HttpSink(f"http://pole17:s3%40cret@127.0.0.1:{srv.server_address[1]}").send(b"\x01" * 16, b"\xa0")
+        assert seen == ["Basic " + base64.b64encode(b"pole17:s3@cret").decode()]
+    finally:
+        srv.shutdown()
+    r = subprocess.run([sys.executable, "-m", "openpole", "edge", "run", "--upstream", "htps://alice:S3CRET@city/x",
+                        "--state", str(tmp_path / "s")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "S3CRET" not in r.stderr and "htps://***@city/x" in r.stderr, r.stderr
     up = Upstream()
     a = start_agent(tmp_path, up)
     try:

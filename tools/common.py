@@ -23,7 +23,8 @@ def parse_hostport(text, default_port=1883, flag="--broker"):
         raise UserError(f"{flag} {text!r}: expected HOST:PORT, e.g. 127.0.0.1:{default_port or 1883}") from None
 
 
-_CREDENTIALS = re.compile(r"//[^@/,?#]*@")
+# Up to the last @ before the host: a password may hold an @ itself ("nats://u:p@ss@host").
+_CREDENTIALS = re.compile(r"//[^/,?#]*@")
 
 
 def redact_url(url):
