@@ -17,10 +17,7 @@ from pathlib import Path
 
 import cbor2
 
-from . import paths
-from .wire import node_message
 from .errors import UserError
-from .spec import cddl
 
 CHECKS = ("schema", "cddl", "ranges", "sequence", "cadence", "ages", "mac", "status")
 MAX_AGE_MS = 7 * 86400 * 1000  # a node keeps a week at most
@@ -94,6 +91,10 @@ class Report:
 def check(records, node_id, interval_s=None, key=None, independent=True):
     """records: [(receive_ns, topic, payload bytes, retain)] in arrival order -> Report.
     independent: also validate each message against node_message.cddl with zcbor (.venv-cddl)."""
+    from . import paths
+    from .spec import cddl
+    from .wire import node_message
+
     r = Report()
     keys = {node_id: key} if key else {}
     data = [(t, p) for t, topic, p, _ in records if topic == f"openpole/v1/{node_id}/data"]

@@ -10,8 +10,6 @@ from array import array
 from pathlib import Path
 
 from ..errors import UserError
-from ..field import appbuild
-from ..sim import node as simnode
 
 KEYS = ("laeq", "lamax", "lamin", "la10", "la50", "la90")
 RUNNER = Path(__file__).with_name("mp_analyze.py")
@@ -49,8 +47,10 @@ def read_wav(path):
 
 def run_meter(samples, mic="inmp441", interval_s=0.0, heap="512k"):
     """Feed samples (array('i') of I2S words) to the firmware's meter under MicroPython."""
-    from ..spec import model
     from .. import paths
+    from ..field import appbuild
+    from ..sim import node as simnode
+    from ..spec import model
 
     mics = model.load(paths.SENSOR_SPECS, paths.BOARD_DEFS).mics
     if mic not in mics:

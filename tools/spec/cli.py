@@ -4,7 +4,6 @@ import sys
 from pathlib import Path
 
 from .. import paths
-from . import build, model, site
 
 
 def register(sub):
@@ -27,6 +26,8 @@ def _dirs(p):
 
 
 def _load(args):
+    from . import model
+
     specs = model.load(args.specs, args.boards)
     for w in specs.warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -48,6 +49,8 @@ def check(args):
 
 
 def run_build(args):
+    from . import build, site
+
     specs = _load(args)
     if specs.errors:
         print("not building from specs with errors: run `openpole spec check`.", file=sys.stderr)
