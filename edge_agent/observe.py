@@ -139,7 +139,7 @@ def from_state(state_dir):
         (messages, records, size, oldest), counters = read_only(path)
     except sqlite3.Error as e:
         raise UserError(f"{path}: cannot read the queue: {e}") from None
-    return {"agent": "not running", "state": str(state_dir), "counters": counters,
+    return {"agent": "not asked: read from its state directory", "state": str(state_dir), "counters": counters,
             "queue": {"messages": messages, "records": records, "bytes": size,
                       "oldest_age_s": None if oldest is None else round((time.time_ns() - oldest) / 1e9, 1)}}
 
@@ -149,7 +149,8 @@ def human(st):
     queue = f"queue {q['messages']} messages ({q['records']} records, {q['bytes']} bytes), oldest {q['oldest_age_s']} s"
     if "broker" not in st:  # read from the state directory: the agent is down
         c = st["counters"]
-        return "\n".join([f"agent not running; its queue in {st['state']}:", queue,
+        return "\n".join([f"the queue in {st['state']}, read from disk (`openpole edge status` without --state asks "
+                          f"the running agent):", queue,
                           f"accepted {c.get('messages_accepted', 0)}, delivered {c.get('records_delivered', 0)} records "
                           f"in {c.get('batches_sent', 0)} batches"])
     b, u = st["broker"], st["upstream"]

@@ -466,3 +466,13 @@ def test_a_receiver_reads_a_bounded_number_of_batches_at_once(tmp_path):
         for s in stalled:
             s.close()
         r.stop()
+
+
+def test_the_export_writes_four_digit_years_at_the_ends_of_the_range():
+    import datetime
+
+    from openpole.receiver.export import stamp
+
+    utc = datetime.timezone.utc
+    assert stamp(datetime.datetime(1, 1, 1, tzinfo=utc)) == "0001/01/01 00:00:00"
+    assert stamp(datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=utc)) == "9999/12/31 23:59:59"

@@ -91,7 +91,7 @@ def test_a_user_who_is_not_root_is_told_in_one_line_what_to_run_and_nothing_is_e
     assert r.returncode == 1, r.stdout + r.stderr
     assert r.stdout == ""
     assert r.stderr == (f"openpole tests need {PACKAGES} (real brokers, NATS, PostgreSQL; FUSE for the power-cut tests; "
-                        f"a browser for the page): run `sudo apt-get install -y {PACKAGES}`, then make test again\n")
+                        f"a browser for the page): run `sudo apt-get update && sudo apt-get install -y {PACKAGES}`, then make test again\n")
     assert calls(box) == []  # no sudo, no apt-get
 
 
@@ -124,5 +124,5 @@ def test_make_test_checks_the_services_before_any_pip_install(box):
                        capture_output=True, text=True, timeout=60)
     assert calls(box) == [], "make ran Python (a venv, a pip install) before the services check"
     assert r.returncode != 0, r.stdout + r.stderr
-    assert "openpole tests need" in r.stderr and "run `sudo apt-get install -y" in r.stderr, r.stderr
+    assert "openpole tests need" in r.stderr and "run `sudo apt-get update && sudo apt-get install -y" in r.stderr, r.stderr
     assert not (work / ".venv").exists() and not (work / ".venv-cddl").exists()

@@ -116,3 +116,16 @@ def test_every_command_has_a_purpose_and_an_example_in_its_help():
     # groups of subcommands (image, config, pole, spec, sim, edge, noise) carry their examples on each action
     groups = {"image", "config", "pole", "spec", "sim", "edge", "noise", "city"}
     assert [m for m in missing if m not in groups] == []
+
+
+def test_host_and_port_as_a_user_types_them():
+    from openpole.common import parse_hostport
+    from openpole.errors import UserError
+
+    assert parse_hostport("10.0.0.2:1884") == ("10.0.0.2", 1884)
+    assert parse_hostport("broker") == ("broker", 1883)
+    assert parse_hostport("[::1]:1884") == ("::1", 1884)
+    assert parse_hostport("::1") == ("::1", 1883)  # a bare IPv6 address is a host, not host ':' and port 1
+    for bad in ("host:", "host:99999", ":1883", "[::1]:x"):
+        with pytest.raises(UserError, match="expected HOST:PORT"):
+            parse_hostport(bad)

@@ -119,7 +119,7 @@ def test_edge_status_reads_the_queue_from_the_state_directory_when_the_agent_is_
     s.close()
     r = subprocess.run([sys.executable, "-m", "openpole", "edge", "status", "--state", str(tmp_path / "state")],
                        capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0 and "agent not running" in r.stdout and "queue 5 messages (5 records" in r.stdout, r.stdout
+    assert r.returncode == 0 and "read from disk" in r.stdout and "queue 5 messages (5 records" in r.stdout, r.stdout
     r = subprocess.run([sys.executable, "-m", "openpole", "edge", "status", "--state", str(tmp_path), "--json"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "no queue here" in r.stderr and "Traceback" not in r.stderr

@@ -9,11 +9,13 @@ from .errors import UserError
 
 def parse_hostport(text, default_port=1883, flag="--broker"):
     """HOST:PORT as the user typed it after `flag` ('[::1]:1883' for IPv6); a one-line error naming that flag."""
-    host, _, port = str(text).rpartition(":")
-    if not host:
-        host, port = str(text), str(default_port)
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
+    text = str(text)
+    if ":" not in text or (text.count(":") > 1 and not text.startswith("[")):  # no port, or a bare IPv6 address
+        host, port = text, str(default_port)
+    else:
+        host, _, port = text.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
     try:
         port = int(port)
         if not host or not 0 <= port <= 65535:

@@ -12,7 +12,10 @@ from openpole.spec import model
 
 from .store import BATCHES, connect, owner, readings
 
-STAMP = "%Y/%m/%d %H:%M:%S"
+def stamp(t):
+    """Array of Things' time format, 2026/11/30 12:00:05; four-digit years always (strftime's %Y
+    writes year 1 as "1")."""
+    return f"{t.year:04d}/{t.month:02d}/{t.day:02d} {t.hour:02d}:{t.minute:02d}:{t.second:02d}"
 DATA_COLUMNS = ("timestamp", "node_id", "subsystem", "sensor", "parameter", "value_raw", "value_hrf")
 
 
@@ -59,7 +62,7 @@ def write_aot(out_dir, rows, nodes):
         w = csv.writer(f)
         w.writerow(DATA_COLUMNS)
         for t, pole, node, name, value in rows:
-            w.writerow((t.strftime(STAMP), node, pole, sensor.get(name, "node"), name, value, value))
+            w.writerow((stamp(t), node, pole, sensor.get(name, "node"), name, value, value))
             first = min(first or t, t)
             last = max(last or t, t)
             n += 1
@@ -79,6 +82,6 @@ def write_aot(out_dir, rows, nodes):
     with open(out / "provenance.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(("data_format_version", "project_id", "data_start_date", "data_end_date", "creation_date", "url"))
-        w.writerow(("2", "openpole", first.strftime(STAMP) if first else "", last.strftime(STAMP) if last else "",
-                    datetime.datetime.now(datetime.timezone.utc).strftime(STAMP), ""))
+        w.writerow(("2", "openpole", stamp(first) if first else "", stamp(last) if last else "",
+                    stamp(datetime.datetime.now(datetime.timezone.utc)), ""))
     return n
