@@ -38,6 +38,24 @@ from .page_templates import error_page, node_live, node_rest, overview_live, pag
 from .password import Checks
 
 log = logging.getLogger("openpole.edge.page")
+
+
+class _MalformedInOneLine(logging.Filter):
+    """aiohttp logs each request its parser refuses (a URL over 8 KB, a broken header: it answers 400)
+    with a traceback: anyone on the pole's network could fill the agent's journal. One line instead."""
+
+    def filter(self, record):
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        e = record.exc_info[1] if record.exc_info else None
+        if isinstance(e, HttpProcessingError):
+            record.msg, record.args, record.exc_info, record.exc_text = "the page refused a malformed request: %s", (
+                type(e).__name__,), None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+logging.getLogger("aiohttp.server").addFilter(_MalformedInOneLine())
 ACTION_WAIT_S = 6.0  # how long an action waits for the node's answer before the page says "sent"
 ACTIONS = ("diag", "selftest", "interval")
 INTERVAL_S = (1, 86400)

@@ -297,6 +297,24 @@ def test_bad_node_ids_are_400_and_unknown_ones_404(pole):
     assert status == 404 and "No node 'nobody'" in strict_json(body)["error"]
 
 
+def test_a_request_aiohttp_cannot_parse_is_one_line_in_the_log_not_a_traceback(pole, caplog):
+    """Anyone on the pole's network can send a 9 KB URL: aiohttp answers 400, and the agent's journal
+    gets one line for it, not a traceback each time."""
+    import logging
+    import socket
+
+    with caplog.at_level(logging.INFO, logger="aiohttp.server"):
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", pole.page.port), timeout=10) as s:
+                s.sendall(b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: pole\r\n\r\n")
+                assert s.recv(12) == b"HTTP/1.0 400"
+        assert wait(lambda: len([r for r in caplog.records if r.name == "aiohttp.server"]) >= 3, timeout=10)
+    records = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert all(r.exc_info is None and r.getMessage() == "the page refused a malformed request: LineTooLong"
+               for r in records), [r.getMessage() for r in records]
+    assert_good_node_shows(pole)
+
+
 # --- parallel password guessers -----------------------------------------------------------------
 
 def basic(password, user="tech"):
