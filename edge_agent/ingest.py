@@ -9,9 +9,10 @@ window itself (Receive Maximum), at a price in CPU: paho builds a Properties obj
 """
 
 import logging
-import threading
 import ssl
 import struct
+import threading
+import time
 
 import cbor2
 import paho.mqtt.client as mqtt
@@ -42,12 +43,16 @@ class _ReadAheadClient(mqtt.Client):
     """paho reads each packet with three recv() calls (command, length, body), one packet per
     select() wake-up, and builds an MQTTMessage through several layers: at thousands of messages a
     second its network thread cost more than the agent's own work. This reads the socket 64 KB at
-    a time; the QoS 0/1 PUBLISH packets complete in that buffer are parsed here (MQTT 3.1.1 section
-    3.3) and handed to on_message; every other packet, a partial one and anything v5 goes to paho
-    as before, through the same buffer. paho's private _sock_recv, _in_packet and locks are the
-    seam: paho's minor version is pinned in pyproject.toml (2.2.*, the one tested)."""
+    a time, before paho does; the QoS 0/1 PUBLISH packets complete in that buffer are parsed here
+    (MQTT 3.1.1 section 3.3) and handed to on_message; every other packet, a partial one and
+    anything v5 or TLS goes to paho as before, through the same buffer. After a short read the
+    thread waits GATHER_S before its next select(), so a trickle comes a few packets a wake-up.
+    paho's private _sock_recv, _in_packet and locks are the seam: paho's minor version is pinned
+    in pyproject.toml (2.2.*, the one tested)."""
 
     READ = 65536
+    SMALL_READ = 4096  # a read this short is a trickle, not a burst
+    GATHER_S = 0.002  # well under ingest.group_commit_idle_ms (5 ms): groups do not close early
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
@@ -117,13 +122,41 @@ class _ReadAheadClient(mqtt.Client):
             self._packet_queue(mqtt.PUBACK, packet, 0, 0)
 
     def loop_read(self, max_packets=1):
-        fast = self._protocol != mqtt.MQTTv5
+        if self._protocol == mqtt.MQTTv5 or isinstance(self._sock, ssl.SSLSocket):
+            while True:  # paho parses every packet, from the buffer
+                rc = super().loop_read(max_packets)
+                if rc != mqtt.MQTT_ERR_SUCCESS or self._sock is None or self._rpos >= len(self._rbuf):
+                    return rc
+        got = last = 0
         while True:
-            if fast and self._in_packet["command"] == 0 and self._sock is self._rsock:
-                self._publishes()  # only between packets: paho may be half-way through one
+            if self._in_packet["command"] == 0:  # between packets: what the buffer holds is ours first
+                if self._sock is not self._rsock:
+                    self._rbuf, self._rpos, self._rsock = b"", 0, self._sock
+                if self._rpos >= len(self._rbuf):
+                    if got and last < self.READ:
+                        break  # a short read emptied the socket: back to select()
+                    try:
+                        data = mqtt.Client._sock_recv(self, self.READ)
+                    except BlockingIOError:
+                        break
+                    except OSError:
+                        data = b""
+                    if not data:  # paho meets the error or the end of the stream itself and reports it
+                        return super().loop_read(max_packets)
+                    self._rbuf, self._rpos, last = data, 0, len(data)
+                    got += last
+                self._publishes()
+                if self._rpos >= len(self._rbuf):
+                    continue
+            # A packet that is not a PUBLISH we parse, or one the buffer holds only part of: paho's.
             rc = super().loop_read(max_packets)
-            if rc != mqtt.MQTT_ERR_SUCCESS or self._sock is None or self._rpos >= len(self._rbuf):
+            if rc != mqtt.MQTT_ERR_SUCCESS or self._sock is None or self._in_packet["command"] != 0:
                 return rc
+        if 0 < got < self.SMALL_READ:
+            # A trickle (1,000 nodes at 1 msg/s is a packet a millisecond): a wake-up per packet costs
+            # the agent more than the packet. Let a few gather; the group commit waits longer anyway.
+            time.sleep(self.GATHER_S)
+        return mqtt.MQTT_ERR_SUCCESS
 
 
 def _publish0(topic, payload, v5=False):

@@ -1,6 +1,7 @@
 """The agent's MQTT ingest reads the socket ahead (64 KB at a time) and hands paho every packet it
 holds per wake-up: a burst that arrives in one read is delivered whole, at once, not one packet per
-select() with the rest stranded until the next byte arrives; a reconnect starts clean."""
+select() with the rest stranded until the next byte arrives; a reconnect starts clean; a trickle
+is parsed from the buffer, a few packets a wake-up."""
 
 import socket
 import threading
@@ -97,3 +98,38 @@ def test_every_kind_of_publish_arrives_intact(sink, mosquitto):
     assert sink.got == [p for _, p, _, _ in sent]
     assert [s[0] for s in sink.seen][-1] == "openpole/v1/straße-1/data"
     assert [s[2] for s in sink.seen] == [1, 0, 1, 1, 1]
+
+
+def test_a_trickle_is_parsed_from_the_buffer_a_few_packets_a_wake_up(sink, mosquitto):
+    """1,000 nodes at 1 msg/s reach the agent as a packet about every millisecond: each is parsed
+    from the read-ahead buffer, none by paho's own reader (three recv() calls and an MQTTMessage per
+    packet), and a wake-up waits a moment for a few more instead of taking them one by one."""
+    client = sink.ingest.client
+    by_paho, wakes = [], []
+    handle_publish, loop_read = client._handle_publish, client.loop_read
+
+    def paho_parses():
+        by_paho.append(1)
+        return handle_publish()
+
+    def counted(*a):
+        wakes.append(1)
+        return loop_read(*a)
+
+    client._handle_publish, client.loop_read = paho_parses, counted
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="trickle")
+    c.connect(mosquitto.host, mosquitto.port)
+    c.loop_start()
+    n = 300
+    infos = []
+    for i in range(n):
+        infos.append(c.publish("openpole/v1/n1/data", b"%08d" % i + b"x" * 70, qos=1))
+        time.sleep(0.001)
+    for info in infos:
+        info.wait_for_publish(10)
+    c.loop_stop()
+    c.disconnect()
+    assert wait_for(lambda: sink.count() >= n, 10), sink.count()
+    assert sorted(sink.got) == sorted(b"%08d" % i + b"x" * 70 for i in range(n))
+    assert by_paho == []
+    assert len(wakes) < 0.6 * n, f"{len(wakes)} reads for {n} messages"
