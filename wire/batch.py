@@ -42,7 +42,7 @@ _U8, _U16, _U32, _U64 = (struct.Struct(f">B{c}").pack for c in "BHIQ")
 _TINY = [bytes((n,)) for n in range(24)]
 
 
-def _uint(n):
+def cbor_uint(n):
     """A CBOR unsigned integer, shortest form (RFC 8949 section 3)."""
     if n < 24:
         return _TINY[n]
@@ -71,14 +71,14 @@ def senml_records(pole, msg, receive_ns, time_quality=0):
         if len(_OPEN) < _OPEN_MAX:
             _OPEN[(pole, msg.node)] = head
     clock = msg.clock_ms
-    out = [b"", head, _F64(0xFB, receive_ns / 1e9), b"\x64boot", _uint(msg.boot), b"\x63seq", _uint(msg.seq),
+    out = [b"", head, _F64(0xFB, receive_ns / 1e9), b"\x64boot", cbor_uint(msg.boot), b"\x63seq", cbor_uint(msg.seq),
            b"\x62rt", _U64(0x1B, receive_ns)]
     first = 8  # the first record's pairs: bn, bt, boot, seq, rt, and n, u, v (at most 12 in all)
     if clock is not None:
-        out += (b"\x62nc", _uint(clock))
+        out += (b"\x62nc", cbor_uint(clock))
         first += 1
     if time_quality:
-        out += (b"\x62tq", _uint(time_quality))
+        out += (b"\x62tq", cbor_uint(time_quality))
         first += 1
     age_of, t = None, b""
     for key, _, value, age, flags in msg.readings:
@@ -97,7 +97,7 @@ def senml_records(pole, msg, receive_ns, time_quality=0):
                 age_of, t = age, b"\x06" + _F64(0xFB, -age / 1000)
             out.append(t)
         if flags:
-            out += (b"\x62fl", _uint(flags))
+            out += (b"\x62fl", cbor_uint(flags))
     return len(msg.readings), b"".join(out)
 
 
