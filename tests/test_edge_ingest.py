@@ -7,10 +7,12 @@ import socket
 import threading
 import time
 
+import cbor2
 import paho.mqtt.client as mqtt
 import pytest
 
 from openpole.edge_agent import config
+from openpole.edge_agent import ingest
 from openpole.edge_agent.ingest import MqttIngest
 
 
@@ -133,3 +135,62 @@ def test_a_trickle_is_parsed_from_the_buffer_a_few_packets_a_wake_up(sink, mosqu
     assert sorted(sink.got) == sorted(b"%08d" % i + b"x" * 70 for i in range(n))
     assert by_paho == []
     assert len(wakes) < 0.6 * n, f"{len(wakes)} reads for {n} messages"
+
+
+@pytest.mark.parametrize("runs", [[[0, 0, 0]], [[23, 24, 255]], [[256, 65535, 65536]], [[2**32 - 1, 2**32, 2**63 - 1]],
+                                  [[7, 0, 3], [7, 5, 9]]])
+def test_a_node_ack_is_the_cbor_of_its_runs(runs):
+    """The ack topic's payload, encoded by hand for one run: what cbor2 makes of the runs, byte for byte."""
+    assert ingest._runs(runs) == cbor2.dumps(runs)
+
+
+@pytest.mark.parametrize("payload_bytes", [10, 200, 20000])
+def test_an_ack_publish_packet_reads_back(payload_bytes):
+    """A QoS 0 PUBLISH as the ingest builds it (MQTT 3.1.1 section 3.3), short and with a remaining
+    length of two and three bytes."""
+    topic, payload = ingest.ACK_TOPIC.format("n-17"), bytes(range(256)) * (payload_bytes // 256) + b"x" * (payload_bytes % 256)
+    packet = ingest._publish0(ingest._topic_head(topic), payload)
+    assert packet[0] == 0x30
+    length, mult, i = 0, 1, 1
+    while True:
+        length += (packet[i] & 127) * mult
+        mult *= 128
+        i += 1
+        if not packet[i - 1] & 128:
+            break
+    assert length == len(packet) - i
+    tlen = packet[i] << 8 | packet[i + 1]
+    assert packet[i + 2: i + 2 + tlen].decode() == topic and packet[i + 2 + tlen:] == payload
+
+
+def publish_packet(topic, payload, qos=0, mid=0, dup=False, retain=False):
+    """A PUBLISH packet as a broker sends it (MQTT 3.1.1 section 3.3)."""
+    t = topic.encode()
+    body = len(t).to_bytes(2, "big") + t + (mid.to_bytes(2, "big") if qos else b"") + payload
+    n, length = len(body), bytearray()
+    while True:
+        n, b = n >> 7, n & 127
+        length.append(b | (128 if n else 0))
+        if not n:
+            break
+    return bytes((0x30 | dup << 3 | qos << 1 | retain,)) + bytes(length) + body
+
+
+def test_the_buffer_parser_takes_qos_0_and_1_publishes_and_leaves_paho_the_rest():
+    """QoS 0 and 1, a re-send (DUP), retained, a remaining length of one, two and three bytes: parsed
+    from the buffer; a QoS 2 PUBLISH, any other packet, or a packet cut short stops the parse there."""
+    c = ingest._ReadAheadClient(mqtt.CallbackAPIVersion.VERSION2, client_id="parser", manual_ack=True)
+    got = []
+    c.on_parsed = lambda topic, payload, mid, qos: got.append((topic, bytes(payload), mid, qos))
+    taken = [("openpole/v1/n1/data", b"a" * 50, 1, 7, False, False), ("openpole/v1/n1/diag", b"{}", 0, 0, False, False),
+             ("openpole/v1/n1/data", b"b" * 50, 1, 7, True, False), ("openpole/v1/n2/status", b"online", 0, 0, False, True),
+             ("openpole/v1/n1/data", b"c" * 300, 1, 65535, False, False), ("openpole/v1/n1/data", b"d" * 20000, 1, 8, False, False)]
+    head = b"".join(publish_packet(*p) for p in taken)
+    for rest in (publish_packet("openpole/v1/n1/data", b"q2", 2, 9), b"\xd0\x00",  # a QoS 2 PUBLISH, a PINGRESP
+                 publish_packet("openpole/v1/n1/data", b"e" * 300, 1, 10)[:-1],  # cut short
+                 publish_packet("openpole/v1/n1/data", b"e" * 300, 1, 10)[:2]):  # cut inside the length
+        got.clear()
+        c._rbuf, c._rpos = head + rest, 0
+        c._publishes()
+        assert got == [(t, p, m, q) for t, p, q, m, _, _ in taken]
+        assert c._rpos == len(head)
