@@ -12,6 +12,7 @@ import random
 import sqlite3
 import threading
 import time
+from operator import itemgetter
 
 from openpole.wire import batch, node_message, sign
 
@@ -33,6 +34,7 @@ RETRY_MAX_S = 30.0  # the longest wait between two tries of the same batch
 DISK_RETRY_S = 1.0
 WORKER_STALE_S = 60.0  # a worker silent this long is hung: the watchdog is not fed (WatchdogSec=90)
 SQLITE_BUSY, SQLITE_LOCKED = 5, 6
+_NODE_BOOT_SEQ = itemgetter(0, 1, 2)
 
 
 def _one_message_fault(e):
@@ -51,13 +53,16 @@ def node_acks(accepted):
     """{node: [[boot, first seq, last seq], ...]}: the runs of node messages a group commit put on
     disk, for each node's ack topic (the node frees its outbox from them, sensor_specs/node_ack.cddl)."""
     out = {}
-    for node, boot, seq, *_ in sorted(accepted, key=lambda a: a[:3]):
-        runs = out.setdefault(node, [])
-        last = runs[-1] if runs else None
-        if last and last[0] == boot and last[2] + 1 >= seq:
-            last[2] = max(last[2], seq)
+    node_of = run = None
+    for node, boot, seq, *_ in sorted(accepted, key=_NODE_BOOT_SEQ):
+        if node != node_of:
+            node_of, run = node, [boot, seq, seq]
+            out[node] = [run]
+        elif run[0] == boot and run[2] + 1 >= seq:
+            run[2] = seq  # sorted: seq is the run's last or one past it
         else:
-            runs.append([boot, seq, seq])
+            run = [boot, seq, seq]
+            out[node].append(run)
     return out
 
 
@@ -165,17 +170,22 @@ class Agent:
     def _track(self, msg, receive_ns):
         """Per node: last seen, sequence gaps (a loss estimate), clock offset. True for a message
         newer than any seen from the node (not a replay)."""
+        boot, seq = msg.boot, msg.seq
         n = self.nodes.get(msg.node)
         if n is None:
-            n = self.nodes[msg.node] = {"boot": msg.boot, "seq": msg.seq - 1, "gaps": 0, "messages": 0}
-        new = (msg.boot, msg.seq) > (n["boot"], n["seq"])
-        if msg.boot > n["boot"] and n["messages"]:
-            n["resets"] = n.get("resets", 0) + 1  # a new boot: the node reset (diag says why)
+            n = self.nodes[msg.node] = {"boot": boot, "seq": seq - 1, "gaps": 0, "messages": 0}
+        last_boot, last_seq = n["boot"], n["seq"]
         n["sensors"] = msg.status  # {sensor: [state, errors(, lost)]}: a reference, no copy
-        if msg.boot == n["boot"] and msg.seq > n["seq"] + 1:
-            n["gaps"] += msg.seq - n["seq"] - 1  # lost on the way: a loss estimate
-        if (msg.boot, msg.seq) > (n["boot"], n["seq"]):
-            n["boot"], n["seq"] = msg.boot, msg.seq
+        if boot == last_boot:
+            new = seq > last_seq
+            if seq > last_seq + 1:
+                n["gaps"] += seq - last_seq - 1  # lost on the way: a loss estimate
+        else:
+            new = boot > last_boot
+            if new and n["messages"]:
+                n["resets"] = n.get("resets", 0) + 1  # a new boot: the node reset (diag says why)
+        if new:
+            n["boot"], n["seq"] = boot, seq
         n["messages"] += 1
         n["last_seen_ns"] = receive_ns
         if msg.clock_ms is not None:
@@ -185,21 +195,22 @@ class Agent:
     def process(self, items):
         """Decode a group of (receive_ns, topic, payload, mid, qos), commit it, then ack it."""
         decoded, rejected = [], []  # decoded: (queue row, message, item)
-        pole = self.cfg.pole_id
+        pole, keys, require_mac = self.cfg.pole_id, self.cfg.node_keys, self.cfg.require_mac
+        decode, senml_records, time_quality = node_message.decode, batch.senml_records, self.time_quality
         synced = self.clock_synced() if self.clock_synced is not None else None
         for item in items:
             receive_ns, topic, payload, mid, qos = item
             try:
-                msg = node_message.decode(payload, self.cfg.node_keys, self.cfg.require_mac)
+                msg = decode(payload, keys, require_mac)
                 parts = topic.split("/")
                 if len(parts) != 4 or parts[2] != msg.node:
                     raise node_message.Rejected("topic_mismatch", f"node {msg.node!r} published on {topic!r}")
-                tq = self.time_quality(receive_ns, synced)
+                tq = time_quality(receive_ns, synced)
                 if msg.age_lower_bound and tq == TQ_OK:
                     tq = TQ_NODE_RESET  # sampled before a node reset: the true time is earlier
-                count, senml = batch.senml_records(pole, msg, receive_ns, tq)
-                decoded.append(((msg.node, msg.boot, msg.seq, receive_ns, count, senml, tq in (TQ_OK, TQ_NODE_RESET)),
-                                msg, item))
+                count, senml = senml_records(pole, msg, receive_ns, tq)
+                clock_ok = 1 if tq == TQ_OK or tq == TQ_NODE_RESET else 0
+                decoded.append(((msg.node, msg.boot, msg.seq, receive_ns, count, senml, clock_ok), msg, item))
             except node_message.Rejected as e:
                 rejected.append((receive_ns, topic, e.reason, str(e), bytes(payload)))
             except Exception as e:  # a message this code could not handle: kept and counted, never fatal
@@ -208,16 +219,18 @@ class Agent:
         stored = self._commit(decoded, rejected)
         # Tracked once stored: a message that never reached the disk must not count as the node's
         # newest, or the node's next ones would be taken for replays and left out of the minutes.
-        for row, msg, _ in stored:
-            if self._track(msg, row[3]):
-                with self.minutes_lock:
-                    self.minutes.add(msg.node, msg.readings, row[3])
+        track, add = self._track, self.minutes.add
+        with self.minutes_lock:
+            for row, msg, _ in stored:
+                if track(msg, row[3]):
+                    add(msg.node, msg.readings, row[3])
         accepted = [row for row, _, _ in stored]
         self.committed_records += sum(a[4] for a in accepted)
         self.ingest.ack_group([(mid, qos) for _, _, _, mid, qos in items], node_acks(accepted))
         acked_at = self.clock()
+        observe = self.ack_latency.observe
         for item in items:
-            self.ack_latency.observe((acked_at - item[0]) / 1e9)
+            observe((acked_at - item[0]) / 1e9)
 
     def _commit(self, decoded, rejected):
         """Store a group in one transaction and return what was stored. When one message breaks the

@@ -17,27 +17,27 @@ class Minutes:
     def add(self, node, readings, receive_ns):
         levels = REGISTRY.level_keys
         opened = self.open
-        age, minute = None, 0
-        for r in readings:
-            if r.flags:
+        age_of, minute = None, 0
+        for key, _, value, age, flags in readings:
+            if flags:
                 continue  # out of the quantity's range: sent upstream flagged, kept out of the means
-            if r.age_ms != age:  # a sample's readings share their age
-                age = r.age_ms
+            if age != age_of:  # a sample's readings share their age
+                age_of = age
                 minute = (receive_ns - age * 1_000_000) // 60_000_000_000 * 60
             if minute < 0:
                 continue  # sampled "before 1970": a Pi without a clock yet; its readings go up flagged tq
-            k = (node, r.key, minute)
+            k = (node, key, minute)
             acc = opened.get(k)
-            v = 10 ** (r.value / 10) if r.key in levels else r.value
+            v = 10 ** (value / 10) if key in levels else value
             if acc is None:
-                opened[k] = [1, v, r.value, r.value]
+                opened[k] = [1, v, value, value]
             else:
                 acc[0] += 1
                 acc[1] += v
-                if r.value < acc[2]:
-                    acc[2] = r.value
-                elif r.value > acc[3]:
-                    acc[3] = r.value
+                if value < acc[2]:
+                    acc[2] = value
+                elif value > acc[3]:
+                    acc[3] = value
 
     def close(self, now_ns, grace_s=60):
         """Minutes that ended more than grace_s ago, as rows (node, name, minute, count, mean, min, max).
