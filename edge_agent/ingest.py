@@ -41,18 +41,18 @@ class _ReadAheadClient(mqtt.Client):
     (MQTT 3.1.1 section 3.3) and handed to on_parsed, not on_message (no MQTTMessage is built, and
     the callback lock is taken once a read, not once a packet); every other packet, a partial one and
     anything v5 or TLS goes to paho as before, through the same buffer. After a short read the
-    thread waits GATHER_S before its next select(), so a trickle comes a few packets a wake-up.
+    thread waits gather_s before its next select(), so a trickle comes a few packets a wake-up.
     paho's private _sock_recv, _in_packet and locks are the seam: paho's minor version is pinned
     in pyproject.toml (2.2.*, the one tested)."""
 
     READ = 65536
     SMALL_READ = 4096  # a read this short is a trickle, not a burst
-    GATHER_S = 0.002  # well under ingest.group_commit_idle_ms (5 ms): groups do not close early
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self._rbuf, self._rpos, self._rsock = b"", 0, None
         self.on_parsed = None  # on_parsed(topic, payload, mid, qos): the PUBLISH packets parsed here
+        self.gather_s = 0.0  # after a short read, wait this long before the next select()
 
     def _sock_recv(self, bufsize):
         if self._sock is not self._rsock:  # a new connection: nothing of the old one is kept
@@ -162,7 +162,7 @@ class _ReadAheadClient(mqtt.Client):
         if 0 < got < self.SMALL_READ:
             # A trickle (1,000 nodes at 1 msg/s is a packet a millisecond): a wake-up per packet costs
             # the agent more than the packet. Let a few gather; the group commit waits longer anyway.
-            time.sleep(self.GATHER_S)
+            time.sleep(self.gather_s)
         return mqtt.MQTT_ERR_SUCCESS
 
 
@@ -219,6 +219,9 @@ class MqttIngest:
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         c.on_parsed = self._on_publish
+        # Half the writer's idle close: during a trickle something arrives within every idle window,
+        # so groups do not close early; a PUBACK waits for its group commit anyway.
+        c.gather_s = cfg.group_commit_idle_ms / 2000
         c.on_subscribe = self._on_subscribe
         c.reconnect_delay_set(min_delay=1, max_delay=30)
         self.client = c
