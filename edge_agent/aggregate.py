@@ -13,6 +13,8 @@ from openpole.spec.registry import REGISTRY
 class Minutes:
     def __init__(self):
         self.open = {}  # (node, key, minute) -> [count, sum (or energy sum), min, max]
+        # The earliest and the latest minute open: close() looks at every key only when one is done.
+        self.first = self.last = None
 
     def add(self, node, readings, receive_ns):
         levels = REGISTRY.level_keys
@@ -31,6 +33,10 @@ class Minutes:
             v = 10 ** (value / 10) if key in levels else value
             if acc is None:
                 opened[k] = [1, v, value, value]
+                if self.first is None or minute < self.first:
+                    self.first = minute
+                if self.last is None or minute > self.last:
+                    self.last = minute
             else:
                 acc[0] += 1
                 acc[1] += v
@@ -45,6 +51,8 @@ class Minutes:
         now, not when the clock catches up with it (a day later, for a clock a day fast)."""
         now_s = now_ns // 1_000_000_000
         limit, ahead = now_s - 60 - grace_s, now_s + grace_s
+        if self.first is None or limit < self.first <= self.last <= ahead:
+            return []
         done = [k for k in self.open if k[2] <= limit or k[2] > ahead]
         rows = []
         for k in done:
@@ -52,4 +60,6 @@ class Minutes:
             q = REGISTRY.by_key[k[1]]
             mean = 10 * math.log10(total / count) if q.kind == "level" else total / count
             rows.append((k[0], q.name, k[2], count, round(mean, 6), lo, hi))
+        minutes = {k[2] for k in self.open}
+        self.first, self.last = (min(minutes), max(minutes)) if minutes else (None, None)
         return rows

@@ -10,6 +10,8 @@ import urllib.request
 import cbor2
 
 from helpers import agent_subscribed, publish_all, wait
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from openpole.wire import node_message
 from openpole.edge_agent.aggregate import Minutes
 from openpole.receiver.server import Receiver
@@ -54,6 +56,25 @@ def test_a_pi_without_its_clock_yet_makes_no_minute_before_1970():
     m.add("n1", msg("n1", 0, {1: 20.0}, age_ms=60_000).readings, 5 * 10**9)
     m.add("n1", msg("n1", 1, {1: 21.0}).readings, 5 * 10**9)
     assert [(r[1], r[2], r[3]) for r in m.close(10**12)] == [("temperature", 0, 1)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["add", "close"]), st.integers(0, 400) | st.integers(-600, 86400 + 600)), max_size=40))
+def test_a_minute_closes_when_done_and_not_before_whatever_the_order_of_adds_and_closes(steps):
+    """close() skips its look at every open minute while none can be done: what it closes (and
+    keeps) is what a look at every one would close."""
+    m = Minutes()
+    t0 = 1_700_000_000 * 10**9
+    for i, (what, offset_s) in enumerate(steps):
+        now = t0 + offset_s * 10**9
+        if what == "add":
+            m.add(f"n{i % 3}", msg(f"n{i % 3}", i, {1: 20.0 + i}).readings, now)
+            continue
+        now_s = now // 10**9
+        due = {k for k in m.open if k[2] <= now_s - 120 or k[2] > now_s + 60}
+        kept = set(m.open) - due
+        assert {(r[0], r[2]) for r in m.close(now)} == {(k[0], k[2]) for k in due}
+        assert set(m.open) == kept
 
 
 def test_status_metrics_and_aggregates_from_a_running_agent(tmp_path, mosquitto):
