@@ -29,6 +29,7 @@ GROUP_COMMIT_MAX = 4000  # messages per transaction (the ingest window is larger
 CLOCK_FLOOR_NS = 1_577_836_800 * 10**9  # 2020-01-01: a pole clock before this is wrong
 TQ_OK, TQ_UNSYNCED, TQ_IMPLAUSIBLE, TQ_NODE_RESET = 0, 1, 2, 3
 LIMITS_EVERY_S = 10.0
+SENDER_WAIT_MAX_S = 5.0  # the sender looks at least this often (the watchdog wants it alive)
 EXIT_WORKER_DIED = 70  # EX_SOFTWARE
 RETRY_MAX_S = 30.0  # the longest wait between two tries of the same batch
 DISK_RETRY_S = 1.0
@@ -84,6 +85,7 @@ class Agent:
         self.minutes = Minutes()
         self.minutes_lock = threading.Lock()
         self.committed_records = 0  # written since the sender last looked: it reads only when worth it
+        self.send_wake = threading.Event()  # a batch may be due: full, closed minutes waiting, or stopping
         self.alive = {}  # worker name -> time.monotonic() of its last loop: what the watchdog feeds on
         self.disk_low = False  # the free-disk floor is reached (or SQLite said full): an alarm
         self.disk_waits = 0  # seconds-long waits for room, since start
@@ -226,6 +228,8 @@ class Agent:
                     add(msg.node, msg.readings, row[3])
         accepted = [row for row, _, _ in stored]
         self.committed_records += sum(a[4] for a in accepted)
+        if self.committed_records >= self.cfg.batch_max:
+            self.send_wake.set()
         self.ingest.ack_group([(mid, qos) for _, _, _, mid, qos in items], node_acks(accepted))
         acked_at = self.clock()
         observe = self.ack_latency.observe
@@ -310,7 +314,7 @@ class Agent:
 
     def _close_minutes(self):
         """Close the minutes that are done: kept for the page's charts at once, sent upstream with
-        the next batch. Returns what waits for a batch."""
+        the next batch (one of their own when no record waits)."""
         with self.minutes_lock:
             closed = self.minutes.close(self.clock())
             self.minutes_out.extend(closed)
@@ -321,31 +325,36 @@ class Agent:
     def _limits(self):
         """The queue's quota and maximum age on their own timer: an outage (the sender retrying one
         batch for hours) must not stop them, or the disk fills. Minutes close here too, so the
-        page's charts go on while the upstream is away."""
+        page's charts go on while the upstream is away, and the last minutes before a quiet spell
+        go upstream without waiting for the next reading."""
         while not self.stopping.is_set():
             self._when_room(self.store.enforce_limits, self.clock())
             self._close_minutes()
+            if self.minutes_out:
+                self.send_wake.set()
             self.stopping.wait(LIMITS_EVERY_S)
 
     def _sender(self):
         last_send = time.monotonic()
         backlog = True  # what an earlier run left goes at once
+        interval = self.cfg.batch_interval_s
         while not self.stopping.is_set():
             self.alive["sender"] = time.monotonic()
-            # Read the queue only when a batch is due, full, or behind: not every tick.
-            due = time.monotonic() - last_send >= self.cfg.batch_interval_s
-            if not (backlog or due or self.committed_records >= self.cfg.batch_max):
-                self.stopping.wait(0.05)
+            # A batch is due when its interval is up, it is full, the queue is behind or closed minutes
+            # wait; otherwise the sender sleeps until one is (woken by the writer or the limits timer).
+            self.send_wake.clear()
+            waited = time.monotonic() - last_send
+            if not (backlog or waited >= interval or self.committed_records >= self.cfg.batch_max or self.minutes_out):
+                self.send_wake.wait(min(interval - waited, SENDER_WAIT_MAX_S))
                 continue
             self.committed_records = 0
             rows, backlog = self.store.pending(self.cfg.batch_max)
-            if not rows:
-                last_send = time.monotonic()  # nothing waiting: the interval starts with the next record
-                self.stopping.wait(0.05)
-                continue
             self._close_minutes()
             with self.minutes_lock:
                 closed, self.minutes_out = self.minutes_out, []
+            if not rows and not closed:
+                last_send = time.monotonic()  # nothing waiting: the interval starts with the next record
+                continue
             if self._deliver_batch(rows, closed):
                 backlog = True  # split: the rest of what was due goes at once
             last_send = time.monotonic()
@@ -369,13 +378,14 @@ class Agent:
                 answer = self.sink.send(batch_id, body)
                 if answer and answer.get("duplicate"):
                     self.store.count("upstream_duplicates")  # a re-send after a lost ack, stored once upstream
-                self._when_room(self.store.acknowledged, rows[-1][0], records)
+                self._when_room(self.store.acknowledged, rows[-1][0] if rows else None, records)
                 self.upstream_ok, self.last_error = True, None
                 self.last_delivered = (self.clock(), records)
                 return split
             except TooLarge as e:
-                if len(rows) == 1:
-                    self._refused(Permanent(f"{e}; a single message is that large"), batch_id, body, rows, records)
+                if len(rows) <= 1:
+                    what = "a single message is" if rows else "its minute aggregates alone are"
+                    self._refused(Permanent(f"{e}; {what} that large"), batch_id, body, rows, records)
                     return split
                 rows = rows[: len(rows) // 2]  # the rest goes in the next batches
                 split = True
@@ -401,7 +411,7 @@ class Agent:
         self.last_error = str(e)
         log.error("%s; batch %s quarantined", e, batch_id.hex())
         self.store.append([], [(self.clock(), "upstream", "upstream_refused", str(e), body)])
-        self.store.acknowledged(rows[-1][0], records, counter="records_refused_upstream")
+        self.store.acknowledged(rows[-1][0] if rows else None, records, counter="records_refused_upstream")
 
     def _watchdog(self):
         """Feed systemd's watchdog while the writer and the sender both looped recently: a hung
@@ -438,6 +448,7 @@ class Agent:
     def stop(self):
         self.ingest.stop()
         self.stopping.set()
+        self.send_wake.set()
         for t in self._threads:
             t.join(timeout=5)
         self.store.close()
