@@ -159,7 +159,7 @@ class _ReadAheadClient(mqtt.Client):
             rc = super().loop_read(max_packets)
             if rc != mqtt.MQTT_ERR_SUCCESS or self._sock is None or self._in_packet["command"] != 0:
                 return rc
-        if 0 < got < self.SMALL_READ:
+        if self.gather_s and 0 < got < self.SMALL_READ:
             # A trickle (1,000 nodes at 1 msg/s is a packet a millisecond): a wake-up per packet costs
             # the agent more than the packet. Let a few gather; the group commit waits longer anyway.
             time.sleep(self.gather_s)
