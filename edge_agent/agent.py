@@ -113,6 +113,8 @@ class Agent:
     # --- writer: decode, commit, then acknowledge ---
     def _writer(self):
         group_s = self.cfg.group_commit_ms / 1000
+        idle_s = self.cfg.group_commit_idle_ms / 1000
+        paused = getattr(self.ingest, "paused", None)  # an Event the ingest sets when the stream pauses
         while not self.stopping.is_set() or not self.inbox.empty():
             self.alive["writer"] = time.monotonic()
             try:
@@ -123,14 +125,19 @@ class Agent:
             # closed early when the stream pauses for group_commit_idle_ms: that is what a broker
             # at its in-flight limit (Mosquitto: 20 per client by default) looks like until we ack.
             deadline = time.monotonic() + group_s
-            idle_s = self.cfg.group_commit_idle_ms / 1000
-            size = self.inbox.qsize()
-            while time.monotonic() < deadline and size < GROUP_COMMIT_MAX:
-                time.sleep(idle_s)  # a look every few ms, not a wake-up per message
-                grown = self.inbox.qsize()
-                if grown == size:
-                    break  # the stream paused
-                size = grown
+            if paused is not None:  # the ingest says when it paused: no look every few ms
+                while self.inbox.qsize() < GROUP_COMMIT_MAX:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or paused.wait(left):
+                        break
+            else:
+                size = self.inbox.qsize()
+                while time.monotonic() < deadline and size < GROUP_COMMIT_MAX:
+                    time.sleep(idle_s)  # a look every few ms, not a wake-up per message
+                    grown = self.inbox.qsize()
+                    if grown == size:
+                        break  # the stream paused
+                    size = grown
             while len(items) < GROUP_COMMIT_MAX:
                 try:
                     items.append(self.inbox.get_nowait())

@@ -9,6 +9,7 @@ window itself (Receive Maximum), at a price in CPU: paho builds a Properties obj
 """
 
 import logging
+import select
 import ssl
 import struct
 import threading
@@ -41,7 +42,8 @@ class _ReadAheadClient(mqtt.Client):
     (MQTT 3.1.1 section 3.3) and handed to on_parsed, not on_message (no MQTTMessage is built, and
     the callback lock is taken once a read, not once a packet); every other packet, a partial one and
     anything v5 or TLS goes to paho as before, through the same buffer. After a short read the
-    thread waits gather_s before its next select(), so a trickle comes a few packets a wake-up.
+    thread waits gather_s before its next select(), so a trickle comes a few packets a wake-up, and
+    when nothing came meanwhile it sets paused: the writer commits its group then.
     paho's private _sock_recv, _in_packet and locks are the seam: paho's minor version is pinned
     in pyproject.toml (2.2.*, the one tested)."""
 
@@ -53,6 +55,10 @@ class _ReadAheadClient(mqtt.Client):
         self._rbuf, self._rpos, self._rsock = b"", 0, None
         self.on_parsed = None  # on_parsed(topic, payload, mid, qos): the PUBLISH packets parsed here
         self.gather_s = 0.0  # after a short read, wait this long before the next select()
+        # Set once a gather brought nothing: the stream paused (a broker at its in-flight limit looks
+        # so until the agent acks), so the writer commits its group now instead of at its deadline.
+        self.paused = threading.Event()
+        self.paused.set()
 
     def _sock_recv(self, bufsize):
         if self._sock is not self._rsock:  # a new connection: nothing of the old one is kept
@@ -152,6 +158,8 @@ class _ReadAheadClient(mqtt.Client):
                         return super().loop_read(max_packets)
                     self._rbuf, self._rpos, last = data, 0, len(data)
                     got += last
+                    if self.paused.is_set():
+                        self.paused.clear()
                 self._publishes()
                 if self._rpos >= len(self._rbuf):
                     continue
@@ -163,6 +171,12 @@ class _ReadAheadClient(mqtt.Client):
             # A trickle (1,000 nodes at 1 msg/s is a packet a millisecond): a wake-up per packet costs
             # the agent more than the packet. Let a few gather; the group commit waits longer anyway.
             time.sleep(self.gather_s)
+            try:
+                quiet = not select.select([self._sock], [], [], 0)[0]
+            except (OSError, ValueError, TypeError):  # closed meanwhile: nothing more comes on it
+                quiet = True
+            if quiet:
+                self.paused.set()
         return mqtt.MQTT_ERR_SUCCESS
 
 
@@ -219,9 +233,9 @@ class MqttIngest:
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         c.on_parsed = self._on_publish
-        # Half the writer's idle close: during a trickle something arrives within every idle window,
-        # so groups do not close early; a PUBACK waits for its group commit anyway.
-        c.gather_s = cfg.group_commit_idle_ms / 2000
+        # What the writer's idle close waits for: nothing arrived while the ingest gathered (paused).
+        c.gather_s = cfg.group_commit_idle_ms / 1000
+        self.paused = None if self.v5 else c.paused  # v5 goes through paho: the writer watches the inbox
         c.on_subscribe = self._on_subscribe
         c.reconnect_delay_set(min_delay=1, max_delay=30)
         self.client = c

@@ -10,6 +10,7 @@ import time
 import cbor2
 import paho.mqtt.client as mqtt
 import pytest
+from helpers import publish_all
 
 from openpole.edge_agent import config
 from openpole.edge_agent import ingest
@@ -194,3 +195,88 @@ def test_the_buffer_parser_takes_qos_0_and_1_publishes_and_leaves_paho_the_rest(
         c._publishes()
         assert got == [(t, p, m, q) for t, p, q, m, _, _ in taken]
         assert c._rpos == len(head)
+
+
+def test_an_ingest_on_mqtt_v5_delivers_a_burst_through_paho(mosquitto):
+    """ingest.mqtt_version = 5: paho parses every packet (the read-ahead parser is 3.1.1 only) and
+    the writer watches its inbox (paused is None)."""
+    s = Sink()
+    cfg = config.load(broker_host=mosquitto.host, broker_port=mosquitto.port, pole_id="ingest-v5")
+    cfg.mqtt_version = 5
+    s.ingest = MqttIngest(cfg, s)
+    assert s.ingest.paused is None
+    s.ingest.start()
+    try:
+        assert s.ingest.subscribed.wait(10), "the ingest did not subscribe at the broker"
+        publish_burst(mosquitto, 300)
+        assert wait_for(lambda: s.count() >= 300, 10), s.count()
+        assert sorted(s.got) == sorted(b"%08d" % i + b"x" * 90 for i in range(300))
+    finally:
+        s.ingest.stop()
+
+
+def stored_in(a):
+    return a.store.db.execute("SELECT count(*) FROM messages").fetchone()[0]
+
+
+def test_the_writer_commits_once_the_ingest_finds_the_stream_paused_not_at_its_deadline(tmp_path):
+    """A group closes at ingest.group_commit_ms, or as soon as the ingest says nothing came while it
+    gathered."""
+    from openpole.edge_agent.agent import Agent
+
+    class Paused:
+        def __init__(self, cfg, deliver):
+            self.paused = threading.Event()
+            self.acked = []
+
+        def ack_group(self, items, node_acks=None):
+            self.acked.append(time.monotonic())
+
+        def start(self):
+            pass
+
+        def stop(self):
+            pass
+
+    cfg = config.load(broker_host="127.0.0.1", broker_port=1, pole_id="pause", upstream="http://127.0.0.1:1",
+                      state_dir=tmp_path, metrics_port=0)
+    cfg.group_commit_ms = 100
+    a = Agent(cfg, sink=None, ingest_factory=Paused)
+    a.start()
+    try:
+        message = cbor2.dumps({0: 1, 1: "p1", 2: 1, 3: 0, 4: [[0, {1: 20.0}]], 5: {}})
+        t0 = time.monotonic()
+        a._deliver("openpole/v1/p1/data", message, 1, 1)  # the stream has not paused: the group waits
+        assert wait_for(lambda: a.ingest.acked, 2)
+        assert a.ingest.acked[0] - t0 >= 0.09
+        a.ingest.paused.set()
+        t0 = time.monotonic()
+        a._deliver("openpole/v1/p1/data", cbor2.dumps({**cbor2.loads(message), 3: 1}), 2, 1)
+        assert wait_for(lambda: len(a.ingest.acked) == 2, 2)
+        assert a.ingest.acked[1] - t0 < 0.05
+        assert stored_in(a) == 2
+    finally:
+        a.stop()
+
+
+def test_a_quiet_poles_message_is_acked_once_the_stream_pauses_not_a_group_window_later(tmp_path, mosquitto):
+    """A pole's dozen nodes send a message now and then: each is alone in its group. The ingest
+    gathers for ingest.group_commit_idle_ms, finds nothing more and the writer commits then, not
+    at the end of the group window (100 ms here)."""
+    from openpole.edge_agent.agent import Agent
+
+    cfg = config.load(broker_host=mosquitto.host, broker_port=mosquitto.port, pole_id="quiet", upstream="http://127.0.0.1:1",
+                      state_dir=tmp_path / "edge", metrics_port=0)
+    cfg.group_commit_ms = 100
+    a = Agent(cfg, sink=None)
+    a.start()
+    try:
+        assert a.ingest.subscribed.wait(10), "the agent did not subscribe"
+        for seq in range(5):
+            publish_all(mosquitto, [("openpole/v1/q1/data", cbor2.dumps({0: 1, 1: "q1", 2: 1, 3: seq, 4: [[0, {1: 20.0}]], 5: {}}))])
+            assert wait_for(lambda: stored_in(a) == seq + 1, 5)
+            time.sleep(0.2)
+        buckets = dict((le, n) for le, n in a.ack_latency.snapshot()["buckets"])
+        assert buckets["+Inf"] == 5 and buckets[0.05] >= 3, buckets  # most well inside the 100 ms window
+    finally:
+        a.stop()
