@@ -80,6 +80,7 @@ def throughput(tmp, messages, procs):
         time.sleep(0.5)
         t0 = time.monotonic()
         load(broker, 100, messages, procs).wait()
+        published_sub = time.monotonic() - t0
         sub.wait(timeout=300)
         ceiling = messages / (time.monotonic() - t0)
         # The agent, same broker, same load.
@@ -88,6 +89,7 @@ def throughput(tmp, messages, procs):
         time.sleep(2)
         t0 = time.monotonic()
         load(broker, 100, messages, procs).wait()
+        published_agent = time.monotonic() - t0
         ok = wait_unique(receiver, 3 * messages, 300)
         rate = messages / (time.monotonic() - t0)
         a.terminate()
@@ -95,7 +97,9 @@ def throughput(tmp, messages, procs):
         receiver.stop()
     finally:
         broker.stop()
-    return ceiling, rate if ok else 0.0
+    # How long the load generator itself took beside each: on shared cores what the agent and the
+    # receiver use is CPU the generator does not get.
+    return ceiling, rate if ok else 0.0, published_sub, published_agent
 
 
 def realistic(tmp, seconds):
@@ -173,10 +177,11 @@ def main():
         # The ceiling and the agent share two cores with the load generator: one round swings by
         # +-5 points, so the figure is the median of --rounds.
         rounds = [throughput(tmp / f"t{i}", args.messages, args.procs) for i in range(args.rounds)]
-        for ceiling, rate in rounds:
+        for ceiling, rate, pub_sub, pub_agent in rounds:
             print(f"throughput round: ceiling (mosquitto_sub -q 1) {ceiling:,.0f} msg/s; agent end to end "
-                  f"{rate:,.0f} msg/s = {rate / ceiling * 100:.0f} %")
-        ratio = sorted(rate / ceiling for ceiling, rate in rounds)[len(rounds) // 2]
+                  f"{rate:,.0f} msg/s = {rate / ceiling * 100:.0f} % (the load generator published for "
+                  f"{pub_sub:.1f} s beside mosquitto_sub, {pub_agent:.1f} s beside the agent)")
+        ratio = sorted(r[1] / r[0] for r in rounds)[len(rounds) // 2]
         print(f"throughput: median {ratio * 100:.0f} % of the ceiling over {len(rounds)} rounds (target >= 90 %)")
         # CPU figures swing by +-0.1x from one run to the next on shared cores: the median of rounds.
         runs = [realistic(tmp / f"real{i}", args.realistic_seconds) for i in range(args.realistic_rounds)]
