@@ -1,12 +1,13 @@
 """Edge agent figures, each printed with the command that made it.
 
-    .venv/bin/python bench/edge.py [--messages 40000] [--procs 4] [--soak-kills 20] [--power-cuts 20]
+    .venv/bin/python bench/edge.py [--messages 40000] [--procs 4] [--realistic-rounds 3] [--soak-kills 20] [--power-cuts 20]
 
 1. throughput: the end-to-end rate (QoS 1 node messages durably queued, acknowledged and delivered
    to the receiver) against the ceiling, mosquitto_sub -q 1 consuming from the same broker under
    the same load generator, side by side;
-2. cost per message at a realistic load (1,000 nodes at 1 msg/s): agent CPU against broker CPU,
-   agent RSS, p99 latency from node publish to upstream acknowledgement;
+2. cost per message at a realistic load (1,000 nodes at 1 msg/s): agent CPU against broker CPU in
+   the same run (the median of --realistic-rounds), agent RSS, p99 latency from node publish to
+   upstream acknowledgement;
 3. a soak with SIGKILLs of the agent: zero loss;
 4. a pole power-cut soak (tests/powercut.py): real nodes publish while Mosquitto and the agent are
    SIGKILLed together and every unsynced write of theirs is lost (a FUSE layer, tests/volatile_fs.py):
@@ -79,6 +80,7 @@ def throughput(tmp, messages, procs):
         time.sleep(0.5)
         t0 = time.monotonic()
         load(broker, 100, messages, procs).wait()
+        published_sub = time.monotonic() - t0
         sub.wait(timeout=300)
         ceiling = messages / (time.monotonic() - t0)
         # The agent, same broker, same load.
@@ -87,6 +89,7 @@ def throughput(tmp, messages, procs):
         time.sleep(2)
         t0 = time.monotonic()
         load(broker, 100, messages, procs).wait()
+        published_agent = time.monotonic() - t0
         ok = wait_unique(receiver, 3 * messages, 300)
         rate = messages / (time.monotonic() - t0)
         a.terminate()
@@ -94,7 +97,9 @@ def throughput(tmp, messages, procs):
         receiver.stop()
     finally:
         broker.stop()
-    return ceiling, rate if ok else 0.0
+    # How long the load generator itself took beside each: on shared cores what the agent and the
+    # receiver use is CPU the generator does not get.
+    return ceiling, rate if ok else 0.0, published_sub, published_agent
 
 
 def realistic(tmp, seconds):
@@ -120,8 +125,7 @@ def realistic(tmp, seconds):
     finally:
         receiver.stop()
         broker.stop()
-    p50, p99 = lat[len(lat) // 2] / 1e6, lat[int(len(lat) * 0.99)] / 1e6
-    return (a1 - a0) / n * 1e6, (b1 - b0) / n * 1e6, peak_rss, p50, p99, len(lat)
+    return (a1 - a0) / n * 1e6, (b1 - b0) / n * 1e6, peak_rss, lat
 
 
 def soak(tmp, kills, rate=800):
@@ -156,6 +160,7 @@ def main():
     ap.add_argument("--messages", type=int, default=40000)
     ap.add_argument("--procs", type=int, default=4, help="publishing processes of the load generator")
     ap.add_argument("--realistic-seconds", type=int, default=30)
+    ap.add_argument("--realistic-rounds", type=int, default=3, help="realistic-load rounds (the median ratio is reported)")
     ap.add_argument("--soak-kills", type=int, default=20)
     ap.add_argument("--power-cuts", type=int, default=20, help="pole power cuts (0: skip; needs fuse3)")
     ap.add_argument("--rounds", type=int, default=5, help="throughput rounds (the median is reported)")
@@ -163,7 +168,8 @@ def main():
         sys.exit("bench/edge.py measures against mosquitto_sub: apt-get install -y mosquitto-clients")
     args = ap.parse_args()
     print(f"command: python bench/edge.py --messages {args.messages} --procs {args.procs} "
-          f"--realistic-seconds {args.realistic_seconds} --soak-kills {args.soak_kills} --power-cuts {args.power_cuts} "
+          f"--realistic-seconds {args.realistic_seconds} --realistic-rounds {args.realistic_rounds} "
+          f"--soak-kills {args.soak_kills} --power-cuts {args.power_cuts} "
           f"--rounds {args.rounds}   "
           f"({os.cpu_count()} cores)")
     with tempfile.TemporaryDirectory() as t:
@@ -171,14 +177,23 @@ def main():
         # The ceiling and the agent share two cores with the load generator: one round swings by
         # +-5 points, so the figure is the median of --rounds.
         rounds = [throughput(tmp / f"t{i}", args.messages, args.procs) for i in range(args.rounds)]
-        for ceiling, rate in rounds:
+        for ceiling, rate, pub_sub, pub_agent in rounds:
             print(f"throughput round: ceiling (mosquitto_sub -q 1) {ceiling:,.0f} msg/s; agent end to end "
-                  f"{rate:,.0f} msg/s = {rate / ceiling * 100:.0f} %")
-        ratio = sorted(rate / ceiling for ceiling, rate in rounds)[len(rounds) // 2]
-        print(f"throughput: median {ratio * 100:.0f} % of the ceiling over {len(rounds)} rounds (target >= 80 %)")
-        agent_us, broker_us, rss, p50, p99, n = realistic(tmp, args.realistic_seconds)
-        print(f"realistic load (1,000 nodes at 1 msg/s, {args.realistic_seconds} s): agent {agent_us:.0f} us CPU/msg, "
-              f"broker {broker_us:.0f} us CPU/msg: {agent_us / broker_us:.2f}x (target <= 3x)")
+                  f"{rate:,.0f} msg/s = {rate / ceiling * 100:.0f} % (the load generator published for "
+                  f"{pub_sub:.1f} s beside mosquitto_sub, {pub_agent:.1f} s beside the agent)")
+        ratio = sorted(r[1] / r[0] for r in rounds)[len(rounds) // 2]
+        print(f"throughput: median {ratio * 100:.0f} % of the ceiling over {len(rounds)} rounds (target >= 90 %)")
+        # CPU figures swing by +-0.1x from one run to the next on shared cores: the median of rounds.
+        runs = [realistic(tmp / f"real{i}", args.realistic_seconds) for i in range(args.realistic_rounds)]
+        for agent_us, broker_us, _, _ in runs:
+            print(f"realistic load round: agent {agent_us:.0f} us CPU/msg, broker {broker_us:.0f} us CPU/msg: "
+                  f"{agent_us / broker_us:.2f}x")
+        agent_us, broker_us, _, _ = sorted(runs, key=lambda r: r[0] / r[1])[len(runs) // 2]
+        rss = max(r[2] for r in runs)
+        lat = sorted(x for r in runs for x in r[3])
+        n, p50, p99 = len(lat), lat[len(lat) // 2] / 1e6, lat[int(len(lat) * 0.99)] / 1e6
+        print(f"realistic load (1,000 nodes at 1 msg/s, {args.realistic_seconds} s): median of {len(runs)} rounds: agent "
+              f"{agent_us:.0f} us CPU/msg, broker {broker_us:.0f} us CPU/msg: {agent_us / broker_us:.2f}x (target <= 1.5x)")
         print(f"  agent RSS peak {rss:.0f} MB (target <= 60 MB)")
         print(f"  latency node publish -> upstream acknowledged, {n} messages: p50 {p50:.0f} ms, p99 {p99:.0f} ms "
               f"(target <= batch interval 10 s + 250 ms)")

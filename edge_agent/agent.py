@@ -12,6 +12,7 @@ import random
 import sqlite3
 import threading
 import time
+from operator import itemgetter
 
 from openpole.wire import batch, node_message, sign
 
@@ -28,11 +29,13 @@ GROUP_COMMIT_MAX = 4000  # messages per transaction (the ingest window is larger
 CLOCK_FLOOR_NS = 1_577_836_800 * 10**9  # 2020-01-01: a pole clock before this is wrong
 TQ_OK, TQ_UNSYNCED, TQ_IMPLAUSIBLE, TQ_NODE_RESET = 0, 1, 2, 3
 LIMITS_EVERY_S = 10.0
+SENDER_WAIT_MAX_S = 5.0  # the sender looks at least this often (the watchdog wants it alive)
 EXIT_WORKER_DIED = 70  # EX_SOFTWARE
 RETRY_MAX_S = 30.0  # the longest wait between two tries of the same batch
 DISK_RETRY_S = 1.0
 WORKER_STALE_S = 60.0  # a worker silent this long is hung: the watchdog is not fed (WatchdogSec=90)
 SQLITE_BUSY, SQLITE_LOCKED = 5, 6
+_NODE_BOOT_SEQ = itemgetter(0, 1, 2)
 
 
 def _one_message_fault(e):
@@ -51,13 +54,16 @@ def node_acks(accepted):
     """{node: [[boot, first seq, last seq], ...]}: the runs of node messages a group commit put on
     disk, for each node's ack topic (the node frees its outbox from them, sensor_specs/node_ack.cddl)."""
     out = {}
-    for node, boot, seq, *_ in sorted(accepted, key=lambda a: a[:3]):
-        runs = out.setdefault(node, [])
-        last = runs[-1] if runs else None
-        if last and last[0] == boot and last[2] + 1 >= seq:
-            last[2] = max(last[2], seq)
+    node_of = run = None
+    for node, boot, seq, *_ in sorted(accepted, key=_NODE_BOOT_SEQ):
+        if node != node_of:
+            node_of, run = node, [boot, seq, seq]
+            out[node] = [run]
+        elif run[0] == boot and run[2] + 1 >= seq:
+            run[2] = seq  # sorted: seq is the run's last or one past it
         else:
-            runs.append([boot, seq, seq])
+            run = [boot, seq, seq]
+            out[node].append(run)
     return out
 
 
@@ -79,6 +85,7 @@ class Agent:
         self.minutes = Minutes()
         self.minutes_lock = threading.Lock()
         self.committed_records = 0  # written since the sender last looked: it reads only when worth it
+        self.send_wake = threading.Event()  # a batch may be due: full, closed minutes waiting, or stopping
         self.alive = {}  # worker name -> time.monotonic() of its last loop: what the watchdog feeds on
         self.disk_low = False  # the free-disk floor is reached (or SQLite said full): an alarm
         self.disk_waits = 0  # seconds-long waits for room, since start
@@ -106,6 +113,8 @@ class Agent:
     # --- writer: decode, commit, then acknowledge ---
     def _writer(self):
         group_s = self.cfg.group_commit_ms / 1000
+        idle_s = self.cfg.group_commit_idle_ms / 1000
+        paused = getattr(self.ingest, "paused", None)  # an Event the ingest sets when the stream pauses
         while not self.stopping.is_set() or not self.inbox.empty():
             self.alive["writer"] = time.monotonic()
             try:
@@ -116,14 +125,19 @@ class Agent:
             # closed early when the stream pauses for group_commit_idle_ms: that is what a broker
             # at its in-flight limit (Mosquitto: 20 per client by default) looks like until we ack.
             deadline = time.monotonic() + group_s
-            idle_s = self.cfg.group_commit_idle_ms / 1000
-            size = self.inbox.qsize()
-            while time.monotonic() < deadline and size < GROUP_COMMIT_MAX:
-                time.sleep(idle_s)  # a look every few ms, not a wake-up per message
-                grown = self.inbox.qsize()
-                if grown == size:
-                    break  # the stream paused
-                size = grown
+            if paused is not None:  # the ingest says when it paused: no look every few ms
+                while self.inbox.qsize() < GROUP_COMMIT_MAX:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or paused.wait(left):
+                        break
+            else:
+                size = self.inbox.qsize()
+                while time.monotonic() < deadline and size < GROUP_COMMIT_MAX:
+                    time.sleep(idle_s)  # a look every few ms, not a wake-up per message
+                    grown = self.inbox.qsize()
+                    if grown == size:
+                        break  # the stream paused
+                    size = grown
             while len(items) < GROUP_COMMIT_MAX:
                 try:
                     items.append(self.inbox.get_nowait())
@@ -165,17 +179,22 @@ class Agent:
     def _track(self, msg, receive_ns):
         """Per node: last seen, sequence gaps (a loss estimate), clock offset. True for a message
         newer than any seen from the node (not a replay)."""
+        boot, seq = msg.boot, msg.seq
         n = self.nodes.get(msg.node)
         if n is None:
-            n = self.nodes[msg.node] = {"boot": msg.boot, "seq": msg.seq - 1, "gaps": 0, "messages": 0}
-        new = (msg.boot, msg.seq) > (n["boot"], n["seq"])
-        if msg.boot > n["boot"] and n["messages"]:
-            n["resets"] = n.get("resets", 0) + 1  # a new boot: the node reset (diag says why)
+            n = self.nodes[msg.node] = {"boot": boot, "seq": seq - 1, "gaps": 0, "messages": 0}
+        last_boot, last_seq = n["boot"], n["seq"]
         n["sensors"] = msg.status  # {sensor: [state, errors(, lost)]}: a reference, no copy
-        if msg.boot == n["boot"] and msg.seq > n["seq"] + 1:
-            n["gaps"] += msg.seq - n["seq"] - 1  # lost on the way: a loss estimate
-        if (msg.boot, msg.seq) > (n["boot"], n["seq"]):
-            n["boot"], n["seq"] = msg.boot, msg.seq
+        if boot == last_boot:
+            new = seq > last_seq
+            if seq > last_seq + 1:
+                n["gaps"] += seq - last_seq - 1  # lost on the way: a loss estimate
+        else:
+            new = boot > last_boot
+            if new and n["messages"]:
+                n["resets"] = n.get("resets", 0) + 1  # a new boot: the node reset (diag says why)
+        if new:
+            n["boot"], n["seq"] = boot, seq
         n["messages"] += 1
         n["last_seen_ns"] = receive_ns
         if msg.clock_ms is not None:
@@ -185,21 +204,22 @@ class Agent:
     def process(self, items):
         """Decode a group of (receive_ns, topic, payload, mid, qos), commit it, then ack it."""
         decoded, rejected = [], []  # decoded: (queue row, message, item)
-        pole = self.cfg.pole_id
+        pole, keys, require_mac = self.cfg.pole_id, self.cfg.node_keys, self.cfg.require_mac
+        decode, senml_records, time_quality = node_message.decode, batch.senml_records, self.time_quality
         synced = self.clock_synced() if self.clock_synced is not None else None
         for item in items:
             receive_ns, topic, payload, mid, qos = item
             try:
-                msg = node_message.decode(payload, self.cfg.node_keys, self.cfg.require_mac)
+                msg = decode(payload, keys, require_mac)
                 parts = topic.split("/")
                 if len(parts) != 4 or parts[2] != msg.node:
                     raise node_message.Rejected("topic_mismatch", f"node {msg.node!r} published on {topic!r}")
-                tq = self.time_quality(receive_ns, synced)
+                tq = time_quality(receive_ns, synced)
                 if msg.age_lower_bound and tq == TQ_OK:
                     tq = TQ_NODE_RESET  # sampled before a node reset: the true time is earlier
-                count, senml = batch.senml_records(pole, msg, receive_ns, tq)
-                decoded.append(((msg.node, msg.boot, msg.seq, receive_ns, count, senml, tq in (TQ_OK, TQ_NODE_RESET)),
-                                msg, item))
+                count, senml = senml_records(pole, msg, receive_ns, tq)
+                clock_ok = 1 if tq == TQ_OK or tq == TQ_NODE_RESET else 0
+                decoded.append(((msg.node, msg.boot, msg.seq, receive_ns, count, senml, clock_ok), msg, item))
             except node_message.Rejected as e:
                 rejected.append((receive_ns, topic, e.reason, str(e), bytes(payload)))
             except Exception as e:  # a message this code could not handle: kept and counted, never fatal
@@ -208,16 +228,20 @@ class Agent:
         stored = self._commit(decoded, rejected)
         # Tracked once stored: a message that never reached the disk must not count as the node's
         # newest, or the node's next ones would be taken for replays and left out of the minutes.
-        for row, msg, _ in stored:
-            if self._track(msg, row[3]):
-                with self.minutes_lock:
-                    self.minutes.add(msg.node, msg.readings, row[3])
+        track, add = self._track, self.minutes.add
+        with self.minutes_lock:
+            for row, msg, _ in stored:
+                if track(msg, row[3]):
+                    add(msg.node, msg.readings, row[3])
         accepted = [row for row, _, _ in stored]
         self.committed_records += sum(a[4] for a in accepted)
+        if self.committed_records >= self.cfg.batch_max:
+            self.send_wake.set()
         self.ingest.ack_group([(mid, qos) for _, _, _, mid, qos in items], node_acks(accepted))
         acked_at = self.clock()
+        observe = self.ack_latency.observe
         for item in items:
-            self.ack_latency.observe((acked_at - item[0]) / 1e9)
+            observe((acked_at - item[0]) / 1e9)
 
     def _commit(self, decoded, rejected):
         """Store a group in one transaction and return what was stored. When one message breaks the
@@ -297,7 +321,7 @@ class Agent:
 
     def _close_minutes(self):
         """Close the minutes that are done: kept for the page's charts at once, sent upstream with
-        the next batch. Returns what waits for a batch."""
+        the next batch (one of their own when no record waits)."""
         with self.minutes_lock:
             closed = self.minutes.close(self.clock())
             self.minutes_out.extend(closed)
@@ -308,31 +332,36 @@ class Agent:
     def _limits(self):
         """The queue's quota and maximum age on their own timer: an outage (the sender retrying one
         batch for hours) must not stop them, or the disk fills. Minutes close here too, so the
-        page's charts go on while the upstream is away."""
+        page's charts go on while the upstream is away, and the last minutes before a quiet spell
+        go upstream without waiting for the next reading."""
         while not self.stopping.is_set():
             self._when_room(self.store.enforce_limits, self.clock())
             self._close_minutes()
+            if self.minutes_out:
+                self.send_wake.set()
             self.stopping.wait(LIMITS_EVERY_S)
 
     def _sender(self):
         last_send = time.monotonic()
         backlog = True  # what an earlier run left goes at once
+        interval = self.cfg.batch_interval_s
         while not self.stopping.is_set():
             self.alive["sender"] = time.monotonic()
-            # Read the queue only when a batch is due, full, or behind: not every tick.
-            due = time.monotonic() - last_send >= self.cfg.batch_interval_s
-            if not (backlog or due or self.committed_records >= self.cfg.batch_max):
-                self.stopping.wait(0.05)
+            # A batch is due when its interval is up, it is full, the queue is behind or closed minutes
+            # wait; otherwise the sender sleeps until one is (woken by the writer or the limits timer).
+            self.send_wake.clear()
+            waited = time.monotonic() - last_send
+            if not (backlog or waited >= interval or self.committed_records >= self.cfg.batch_max or self.minutes_out):
+                self.send_wake.wait(min(interval - waited, SENDER_WAIT_MAX_S))
                 continue
             self.committed_records = 0
             rows, backlog = self.store.pending(self.cfg.batch_max)
-            if not rows:
-                last_send = time.monotonic()  # nothing waiting: the interval starts with the next record
-                self.stopping.wait(0.05)
-                continue
             self._close_minutes()
             with self.minutes_lock:
                 closed, self.minutes_out = self.minutes_out, []
+            if not rows and not closed:
+                last_send = time.monotonic()  # nothing waiting: the interval starts with the next record
+                continue
             if self._deliver_batch(rows, closed):
                 backlog = True  # split: the rest of what was due goes at once
             last_send = time.monotonic()
@@ -356,13 +385,14 @@ class Agent:
                 answer = self.sink.send(batch_id, body)
                 if answer and answer.get("duplicate"):
                     self.store.count("upstream_duplicates")  # a re-send after a lost ack, stored once upstream
-                self._when_room(self.store.acknowledged, rows[-1][0], records)
+                self._when_room(self.store.acknowledged, rows[-1][0] if rows else None, records)
                 self.upstream_ok, self.last_error = True, None
                 self.last_delivered = (self.clock(), records)
                 return split
             except TooLarge as e:
-                if len(rows) == 1:
-                    self._refused(Permanent(f"{e}; a single message is that large"), batch_id, body, rows, records)
+                if len(rows) <= 1:
+                    what = "a single message is" if rows else "its minute aggregates alone are"
+                    self._refused(Permanent(f"{e}; {what} that large"), batch_id, body, rows, records)
                     return split
                 rows = rows[: len(rows) // 2]  # the rest goes in the next batches
                 split = True
@@ -388,7 +418,7 @@ class Agent:
         self.last_error = str(e)
         log.error("%s; batch %s quarantined", e, batch_id.hex())
         self.store.append([], [(self.clock(), "upstream", "upstream_refused", str(e), body)])
-        self.store.acknowledged(rows[-1][0], records, counter="records_refused_upstream")
+        self.store.acknowledged(rows[-1][0] if rows else None, records, counter="records_refused_upstream")
 
     def _watchdog(self):
         """Feed systemd's watchdog while the writer and the sender both looped recently: a hung
@@ -425,6 +455,7 @@ class Agent:
     def stop(self):
         self.ingest.stop()
         self.stopping.set()
+        self.send_wake.set()
         for t in self._threads:
             t.join(timeout=5)
         self.store.close()

@@ -13,31 +13,37 @@ from openpole.spec.registry import REGISTRY
 class Minutes:
     def __init__(self):
         self.open = {}  # (node, key, minute) -> [count, sum (or energy sum), min, max]
+        # The earliest and the latest minute open: close() looks at every key only when one is done.
+        self.first = self.last = None
 
     def add(self, node, readings, receive_ns):
         levels = REGISTRY.level_keys
         opened = self.open
-        age, minute = None, 0
-        for r in readings:
-            if r.flags:
+        age_of, minute = None, 0
+        for key, _, value, age, flags in readings:
+            if flags:
                 continue  # out of the quantity's range: sent upstream flagged, kept out of the means
-            if r.age_ms != age:  # a sample's readings share their age
-                age = r.age_ms
+            if age != age_of:  # a sample's readings share their age
+                age_of = age
                 minute = (receive_ns - age * 1_000_000) // 60_000_000_000 * 60
             if minute < 0:
                 continue  # sampled "before 1970": a Pi without a clock yet; its readings go up flagged tq
-            k = (node, r.key, minute)
+            k = (node, key, minute)
             acc = opened.get(k)
-            v = 10 ** (r.value / 10) if r.key in levels else r.value
+            v = 10 ** (value / 10) if key in levels else value
             if acc is None:
-                opened[k] = [1, v, r.value, r.value]
+                opened[k] = [1, v, value, value]
+                if self.first is None or minute < self.first:
+                    self.first = minute
+                if self.last is None or minute > self.last:
+                    self.last = minute
             else:
                 acc[0] += 1
                 acc[1] += v
-                if r.value < acc[2]:
-                    acc[2] = r.value
-                elif r.value > acc[3]:
-                    acc[3] = r.value
+                if value < acc[2]:
+                    acc[2] = value
+                elif value > acc[3]:
+                    acc[3] = value
 
     def close(self, now_ns, grace_s=60):
         """Minutes that ended more than grace_s ago, as rows (node, name, minute, count, mean, min, max).
@@ -45,6 +51,8 @@ class Minutes:
         now, not when the clock catches up with it (a day later, for a clock a day fast)."""
         now_s = now_ns // 1_000_000_000
         limit, ahead = now_s - 60 - grace_s, now_s + grace_s
+        if self.first is None or limit < self.first <= self.last <= ahead:
+            return []
         done = [k for k in self.open if k[2] <= limit or k[2] > ahead]
         rows = []
         for k in done:
@@ -52,4 +60,6 @@ class Minutes:
             q = REGISTRY.by_key[k[1]]
             mean = 10 * math.log10(total / count) if q.kind == "level" else total / count
             rows.append((k[0], q.name, k[2], count, round(mean, 6), lo, hi))
+        minutes = {k[2] for k in self.open}
+        self.first, self.last = (min(minutes), max(minutes)) if minutes else (None, None)
         return rows

@@ -29,7 +29,10 @@ class AgentConfig:
     node_keys_file: Path | None = None  # nodes.keys_file, resolved: the service user must own it
     require_mac: bool = False
     group_commit_ms: int = 50  # a node message waits at most this long for its PUBACK
-    group_commit_idle_ms: float = 5.0  # ... or sooner, once nothing has arrived for this long
+    # ... or sooner, once nothing has arrived for this long: after a short read the MQTT 3.1.1 ingest
+    # waits this long for more (a trickle comes a few messages a wake-up, each of them up to this
+    # late) and tells the writer when none came (edge_agent/ingest.py).
+    group_commit_idle_ms: float = 8.0
     receive_maximum: int = 4096  # MQTT v5: unacknowledged messages the broker may send us
     # 3.1.1 by default: paho builds a v5 Properties object per message (a quarter of the agent's
     # CPU); the pole's broker config allows the in-flight window v5's Receive Maximum would ask for.

@@ -9,17 +9,22 @@ window itself (Receive Maximum), at a price in CPU: paho builds a Properties obj
 """
 
 import logging
-import threading
+import select
 import ssl
 import struct
+import threading
+import time
 
 import cbor2
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from openpole.wire.batch import cbor_uint
+
 _PUBACK = struct.Struct("!BBH").pack
 ACK_TOPIC = "openpole/v1/{}/ack"
+ACK_HEADS_MAX = 4096  # ack topics kept encoded; past that (made-up node ids) each is encoded again
 
 DATA_TOPIC = "openpole/v1/+/data"
 # QoS 0, for the pole's page and status: each node's diag reports and command replies, and its
@@ -29,29 +34,31 @@ CMD_TOPIC = "openpole/v1/{}/cmd"
 log = logging.getLogger("openpole.edge.ingest")
 
 
-class _Message:
-    """What on_message reads of a PUBLISH: paho's MQTTMessage costs more to build than we use."""
-
-    __slots__ = ("topic", "payload", "mid", "qos")
-
-    def __init__(self, topic, payload, mid, qos):
-        self.topic, self.payload, self.mid, self.qos = topic, payload, mid, qos
-
-
 class _ReadAheadClient(mqtt.Client):
     """paho reads each packet with three recv() calls (command, length, body), one packet per
     select() wake-up, and builds an MQTTMessage through several layers: at thousands of messages a
     second its network thread cost more than the agent's own work. This reads the socket 64 KB at
-    a time; the QoS 0/1 PUBLISH packets complete in that buffer are parsed here (MQTT 3.1.1 section
-    3.3) and handed to on_message; every other packet, a partial one and anything v5 goes to paho
-    as before, through the same buffer. paho's private _sock_recv, _in_packet and locks are the
-    seam: paho's minor version is pinned in pyproject.toml (2.2.*, the one tested)."""
+    a time, before paho does; the QoS 0/1 PUBLISH packets complete in that buffer are parsed here
+    (MQTT 3.1.1 section 3.3) and handed to on_parsed, not on_message (no MQTTMessage is built, and
+    the callback lock is taken once a read, not once a packet); every other packet, a partial one and
+    anything v5 or TLS goes to paho as before, through the same buffer. After a short read the
+    thread waits gather_s before its next select(), so a trickle comes a few packets a wake-up, and
+    when nothing came meanwhile it sets paused: the writer commits its group then.
+    paho's private _sock_recv, _in_packet and locks are the seam: paho's minor version is pinned
+    in pyproject.toml (2.2.*, the one tested)."""
 
     READ = 65536
+    SMALL_READ = 4096  # a read this short is a trickle, not a burst
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self._rbuf, self._rpos, self._rsock = b"", 0, None
+        self.on_parsed = None  # on_parsed(topic, payload, mid, qos): the PUBLISH packets parsed here
+        self.gather_s = 0.0  # after a short read, wait this long before the next select()
+        # Set once a gather brought nothing: the stream paused (a broker at its in-flight limit looks
+        # so until the agent acks), so the writer commits its group now instead of at its deadline.
+        self.paused = threading.Event()
+        self.paused.set()
 
     def _sock_recv(self, bufsize):
         if self._sock is not self._rsock:  # a new connection: nothing of the old one is kept
@@ -69,36 +76,47 @@ class _ReadAheadClient(mqtt.Client):
         return out
 
     def _publishes(self):
-        """Deliver the complete QoS 0/1 PUBLISH packets at the head of the buffer."""
+        """Deliver the complete QoS 0/1 PUBLISH packets at the head of the buffer to on_parsed."""
         buf, pos, end = self._rbuf, self._rpos, len(self._rbuf)
         start = pos
-        while pos + 2 <= end:
-            cmd = buf[pos]
-            qos = (cmd >> 1) & 3
-            if cmd & 0xF0 != 0x30 or qos > 1:
-                break  # not a PUBLISH we take: paho's
-            length, mult, i = 0, 1, pos + 1
-            while i < end and i - pos <= 4:
-                b = buf[i]
-                length += (b & 127) * mult
-                mult *= 128
+        deliver = self.on_parsed
+        with self._in_callback_mutex:
+            while pos + 2 <= end:
+                cmd = buf[pos]
+                if cmd & 0xF0 != 0x30 or cmd & 4:
+                    break  # not a PUBLISH, or one at QoS 2 (or the invalid 3): paho's
+                i = pos + 1
+                length = buf[i]
                 i += 1
-                if not b & 128:
+                if length & 128:  # more than one byte of remaining length
+                    length &= 127
+                    mult, whole = 128, False
+                    while i < end and i - pos <= 4:
+                        b = buf[i]
+                        length += (b & 127) * mult
+                        mult *= 128
+                        i += 1
+                        if not b & 128:
+                            whole = True
+                            break
+                    if not whole:
+                        break  # the length is not all here (or is malformed): paho's
+                last = i + length
+                if last > end:
+                    break  # the packet is not all here: paho finishes it
+                tlen = buf[i] << 8 | buf[i + 1] if i + 2 <= last else last
+                body = i + 2 + tlen
+                if cmd & 2:  # QoS 1: a message id follows the topic
+                    body += 2
+                    if body > last:
+                        break  # malformed: paho reports it
+                    mid, qos = buf[body - 2] << 8 | buf[body - 1], 1
+                elif body > last:
                     break
-            else:
-                break  # the length is not all here (or is malformed): paho's
-            last = i + length
-            if last > end:
-                break  # the packet is not all here: paho finishes it
-            tlen = buf[i] << 8 | buf[i + 1] if i + 2 <= last else last
-            body = i + 2 + tlen + (2 if qos else 0)
-            if body > last:
-                break  # malformed: paho reports it
-            mid = buf[body - 2] << 8 | buf[body - 1] if qos else 0
-            topic = buf[i + 2: i + 2 + tlen].decode("utf-8", "replace")
-            self._rpos = pos = last
-            with self._in_callback_mutex:
-                self.on_message(self, self._userdata, _Message(topic, buf[body:last], mid, qos))
+                else:
+                    mid = qos = 0
+                self._rpos = pos = last
+                deliver(buf[i + 2: i + 2 + tlen].decode("utf-8", "replace"), buf[body:last], mid, qos)
         if pos != start:
             with self._msgtime_mutex:
                 self._last_bytes_received = mqtt.time_func()  # what paho uses for keepalive
@@ -117,25 +135,77 @@ class _ReadAheadClient(mqtt.Client):
             self._packet_queue(mqtt.PUBACK, packet, 0, 0)
 
     def loop_read(self, max_packets=1):
-        fast = self._protocol != mqtt.MQTTv5
+        if self.on_parsed is None or self._protocol == mqtt.MQTTv5 or isinstance(self._sock, ssl.SSLSocket):
+            while True:  # paho parses every packet, from the buffer
+                rc = super().loop_read(max_packets)
+                if rc != mqtt.MQTT_ERR_SUCCESS or self._sock is None or self._rpos >= len(self._rbuf):
+                    return rc
+        got = last = 0
         while True:
-            if fast and self._in_packet["command"] == 0 and self._sock is self._rsock:
-                self._publishes()  # only between packets: paho may be half-way through one
+            if self._in_packet["command"] == 0:  # between packets: what the buffer holds is ours first
+                if self._sock is not self._rsock:
+                    self._rbuf, self._rpos, self._rsock = b"", 0, self._sock
+                if self._rpos >= len(self._rbuf):
+                    if got and last < self.READ:
+                        break  # a short read emptied the socket: back to select()
+                    try:
+                        data = mqtt.Client._sock_recv(self, self.READ)
+                    except BlockingIOError:
+                        break
+                    except OSError:
+                        data = b""
+                    if not data:  # paho meets the error or the end of the stream itself and reports it
+                        return super().loop_read(max_packets)
+                    self._rbuf, self._rpos, last = data, 0, len(data)
+                    got += last
+                    if self.paused.is_set():
+                        self.paused.clear()
+                self._publishes()
+                if self._rpos >= len(self._rbuf):
+                    continue
+            # A packet that is not a PUBLISH we parse, or one the buffer holds only part of: paho's.
             rc = super().loop_read(max_packets)
-            if rc != mqtt.MQTT_ERR_SUCCESS or self._sock is None or self._rpos >= len(self._rbuf):
+            if rc != mqtt.MQTT_ERR_SUCCESS or self._sock is None or self._in_packet["command"] != 0:
                 return rc
+        if self.gather_s and 0 < got < self.SMALL_READ:
+            # A trickle (1,000 nodes at 1 msg/s is a packet a millisecond): a wake-up per packet costs
+            # the agent more than the packet. Let a few gather; the group commit waits longer anyway.
+            time.sleep(self.gather_s)
+            try:
+                quiet = not select.select([self._sock], [], [], 0)[0]
+            except (OSError, ValueError, TypeError):  # closed meanwhile: nothing more comes on it
+                quiet = True
+            if quiet:
+                self.paused.set()
+        return mqtt.MQTT_ERR_SUCCESS
 
 
-def _publish0(topic, payload, v5=False):
-    """A QoS 0 PUBLISH packet (MQTT 3.1.1 section 3.3; v5 adds an empty property length)."""
+def _topic_head(topic, v5=False):
+    """What a PUBLISH to topic at QoS 0 carries before its payload (MQTT 3.1.1 section 3.3.2; v5
+    adds an empty property length)."""
     t = topic.encode()
-    body = struct.pack("!H", len(t)) + t + (b"\x00" if v5 else b"") + payload
-    n, length = len(body), bytearray()
+    return struct.pack("!H", len(t)) + t + (b"\x00" if v5 else b"")
+
+
+def _publish0(head, payload):
+    """A QoS 0 PUBLISH packet: its topic's head (_topic_head), then the payload."""
+    n = len(head) + len(payload)
+    if n < 128:  # a node's ack: the remaining length fits one byte
+        return b"\x30" + bytes((n,)) + head + payload
+    length = bytearray()
     while True:
         b, n = n & 0x7F, n >> 7
         length.append(b | 0x80 if n else b)
         if not n:
-            return b"\x30" + bytes(length) + body
+            return b"\x30" + bytes(length) + head + payload
+
+
+def _runs(runs):
+    """A node ack (sensor_specs/node_ack.cddl) in CBOR: one run, the common case, by hand."""
+    if len(runs) != 1:
+        return cbor2.dumps(runs)
+    boot, first, last = runs[0]
+    return b"\x81\x83" + cbor_uint(boot) + cbor_uint(first) + cbor_uint(last)
 
 
 class MqttIngest:
@@ -146,6 +216,7 @@ class MqttIngest:
         self.subscribed = threading.Event()
         self.stopping = False
         self.v5 = cfg.mqtt_version == 5
+        self.ack_heads = {}  # node -> _topic_head of its ack topic
         if self.v5:
             c = _ReadAheadClient(mqtt.CallbackAPIVersion.VERSION2, client_id=f"openpole-edge-{cfg.pole_id}",
                                  manual_ack=True, protocol=mqtt.MQTTv5)
@@ -161,6 +232,10 @@ class MqttIngest:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
+        c.on_parsed = self._on_publish
+        # What the writer's idle close waits for: nothing arrived while the ingest gathered (paused).
+        c.gather_s = cfg.group_commit_idle_ms / 1000
+        self.paused = None if self.v5 else c.paused  # v5 goes through paho: the writer watches the inbox
         c.on_subscribe = self._on_subscribe
         c.reconnect_delay_set(min_delay=1, max_delay=30)
         self.client = c
@@ -184,12 +259,14 @@ class MqttIngest:
         log.warning("disconnected from broker %s:%d (%s); reconnecting", self.host, self.port, reason)
 
     def _on_message(self, client, userdata, msg):
-        topic = msg.topic
+        self._on_publish(msg.topic, msg.payload, msg.mid, msg.qos)
+
+    def _on_publish(self, topic, payload, mid, qos):
         if topic.endswith("/data"):
-            self.deliver(topic, msg.payload, msg.mid, msg.qos)
+            self.deliver(topic, payload, mid, qos)
         elif self.on_side is not None:
             try:
-                self.on_side(topic, bytes(msg.payload))
+                self.on_side(topic, bytes(payload))
             except Exception:  # a report the page cannot read must not stop the ingest
                 log.exception("report on %s could not be read", topic)
 
@@ -203,7 +280,15 @@ class MqttIngest:
         """items: (mid, qos) of the messages of one group commit, in the order they arrived;
         node_acks: {node: runs} for the nodes' ack topics (QoS 0: a lost one is asked again by the
         node's re-send). Both go after the commit, in one write."""
-        pubs = [_publish0(ACK_TOPIC.format(node), cbor2.dumps(runs), self.v5) for node, runs in (node_acks or {}).items()]
+        heads = self.ack_heads
+        pubs = []
+        for node, runs in (node_acks or {}).items():
+            head = heads.get(node)
+            if head is None:
+                head = _topic_head(ACK_TOPIC.format(node), self.v5)
+                if len(heads) < ACK_HEADS_MAX:
+                    heads[node] = head
+            pubs.append(_publish0(head, _runs(runs)))
         self.client.ack_many([mid for mid, qos in items if qos == 1], pubs)
 
     def start(self):

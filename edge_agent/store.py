@@ -216,11 +216,13 @@ class Store:
             return out, full
 
     def acknowledged(self, last_id, records, counter="records_delivered"):
-        """Everything up to last_id is upstream (or refused there): move the cursor."""
+        """Everything up to last_id is upstream (or refused there): move the cursor. last_id None:
+        a batch of minute aggregates alone, counted."""
         with self._lock:
             self.db.execute("BEGIN IMMEDIATE")
             try:
-                self.db.execute("UPDATE meta SET value = max(value, ?) WHERE key = 'cursor'", (last_id,))
+                if last_id is not None:
+                    self.db.execute("UPDATE meta SET value = max(value, ?) WHERE key = 'cursor'", (last_id,))
                 self._count({counter: records, "batches_sent" if counter == "records_delivered" else "batches_refused": 1})
                 self.db.execute("COMMIT")
             except BaseException:

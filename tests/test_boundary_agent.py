@@ -86,6 +86,33 @@ def test_a_seq_sqlite_cannot_hold_is_refused_and_the_messages_around_it_are_stor
     a.store.close()
 
 
+BAD_STATUS = {  # what sensor_specs/node_message.cddl refuses: sensor-state = 0..3, sensor-name = tstr .size (1..16)
+    "a state of 4": ({"bme280": [4, 0]}, "sensor 'bme280': state 4 is not 0..3 (ok, warming, degraded, failed)"),
+    "a state of -1": ({"bme280": [-1, 0]}, "sensor 'bme280': state -1 is not 0..3 (ok, warming, degraded, failed)"),
+    "a name of 17 characters": ({"b" * 17: [0, 0]}, "a sensor name in the status must be text of 1..16 bytes"),
+    "a name of 9 characters and 17 bytes": ({"\u00e9" * 8 + "b": [0, 0]},
+                                            "a sensor name in the status must be text of 1..16 bytes"),
+    "an empty name": ({"": [0, 0]}, "a sensor name in the status must be text of 1..16 bytes"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_STATUS)
+def test_a_sensor_state_or_name_the_cddl_refuses_is_quarantined_and_counted(tmp_path, case):
+    """From a node's own encoder, between good messages: kept in quarantine with its reason, counted
+    as rejected_schema, acknowledged to the broker but not to the node; its neighbours stored."""
+    status, why = BAD_STATUS[case]
+    a = agent(tmp_path)
+    bad = encoded("pg", 1, status=status)
+    a.process([(NOW, "openpole/v1/pg/data", encoded("pg", 0), 1, 1), (NOW, "openpole/v1/pg/data", bad, 2, 1),
+               (NOW, "openpole/v1/pg/data", encoded("pg", 2), 3, 1)])
+    assert stored(a, "pg") == [0, 2]
+    assert a.store.db.execute("SELECT reason, detail, payload FROM quarantine").fetchall() == [("schema", f"schema: {why}", bad)]
+    c = a.store.counters()
+    assert c["rejected_schema"] == 1 and c["messages_accepted"] == 2
+    assert [mid for mid, _ in a.ingest.acked] == [1, 2, 3] and a.ingest.node_acks == [{"pg": [[7, 0, 0], [7, 2, 2]]}]
+    a.store.close()
+
+
 def refuse_seq(a, seq):
     """A real constraint in the agent's queue that refuses one well-formed message: what a value
     SQLite cannot hold, or any fault of one row, looks like to the writer."""

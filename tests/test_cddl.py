@@ -130,6 +130,16 @@ def test_what_the_agent_sends_upstream_is_an_upstream_batch():
     assert cddl.validate(BATCH_CDDL, "upstream-batch", [upstream_batch(), upstream_batch([minute])]) == [None, None]
 
 
+def test_a_batch_of_minute_aggregates_alone_is_an_upstream_batch_the_receivers_read():
+    """The last minutes before a quiet spell go without records: the spec's record list may be
+    empty (4 => [* senml-record]), and the decoder the receiver and the city's loaders share reads it."""
+    minute = ["pole1-a", "temperature", 1_796_000_040, 12, 21.5, 21.1, 21.9]
+    body = batch.encode(batch.new_batch_id(), "pole1", [], 0, minutes=[minute])
+    assert cddl.validate(BATCH_CDDL, "upstream-batch", [body]) == [None]
+    _, pole, messages, minutes = batch.decode_signed(body)
+    assert (pole, messages, minutes) == ("pole1", [], [tuple(minute)])
+
+
 def test_what_breaks_the_upstream_batch_spec_is_refused():
     good = cbor2.loads(upstream_batch())
     changes = {

@@ -10,6 +10,8 @@ import urllib.request
 import cbor2
 
 from helpers import agent_subscribed, publish_all, wait
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from openpole.wire import node_message
 from openpole.edge_agent.aggregate import Minutes
 from openpole.receiver.server import Receiver
@@ -54,6 +56,25 @@ def test_a_pi_without_its_clock_yet_makes_no_minute_before_1970():
     m.add("n1", msg("n1", 0, {1: 20.0}, age_ms=60_000).readings, 5 * 10**9)
     m.add("n1", msg("n1", 1, {1: 21.0}).readings, 5 * 10**9)
     assert [(r[1], r[2], r[3]) for r in m.close(10**12)] == [("temperature", 0, 1)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["add", "close"]), st.integers(0, 400) | st.integers(-600, 86400 + 600)), max_size=40))
+def test_a_minute_closes_when_done_and_not_before_whatever_the_order_of_adds_and_closes(steps):
+    """close() skips its look at every open minute while none can be done: what it closes (and
+    keeps) is what a look at every one would close."""
+    m = Minutes()
+    t0 = 1_700_000_000 * 10**9
+    for i, (what, offset_s) in enumerate(steps):
+        now = t0 + offset_s * 10**9
+        if what == "add":
+            m.add(f"n{i % 3}", msg(f"n{i % 3}", i, {1: 20.0 + i}).readings, now)
+            continue
+        now_s = now // 10**9
+        due = {k for k in m.open if k[2] <= now_s - 120 or k[2] > now_s + 60}
+        kept = set(m.open) - due
+        assert {(r[0], r[2]) for r in m.close(now)} == {(k[0], k[2]) for k in due}
+        assert set(m.open) == kept
 
 
 def test_status_metrics_and_aggregates_from_a_running_agent(tmp_path, mosquitto):
@@ -103,6 +124,48 @@ def test_status_metrics_and_aggregates_from_a_running_agent(tmp_path, mosquitto)
         receiver.stop()
     r = subprocess.run([sys.executable, "-m", "openpole", "edge", "status", "--port", str(port)], capture_output=True, text=True)
     assert r.returncode == 2 and "no edge agent answers" in r.stderr
+
+
+def test_the_last_minutes_before_a_quiet_spell_go_upstream_without_a_new_reading(tmp_path, mosquitto, monkeypatch):
+    """A node stops (the evening's last reading): its minute closes on the agent's timer and goes to
+    the receiver in a batch of its own, aggregates and no records, before any new reading. A real
+    broker, agent and receiver; the agent's clock is the test's, so the quiet spell is 3 minutes
+    long without taking them."""
+    import openpole.edge_agent.agent as agent_mod
+    from openpole.edge_agent.agent import Agent
+    from openpole.edge_agent.config import AgentConfig
+
+    monkeypatch.setattr(agent_mod, "LIMITS_EVERY_S", 0.2)
+    now = [1_800_000_005 * 10**9]  # 5 s into a minute (1_800_000_000 is a whole one)
+    receiver = Receiver("127.0.0.1", free_port(), tmp_path / "receiver").start()
+    cfg = AgentConfig(pole_id="quiet", broker_host=mosquitto.host, broker_port=mosquitto.port, upstream=receiver.url,
+                      state_dir=tmp_path / "edge", batch_interval_s=0.2, metrics_port=0)
+    a = Agent(cfg, clock=lambda: now[0])
+    a.start()
+
+    def minutes():
+        return receiver.store.db.execute("SELECT node, quantity, start, count, mean, min, max FROM minutes").fetchall()
+
+    def batches():
+        return receiver.store.db.execute("SELECT records FROM batches ORDER BY received_ns").fetchall()
+
+    try:
+        assert a.ingest.subscribed.wait(10), "the agent did not subscribe"
+        publish_all(mosquitto, [("openpole/v1/q1/data", cbor2.dumps({0: 1, 1: "q1", 2: 1, 3: s, 4: [[0, {1: 20.0 + s}]], 5: {}}))
+                                for s in range(3)])
+        assert wait(lambda: receiver.store.stats()["unique"] == 3), receiver.store.stats()
+        time.sleep(1)  # the agent's timers go round a few times: the minute is not done yet
+        assert minutes() == [] and a.store.depth()[0] == 0
+        sent = len(batches())
+        now[0] += 180 * 10**9  # the quiet spell: no reading comes
+        assert wait(lambda: minutes(), timeout=10), "the closed minute did not go upstream"
+        assert minutes() == [("q1", "temperature", 1_800_000_000 // 60 * 60, 3, 21.0, 20.0, 22.0)]
+        assert batches()[sent:] == [(0,)]  # one batch, of aggregates alone
+        assert wait(lambda: a.store.counters()["batches_sent"] == sent + 1), a.store.counters()
+        assert receiver.store.stats()["unique"] == 3
+    finally:
+        a.stop()
+        receiver.stop()
 
 
 def test_edge_status_reads_the_queue_from_the_state_directory_when_the_agent_is_down(tmp_path):

@@ -137,6 +137,34 @@ def test_413_halves_the_batch_until_it_passes(tmp_path):
         up.close()
 
 
+@pytest.mark.parametrize("refusal", [(422, b"bad aggregates"), (413, b"too large")])
+def test_a_refused_batch_of_aggregates_alone_is_quarantined_and_counted(tmp_path, monkeypatch, refusal):
+    """No record waits, only closed minutes: the batch that carries them alone, refused, is kept in
+    quarantine and counted like any other, and the queue is left as it was."""
+    import openpole.edge_agent.agent as agent_mod
+
+    monkeypatch.setattr(agent_mod, "LIMITS_EVERY_S", 0.1)
+    now = [time.time_ns()]
+    up = Upstream([(200, None), refusal])
+    cfg = AgentConfig(pole_id="up", broker_host="127.0.0.1", broker_port=1, upstream=up.url,
+                      state_dir=tmp_path / "edge", batch_interval_s=0.1, metrics_port=0)
+    a = Agent(cfg, ingest_factory=Ingest, clock=lambda: now[0])
+    a.start()
+    try:
+        feed(a, 3)
+        assert wait(lambda: a.store.counters().get("records_delivered") == 3, timeout=20), a.store.counters()
+        cursor = a.store.cursor()
+        now[0] += 200 * 10**9  # the minute is done; no record comes
+        assert wait(lambda: a.store.counters().get("batches_refused") == 1, timeout=20), a.store.counters()
+        reasons = a.store.db.execute("SELECT reason, detail FROM quarantine").fetchall()
+        assert [r[0] for r in reasons] == ["upstream_refused"] and str(refusal[0]) in reasons[0][1]
+        assert a.store.cursor() == cursor and "records_refused_upstream" not in a.store.counters()
+        assert all(t.is_alive() for t in a._threads)
+    finally:
+        a.stop()
+        up.close()
+
+
 def test_storage_limits_run_during_an_outage(tmp_path, monkeypatch):
     import openpole.edge_agent.agent as agent_mod
 

@@ -36,15 +36,26 @@ def _head(major, n):
 
 _READING = {}  # registry key -> the CBOR of `n: name, u: unit, v:` (the value follows)
 _OPEN = {}  # (pole, node) -> the CBOR of `bn: "urn:openpole:<pole>:<node>:", bt:` (the time follows)
+_OPEN_MAX = 4096  # node ids a pole keeps the head of; a flood of made-up ones is encoded each time
 _F64 = struct.Struct(">Bd").pack
-_U64 = struct.Struct(">BQ").pack
+_U8, _U16, _U32, _U64 = (struct.Struct(f">B{c}").pack for c in "BHIQ")
+_TINY = [bytes((n,)) for n in range(24)]
 
 
-def _uint(n):
-    """A CBOR unsigned integer, shortest form."""
+def cbor_uint(n):
+    """A CBOR unsigned integer, shortest form (RFC 8949 section 3)."""
     if n < 24:
-        return bytes((n,))
-    return _head(0, n)
+        return _TINY[n]
+    if n < 0x100:
+        return _U8(0x18, n)
+    if n < 0x10000:
+        return _U16(0x19, n)
+    if n < 0x100000000:
+        return _U32(0x1A, n)
+    return _U64(0x1B, n)
+
+
+_MAP = [bytes((0xA0 | n,)) for n in range(24)]  # the head of a map of n pairs
 
 
 def senml_records(pole, msg, receive_ns, time_quality=0):
@@ -52,35 +63,42 @@ def senml_records(pole, msg, receive_ns, time_quality=0):
 
     The first record opens the message: bn, bt (the pole's receive time) and the message's fields
     (boot, seq, rt, nc, tq); every record's t is its reading's age, as a negative offset from bt."""
-    out = bytearray()
-    first = True
-    for r in msg.readings:
-        pairs = 3 + (r.age_ms != 0) + (r.flags != 0)
+    if not msg.readings:
+        return 0, b""
+    head = _OPEN.get((pole, msg.node))
+    if head is None:
+        head = b"\x21" + cbor2.dumps(f"urn:openpole:{pole}:{msg.node}:") + b"\x22"
+        if len(_OPEN) < _OPEN_MAX:
+            _OPEN[(pole, msg.node)] = head
+    clock = msg.clock_ms
+    out = [b"", head, _F64(0xFB, receive_ns / 1e9), b"\x64boot", cbor_uint(msg.boot), b"\x63seq", cbor_uint(msg.seq),
+           b"\x62rt", _U64(0x1B, receive_ns)]
+    first = 8  # the first record's pairs: bn, bt, boot, seq, rt, and n, u, v (at most 12 in all)
+    if clock is not None:
+        out += (b"\x62nc", cbor_uint(clock))
+        first += 1
+    if time_quality:
+        out += (b"\x62tq", cbor_uint(time_quality))
+        first += 1
+    age_of, t = None, b""
+    for key, _, value, age, flags in msg.readings:
         if first:
-            pairs += 5 + (msg.clock_ms is not None) + (time_quality != 0)
-        out.append(0xA0 | pairs)  # at most 12 pairs: the count fits the head byte
-        if first:
-            head = _OPEN.get((pole, msg.node))
-            if head is None:
-                head = _OPEN[(pole, msg.node)] = b"\x21" + cbor2.dumps(f"urn:openpole:{pole}:{msg.node}:") + b"\x22"
-            out += head + _F64(0xFB, receive_ns / 1e9)
-            out += b"\x64boot" + _uint(msg.boot) + b"\x63seq" + _uint(msg.seq) + b"\x62rt" + _U64(0x1B, receive_ns)
-            if msg.clock_ms is not None:
-                out += b"\x62nc" + _uint(msg.clock_ms)
-            if time_quality:
-                out += b"\x62tq" + _uint(time_quality)
-            first = False
-        prefix = _READING.get(r.key)
+            out[0] = _MAP[first + (age != 0) + (flags != 0)]
+            first = 0
+        else:
+            out.append(_MAP[3 + (age != 0) + (flags != 0)])
+        prefix = _READING.get(key)
         if prefix is None:
-            q = REGISTRY.by_key[r.key]
-            prefix = _READING[r.key] = b"\x00" + cbor2.dumps(q.name) + b"\x01" + cbor2.dumps(q.unit) + b"\x02"
-        out += prefix
-        out += _F64(0xFB, r.value) if type(r.value) is float else cbor2.dumps(r.value)
-        if r.age_ms:
-            out += b"\x06" + _F64(0xFB, -r.age_ms / 1000)
-        if r.flags:
-            out += b"\x62fl" + _uint(r.flags)
-    return len(msg.readings), bytes(out)
+            q = REGISTRY.by_key[key]
+            prefix = _READING[key] = b"\x00" + cbor2.dumps(q.name) + b"\x01" + cbor2.dumps(q.unit) + b"\x02"
+        out += (prefix, _F64(0xFB, value) if type(value) is float else cbor2.dumps(value))
+        if age:
+            if age != age_of:  # a sample's readings share their age
+                age_of, t = age, b"\x06" + _F64(0xFB, -age / 1000)
+            out.append(t)
+        if flags:
+            out += (b"\x62fl", cbor_uint(flags))
+    return len(msg.readings), b"".join(out)
 
 
 def encode(batch_id, pole, blobs, records, created_ns=None, minutes=()):

@@ -6,10 +6,11 @@ and kept with the payload in quarantine. Out-of-range values are kept and flagge
 
 import hashlib
 import hmac
-import math
+from math import isfinite
 import os
 import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import cbor2
 
@@ -24,7 +25,8 @@ _PROTECTED_HMAC_256_64 = b"\xa1\x01\x04"
 
 FLAG_OUT_OF_RANGE = 1
 _FIELDS = frozenset(range(8))  # the v1 message's keys
-_BY_KEY = REGISTRY.by_key
+# registry key -> (name, decimals of the resolution, min, max): what the decoder checks a value by
+_QUANTITIES = {k: (q.name, q.digits, q.min, q.max) for k, q in REGISTRY.by_key.items()}
 FLAG_AGE_LOWER_BOUND = 1  # message flags (key 7)
 # A flag v1 does not define could change what the ages mean, as flag 1 does: such a message is
 # refused (counted, kept in quarantine), never stored misdated.
@@ -40,6 +42,11 @@ COUNTER_MAX = 2**63 - 1  # boot, seq, node clock, sensor counts: a signed 64-bit
 AGE_MAX_MS = 2**32 - 1
 SENSOR_STATES = range(4)  # ok, warming, degraded, failed
 SENSOR_NAME_BYTES = range(1, 17)  # CDDL tstr .size: bytes of UTF-8
+# Node ids already matched against NODE_ID_RE: a pole hears the same few again and again. Bounded,
+# so a flood of made-up ids costs the regex, never memory.
+_NODE_IDS = set()
+_NODE_IDS_MAX = 4096
+_NO_KEYS = {}
 
 
 class Rejected(Exception):
@@ -50,13 +57,17 @@ class Rejected(Exception):
         self.reason = reason
 
 
-@dataclass
-class Reading:
+class Reading(NamedTuple):
+    """One value of a sample. A tuple: the agent's hot paths unpack it (key, name, value, age_ms, flags)."""
+
     key: int
     name: str
     value: float
     age_ms: int
     flags: int = 0
+
+
+_reading = tuple.__new__  # Reading(...) without the keyword handling: _reading(Reading, (key, ...))
 
 
 @dataclass
@@ -138,68 +149,91 @@ def _verify(cose, node, keys):
 
 def decode(payload, keys=None, require_mac=False):
     """payload bytes -> NodeMessage; keys: {node id: key bytes} of nodes that must sign."""
-    keys = keys or {}
+    # The agent runs this for every message (1,000 a second at a district gateway): each check is
+    # inline on the path a good message takes, and the helper that words a reason is called only
+    # when the check fails. A check costs a fraction of a call.
+    keys = keys or _NO_KEYS
     obj = _loads(payload)
-    cose, signed = _unwrap(obj)
+    signed = type(obj) is not dict
     if signed:
+        cose, _ = _unwrap(obj)
         obj = _loads(cose[2])
-    if not isinstance(obj, dict):
-        raise Rejected("schema", "node message must be a map")
-    if type(obj.get(0)) is not int or obj[0] != 1:  # not true, not 1.0: CBOR's 1 only
-        raise Rejected("version", f"unsupported message version {_shown(obj.get(0))}")
+        if type(obj) is not dict:
+            raise Rejected("schema", "node message must be a map")
+    version = obj.get(0)
+    if type(version) is not int or version != 1:  # not true, not 1.0: CBOR's 1 only
+        raise Rejected("version", f"unsupported message version {_shown(version)}")
     node = obj.get(1)
-    if not isinstance(node, str) or not NODE_ID_RE.match(node):
-        raise Rejected("schema", "node id must match [a-z0-9][a-z0-9_-]{0,31}")
+    if type(node) is not str or node not in _NODE_IDS:
+        if type(node) is not str or not NODE_ID_RE.match(node):
+            raise Rejected("schema", "node id must match [a-z0-9][a-z0-9_-]{0,31}")
+        if len(_NODE_IDS) < _NODE_IDS_MAX:
+            _NODE_IDS.add(node)
     if signed:
         _verify(cose, node, keys)
     elif require_mac or node in keys:
         raise Rejected("unsigned", f"node {node!r} has a key but sent no MAC")
-    unknown = [k for k in obj if type(k) is not int or k not in _FIELDS]
-    if unknown:
-        raise Rejected("schema", f"unknown field(s) {', '.join(_shown(k) for k in unknown[:4])}"[:120])
-    boot = _uint(obj.get(2), "boot")
-    seq = _uint(obj.get(3), "seq")
+    for k in obj:
+        if type(k) is not int or k not in _FIELDS:
+            unknown = [k for k in obj if type(k) is not int or k not in _FIELDS]
+            raise Rejected("schema", f"unknown field(s) {', '.join(_shown(k) for k in unknown[:4])}"[:120])
+    boot, seq = obj.get(2), obj.get(3)
+    if type(boot) is not int or not 0 <= boot <= COUNTER_MAX:
+        _uint(boot, "boot")
+    if type(seq) is not int or not 0 <= seq <= COUNTER_MAX:
+        _uint(seq, "seq")
     samples = obj.get(4)
-    if not isinstance(samples, list) or not samples or len(samples) > MAX_SAMPLES:
+    if type(samples) is not list or not samples or len(samples) > MAX_SAMPLES:
         raise Rejected("schema", f"samples must be a list of 1..{MAX_SAMPLES}")
     readings = []
+    add = readings.append
     for sample in samples:
-        if not isinstance(sample, list) or len(sample) != 2 or not isinstance(sample[1], dict) or not sample[1]:
+        if type(sample) is not list or len(sample) != 2 or type(sample[1]) is not dict or not sample[1]:
             raise Rejected("schema", "a sample must be [age-ms, {key: value}]")
-        age = _uint(sample[0], "age", AGE_MAX_MS, "32 bits (a node's millisecond counter)")
-        for key, value in sample[1].items():
-            q = _BY_KEY.get(key) if type(key) is int else None
+        age, values = sample
+        if type(age) is not int or not 0 <= age <= AGE_MAX_MS:
+            _uint(age, "age", AGE_MAX_MS, "32 bits (a node's millisecond counter)")
+        for key, value in values.items():
+            q = _QUANTITIES.get(key) if type(key) is int else None
             if q is None:
                 raise Rejected("unknown_quantity", f"key {_shown(key)} is not in the registry")
+            name, places, low, high = q
             kind = type(value)
             if kind is float:
-                if not math.isfinite(value):
-                    raise Rejected("not_finite", f"{q.name} = {value}")
+                if not isfinite(value):
+                    raise Rejected("not_finite", f"{name} = {value}")
                 # Nodes send floats at single precision, quantised to the resolution: undo the float noise.
-                value = round(value, q.digits)
+                value = round(value, places)
             elif kind is not int:
-                raise Rejected("schema", f"{q.name}: value must be a number, not {kind.__name__}")
+                raise Rejected("schema", f"{name}: value must be a number, not {kind.__name__}")
             elif not -MAX_INT <= value <= MAX_INT:  # a bignum: no sensor says that, and SenML cannot carry it
-                raise Rejected("not_finite", f"{q.name}: an integer of {value.bit_length()} bits")
-            readings.append(Reading(key, q.name, value, age, 0 if q.min <= value <= q.max else FLAG_OUT_OF_RANGE))
-    status = obj.get(5, {})
-    if type(status) is not dict:
+                raise Rejected("not_finite", f"{name}: an integer of {value.bit_length()} bits")
+            add(_reading(Reading, (key, name, value, age, 0 if low <= value <= high else FLAG_OUT_OF_RANGE)))
+    status = obj.get(5)
+    if status is None:
+        status = {}
+    elif type(status) is not dict:
         raise Rejected("schema", "status must map sensor name -> [state, errors]")
     for k, v in status.items():
         if type(k) is not str or len(k.encode()) not in SENSOR_NAME_BYTES:
             raise Rejected("schema", "a sensor name in the status must be text of 1..16 bytes")
         # [state, errors], and for the noise meter optionally audio blocks lost since boot
-        if type(v) is not list or len(v) not in (2, 3) or any(type(x) is not int for x in v):
+        if type(v) is not list or not 2 <= len(v) <= 3:
             raise Rejected("schema", "status must map sensor name -> [state, errors] or [state, errors, lost]")
+        for x in v:
+            if type(x) is not int:
+                raise Rejected("schema", "status must map sensor name -> [state, errors] or [state, errors, lost]")
         if v[0] not in SENSOR_STATES:
             raise Rejected("schema", f"sensor {k!r}: state {_shown(v[0])} is not 0..3 (ok, warming, degraded, failed)")
         for x in v[1:]:
-            _uint(x, f"sensor {k!r}: a count")
+            if not 0 <= x <= COUNTER_MAX:
+                _uint(x, f"sensor {k!r}: a count")
     clock = obj.get(6)
-    if clock is not None:  # only compared with the pole's: a wrong clock is kept, to be shown as wrong
-        _uint(clock, "clock")
-    flags = _uint(obj.get(7, 0), "flags")
+    if clock is not None and (type(clock) is not int or not 0 <= clock <= COUNTER_MAX):
+        _uint(clock, "clock")  # only compared with the pole's: a wrong clock is kept, to be shown as wrong
+    flags = obj.get(7, 0)
+    if type(flags) is not int or not 0 <= flags <= COUNTER_MAX:
+        _uint(flags, "flags")
     if flags & ~FLAGS_KNOWN:
         raise Rejected("schema", f"flags {flags:#x}: bits v1 does not define"[:120])
     return NodeMessage(node, boot, seq, readings, status, clock, signed, bool(flags & FLAG_AGE_LOWER_BOUND))
-
