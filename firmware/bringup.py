@@ -64,12 +64,11 @@ def node(cfg, hw):
     # No word from the pole for this long: send the unacknowledged ones again (a broker that
     # restarted before the agent subscribed again dropped them).
     n.ack_timeout_ms = int(cfg["ack_timeout_s"] * 1000)
-    n.mqtt = Transport(n.node_id, b["host"], b.get("port", 1883), b.get("user"), b.get("password"),
+    n.mqtt = Transport(n.node_id, b["host"], b.get("port", 1883), user=b.get("user"), password=b.get("password"),
                        timeout_s=b.get("timeout_s", 10), keepalive_s=b.get("keepalive_s", 60),
                        subscribe=(base + "cmd", base + "ack"),
                        backoff_max_ms=int(b.get("backoff_max_s", 60) * 1000), resolve=hw.resolve,
-                       tls=_tls() if b.get("tls") else None)
-    n.mqtt.set_last_will(n.status_topic, b"offline")
+                       tls=_tls() if b.get("tls") else None, will=(n.status_topic, b"offline"))
     n.mqtt.on_message = n._on_message
     n.mqtt.on_puback = None if n.ack_by_pole else n._freed
     n.diag_due = time.ticks_ms()

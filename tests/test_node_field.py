@@ -260,6 +260,7 @@ for _ in range(600):  # 60 s
     time.sleep_ms(100)
 t.failed_at = time.ticks_add(time.ticks_ms(), -(time.PERIOD // 2 + 5))  # a failure 6 days old: not days of waiting
 n = len(tries)
+t.ensure()  # loads the connect code: a step of its own
 t.ensure()
 print(json.dumps({"tries": n, "stale_retried": len(tries) == n + 1}))
 """
@@ -269,6 +270,44 @@ def test_mqtt_reconnects_keep_trying_across_the_ticks_wrap(app, tmp_path):
     got = last_json(run_mp(app, tmp_path, TRANSPORT_WRAP))
     assert got["tries"] >= 30  # about one every 1-2 s (backoff capped at 2 s), through the wrap
     assert got["stale_retried"]
+
+
+CONNECT_SHORT_OF_HEAP = """
+import gc, json, sys, time, errno
+import transport
+class S:
+    def setblocking(self, f): pass
+    def setsockopt(self, *a): pass
+    def connect(self, a): raise OSError(errno.ECONNREFUSED)
+    def close(self): pass
+class M:
+    def socket(self, *a): return S()
+    def getaddrinfo(self, h, p): return [(2, 1, 0, "", (h, p))]
+sys.modules["socket"] = M()  # what transport_connect imports when it is loaded
+t = transport.Transport("n1", "10.0.0.1", 1883, backoff_max_ms=2000)
+hold = [None] * 4000
+i = 0
+gc.collect()
+while gc.mem_free() > 600:  # the heap taken but for less than the connect code needs
+    hold[i] = bytearray(16)
+    i += 1
+up = t.ensure()  # loading transport_connect.py finds no room: a failed attempt, not a crash
+failed = [up, t.errors, t.last_error, t.wait_ms > 0, "transport_connect" in sys.modules, t.conn is None]
+hold = None
+gc.collect()
+waiting = [t.ensure(), t.errors]  # within its backoff: no new attempt
+time.sleep_ms(t.wait_ms + 1)
+t.ensure()  # the connect code, loaded now
+t.ensure()  # the attempt: refused
+print(json.dumps({"failed": failed, "waiting": waiting, "then": [t.errors, t.last_error]}))
+"""
+
+
+def test_a_heap_too_full_for_the_connect_code_is_a_failed_attempt_with_backoff(app, tmp_path):
+    got = last_json(run_mp(app, tmp_path, CONNECT_SHORT_OF_HEAP, fakes=False, heap="64k"))
+    assert got["failed"] == [False, 1, "connect: out of heap", True, False, True]
+    assert got["waiting"] == [False, 1]
+    assert got["then"] == [2, "connect: connection refused"]
 
 
 def test_a_boot_failure_ends_in_a_hard_reset_after_a_growing_delay_never_a_loop(app, tmp_path):
