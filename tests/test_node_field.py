@@ -384,6 +384,47 @@ def test_sim_node_runs_with_a_firmware_library_set_and_another_vm(tmp_path, mosq
     assert [node_message.decode(p).seq for _, p, _ in msgs] == [0, 1, 2]
 
 
+def test_sim_node_reports_the_heap_a_board_layout_holds_as_the_bench_measures_it(tmp_path, mosquitto):
+    """`sim node` lays the app out as a board has it (in the node's filesystem, its root), as
+    bench/node.py does: the two report the same live heap. From the build directory (longer module
+    paths, interned for good) the node holds more."""
+    import re
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    from openpole.field import appbuild
+    from openpole.sim.world import WorldServer
+
+    common = ["--broker", f"{mosquitto.host}:{mosquitto.port}", "--cycles", "150", "--interval", "0.1", "--ack", "broker",
+              "--heap", "128k"]
+
+    def bench_layout():
+        world = WorldServer()
+        try:
+            state = tmp_path / "bench"
+            simnode.write_config(state, simnode.node_config("lay-b", mosquitto.host, mosquitto.port, interval_s=0.1,
+                                                            cycles=150, world=f"{world.host}:{world.port}", ack="broker"))
+            simnode.install(appbuild.build_app(), state)
+            p = simnode.start(state, None, heap="128k", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            return p.communicate(timeout=120)[0]
+        finally:
+            world.close()
+
+    with ThreadPoolExecutor(3) as pool:
+        runs = [pool.submit(sim_node, "--node-id", "lay-s", *common, timeout=150),
+                pool.submit(sim_node, "--node-id", "lay-f", "--from-build", *common, timeout=150),
+                pool.submit(bench_layout)]
+        sim, build, bench = (r.result() for r in runs)
+    live = []
+    for out in (sim.stdout, build.stdout, bench):
+        m = re.search(r"done cycles=150 .*heap_live=(\d+)", out)
+        assert m, out[-2000:]
+        live.append(int(m.group(1)))
+    sim_live, build_live, bench_live = live
+    assert abs(sim_live - bench_live) <= max(256, bench_live // 100), live
+    assert build_live > bench_live + 512, live
+
+
 def test_sim_node_says_what_is_wrong_with_a_bad_vm_or_library_path(tmp_path):
     r = sim_node("--micropython", str(tmp_path / "nope"), "--cycles", "1")
     assert r.returncode != 0 and "Traceback" not in r.stderr
