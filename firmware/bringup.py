@@ -1,14 +1,16 @@
-# The node's bring-up: everything done once at boot (the node's fields, its outbox and MQTT
-# client, each sensor's driver), in a module app.py loads for it and drops after, so this code
-# leaves the heap once the node runs. A sensor that failed is started again from here.
+# The node's bring-up: everything done once at boot (the config, the node's fields, its outbox and
+# MQTT client, each sensor's driver, the console), in a module app.py loads for it and drops after,
+# so this code leaves the heap once the node runs. A sensor that failed is started again from here.
 import gc
 import os
+import sys
 import time
+from array import array
 
 from app import lazy
-from node import VERSION, Node
+from node import KINDS, VERSION, Node
 from outbox import Outbox
-from sensors import FAILED, OK, STATE_NAMES, WARMING, NoiseSensor, Sensor
+from sensors import FAILED, I2S_READ, OK, STATE_NAMES, WARMING, NoiseSensor, Sensor
 from transport import Transport
 
 # Registry: sensor name -> (module, class, bus). Adding a sensor is a driver file and a line here.
@@ -19,8 +21,49 @@ DRIVERS = {
     "noise": ("noise", "NoiseMeter", "i2s"),
 }
 
+# The modules the node loads now and then, each loaded once at boot and let go.
+WARM = ("shell", "diag", "commands", "ranges", "transport_connect", "redact")
 BOOT_ID_SPAN = 0x3FF00000  # first boot id: random below 2**30 (a small int on a 32-bit VM), a million boots of room
 HEALTHY_MS = 600000  # up this long, or a message delivered: the crash counter (main.py) starts again
+
+
+def boot(wdt=None):
+    """The config, the hardware layer and the Node made from them, its console attached."""
+    # The modules the node loads now and then, each loaded once and let go while the heap is
+    # empty: the names they intern (kept for good) are laid down at its bottom now, not later
+    # between the running node's objects, where they would cut its free space into pieces
+    # too small for the next module (at 56k the console's first line had failed so).
+    for name in WARM:
+        lazy(name)
+        gc.collect()
+    # The config first, while the heap is empty: its module and the JSON text go before the
+    # long-lived modules and objects are laid out.
+    cfg = lazy("config").load(unique_id=_unique_id())
+    gc.collect()
+    from console import LazyConsole
+
+    n = node(cfg, platform(cfg, wdt))
+    n.console = LazyConsole(n)
+    gc.collect()  # start-up garbage (config text, import buffers) out of the way
+    return n
+
+
+def platform(cfg, wdt=None):
+    """The hardware layer (hw/): the board's, or the simulated one under the Unix port."""
+    if sys.platform == "esp32":
+        from hw.esp32 import Hardware
+    else:
+        from hw.sim import Hardware
+    return Hardware(cfg, wdt)
+
+
+def _unique_id():
+    try:
+        import machine
+
+        return machine.unique_id()
+    except (ImportError, AttributeError):
+        return b"\x02\x00\x00\x00\x00\x01"
 
 
 def node(cfg, hw):
@@ -43,7 +86,13 @@ def node(cfg, hw):
     n.commands = []  # command payloads, run by the loop (never inside a read)
     n.last_publish = None
     n.heap_live = 0  # most heap in use after a collection: what the node really holds
-    n.tick_max_ms = 0
+    n.tick_max_ms = 0  # the longest tick as it passed (ms)
+    n.tick_us = 0  # the longest tick's work (us; a simulated board's bus round trips left out) ...
+    n.tick_what = 0  # ... and what it did (node.KINDS bits)
+    n.tick_kinds = array("I", bytearray(4 * len(KINDS)))  # the longest tick of each kind (us)
+    n.did = 0
+    n.tick_t0 = time.ticks_us()
+    n.tick_sim = hw.sim_us
     n.heap_min_free = gc.mem_free()
     n.short_of_heap = 0  # reports, commands and console lines skipped for want of heap
     n.outbox = Outbox(ram_bytes=cfg["queue_ram_bytes"])
@@ -120,7 +169,13 @@ def sensor(s, hw, facts=None):
             s.driver = getattr(mod, cls)(hw.uart_pm(), set_pin=hw.pin("pm.set"))
         else:
             mics = lazy("mics").MICS  # profiles, needed only here
-            s.driver = NoiseSensor(getattr(mod, cls)(mics[s.settings.get("mic", "inmp441")]), hw)
+            d = s.driver = NoiseSensor()
+            d.meter = getattr(mod, cls)(mics[s.settings.get("mic", "inmp441")])
+            d.i2s = hw.i2s(48000, 32)
+            d.buf = bytearray(4 * I2S_READ)
+            d.next = None  # ticks when the audio read so far ends, had it been read on time
+            d.lost = 0
+            d.first = True
         s.state = WARMING if s.name == "pms5003" else OK
         s.awake_since = time.ticks_ms()
     except (OSError, ValueError, KeyError) as e:

@@ -1,6 +1,8 @@
-# What the node does now and then: the node-test and the MQTT commands (the diagnostics report is
-# diag.py). Loaded for a call and dropped after it (node.py's _lazy), so the heap holds it only in use.
+# What the node does now and then: the node-test, the MQTT commands (the diagnostics report is
+# diag.py), a deliberate reset and the simulator's planned stop. Loaded for a call and dropped after
+# it (node.py's _lazy), so the heap holds it only in use.
 import json
+import time
 
 from app import lazy as _lazy
 from registry import KEYS
@@ -11,7 +13,7 @@ def selftest(node):
     """Each sensor present and plausible (in its quantities' registry ranges): {name: "ok" or the problem}."""
     for s in node.sensors:
         if s.driver is None:
-            s.start(node.hw)
+            _lazy("bringup").sensor(s, node.hw)
     # Generated from sensor_specs/quantities.toml; loaded after the starts, so a sensor's boot code
     # and this table are never in the heap together, and let go with the test.
     ranges = _lazy("ranges").RANGES
@@ -49,7 +51,7 @@ def command(node, raw):
             reply = {"ok": True, "selftest": selftest(node)}
         elif name == "reboot":
             node.mqtt.publish(node.diag_topic, b'{"cmd": "reboot", "ok": true}', qos=0)
-            node.reset()
+            reset(node)
             return
         else:
             reply = {"ok": False, "error": "unknown command (interval, diag, selftest, reboot)"}
@@ -57,6 +59,39 @@ def command(node, raw):
         reply = {"ok": False, "error": "bad command: %s" % e}
     reply["cmd"] = c.get("cmd") if isinstance(c, dict) else None
     diag.send(node, reply.items)
+
+
+def reset(node):
+    """A deliberate reset: the outbox goes to flash first, so nothing queued is lost."""
+    node.outbox.save()
+    node.hw.reset()
+
+
+def stop(node):
+    """Before a planned stop (the simulator's --cycles): send and take in acks for a while, then
+    say offline and close the connection."""
+    max_ms = max(10000, node.ack_timeout_ms + 5000)  # time for one re-send
+    t0 = time.ticks_ms()
+    while len(node.outbox) and time.ticks_diff(time.ticks_ms(), t0) < max_ms:
+        node.flush()
+        node.mqtt.poll()
+        if not node.mqtt.connected and node.mqtt.errors:
+            break
+        time.sleep_ms(5)
+    node.mqtt.publish(node.status_topic, b"offline", qos=0, retain=True)
+    node.mqtt.close()
+
+
+def summary(node, done):
+    """The simulator's --cycles ended the run: the figures a test or the bench reads."""
+    kinds = __import__("node").KINDS
+    print("done cycles=%d published=%d delivered=%d queued=%d dropped=%d spilled=%d heap_live=%d tick_max_ms=%d "
+          "audio_lost=%d short_of_heap=%d tick_us=%d tick_what=%s tick_kinds=%s" % (
+              done, node.published, node.delivered, len(node.outbox), node.outbox.dropped, node.outbox.spilled,
+              node.heap_live, node.tick_max_ms, node.noise.lost if node.noise else 0, node.short_of_heap,
+              node.tick_us, "+".join(k for i, k in enumerate(kinds) if node.tick_what >> i & 1) or "-",
+              ",".join("%s:%d" % (k, node.tick_kinds[i]) for i, k in enumerate(kinds))))
+    __import__("micropython").qstr_info()  # the names interned for good (n_qstr): the pools' room
 
 
 def _plausible(ranges, name, v):

@@ -23,6 +23,7 @@ WIFI_RETRY_MS = 10000
 
 class Hardware:
     name = "esp32"
+    sim_us = 0  # no simulated buses here: a tick's time is all the node's (node.pace)
 
     def __init__(self, cfg, wdt=None):
         from boards import BOARDS

@@ -288,7 +288,6 @@ def _hist_clear(hist: ptr16, n: int):
 class NoiseMeter:
     def __init__(self, mic):
         """mic: a profile from mics.MICS (sensitivity_dbfs, noise_floor_dba, alignment)."""
-        self.mic = mic
         # Zeroed from a bytearray (MicroPython copies its bytes), not a list of ints twice the size.
         self.st = array("i", bytearray(4 * _SIZE))
         self.hist = array("H", bytearray(2 * HIST_BINS))
@@ -296,6 +295,7 @@ class NoiseMeter:
         setup = __import__("noise_setup")
         sys.modules.pop("noise_setup", None)
         self.cal = setup.fill(self.st, mic)
+        self.floor = mic["noise_floor_dba"] + 3.0  # a level this close to the mic's own noise is flagged
         self._reset_interval()
 
     def _reset_interval(self):
@@ -332,7 +332,7 @@ class NoiseMeter:
                 lsum = a + 10 * math.log10(1 + 10 ** ((b - a) / 1e7)) * 1e6 if b != NEG else a
             if lsum != NEG:
                 out["laeq"] = self._db(lsum - 10 * math.log10(total) * 1e6, digits)
-                out["below_floor"] = out["laeq"] < self.mic["noise_floor_dba"] + 3.0
+                out["below_floor"] = out["laeq"] < self.floor
             if st[_FMAX] != NEG and st[_FMIN] != 1 << 29:
                 out["lamax"] = self._db(st[_FMAX], digits)
                 out["lamin"] = self._db(st[_FMIN], digits)
