@@ -39,12 +39,14 @@ from hw.esp32 import Hardware
 hw = Hardware({"board": "olimex-esp32-poe", "wifi": {"ssid": "", "password": ""}}, machine.WDT(timeout=8000))
 first = hw.network_up()
 network.link[0] = True  # the cable is in and DHCP answered
-print(json.dumps({"first": first, "up": hw.network_up(), "info": hw.net_info(), "log": network.log}))
+print(json.dumps({"first": first, "up": hw.network_up(), "info": hw.net_info(), "log": network.log,
+                  "machine": machine.log}))
 """
 
 
 def test_an_ethernet_board_brings_up_network_lan_from_its_board_file(app, tmp_path):
     got = last_json(run_mp(app, tmp_path, ETHERNET))
+    assert ["freq", 240000000] in got["machine"]  # pole power: the node runs at 240 MHz, not the firmware's 160
     lan = [e for e in got["log"] if e[0] == "LAN"]
     assert lan == [["LAN", [["mdc", "Pin(23)"], ["mdio", "Pin(18)"], ["phy_addr", "0"], ["phy_type", "1"],
                             ["power", "Pin(12)"], ["ref_clk", "Pin(17)"], ["ref_clk_mode", "3"]]]]
