@@ -40,11 +40,12 @@ def boot(wdt=None):
     # long-lived modules and objects are laid out.
     cfg = lazy("config").load(unique_id=_unique_id())
     gc.collect()
-    from console import LazyConsole
+    from console import PROMPT, LazyConsole
 
     n = node(cfg, platform(cfg, wdt))
     n.console = LazyConsole(n)
     gc.collect()  # start-up garbage (config text, import buffers) out of the way
+    sys.stdout.write(PROMPT)
     return n
 
 
@@ -85,14 +86,13 @@ def node(cfg, hw):
     n.ack_wait = time.ticks_ms()
     n.commands = []  # command payloads, run by the loop (never inside a read)
     n.last_publish = None
-    n.heap_live = 0  # most heap in use after a collection: what the node really holds
+    n.heap_live = 0  # most heap in use after a collection: what the node really holds (but while connecting)
     n.tick_max_ms = 0  # the longest tick as it passed (ms)
-    n.tick_us = 0  # the longest tick's work (us; a simulated board's bus round trips left out) ...
-    n.tick_what = 0  # ... and what it did (node.KINDS bits)
-    n.tick_kinds = array("I", bytearray(4 * len(KINDS)))  # the longest tick of each kind (us)
+    # The loop's figures (node.py's _T0 ... _KIND0): the longest tick's work in us, a simulated
+    # board's bus round trips left out, what it did (node.KINDS bits), the most heap held during a
+    # connect attempt, the longest tick of each kind.
+    n.stats = array("I", bytearray(4 * (5 + len(KINDS))))
     n.did = 0
-    n.tick_t0 = time.ticks_us()
-    n.tick_sim = hw.sim_us
     n.heap_min_free = gc.mem_free()
     n.short_of_heap = 0  # reports, commands and console lines skipped for want of heap
     n.outbox = Outbox(ram_bytes=cfg["queue_ram_bytes"])
@@ -109,7 +109,6 @@ def node(cfg, hw):
     b = cfg["broker"]
     base = "openpole/v1/%s/" % n.node_id
     n.topic, n.status_topic, n.diag_topic = base + "data", base + "status", base + "diag"
-    n.ack_by_pole = cfg["ack"] == "pole"
     # No word from the pole for this long: send the unacknowledged ones again (a broker that
     # restarted before the agent subscribed again dropped them).
     n.ack_timeout_ms = int(cfg["ack_timeout_s"] * 1000)
@@ -119,7 +118,7 @@ def node(cfg, hw):
                        backoff_max_ms=int(b.get("backoff_max_s", 60) * 1000), resolve=hw.resolve,
                        tls=_tls() if b.get("tls") else None, will=(n.status_topic, b"offline"))
     n.mqtt.on_message = n._on_message
-    n.mqtt.on_puback = None if n.ack_by_pole else n._freed
+    n.mqtt.on_puback = None if cfg["ack"] == "pole" else n._freed  # None: the pole's ack frees a message
     n.diag_due = time.ticks_ms()
     n.healthy_due = time.ticks_add(n.diag_due, HEALTHY_MS)
     n.console = None
@@ -143,6 +142,8 @@ def _sensor(name, settings, interval_ms):
     s.name = name
     s.settings = settings
     s.interval_ms = int(settings.get("interval_s", 0) * 1000) or interval_ms
+    if duty(s):
+        s.duty = True  # (Sensor.duty: False, a field fewer for the others)
     s.driver = None
     s.state = FAILED
     s.errors = 0
@@ -152,6 +153,12 @@ def _sensor(name, settings, interval_ms):
     s.awake_since = None  # PMS5003: when the laser was switched on
     s.pending = False  # a reading asked for and not yet in (PMS5003)
     return s
+
+
+def duty(s):
+    """Does the sensor sleep between readings? A PMS5003's laser lasts about 8,000 h: it sleeps when its
+    interval is a minute or more, unless its duty_cycle setting says otherwise."""
+    return s.name == "pms5003" and s.settings.get("duty_cycle", s.interval_ms >= 60000)
 
 
 def sensor(s, hw, facts=None):

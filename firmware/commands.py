@@ -39,9 +39,12 @@ def command(node, raw):
         name = c["cmd"]
         if name == "interval":
             node.cfg = _lazy("config").set(node.cfg, "interval_s", json.dumps(c["value"]))
+            duty = _lazy("bringup").duty
             for s in node.sensors:
                 if "interval_s" not in s.settings:
                     s.interval_ms = int(node.cfg["interval_s"] * 1000)
+                    if s.name == "pms5003":
+                        s.duty = duty(s)  # it sleeps between readings a minute or more apart
             reply = {"ok": True}
         elif name == "diag":  # the report streamed into the reply, never whole in the heap
             snap = diag.snapshot(node)
@@ -84,13 +87,13 @@ def stop(node):
 
 def summary(node, done):
     """The simulator's --cycles ended the run: the figures a test or the bench reads."""
-    kinds = __import__("node").KINDS
+    kinds, st = __import__("node").KINDS, node.stats  # node.py: _US 2, _WHAT 3, _HEAPC 4, _KIND0 5
     print("done cycles=%d published=%d delivered=%d queued=%d dropped=%d spilled=%d heap_live=%d tick_max_ms=%d "
-          "audio_lost=%d short_of_heap=%d tick_us=%d tick_what=%s tick_kinds=%s" % (
+          "audio_lost=%d short_of_heap=%d tick_us=%d tick_what=%s tick_kinds=%s heap_connect=%d" % (
               done, node.published, node.delivered, len(node.outbox), node.outbox.dropped, node.outbox.spilled,
               node.heap_live, node.tick_max_ms, node.noise.lost if node.noise else 0, node.short_of_heap,
-              node.tick_us, "+".join(k for i, k in enumerate(kinds) if node.tick_what >> i & 1) or "-",
-              ",".join("%s:%d" % (k, node.tick_kinds[i]) for i, k in enumerate(kinds))))
+              st[2], "+".join(k for i, k in enumerate(kinds) if st[3] >> i & 1) or "-",
+              ",".join("%s:%d" % (k, st[5 + i]) for i, k in enumerate(kinds)), st[4]))
     __import__("micropython").qstr_info()  # the names interned for good (n_qstr): the pools' room
 
 

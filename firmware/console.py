@@ -22,9 +22,6 @@ class LazyConsole:
         self.ch = bytearray(1)
         self.stdin = getattr(sys.stdin, "buffer", sys.stdin)
 
-    def prompt(self):
-        sys.stdout.write(PROMPT)
-
     def poll(self):
         """Take whatever was typed; run complete lines (True when one ran). Never blocks."""
         ran = False
@@ -43,7 +40,7 @@ class LazyConsole:
                     self.n = 0
                     self.run(text)
                     ran = True
-                self.prompt()
+                sys.stdout.write(PROMPT)
             elif c in (8, 127):
                 self.n = max(0, self.n - 1)
             elif self.n < len(self.line):

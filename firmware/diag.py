@@ -46,7 +46,7 @@ def diag_items(node, brief=False, snap=None):
     yield "mqtt", {"connected": mq.connected, "errors": mq.errors, "last_error": mq.last_error,
                    "last_publish_age_s": None if node.last_publish is None else time.ticks_diff(now, node.last_publish) // 1000,
                    "published": node.published, "delivered": node.delivered, "resent": node.resent,
-                   "in_flight": node.inflight, "ack": "pole" if node.ack_by_pole else "broker"}
+                   "in_flight": node.inflight, "ack": "pole" if mq.on_puback is None else "broker"}
     yield "queue", {"depth": len(ob), "ram": ob.ram_records, "flash": ob.flash_records, "spilled": ob.spilled,
                     "dropped": ob.dropped}
     yield "sensors", {s.name: {"state": STATE_NAMES[s.state], "errors": s.errors, "last_error": s.last_error, "last": s.last}

@@ -19,7 +19,7 @@ from sensors import DEGRADED, STATE_NAMES
 
 VERSION = "0.2.0"
 _LOG_LINES = const(12)
-# What a tick did, a bit each (Node.did): the worst tick of each kind is kept (tick_us), so the
+# What a tick did, a bit each (Node.did): the worst tick of each kind is kept (Node.stats), so the
 # bench can say what the longest time away from the audio was spent on.
 KINDS = ("sample", "message", "gc", "send", "replay", "spill", "ack", "connect", "diag", "command", "console")
 _SAMPLE = const(1)
@@ -33,6 +33,16 @@ _CONNECT = const(128)
 _DIAG = const(256)
 _COMMAND = const(512)
 _CONSOLE = const(1024)
+# Node.stats, one array for the loop's figures (one field in the node's dict, not six): when this
+# tick began and the simulated buses' time then, the longest tick's work (us) and what it did, the
+# most heap held after a collection during a connect attempt (its code is loaded then; heap_live
+# is the rest of the time), then the longest tick of each kind.
+_T0 = const(0)
+_SIM = const(1)
+_US = const(2)
+_WHAT = const(3)
+_HEAPC = const(4)
+_KIND0 = const(5)
 
 
 class Node:
@@ -146,7 +156,7 @@ class Node:
         if self.inflight and time.ticks_diff(time.ticks_ms(), self.ack_wait) > self.ack_timeout_ms:
             self._rewind()
         rec = self.outbox.peek() if serial else self.outbox.nth(self.inflight)
-        if rec is None or not serial and not self.mqtt.can_publish():
+        if rec is None or not serial and len(self.mqtt.unacked) >= self.mqtt.window:  # the window is full
             return
         self.did |= _SEND if rec[0] is self.outbox.ram else _REPLAY
         payload = message.encode_record(self.node_id, rec[0], rec[1], time.ticks_ms(), self.boot,
@@ -193,20 +203,20 @@ class Node:
         """End this tick (what it did: KINDS bits) and read the next 10 ms of audio: the longest
         time away from the audio is one tick's work. Work that takes longer is done a piece per
         tick, with pace() between the pieces. A simulated board's bus round trips (hw.sim_us) are
-        not the node's work and are left out of tick_us; tick_max_ms is the time as it passed."""
+        not the node's work and are left out of the work timed; tick_max_ms is the time as it passed."""
         t = time.ticks_us()
-        hw = self.hw
+        hw, tk = self.hw, self.stats
         did |= self.did
-        ms = time.ticks_diff(t, self.tick_t0) // 1000
+        ms = time.ticks_diff(t, tk[_T0]) // 1000
         if ms > self.tick_max_ms:
             self.tick_max_ms = ms  # the loop's longest time away from the audio
-        work = time.ticks_diff(t, self.tick_t0) - time.ticks_diff(hw.sim_us, self.tick_sim)
-        if work > self.tick_us:
-            self.tick_us, self.tick_what = work, did
-        k, worst = 0, self.tick_kinds
+        work = time.ticks_diff(t, tk[_T0]) - time.ticks_diff(hw.sim_us, tk[_SIM])
+        if work > tk[_US]:
+            tk[_US], tk[_WHAT] = work, did
+        k = _KIND0
         while did:
-            if did & 1 and work > worst[k]:
-                worst[k] = work
+            if did & 1 and work > tk[k]:
+                tk[k] = work
             did >>= 1
             k += 1
         hw.feed()
@@ -215,19 +225,22 @@ class Node:
         else:
             time.sleep_ms(10)
         self.did = 0
-        self.tick_sim = hw.sim_us
-        self.tick_t0 = time.ticks_us()
+        tk[_SIM] = hw.sim_us
+        tk[_T0] = time.ticks_us()
 
     def run(self, cycles=None):
-        self.console.prompt()
-        self.tick_t0 = time.ticks_us()
+        self.stats[_T0] = time.ticks_us()
         while cycles is None or self.cycles < cycles:
             self.pace()
             now = time.ticks_ms()
             if self.sample(now):
                 self.pace()
                 gc.collect()  # a message's garbage out of the way: in a tick of its own
-                self.heap_live = max(self.heap_live, gc.mem_alloc())
+                held = gc.mem_alloc()
+                if self.mqtt.conn is None:
+                    self.heap_live = max(self.heap_live, held)
+                elif held > self.stats[_HEAPC]:
+                    self.stats[_HEAPC] = held  # the connect code loaded: a peak of its own
                 self.heap_min_free = min(self.heap_min_free, gc.mem_free())
                 self.pace(_GC)
             self.flush()

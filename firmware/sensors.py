@@ -17,13 +17,12 @@ _I2S_DMA_MS = const(52)  # what the ESP32's RX DMA holds: ibuf 20000 bytes, 32-b
 class Sensor:
     """Made by bringup._sensor() at boot: its fields are set there."""
 
+    duty = False  # sleeps between readings (a PMS5003's laser): set on the one sensor that does
+
     def fault(self, e):
         self.errors += 1
         self.last_error = str(e)
         self.state = FAILED if self.driver is None else DEGRADED
-
-    def duty_cycled(self):
-        return self.name == "pms5003" and self.settings.get("duty_cycle", self.interval_ms >= 60000)
 
     def read(self, hw, now):
         """Return {quantity: value} or None; a fault is counted and the node goes on."""
@@ -74,7 +73,7 @@ class Sensor:
         if values is None:  # the noise meter's first interval, thrown away
             self.state = WARMING
             return None
-        if self.duty_cycled():
+        if self.duty:
             self.driver.sleep()  # spare the laser until the next reading
             self.awake_since = None
         self.state = OK
@@ -83,7 +82,7 @@ class Sensor:
 
     def before(self, now):
         """Wake a duty-cycled PMS5003 30 s before its reading is due."""
-        if self.driver is not None and self.awake_since is None and self.duty_cycled():
+        if self.driver is not None and self.awake_since is None and self.duty:
             if time.ticks_diff(self.due, now) <= _PMS_WARMUP_MS:
                 try:
                     self.driver.wake()

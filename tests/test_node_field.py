@@ -288,13 +288,15 @@ class M:
 sys.modules["socket"] = M()  # what transport_connect imports when it is loaded
 t = transport.Transport("n1", "10.0.0.1", 1883, backoff_max_ms=2000)
 hold = [None] * 4000
+failed = [None] * 6  # made now: the full heap below has no room for it
 i = 0
 gc.collect()
 while gc.mem_free() > 600:  # the heap taken but for less than the connect code needs
     hold[i] = bytearray(16)
     i += 1
-up = t.ensure()  # loading transport_connect.py finds no room: a failed attempt, not a crash
-failed = [up, t.errors, t.last_error, t.wait_ms > 0, "transport_connect" in sys.modules, t.conn is None]
+failed[0] = t.ensure()  # loading transport_connect.py finds no room: a failed attempt, not a crash
+failed[1], failed[2], failed[3] = t.errors, t.last_error, t.wait_ms > 0
+failed[4], failed[5] = "transport_connect" in sys.modules, t.conn is None
 hold = None
 gc.collect()
 waiting = [t.ensure(), t.errors]  # within its backoff: no new attempt

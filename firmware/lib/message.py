@@ -57,7 +57,8 @@ def encode_status(sensors):
     out = bytearray()
     head(out, 5, len(sensors))
     for s in sensors:
-        _text(out, s.name)
+        head(out, 3, len(s.name))  # sensor names are ASCII: characters are bytes
+        out.extend(s.name.encode())
         lost = s.driver.lost if s.name == "noise" and s.driver is not None else 0
         head(out, 4, 3 if lost else 2)
         head(out, 0, s.state)
@@ -67,18 +68,13 @@ def encode_status(sensors):
     return bytes(out)
 
 
-def _text(out, s):
-    b = s.encode()
-    head(out, 3, len(b))
-    out.extend(b)
-
-
 def encode(node_id, boot, seq, samples, status, flags=0):
     """samples: [(age_ms, values CBOR)]; status: CBOR bytes -> bytes of the node message."""
     out = bytearray()
     out.append(0xA7 if flags else 0xA6)  # v, node, boot, seq, samples, status (+ flags)
     out.extend(b"\x00\x01\x01")
-    _text(out, node_id)
+    head(out, 3, len(node_id))  # node ids are ASCII (config.py checks): characters are bytes
+    out.extend(node_id.encode())
     out.append(0x02)
     head(out, 0, boot)
     out.append(0x03)

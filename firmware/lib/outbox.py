@@ -92,19 +92,21 @@ class Outbox:
         whose block has room for them), else into a new one. A LittleFS file is whole or not at
         all after a power cut; a torn tail (a host's filesystem) is read as the segment's end."""
         room = self.seg_bytes - self.tail if self.tail is not None else 0
-        end = self._fit(room)
-        if end == self.start:  # not even the oldest record fits: the next segment
+        if (self.ram[self.start] << 8) | self.ram[self.start + 1] > room:  # not even the oldest fits: a new segment
             if self.next - self.first >= self.max_segments:
                 self._lose_first()
             if self.next == self.first:
                 self.first = self.next = self.next or 1
             self.next += 1
             self.tail = 0
-            end = self._fit(self.seg_bytes)
-        n, pos, now = 0, self.start, time.ticks_ms()
-        while pos < end:
-            struct.pack_into(">I", self.ram, pos + 14, now)  # when it left RAM: dates it after a reset
-            pos += (self.ram[pos] << 8) | self.ram[pos + 1]
+            room = self.seg_bytes
+        end, n, now = self.start, 0, time.ticks_ms()  # the n records that fit end at end
+        while end < self.end:
+            ln = (self.ram[end] << 8) | self.ram[end + 1]
+            if end + ln - self.start > room:
+                break
+            struct.pack_into(">I", self.ram, end + 14, now)  # when it left RAM: dates it after a reset
+            end += ln
             n += 1
         try:
             with open(self._path(self.next - 1), "ab") as f:
@@ -122,22 +124,6 @@ class Outbox:
         if self.start == self.end:
             self.start = self.end = 0
 
-    def _fit(self, room):
-        """Where the oldest RAM records that fit in room bytes end."""
-        pos = self.start
-        while pos < self.end:
-            ln = (self.ram[pos] << 8) | self.ram[pos + 1]
-            if pos + ln - self.start > room:
-                break
-            pos += ln
-        return pos
-
-    def _remove(self, name):
-        try:
-            os.remove(self.dir + "/" + name)
-        except OSError:
-            pass
-
     def _lose_first(self):
         """Drop the oldest segment; what it still held from its replay point is counted lost."""
         lost = self._count(self.first, self.seg_pos if self.seg_loaded == self.first else 0)
@@ -146,7 +132,10 @@ class Outbox:
         self._drop_first()
 
     def _drop_first(self):
-        self._remove("%08d" % self.first)
+        try:
+            os.remove(self._path(self.first))
+        except OSError:
+            pass  # gone already (removed by hand, or a spill that never wrote it)
         if self.seg_loaded == self.first:
             self.seg_loaded = None
         self.first += 1

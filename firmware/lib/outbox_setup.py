@@ -27,7 +27,7 @@ def setup(ob, ram_bytes, spill_dir, seg_bytes, max_segments, share):
     ob.flash_records = 0
     for name in os.listdir(spill_dir):
         if name.endswith(".tmp"):
-            ob._remove(name)  # a spill cut short by a reset (firmware before 0.2.1 wrote .tmp files)
+            os.remove(spill_dir + "/" + name)  # a spill cut short by a reset (firmware before 0.2.1)
             continue
         try:
             n = int(name)

@@ -64,10 +64,18 @@ class Transport:
         running node does not keep."""
         _connect().setup(self, client_id, host, port, **kw)
 
-    def _failed(self, why):
+    def _failed(self, why, e=None):
+        """The connection is gone: why ("connect", "publish", "link") and e, the exception (put in
+        words by transport_connect.reason(), loaded for it: a reconnect loads it anyway)."""
         self.errors += 1
         self.fails_in_row += 1
-        self.last_error = why
+        if e is None:
+            self.last_error = why
+        else:
+            try:
+                self.last_error = "%s: %s" % (why, (self.conn or _connect()).reason(e))
+            except MemoryError:
+                self.last_error = why  # no room for the words: where it failed, allocating nothing
         if self.sock is not None:
             try:
                 self.sock.close()
@@ -125,9 +133,6 @@ class Transport:
             self.conn = None
         return self.state == UP
 
-    def can_publish(self):
-        return self.state == UP and len(self.unacked) < self.window
-
     def publish(self, topic, payload, qos=1, retain=False, dup=False, length=None):
         """Send one PUBLISH without waiting; True when written. At QoS 1 the broker's PUBACK is
         taken in by poll(); at most `window` wait for it. payload: bytes; a list of bytes written
@@ -154,7 +159,7 @@ class Transport:
                 for p in parts:
                     self._send(p)
         except (OSError, MemoryError) as e:  # a packet cut short: the connection cannot go on
-            self._failed("publish: %s" % ("out of heap" if isinstance(e, MemoryError) else _reason(e)))
+            self._failed("publish", e)
             return False
         if qos:
             self.unacked.append(pid)
@@ -174,7 +179,7 @@ class Transport:
                 self._send(b"\xc0\x00")
                 self.ping_sent = now
         except (OSError, ValueError) as e:
-            self._failed("link: %s" % _reason(e))
+            self._failed("link", e)
 
     def _read(self):
         while True:
@@ -191,7 +196,8 @@ class Transport:
         while self.rxn:
             if self.skip:
                 k = min(self.skip, self.rxn)
-                self._consume(k)
+                rx[0 : self.rxn - k] = rx[k : self.rxn]  # dropped: the rest moves to the front
+                self.rxn -= k
                 self.skip -= k
                 continue
             length, i, mult = 0, 1, 1
@@ -213,11 +219,9 @@ class Transport:
             if i + length > self.rxn:
                 return
             self._handle(rx[0], i, length)
-            self._consume(i + length)
-
-    def _consume(self, n):
-        self.rx[0 : self.rxn - n] = self.rx[n : self.rxn]
-        self.rxn -= n
+            k = i + length
+            rx[0 : self.rxn - k] = rx[k : self.rxn]  # taken in: the rest moves to the front
+            self.rxn -= k
 
     def _handle(self, first, i, length):
         rx = self.rx
@@ -257,11 +261,3 @@ def _connect():
         return __import__("transport_connect")
     finally:
         sys.modules.pop("transport_connect", None)  # a module half-loaded goes too
-
-
-def _reason(e):
-    if isinstance(e, OSError) and e.args and isinstance(e.args[0], int):
-        return {errno.ECONNREFUSED: "connection refused", errno.ETIMEDOUT: "timed out",
-                errno.ECONNRESET: "connection closed by the broker", errno.EHOSTUNREACH: "host unreachable"}.get(
-            e.args[0], "OSError %d" % e.args[0])
-    return str(e)

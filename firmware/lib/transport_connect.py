@@ -8,7 +8,7 @@ import socket
 import struct
 import time
 
-from transport import CONNECTING, DOWN, UP, WAIT_CONNACK, _packet, _reason, _str
+from transport import CONNECTING, DOWN, UP, WAIT_CONNACK, _packet, _str
 
 try:
     from micropython import const
@@ -30,7 +30,7 @@ def setup(t, client_id, host, port=1883, user=None, password=None, keepalive_s=6
           backoff_max_ms=_BACKOFF_MAX_MS, window=8, rx_bytes=512, resolve=None, tls=None, will=None):
     """Transport t's fields. will: (topic, message) the broker publishes when t goes silent."""
     t.client_id = client_id
-    t.host, t.port = host, port
+    t.broker = (host, port)
     t.user, t.password = user, password
     t.keepalive_s = keepalive_s
     t.timeout_ms = int(timeout_s * 1000)  # TCP connect + CONNACK, and a PINGRESP: fits Wi-Fi power save
@@ -95,7 +95,7 @@ def step(t):
                     raise OSError(errno.ECONNREFUSED)
                 if ev & select.POLLOUT:
                     if t.tls:
-                        t.sock = t.tls(t.sock, t.host)
+                        t.sock = t.tls(t.sock, t.broker[0])
                     # A TLS handshake runs inside this first write: give it the connect's time,
                     # but never as long as the node's 8 s watchdog.
                     left = max(0, time.ticks_diff(t.deadline, now))
@@ -106,12 +106,12 @@ def step(t):
         if t.state != UP and time.ticks_diff(now, t.deadline) > 0:
             raise OSError(errno.ETIMEDOUT)
     except (OSError, ValueError, MemoryError) as e:  # a heap too full for a step: a failed attempt too
-        t._failed("connect: %s" % ("out of heap" if isinstance(e, MemoryError) else _reason(e)))
+        t._failed("connect", e)
 
 
 def _start(t, now):
     if t.addr is None:
-        t.addr = (t.resolve or socket.getaddrinfo)(t.host, t.port)[0][-1]
+        t.addr = (t.resolve or socket.getaddrinfo)(*t.broker)[0][-1]
     s = socket.socket()
     t.sock = s
     s.setblocking(False)
@@ -167,3 +167,14 @@ def connack(t, code):
         t._send(_packet(0x82, body))
     if t.on_connect:
         t.on_connect()
+
+
+def reason(e):
+    """A failure in words, for last_error (the diag, the log)."""
+    if isinstance(e, MemoryError):
+        return "out of heap"
+    if isinstance(e, OSError) and e.args and isinstance(e.args[0], int):
+        return {errno.ECONNREFUSED: "connection refused", errno.ETIMEDOUT: "timed out",
+                errno.ECONNRESET: "connection closed by the broker", errno.EHOSTUNREACH: "host unreachable"}.get(
+            e.args[0], "OSError %d" % e.args[0])
+    return str(e)
