@@ -8,7 +8,7 @@ import time
 from array import array
 
 from app import lazy
-from node import KINDS, VERSION, Node
+from node import VERSION, Node
 from outbox import Outbox
 from sensors import FAILED, I2S_READ, OK, STATE_NAMES, WARMING, NoiseSensor, Sensor
 from transport import Transport
@@ -89,9 +89,9 @@ def node(cfg, hw):
     n.heap_live = 0  # most heap in use after a collection: what the node really holds (but while connecting)
     n.tick_max_ms = 0  # the longest tick as it passed (ms)
     # The loop's figures (node.py's _T0 ... _KIND0): the longest tick's work in us, a simulated
-    # board's bus round trips left out, what it did (node.KINDS bits), the most heap held during a
-    # connect attempt, the longest tick of each kind.
-    n.stats = array("I", bytearray(4 * (5 + len(KINDS))))
+    # board's bus round trips left out, what it did (commands.KINDS bits), the most heap held during
+    # a connect attempt, the longest tick of each kind.
+    n.stats = array("I", bytearray(4 * (5 + len(lazy("commands").KINDS))))
     n.did = 0
     n.heap_min_free = gc.mem_free()
     n.short_of_heap = 0  # reports, commands and console lines skipped for want of heap

@@ -64,6 +64,10 @@ def command(node, raw):
     diag.send(node, reply.items)
 
 
+# What a loop tick did (node.py's bits, in this order): the names of Node.did and Node.stats' kinds.
+KINDS = ("sample", "message", "gc", "send", "replay", "spill", "ack", "connect", "diag", "command", "console")
+
+
 def reset(node):
     """A deliberate reset: the outbox goes to flash first, so nothing queued is lost."""
     node.outbox.save()
@@ -87,7 +91,7 @@ def stop(node):
 
 def summary(node, done):
     """The simulator's --cycles ended the run: the figures a test or the bench reads."""
-    kinds, st = __import__("node").KINDS, node.stats  # node.py: _US 2, _WHAT 3, _HEAPC 4, _KIND0 5
+    kinds, st = KINDS, node.stats  # node.py: _US 2, _WHAT 3, _HEAPC 4, _KIND0 5
     print("done cycles=%d published=%d delivered=%d queued=%d dropped=%d spilled=%d heap_live=%d tick_max_ms=%d "
           "audio_lost=%d short_of_heap=%d tick_us=%d tick_what=%s tick_kinds=%s heap_connect=%d" % (
               done, node.published, node.delivered, len(node.outbox), node.outbox.dropped, node.outbox.spilled,

@@ -6,10 +6,12 @@ import select
 import sys
 
 from app import lazy
+from micropython import const
 
 CRASH_FILE = "crash.txt"
 PROMPT = "openpole> "
 DIAG_WORDS = ("status", "sensors", "diag")  # answered by diag.py alone: the heap holds one module for them
+_CONSOLE = const(1024)  # commands.KINDS: "console"
 
 
 class LazyConsole:
@@ -55,9 +57,13 @@ class LazyConsole:
         name = words[0][:20]  # made now: the heap may have no room left for it below
         try:
             if len(words) == 1 and name in DIAG_WORDS:
-                lazy("diag").console(self.node, name)
+                m = lazy("diag")
+                self.node.pace(_CONSOLE)  # loading it was this tick's work
+                m.console(self.node, name)
             else:
-                lazy("shell").run(self.node, text)
+                m = lazy("shell")
+                self.node.pace(_CONSOLE)
+                m.run(self.node, text)
         except MemoryError:
             self.node.short_of_heap += 1
             print("error: ", name, ": not enough heap free now; try again in a moment", sep="")  # allocates nothing

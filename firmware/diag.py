@@ -12,8 +12,8 @@ from micropython import const
 from node import VERSION
 from sensors import STATE_NAMES
 
-_DIAG = const(256)  # node.KINDS: "diag"
-_CONSOLE = const(1024)  # node.KINDS: "console"
+_DIAG = const(256)  # commands.KINDS: "diag"
+_CONSOLE = const(1024)  # commands.KINDS: "console"
 
 
 def snapshot(node):

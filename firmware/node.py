@@ -19,9 +19,9 @@ from sensors import DEGRADED, STATE_NAMES
 
 VERSION = "0.2.0"
 _LOG_LINES = const(12)
-# What a tick did, a bit each (Node.did): the worst tick of each kind is kept (Node.stats), so the
-# bench can say what the longest time away from the audio was spent on.
-KINDS = ("sample", "message", "gc", "send", "replay", "spill", "ack", "connect", "diag", "command", "console")
+# What a tick did, a bit each (Node.did), in the order of commands.KINDS (their names, kept out of
+# the running heap): the worst tick of each kind is kept (Node.stats), so the bench can say what the
+# longest time away from the audio was spent on.
 _SAMPLE = const(1)
 _MESSAGE = const(2)
 _GC = const(4)
@@ -149,9 +149,13 @@ class Node:
         if not serial:
             if not self.hw.network_up():
                 return
-            if not self.mqtt.connected:
+            m = self.mqtt
+            if not m.connected:
                 self.did |= _CONNECT
-                self.mqtt.ensure(self._online)
+                errors = m.errors
+                m.ensure(self._online)
+                if m.errors != errors and m.last_error == "connect: out of heap":
+                    self.short_of_heap += 1  # no room to load the connect code: tried again after a backoff
                 return  # connected or not, this tick's share is spent
         if self.inflight and time.ticks_diff(time.ticks_ms(), self.ack_wait) > self.ack_timeout_ms:
             self._rewind()
@@ -189,18 +193,22 @@ class Node:
         # sampling goes on, and the pole asks again or gets the next report.
         try:
             while self.commands:
+                commands = _lazy("commands")
+                self.pace(_COMMAND)  # loading it was this tick's work
+                commands.command(self, self.commands.pop(0))
                 self.did |= _COMMAND
-                _lazy("commands").command(self, self.commands.pop(0))
             # Not in the tick that connected: that tick's share is spent, and the oldest message goes first.
             if time.ticks_diff(now, self.diag_due) >= 0 and self.mqtt.connected and not self.did & _CONNECT:
                 self.diag_due = time.ticks_add(now, int(self.cfg["diag_interval_s"] * 1000))
+                diag = _lazy("diag")
+                self.pace(_DIAG)  # loading it was this tick's work
+                diag.publish(self)
                 self.did |= _DIAG
-                _lazy("diag").publish(self)
         except MemoryError:
             self.short_of_heap += 1
 
     def pace(self, did=0):
-        """End this tick (what it did: KINDS bits) and read the next 10 ms of audio: the longest
+        """End this tick (what it did: commands.KINDS bits) and read the next 10 ms of audio: the longest
         time away from the audio is one tick's work. Work that takes longer is done a piece per
         tick, with pace() between the pieces. A simulated board's bus round trips (hw.sim_us) are
         not the node's work and are left out of the work timed; tick_max_ms is the time as it passed."""

@@ -403,3 +403,32 @@ def test_selftest_judges_readings_by_the_registry_ranges(app, tmp_path, mosquitt
     assert p.returncode == 0, out
     reply = next(json.loads(pl) for t, pl, _ in msgs if t.endswith("/diag") and b'"selftest"' in pl)
     assert reply["selftest"] == {"bme280": "implausible: temperature", "noise": "ok"}, reply
+
+
+def test_the_tick_kinds_bits_are_the_same_in_every_module():
+    """commands.KINDS names a tick's work by bit; node.py, diag.py and console.py set the bits as
+    const()s of their own (a const is gone at run time, an imported name would be interned): they
+    must agree."""
+    import ast
+
+    from openpole import paths
+
+    def consts(path):
+        out = {}
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) and \
+                    getattr(node.value.func, "id", "") == "const":
+                out[node.targets[0].id] = node.value.args[0].value
+        return out
+
+    kinds = next(n.value for n in ast.parse((paths.FIRMWARE / "commands.py").read_text()).body
+                 if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "KINDS")
+    kinds = [e.value for e in kinds.elts]
+    node = consts(paths.FIRMWARE / "node.py")
+    for name in ("node.py", "diag.py", "console.py"):
+        for const, value in consts(paths.FIRMWARE / name).items():
+            kind = const[1:].lower()
+            if kind in kinds:
+                assert value == 1 << kinds.index(kind), (name, const, value)
+    assert {k for k in kinds if "_" + k.upper() in node} == set(kinds)  # node.py has a bit for each
+
