@@ -1,14 +1,16 @@
-# The node's bring-up: everything done once at boot (the node's fields, its outbox and MQTT
-# client, each sensor's driver), in a module app.py loads for it and drops after, so this code
-# leaves the heap once the node runs. A sensor that failed is started again from here.
+# The node's bring-up: everything done once at boot (the config, the node's fields, its outbox and
+# MQTT client, each sensor's driver, the console), in a module app.py loads for it and drops after,
+# so this code leaves the heap once the node runs. A sensor that failed is started again from here.
 import gc
 import os
+import sys
 import time
+from array import array
 
 from app import lazy
 from node import VERSION, Node
 from outbox import Outbox
-from sensors import FAILED, OK, STATE_NAMES, WARMING, NoiseSensor, Sensor
+from sensors import FAILED, I2S_READ, OK, STATE_NAMES, WARMING, NoiseSensor, Sensor
 from transport import Transport
 
 # Registry: sensor name -> (module, class, bus). Adding a sensor is a driver file and a line here.
@@ -19,8 +21,50 @@ DRIVERS = {
     "noise": ("noise", "NoiseMeter", "i2s"),
 }
 
+# The modules the node loads now and then, each loaded once at boot and let go.
+WARM = ("shell", "diag", "commands", "ranges", "transport_connect", "redact")
 BOOT_ID_SPAN = 0x3FF00000  # first boot id: random below 2**30 (a small int on a 32-bit VM), a million boots of room
 HEALTHY_MS = 600000  # up this long, or a message delivered: the crash counter (main.py) starts again
+
+
+def boot(wdt=None):
+    """The config, the hardware layer and the Node made from them, its console attached."""
+    # The modules the node loads now and then, each loaded once and let go while the heap is
+    # empty: the names they intern (kept for good) are laid down at its bottom now, not later
+    # between the running node's objects, where they would cut its free space into pieces
+    # too small for the next module (at 56k the console's first line had failed so).
+    for name in WARM:
+        lazy(name)
+        gc.collect()
+    # The config first, while the heap is empty: its module and the JSON text go before the
+    # long-lived modules and objects are laid out.
+    cfg = lazy("config").load(unique_id=_unique_id())
+    gc.collect()
+    from console import PROMPT, LazyConsole
+
+    n = node(cfg, platform(cfg, wdt))
+    n.console = LazyConsole(n)
+    gc.collect()  # start-up garbage (config text, import buffers) out of the way
+    sys.stdout.write(PROMPT)
+    return n
+
+
+def platform(cfg, wdt=None):
+    """The hardware layer (hw/): the board's, or the simulated one under the Unix port."""
+    if sys.platform == "esp32":
+        from hw.esp32 import Hardware
+    else:
+        from hw.sim import Hardware
+    return Hardware(cfg, wdt)
+
+
+def _unique_id():
+    try:
+        import machine
+
+        return machine.unique_id()
+    except (ImportError, AttributeError):
+        return b"\x02\x00\x00\x00\x00\x01"
 
 
 def node(cfg, hw):
@@ -42,8 +86,13 @@ def node(cfg, hw):
     n.ack_wait = time.ticks_ms()
     n.commands = []  # command payloads, run by the loop (never inside a read)
     n.last_publish = None
-    n.heap_live = 0  # most heap in use after a collection: what the node really holds
-    n.tick_max_ms = 0
+    n.heap_live = 0  # most heap in use after a collection: what the node really holds (but while connecting)
+    n.tick_max_ms = 0  # the longest tick as it passed (ms)
+    # The loop's figures (node.py's _T0 ... _KIND0): the longest tick's work in us, a simulated
+    # board's bus round trips left out, what it did (commands.KINDS bits), the most heap held during
+    # a connect attempt, the longest tick of each kind.
+    n.stats = array("I", bytearray(4 * (5 + len(lazy("commands").KINDS))))
+    n.did = 0
     n.heap_min_free = gc.mem_free()
     n.short_of_heap = 0  # reports, commands and console lines skipped for want of heap
     n.outbox = Outbox(ram_bytes=cfg["queue_ram_bytes"])
@@ -60,18 +109,16 @@ def node(cfg, hw):
     b = cfg["broker"]
     base = "openpole/v1/%s/" % n.node_id
     n.topic, n.status_topic, n.diag_topic = base + "data", base + "status", base + "diag"
-    n.ack_by_pole = cfg["ack"] == "pole"
     # No word from the pole for this long: send the unacknowledged ones again (a broker that
     # restarted before the agent subscribed again dropped them).
     n.ack_timeout_ms = int(cfg["ack_timeout_s"] * 1000)
-    n.mqtt = Transport(n.node_id, b["host"], b.get("port", 1883), b.get("user"), b.get("password"),
+    n.mqtt = Transport(n.node_id, b["host"], b.get("port", 1883), user=b.get("user"), password=b.get("password"),
                        timeout_s=b.get("timeout_s", 10), keepalive_s=b.get("keepalive_s", 60),
                        subscribe=(base + "cmd", base + "ack"),
                        backoff_max_ms=int(b.get("backoff_max_s", 60) * 1000), resolve=hw.resolve,
-                       tls=_tls() if b.get("tls") else None)
-    n.mqtt.set_last_will(n.status_topic, b"offline")
+                       tls=_tls() if b.get("tls") else None, will=(n.status_topic, b"offline"))
     n.mqtt.on_message = n._on_message
-    n.mqtt.on_puback = None if n.ack_by_pole else n._freed
+    n.mqtt.on_puback = None if cfg["ack"] == "pole" else n._freed  # None: the pole's ack frees a message
     n.diag_due = time.ticks_ms()
     n.healthy_due = time.ticks_add(n.diag_due, HEALTHY_MS)
     n.console = None
@@ -95,6 +142,8 @@ def _sensor(name, settings, interval_ms):
     s.name = name
     s.settings = settings
     s.interval_ms = int(settings.get("interval_s", 0) * 1000) or interval_ms
+    if duty(s):
+        s.duty = True  # (Sensor.duty: False, a field fewer for the others)
     s.driver = None
     s.state = FAILED
     s.errors = 0
@@ -104,6 +153,12 @@ def _sensor(name, settings, interval_ms):
     s.awake_since = None  # PMS5003: when the laser was switched on
     s.pending = False  # a reading asked for and not yet in (PMS5003)
     return s
+
+
+def duty(s):
+    """Does the sensor sleep between readings? A PMS5003's laser lasts about 8,000 h: it sleeps when its
+    interval is a minute or more, unless its duty_cycle setting says otherwise."""
+    return s.name == "pms5003" and s.settings.get("duty_cycle", s.interval_ms >= 60000)
 
 
 def sensor(s, hw, facts=None):
@@ -121,7 +176,13 @@ def sensor(s, hw, facts=None):
             s.driver = getattr(mod, cls)(hw.uart_pm(), set_pin=hw.pin("pm.set"))
         else:
             mics = lazy("mics").MICS  # profiles, needed only here
-            s.driver = NoiseSensor(getattr(mod, cls)(mics[s.settings.get("mic", "inmp441")]), hw)
+            d = s.driver = NoiseSensor()
+            d.meter = getattr(mod, cls)(mics[s.settings.get("mic", "inmp441")])
+            d.i2s = hw.i2s(48000, 32)
+            d.buf = bytearray(4 * I2S_READ)
+            d.next = None  # ticks when the audio read so far ends, had it been read on time
+            d.lost = 0
+            d.first = True
         s.state = WARMING if s.name == "pms5003" else OK
         s.awake_since = time.ticks_ms()
     except (OSError, ValueError, KeyError) as e:

@@ -6,10 +6,12 @@ import select
 import sys
 
 from app import lazy
+from micropython import const
 
 CRASH_FILE = "crash.txt"
 PROMPT = "openpole> "
 DIAG_WORDS = ("status", "sensors", "diag")  # answered by diag.py alone: the heap holds one module for them
+_CONSOLE = const(1024)  # commands.KINDS: "console"
 
 
 class LazyConsole:
@@ -22,14 +24,12 @@ class LazyConsole:
         self.ch = bytearray(1)
         self.stdin = getattr(sys.stdin, "buffer", sys.stdin)
 
-    def prompt(self):
-        sys.stdout.write(PROMPT)
-
     def poll(self):
-        """Take whatever was typed; run complete lines. Never blocks."""
+        """Take whatever was typed; run complete lines (True when one ran). Never blocks."""
+        ran = False
         for _ in self.poller.ipoll(0):
             if not self.stdin.readinto(self.ch):
-                return  # end of input (a closed pipe): nothing more will come
+                return ran  # end of input (a closed pipe): nothing more will come
             c = self.ch[0]
             if c == 3:  # Ctrl-C: on an ESP32 the UART driver raises this; on a pty the byte comes here
                 raise KeyboardInterrupt
@@ -41,24 +41,31 @@ class LazyConsole:
                     text = bytes(self.line[: self.n]).decode("utf-8", "replace")
                     self.n = 0
                     self.run(text)
-                self.prompt()
+                    ran = True
+                sys.stdout.write(PROMPT)
             elif c in (8, 127):
                 self.n = max(0, self.n - 1)
             elif self.n < len(self.line):
                 self.line[self.n] = c
                 self.n += 1
+        return ran
 
     def run(self, text):
         """Run a typed line. A failing command, one that finds too little heap included, prints one
         error line; the node goes on."""
         words = text.split() or [""]
+        name = words[0][:20]  # made now: the heap may have no room left for it below
         try:
-            if len(words) == 1 and words[0] in DIAG_WORDS:
-                lazy("diag").console(self.node, words[0])
+            if len(words) == 1 and name in DIAG_WORDS:
+                m = lazy("diag")
+                self.node.pace(_CONSOLE)  # loading it was this tick's work
+                m.console(self.node, name)
             else:
-                lazy("shell").run(self.node, text)
+                m = lazy("shell")
+                self.node.pace(_CONSOLE)
+                m.run(self.node, text)
         except MemoryError:
             self.node.short_of_heap += 1
-            print("error: %s: not enough heap free now; try again in a moment" % words[0][:20])
+            print("error: ", name, ": not enough heap free now; try again in a moment", sep="")  # allocates nothing
         except Exception as e:
-            print("error: %s failed: %s" % (words[0][:20], e))
+            print("error: %s failed: %s" % (name, e))

@@ -1,19 +1,26 @@
 # The diagnostics report `openpole diag` reads, published on the diag topic every diag_interval_s
 # and shown by the console's diag. Loaded for a report and dropped after it (node.py's _lazy): the
-# report is made, serialized and sent a field at a time, so a 56 KB heap has room for it.
+# report is made, serialized and sent a field at a time, so a 56 KB heap has room for it, and each
+# field takes a loop tick of its own (node.pace between them), so the audio is read between them.
 import gc
 import json
 import sys
 import time
 
 from app import lazy as _lazy
+from micropython import const
 from node import VERSION
 from sensors import STATE_NAMES
 
+_DIAG = const(256)  # commands.KINDS: "diag"
+_CONSOLE = const(1024)  # commands.KINDS: "console"
+
 
 def snapshot(node):
-    """What changes from one moment to the next, read once: (ticks, heap free, unix time, network)."""
-    return time.ticks_ms(), gc.mem_free(), time.time(), node.hw.net_info()
+    """What changes from one moment to the next, read once: (ticks, heap free, unix time, network,
+    longest tick, audio lost). The ticks between a report's fields change the last two."""
+    return (time.ticks_ms(), gc.mem_free(), time.time(), node.hw.net_info(), node.tick_max_ms,
+            node.noise.lost if node.noise else 0)
 
 
 def diag_items(node, brief=False, snap=None):
@@ -21,7 +28,7 @@ def diag_items(node, brief=False, snap=None):
     fields. Published, each field is serialized and let go before the next is made. brief: without
     the network and the config (the console's status). snap: a snapshot(), for the same report twice."""
     ob, mq = node.outbox, node.mqtt
-    now, heap_free, unix, net = snap or snapshot(node)
+    now, heap_free, unix, net, tick_max_ms, audio_lost = snap or snapshot(node)
     yield "fw", VERSION
     yield "micropython", "%d.%d.%d" % sys.implementation.version[:3]
     yield "board", node.cfg["board"]
@@ -32,14 +39,14 @@ def diag_items(node, brief=False, snap=None):
     yield "heap_free", heap_free
     yield "heap_min_free", node.heap_min_free
     yield "short_of_heap", node.short_of_heap
-    yield "tick_max_ms", node.tick_max_ms
-    yield "audio_lost_blocks", node.noise.lost if node.noise else 0
+    yield "tick_max_ms", tick_max_ms
+    yield "audio_lost_blocks", audio_lost
     if not brief:
         yield "net", net
     yield "mqtt", {"connected": mq.connected, "errors": mq.errors, "last_error": mq.last_error,
                    "last_publish_age_s": None if node.last_publish is None else time.ticks_diff(now, node.last_publish) // 1000,
                    "published": node.published, "delivered": node.delivered, "resent": node.resent,
-                   "in_flight": node.inflight, "ack": "pole" if node.ack_by_pole else "broker"}
+                   "in_flight": node.inflight, "ack": "pole" if mq.on_puback is None else "broker"}
     yield "queue", {"depth": len(ob), "ram": ob.ram_records, "flash": ob.flash_records, "spilled": ob.spilled,
                     "dropped": ob.dropped}
     yield "sensors", {s.name: {"state": STATE_NAMES[s.state], "errors": s.errors, "last_error": s.last_error, "last": s.last}
@@ -67,16 +74,27 @@ def json_parts(items, emit, depth=2):
 def send(node, items, head=b"", tail=b""):
     """Publish head, a JSON object, tail on the diag topic, streamed. items: a function giving the
     object's (key, value) pairs afresh, the same each time: serialized once to count the bytes, then
-    again into the socket a piece at a time, so the report is never whole in the heap."""
+    again into the socket a piece at a time, so the report is never whole in the heap. Each piece
+    is a tick's work: the node reads its audio between them, and nothing else runs then, so the
+    second pass gives the bytes the first counted."""
     size = len(head) + len(tail)
 
     def count(p):
         nonlocal size
         size += len(p)
+        if len(p) > 2:  # a field's piece, not a brace
+            node.pace(_DIAG)
+
+    def piece(emit):
+        def f(p):
+            emit(p)
+            if len(p) > 2:
+                node.pace(_DIAG)
+        return f
 
     def write(emit):
         emit(head)
-        json_parts(items(), emit)
+        json_parts(items(), piece(emit))
         emit(tail)
 
     json_parts(items(), count)
@@ -90,8 +108,8 @@ def publish(node):
 
 def console(node, word):
     """The console's status, sensors and diag."""
-    if word == "diag":  # one JSON line, printed a piece at a time
-        json_parts(diag_items(node), lambda p: print(p.decode(), end=""))
+    if word == "diag":  # one JSON line, printed a piece at a time, a tick each
+        json_parts(diag_items(node), lambda p: (print(p.decode(), end=""), len(p) > 2 and node.pace(_CONSOLE)))
         print()
     elif word == "sensors":
         for s in node.sensors:

@@ -37,7 +37,7 @@ def failed(e):
             wdt.feed()
         time.sleep_ms(50)
     try:
-        from hw import hard_reset
+        from hw.sim import board_reset as hard_reset  # the simulator's reset line (not on a board)
     except Exception:
         hard_reset = machine.reset
     hard_reset()

@@ -1,6 +1,8 @@
 # The node: sample the sensors on their intervals, queue node messages in the outbox, publish them
 # at QoS 1, answer the console and the command topic, publish diagnostics. One tick scheduler,
 # paced by the microphone's 10 ms I2S reads (or a 10 ms sleep without one): no step blocks longer.
+# Work that takes longer than a tick's share (a reading and its encoding, a diag report, a replay)
+# is done a piece per tick, with the audio read between the pieces (pace()).
 # A message leaves the outbox when the pole's agent says it is on the pole's disk (the ack topic),
 # not on the broker's PUBACK: a broker keeps its store in RAM between autosaves.
 import binascii
@@ -9,14 +11,38 @@ import json
 import os
 import time
 
-import cbor
 import message
 from app import lazy as _lazy
+from micropython import const
 from outbox import record_fields
 from sensors import DEGRADED, STATE_NAMES
 
 VERSION = "0.2.0"
-LOG_LINES = 12
+_LOG_LINES = const(12)
+# What a tick did, a bit each (Node.did), in the order of commands.KINDS (their names, kept out of
+# the running heap): the worst tick of each kind is kept (Node.stats), so the bench can say what the
+# longest time away from the audio was spent on.
+_SAMPLE = const(1)
+_MESSAGE = const(2)
+_GC = const(4)
+_SEND = const(8)
+_REPLAY = const(16)
+_SPILL = const(32)
+_ACK = const(64)
+_CONNECT = const(128)
+_DIAG = const(256)
+_COMMAND = const(512)
+_CONSOLE = const(1024)
+# Node.stats, one array for the loop's figures (one field in the node's dict, not six): when this
+# tick began and the simulated buses' time then, the longest tick's work (us) and what it did, the
+# most heap held after a collection during a connect attempt (its code is loaded then; heap_live
+# is the rest of the time), then the longest tick of each kind.
+_T0 = const(0)
+_SIM = const(1)
+_US = const(2)
+_WHAT = const(3)
+_HEAPC = const(4)
+_KIND0 = const(5)
 
 
 class Node:
@@ -25,15 +51,13 @@ class Node:
     def log(self, line):
         print(line)
         self.lines.append(line)
-        if len(self.lines) > LOG_LINES:
+        if len(self.lines) > _LOG_LINES:
             self.lines.pop(0)
-
-    def uptime_ms(self):
-        return time.ticks_diff(time.ticks_ms(), self.t0)
 
     def sample(self, now):
         """Read every sensor that is due, take in readings on their way (PMS5003); queue one
-        message with the samples once none is pending."""
+        message with the samples once none is pending. Each reading and its encoding takes a tick
+        of its own, and so does queuing the message: all sensors due at once is no longer tick."""
         samples = self.samples
         pending = False
         for s in self.sensors:
@@ -48,30 +72,25 @@ class Node:
                 values = s.read(self.hw, now)
             else:
                 continue
+            self.did |= _SAMPLE
             pending = pending or s.pending
             if values is not None:
                 samples.append(message.encode_values(values))
                 if self.watch:
                     print("reading %s %s" % (s.name, json.dumps(values)))
+                self.pace()
             elif s.state >= DEGRADED and was < DEGRADED:
                 self.log("sensor %s: %s (%s)" % (s.name, STATE_NAMES[s.state], s.last_error))
                 self.diag_due = now  # tell the pole now, not at the next diag interval
         if not samples or pending:
             return False
-        self.outbox.put(self.boot, self.seq, now, samples, cbor.dumps(self.status()))
+        spilled = self.outbox.spilled
+        self.outbox.put(self.boot, self.seq, time.ticks_ms(), samples, message.encode_status(self.sensors))
+        self.did |= _MESSAGE if spilled == self.outbox.spilled else _MESSAGE | _SPILL
         self.samples = []
         self.seq += 1
         self.cycles += 1
         return True
-
-    def status(self):
-        """{sensor: [state, errors]} for the message; the noise meter adds its lost audio blocks."""
-        out = {}
-        for s in self.sensors:
-            out[s.name] = [s.state, s.errors]
-            if s.name == "noise" and s.driver is not None and s.driver.lost:
-                out[s.name].append(s.driver.lost)
-        return out
 
     def _online(self):
         self.mqtt.publish(self.status_topic, b"online", qos=0, retain=True)
@@ -119,63 +138,49 @@ class Node:
         self.inflight = 0
         self.ack_wait = time.ticks_ms()
 
-    def flush(self, budget=8, max_ms=50):
-        """Send queued messages oldest first, a few per tick (at most max_ms of the loop's time),
-        never waiting for an ack: up to the transport's window are in flight. A node on a Pi's USB
+    def flush(self):
+        """Send the oldest message not yet sent, never waiting for an ack: up to the transport's
+        window are in flight. One a tick: a replay after an outage goes out at up to 100 a second,
+        the audio read between them. Each connect step is a tick's work too. A node on a Pi's USB
         ("uplink": "serial") prints each as an OPMSG line, which has no acknowledgement."""
         serial = self.cfg["uplink"] == "serial"
-        if not len(self.outbox) or not serial and (not self.hw.network_up() or not self.mqtt.ensure(self._online)):
+        if not len(self.outbox):
             return
-        now = time.ticks_ms()
-        if self.inflight and time.ticks_diff(now, self.ack_wait) > self.ack_timeout_ms:
+        if not serial:
+            if not self.hw.network_up():
+                return
+            m = self.mqtt
+            if not m.connected:
+                self.did |= _CONNECT
+                errors = m.errors
+                m.ensure(self._online)
+                if m.errors != errors and m.last_error == "connect: out of heap":
+                    self.short_of_heap += 1  # no room to load the connect code: tried again after a backoff
+                return  # connected or not, this tick's share is spent
+        if self.inflight and time.ticks_diff(time.ticks_ms(), self.ack_wait) > self.ack_timeout_ms:
             self._rewind()
-        for _ in range(budget):
-            if time.ticks_diff(time.ticks_ms(), now) > max_ms:
-                return
-            rec = self.outbox.peek() if serial else self.outbox.nth(self.inflight)
-            if rec is None or not serial and not self.mqtt.can_publish():
-                return
-            payload = message.encode_record(self.node_id, rec[0], rec[1], time.ticks_ms(), self.boot, self.uptime_ms())
-            if self.key:
-                payload = self.sign(payload, self.key)
-            if serial:
-                print("OPMSG " + binascii.b2a_base64(payload).decode().strip())
-                self.outbox.pop()
-                self.delivered += 1
-            elif not self.mqtt.publish(self.topic, payload, dup=self.inflight < self.sent_before):
-                self.log("mqtt: publish failed (%s); %d message(s) kept" % (self.mqtt.last_error, len(self.outbox)))
-                return
-            else:
-                if not self.inflight:
-                    self.ack_wait = time.ticks_ms()
-                if self.inflight >= self.sent_before:
-                    self.published += 1
-                self.inflight += 1
-            self.last_publish = time.ticks_ms()
-
-    def drain(self):
-        """Before a planned stop (the simulator's --cycles): send and take in acks for a while."""
-        max_ms = max(10000, self.ack_timeout_ms + 5000)  # time for one re-send
-        t0 = time.ticks_ms()
-        while len(self.outbox) and time.ticks_diff(time.ticks_ms(), t0) < max_ms:
-            self.flush()
-            self.mqtt.poll()
-            if not self.mqtt.connected and self.mqtt.errors:
-                return
-            time.sleep_ms(5)
-
-    def reset(self):
-        """A deliberate reset: the outbox goes to flash first, so nothing queued is lost."""
-        self.outbox.save()
-        self.hw.reset()
-
-    def selftest(self):
-        """Each sensor present and plausible: {name: "ok" or the problem}."""
-        return _lazy("commands").selftest(self)
-
-    def command(self, raw):
-        """A command from the MQTT command topic: JSON {"cmd": ..., "value": ...}."""
-        _lazy("commands").command(self, raw)
+        rec = self.outbox.peek() if serial else self.outbox.nth(self.inflight)
+        if rec is None or not serial and len(self.mqtt.unacked) >= self.mqtt.window:  # the window is full
+            return
+        self.did |= _SEND if rec[0] is self.outbox.ram else _REPLAY
+        payload = message.encode_record(self.node_id, rec[0], rec[1], time.ticks_ms(), self.boot,
+                                         time.ticks_diff(time.ticks_ms(), self.t0))
+        if self.key:
+            payload = self.sign(payload, self.key)
+        if serial:
+            print("OPMSG " + binascii.b2a_base64(payload).decode().strip())
+            self.outbox.pop()
+            self.delivered += 1
+        elif not self.mqtt.publish(self.topic, payload, dup=self.inflight < self.sent_before):
+            self.log("mqtt: publish failed (%s); %d message(s) kept" % (self.mqtt.last_error, len(self.outbox)))
+            return
+        else:
+            if not self.inflight:
+                self.ack_wait = time.ticks_ms()
+            if self.inflight >= self.sent_before:
+                self.published += 1
+            self.inflight += 1
+        self.last_publish = time.ticks_ms()
 
     def housekeeping(self, now):
         if self.healthy_due is not None and (self.delivered or time.ticks_diff(now, self.healthy_due) >= 0):
@@ -188,34 +193,71 @@ class Node:
         # sampling goes on, and the pole asks again or gets the next report.
         try:
             while self.commands:
-                self.command(self.commands.pop(0))
-            if time.ticks_diff(now, self.diag_due) >= 0 and self.mqtt.connected:
+                commands = _lazy("commands")
+                self.pace(_COMMAND)  # loading it was this tick's work
+                commands.command(self, self.commands.pop(0))
+                self.did |= _COMMAND
+            # Not in the tick that connected: that tick's share is spent, and the oldest message goes first.
+            if time.ticks_diff(now, self.diag_due) >= 0 and self.mqtt.connected and not self.did & _CONNECT:
                 self.diag_due = time.ticks_add(now, int(self.cfg["diag_interval_s"] * 1000))
-                _lazy("diag").publish(self)
+                diag = _lazy("diag")
+                self.pace(_DIAG)  # loading it was this tick's work
+                diag.publish(self)
+                self.did |= _DIAG
         except MemoryError:
             self.short_of_heap += 1
 
+    def pace(self, did=0):
+        """End this tick (what it did: commands.KINDS bits) and read the next 10 ms of audio: the longest
+        time away from the audio is one tick's work. Work that takes longer is done a piece per
+        tick, with pace() between the pieces. A simulated board's bus round trips (hw.sim_us) are
+        not the node's work and are left out of the work timed; tick_max_ms is the time as it passed."""
+        t = time.ticks_us()
+        hw, tk = self.hw, self.stats
+        did |= self.did
+        ms = time.ticks_diff(t, tk[_T0]) // 1000
+        if ms > self.tick_max_ms:
+            self.tick_max_ms = ms  # the loop's longest time away from the audio
+        work = time.ticks_diff(t, tk[_T0]) - time.ticks_diff(hw.sim_us, tk[_SIM])
+        if work > tk[_US]:
+            tk[_US], tk[_WHAT] = work, did
+        k = _KIND0
+        while did:
+            if did & 1 and work > tk[k]:
+                tk[k] = work
+            did >>= 1
+            k += 1
+        hw.feed()
+        if self.noise is not None:
+            self.noise.block()  # the pace: 10 ms of audio
+        else:
+            time.sleep_ms(10)
+        self.did = 0
+        tk[_SIM] = hw.sim_us
+        tk[_T0] = time.ticks_us()
+
     def run(self, cycles=None):
-        self.console.prompt()
+        self.stats[_T0] = time.ticks_us()
         while cycles is None or self.cycles < cycles:
-            self.hw.feed()
-            if self.noise is not None:
-                self.noise.block()  # the pace: 10 ms of audio
-            else:
-                time.sleep_ms(10)
+            self.pace()
             now = time.ticks_ms()
             if self.sample(now):
-                gc.collect()
-                self.heap_live = max(self.heap_live, gc.mem_alloc())
+                self.pace()
+                gc.collect()  # a message's garbage out of the way: in a tick of its own
+                held = gc.mem_alloc()
+                if self.mqtt.conn is None:
+                    self.heap_live = max(self.heap_live, held)
+                elif held > self.stats[_HEAPC]:
+                    self.stats[_HEAPC] = held  # the connect code loaded: a peak of its own
                 self.heap_min_free = min(self.heap_min_free, gc.mem_free())
+                self.pace(_GC)
             self.flush()
+            delivered = self.delivered
             self.mqtt.poll()
+            if delivered != self.delivered:
+                self.did |= _ACK
             self.housekeeping(now)
-            self.console.poll()
-            work = time.ticks_diff(time.ticks_ms(), now)
-            if work > self.tick_max_ms:
-                self.tick_max_ms = work  # the loop's longest time away from the audio
-        self.drain()
-        self.mqtt.publish(self.status_topic, b"offline", qos=0, retain=True)
-        self.mqtt.close()
+            if self.console.poll():
+                self.did |= _CONSOLE
+        _lazy("commands").stop(self)
         return self.cycles

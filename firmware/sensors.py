@@ -4,33 +4,30 @@
 import time
 
 from app import lazy
+from micropython import const
 
 OK, WARMING, DEGRADED, FAILED = 0, 1, 2, 3
 STATE_NAMES = ("ok", "warming", "degraded", "failed")
-PMS_WARMUP_MS = 30000  # readings within 30 s of waking the laser are not used (Plantower)
-I2S_BLOCK_MS = 10  # audio the loop takes in each tick
+_PMS_WARMUP_MS = const(30000)  # readings within 30 s of waking the laser are not used (Plantower)
+_I2S_BLOCK_MS = const(10)  # audio the loop takes in each tick
 I2S_READ = 120  # samples per read, four reads a tick: 2.5 ms at 48 kHz, a 480-byte buffer
-I2S_DMA_MS = 52  # what the ESP32's RX DMA holds: ibuf 20000 bytes, 32-bit stereo frames, 2500 at 48 kHz
+_I2S_DMA_MS = const(52)  # what the ESP32's RX DMA holds: ibuf 20000 bytes, 32-bit stereo frames, 2500 at 48 kHz
 
 
 class Sensor:
     """Made by bringup._sensor() at boot: its fields are set there."""
 
-    def start(self, hw):
-        lazy("bringup").sensor(self, hw)  # boot code, loaded for the call
+    duty = False  # sleeps between readings (a PMS5003's laser): set on the one sensor that does
 
     def fault(self, e):
         self.errors += 1
         self.last_error = str(e)
         self.state = FAILED if self.driver is None else DEGRADED
 
-    def duty_cycled(self):
-        return self.name == "pms5003" and self.settings.get("duty_cycle", self.interval_ms >= 60000)
-
     def read(self, hw, now):
         """Return {quantity: value} or None; a fault is counted and the node goes on."""
         if self.driver is None:
-            self.start(hw)
+            lazy("bringup").sensor(self, hw)  # start it (again): boot code, loaded for the call
             if self.driver is None:
                 return None
         if self.name == "pms5003":
@@ -41,7 +38,7 @@ class Sensor:
                     self.fault(e)
                     return None
                 self.awake_since = now
-            if time.ticks_diff(now, self.awake_since) < PMS_WARMUP_MS:
+            if time.ticks_diff(now, self.awake_since) < _PMS_WARMUP_MS:
                 self.state = WARMING
                 return None
         if hasattr(self.driver, "request"):  # PMS5003, BME280: the answer comes in over the next ticks
@@ -76,7 +73,7 @@ class Sensor:
         if values is None:  # the noise meter's first interval, thrown away
             self.state = WARMING
             return None
-        if self.duty_cycled():
+        if self.duty:
             self.driver.sleep()  # spare the laser until the next reading
             self.awake_since = None
         self.state = OK
@@ -85,8 +82,8 @@ class Sensor:
 
     def before(self, now):
         """Wake a duty-cycled PMS5003 30 s before its reading is due."""
-        if self.driver is not None and self.awake_since is None and self.duty_cycled():
-            if time.ticks_diff(self.due, now) <= PMS_WARMUP_MS:
+        if self.driver is not None and self.awake_since is None and self.duty:
+            if time.ticks_diff(self.due, now) <= _PMS_WARMUP_MS:
                 try:
                     self.driver.wake()
                     self.awake_since = now
@@ -96,27 +93,20 @@ class Sensor:
 
 class NoiseSensor:
     """The noise meter fed continuously from I2S; read() gives the levels since the last read.
-    Audio the loop was too late to read is counted: `lost` blocks of 10 ms since boot."""
-
-    def __init__(self, meter, hw):
-        self.meter = meter
-        self.i2s = hw.i2s(48000, 32)
-        self.buf = bytearray(4 * I2S_READ)
-        self.next = None  # ticks when the audio read so far ends, had it been read on time
-        self.lost = 0
-        self.first = True
+    Audio the loop was too late to read is counted: `lost` blocks of 10 ms since boot. Made by
+    bringup.sensor() at boot: its fields are set there."""
 
     def block(self):
         for _ in range(4):  # 10 ms of audio; blocks for it (returns at once when the DMA holds more)
             self.i2s.readinto(self.buf)
             self.meter.process(self.buf, I2S_READ)
         now = time.ticks_ms()
-        self.next = now if self.next is None else time.ticks_add(self.next, I2S_BLOCK_MS)
+        self.next = now if self.next is None else time.ticks_add(self.next, _I2S_BLOCK_MS)
         # Samples due by elapsed time against samples read: past what the DMA holds, audio was
         # overwritten. Count it, and move on to the audio the DMA still has.
-        late = time.ticks_diff(now, self.next) - I2S_DMA_MS
+        late = time.ticks_diff(now, self.next) - _I2S_DMA_MS
         if late > 0:
-            self.lost += (late + I2S_BLOCK_MS - 1) // I2S_BLOCK_MS
+            self.lost += (late + _I2S_BLOCK_MS - 1) // _I2S_BLOCK_MS
             self.next = time.ticks_add(self.next, late)
 
     def read(self):

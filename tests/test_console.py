@@ -88,6 +88,8 @@ from console import LazyConsole
 class Node:
     short_of_heap = 0
     watch = False
+    def pace(self, did=0):  # the node's loop: a tick ends (the console's module is loaded)
+        pass
 node = Node()
 con = LazyConsole(node)
 hold = [None] * 3000

@@ -196,3 +196,21 @@ def test_bme280_polls_its_conversion_with_a_time_limit_from_its_oversampling(mp)
     assert limits == [20, 227]
     assert first == ["humidity", "pressure", "temperature"]
     assert err == "BME280: conversion did not finish in 227 ms" and 227 <= waited < 400
+
+
+def test_bme280_and_its_start_up_module_agree_on_the_registers_they_both_name():
+    """drivers/bme280_setup.py repeats the two status-register constants its waiting read (for
+    tools) needs as const()s of its own: they must be the driver's."""
+    import ast
+
+    from openpole import paths
+
+    def consts(path):
+        return {n.targets[0].id: n.value.args[0].value for n in ast.parse(path.read_text()).body
+                if isinstance(n, ast.Assign) and isinstance(n.value, ast.Call) and getattr(n.value.func, "id", "") == "const"}
+
+    driver = consts(paths.FIRMWARE / "drivers" / "bme280.py")
+    setup = consts(paths.FIRMWARE / "drivers" / "bme280_setup.py")
+    shared = set(driver) & set(setup)
+    assert shared >= {"_REG_STATUS", "_STATUS_MEASURING"}
+    assert {k: driver[k] for k in shared} == {k: setup[k] for k in shared}

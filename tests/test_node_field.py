@@ -39,12 +39,14 @@ from hw.esp32 import Hardware
 hw = Hardware({"board": "olimex-esp32-poe", "wifi": {"ssid": "", "password": ""}}, machine.WDT(timeout=8000))
 first = hw.network_up()
 network.link[0] = True  # the cable is in and DHCP answered
-print(json.dumps({"first": first, "up": hw.network_up(), "info": hw.net_info(), "log": network.log}))
+print(json.dumps({"first": first, "up": hw.network_up(), "info": hw.net_info(), "log": network.log,
+                  "machine": machine.log}))
 """
 
 
 def test_an_ethernet_board_brings_up_network_lan_from_its_board_file(app, tmp_path):
     got = last_json(run_mp(app, tmp_path, ETHERNET))
+    assert ["freq", 240000000] in got["machine"]  # pole power: the node runs at 240 MHz, not the firmware's 160
     lan = [e for e in got["log"] if e[0] == "LAN"]
     assert lan == [["LAN", [["mdc", "Pin(23)"], ["mdio", "Pin(18)"], ["phy_addr", "0"], ["phy_type", "1"],
                             ["power", "Pin(12)"], ["ref_clk", "Pin(17)"], ["ref_clk_mode", "3"]]]]
@@ -260,6 +262,7 @@ for _ in range(600):  # 60 s
     time.sleep_ms(100)
 t.failed_at = time.ticks_add(time.ticks_ms(), -(time.PERIOD // 2 + 5))  # a failure 6 days old: not days of waiting
 n = len(tries)
+t.ensure()  # loads the connect code: a step of its own
 t.ensure()
 print(json.dumps({"tries": n, "stale_retried": len(tries) == n + 1}))
 """
@@ -269,6 +272,46 @@ def test_mqtt_reconnects_keep_trying_across_the_ticks_wrap(app, tmp_path):
     got = last_json(run_mp(app, tmp_path, TRANSPORT_WRAP))
     assert got["tries"] >= 30  # about one every 1-2 s (backoff capped at 2 s), through the wrap
     assert got["stale_retried"]
+
+
+CONNECT_SHORT_OF_HEAP = """
+import gc, json, sys, time, errno
+import transport
+class S:
+    def setblocking(self, f): pass
+    def setsockopt(self, *a): pass
+    def connect(self, a): raise OSError(errno.ECONNREFUSED)
+    def close(self): pass
+class M:
+    def socket(self, *a): return S()
+    def getaddrinfo(self, h, p): return [(2, 1, 0, "", (h, p))]
+sys.modules["socket"] = M()  # what transport_connect imports when it is loaded
+t = transport.Transport("n1", "10.0.0.1", 1883, backoff_max_ms=2000)
+hold = [None] * 4000
+failed = [None] * 6  # made now: the full heap below has no room for it
+i = 0
+gc.collect()
+while gc.mem_free() > 600:  # the heap taken but for less than the connect code needs
+    hold[i] = bytearray(16)
+    i += 1
+failed[0] = t.ensure()  # loading transport_connect.py finds no room: a failed attempt, not a crash
+failed[1], failed[2], failed[3] = t.errors, t.last_error, t.wait_ms > 0
+failed[4], failed[5] = "transport_connect" in sys.modules, t.conn is None
+hold = None
+gc.collect()
+waiting = [t.ensure(), t.errors]  # within its backoff: no new attempt
+time.sleep_ms(t.wait_ms + 1)
+t.ensure()  # the connect code, loaded now
+t.ensure()  # the attempt: refused
+print(json.dumps({"failed": failed, "waiting": waiting, "then": [t.errors, t.last_error]}))
+"""
+
+
+def test_a_heap_too_full_for_the_connect_code_is_a_failed_attempt_with_backoff(app, tmp_path):
+    got = last_json(run_mp(app, tmp_path, CONNECT_SHORT_OF_HEAP, fakes=False, heap="64k"))
+    assert got["failed"] == [False, 1, "connect: out of heap", True, False, True]
+    assert got["waiting"] == [False, 1]
+    assert got["then"] == [2, "connect: connection refused"]
 
 
 def test_a_boot_failure_ends_in_a_hard_reset_after_a_growing_delay_never_a_loop(app, tmp_path):
@@ -343,6 +386,47 @@ def test_sim_node_runs_with_a_firmware_library_set_and_another_vm(tmp_path, mosq
     assert "done cycles=3 published=3 delivered=3 queued=0" in r.stdout
     assert "IMPORTED" not in r.stdout
     assert [node_message.decode(p).seq for _, p, _ in msgs] == [0, 1, 2]
+
+
+def test_sim_node_reports_the_heap_a_board_layout_holds_as_the_bench_measures_it(tmp_path, mosquitto):
+    """`sim node` lays the app out as a board has it (in the node's filesystem, its root), as
+    bench/node.py does: the two report the same live heap. From the build directory (longer module
+    paths, interned for good) the node holds more."""
+    import re
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    from openpole.field import appbuild
+    from openpole.sim.world import WorldServer
+
+    common = ["--broker", f"{mosquitto.host}:{mosquitto.port}", "--cycles", "150", "--interval", "0.1", "--ack", "broker",
+              "--heap", "128k"]
+
+    def bench_layout():
+        world = WorldServer()
+        try:
+            state = tmp_path / "bench"
+            simnode.write_config(state, simnode.node_config("lay-b", mosquitto.host, mosquitto.port, interval_s=0.1,
+                                                            cycles=150, world=f"{world.host}:{world.port}", ack="broker"))
+            simnode.install(appbuild.build_app(), state)
+            p = simnode.start(state, None, heap="128k", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            return p.communicate(timeout=120)[0]
+        finally:
+            world.close()
+
+    with ThreadPoolExecutor(3) as pool:
+        runs = [pool.submit(sim_node, "--node-id", "lay-s", *common, timeout=150),
+                pool.submit(sim_node, "--node-id", "lay-f", "--from-build", *common, timeout=150),
+                pool.submit(bench_layout)]
+        sim, build, bench = (r.result() for r in runs)
+    live = []
+    for out in (sim.stdout, build.stdout, bench):
+        m = re.search(r"done cycles=150 .*heap_live=(\d+)", out)
+        assert m, out[-2000:]
+        live.append(int(m.group(1)))
+    sim_live, build_live, bench_live = live
+    assert abs(sim_live - bench_live) <= max(256, bench_live // 100), live
+    assert build_live > bench_live + 512, live
 
 
 def test_sim_node_says_what_is_wrong_with_a_bad_vm_or_library_path(tmp_path):

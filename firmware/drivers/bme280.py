@@ -15,6 +15,17 @@ _REG_DATA = const(0xF7)  # press[19:0], temp[19:0], hum[15:0]: 8 bytes
 _STATUS_MEASURING = const(0x08)
 
 
+def _setup():
+    """bme280_setup.py, loaded for the call and let go (from sys.modules and the package)."""
+    try:
+        return __import__("drivers.bme280_setup", None, None, ["start"])
+    finally:
+        sys.modules.pop("drivers.bme280_setup", None)
+        pkg = sys.modules.get("drivers")
+        if pkg is not None and hasattr(pkg, "bme280_setup"):
+            delattr(pkg, "bme280_setup")
+
+
 def _tdiv(a, b):
     """C integer division (truncates toward zero), as the datasheet's int64 code does."""
     q = abs(a) // abs(b)
@@ -30,13 +41,7 @@ class BME280:
         self._t0 = 0
         # The chip check, calibration and configuration are start-up code (bme280_setup.py in this
         # folder), loaded for it and let go: a running node's heap does not keep them.
-        try:
-            __import__("drivers.bme280_setup", None, None, ["start"]).start(self, osrs_t, osrs_p, osrs_h, iir_filter)
-        finally:
-            sys.modules.pop("drivers.bme280_setup", None)
-            pkg = sys.modules.get("drivers")
-            if pkg is not None and hasattr(pkg, "bme280_setup"):
-                delattr(pkg, "bme280_setup")
+        _setup().start(self, osrs_t, osrs_p, osrs_h, iir_filter)
 
     def _write(self, reg, value):
         self._buf1[0] = value
@@ -56,17 +61,6 @@ class BME280:
                 raise OSError("BME280: conversion did not finish in %d ms" % self.timeout_ms)
             return None
         return self._values(*self.compensate(*self._adc()))
-
-    def read_raw(self):
-        """Run one forced conversion, waiting for it; return (adc_T, adc_P, adc_H)."""
-        self.request()
-        while True:
-            time.sleep_ms(2)
-            self.i2c.readfrom_mem_into(self.address, _REG_STATUS, self._buf1)
-            if not self._buf1[0] & _STATUS_MEASURING:
-                return self._adc()
-            if time.ticks_diff(time.ticks_ms(), self._t0) > self.timeout_ms:
-                raise OSError("BME280: conversion did not finish in %d ms" % self.timeout_ms)
 
     def _adc(self):
         d = self._data
@@ -108,8 +102,10 @@ class BME280:
         return t, p, x >> 12
 
     def read(self):
-        """One reading, waiting for the conversion: temperature (degC), humidity (%RH), pressure (hPa)."""
-        return self._values(*self.compensate(*self.read_raw()))
+        """One reading, waiting for the conversion: temperature (degC), humidity (%RH), pressure (hPa).
+        For tools and tests (the node asks with request() and takes it in with poll(), never
+        waiting): the waiting is in bme280_setup.py, loaded for it."""
+        return self._values(*self.compensate(*_setup().read_raw(self)))
 
     @staticmethod
     def _values(t, p, h):

@@ -1,11 +1,15 @@
 # Start-up of a BME280 (drivers/bme280.py): the chip id check, the calibration read (datasheet
-# 4.2.2) and the configuration. BME280() loads this module for it and lets it go after.
+# 4.2.2) and the configuration; and the waiting read tools use. BME280() (and BME280.read()) loads
+# this module for it and lets it go after.
 
 import struct
+import time
 
 from micropython import const
 
 _REG_CALIB00 = const(0x88)  # 0x88..0xA1: dig_T1..dig_P9, dig_H1
+_REG_STATUS = const(0xF3)  # [3] measuring, [0] im_update (as in bme280.py)
+_STATUS_MEASURING = const(0x08)
 _REG_CHIP_ID = const(0xD0)
 _REG_CALIB26 = const(0xE1)  # 0xE1..0xE7: dig_H2..dig_H6
 _REG_CTRL_HUM = const(0xF2)  # [2:0] osrs_h
@@ -45,3 +49,15 @@ def start(d, osrs_t, osrs_p, osrs_h, iir_filter):
     d._write(_REG_CONFIG, _FILTER[iir_filter] << 2)
     # ctrl_hum takes effect only after a write to ctrl_meas (datasheet 5.4.3).
     d._write(_REG_CTRL_HUM, _OSRS[osrs_h])
+
+
+def read_raw(d):
+    """Run one forced conversion on BME280 d, waiting for it; return (adc_T, adc_P, adc_H)."""
+    d.request()
+    while True:
+        time.sleep_ms(2)
+        d.i2c.readfrom_mem_into(d.address, _REG_STATUS, d._buf1)
+        if not d._buf1[0] & _STATUS_MEASURING:
+            return d._adc()
+        if time.ticks_diff(time.ticks_ms(), d._t0) > d.timeout_ms:
+            raise OSError("BME280: conversion did not finish in %d ms" % d.timeout_ms)

@@ -86,10 +86,15 @@ class PMS5003:
         # The byte-sum checksum misses some slips (a lost byte can still sum right). Masses are
         # cumulative (PM1 <= PM2.5 <= PM10) and counts are of particles beyond each size, so they
         # fall with size: a real frame obeys both, a misaligned one almost never does.
+        # Words 0-2 and 3-5 rise, 6-11 fall; read in place (no list a frame).
         b = self._buf
-        w = [(b[4 + 2 * i] << 8) | b[5 + 2 * i] for i in range(12)]
-        return (w[0] <= w[1] <= w[2] and w[3] <= w[4] <= w[5]
-                and w[6] >= w[7] >= w[8] >= w[9] >= w[10] >= w[11])
+        last = 0
+        for i in range(12):
+            w = (b[4 + 2 * i] << 8) | b[5 + 2 * i]
+            if i != 0 and i != 3 and i != 6 and (w < last if i < 6 else w > last):
+                return False
+            last = w
+        return True
 
     def request(self):
         """Ask for one frame; poll() takes it in over the next loop ticks. Passive mode is asked for

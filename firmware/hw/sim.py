@@ -3,9 +3,19 @@
 # them are the code that runs on an ESP32, and the node's heap holds no simulated world.
 import socket
 import struct
+import time
 
-_I2C_READ_MEM, _I2C_WRITE_MEM, _I2C_WRITE, _I2C_READ = 1, 2, 3, 4
-_UART_WRITE, _UART_ANY, _UART_READ, _I2S_READ, _PIN = 5, 6, 7, 8, 9
+from micropython import const
+
+_I2C_READ_MEM = const(1)
+_I2C_WRITE_MEM = const(2)
+_I2C_WRITE = const(3)
+_I2C_READ = const(4)
+_UART_WRITE = const(5)
+_UART_ANY = const(6)
+_UART_READ = const(7)
+_I2S_READ = const(8)
+_PIN = const(9)
 
 
 class _World:
@@ -18,18 +28,23 @@ class _World:
         self.hdr = bytearray(5)
         self.st = bytearray(1)
         self.n2 = bytearray(2)
+        self.us = 0  # spent in round trips to the world, as ticks (us): a board has none (Hardware.sim_us)
 
     def op(self, op, a, b, n, payload=None, into=None):
         """One bus operation; raises OSError(errno) like machine's buses do."""
-        struct.pack_into(">BBBH", self.hdr, 0, op, a, b, n)
-        self.s.write(self.hdr)
-        if payload is not None:
-            self.s.write(payload)
-        self.s.readinto(self.st)
-        if into is not None:
-            self.s.readinto(into)
-        if self.st[0]:
-            raise OSError(self.st[0])
+        t0 = time.ticks_us()
+        try:
+            struct.pack_into(">BBBH", self.hdr, 0, op, a, b, n)
+            self.s.write(self.hdr)
+            if payload is not None:
+                self.s.write(payload)
+            self.s.readinto(self.st)
+            if into is not None:
+                self.s.readinto(into)
+            if self.st[0]:
+                raise OSError(self.st[0])
+        finally:
+            self.us = time.ticks_add(self.us, time.ticks_diff(time.ticks_us(), t0))
 
 
 class SimI2C:
@@ -66,10 +81,12 @@ class SimUART:
         n = min(len(buf), self.any()) if n < 0 else min(n, len(buf), self.any())
         if n <= 0:
             return None
-        self.w.op(_UART_READ, 0, 0, n, into=self.w.n2)
-        got = (self.w.n2[0] << 8) | self.w.n2[1]
-        mv = memoryview(buf)
-        self.w.s.readinto(mv[:got])
+        w = self.w
+        w.op(_UART_READ, 0, 0, n, into=w.n2)
+        got = (w.n2[0] << 8) | w.n2[1]
+        t0 = time.ticks_us()
+        w.s.readinto(memoryview(buf)[:got])
+        w.us = time.ticks_add(w.us, time.ticks_diff(time.ticks_us(), t0))
         return got
 
 
@@ -94,6 +111,12 @@ class SimPin:
 
 class Hardware:
     name = "sim"
+
+    @property
+    def sim_us(self):
+        """Time spent in round trips to the simulated world (us): the node leaves it out of its
+        ticks' work, as a board's buses have none (the transfers on a board's bus take their own)."""
+        return self.world.us
 
     def __init__(self, cfg, wdt=None):
         import os

@@ -1,4 +1,6 @@
-# CBOR (RFC 8949) for the node: dumps(obj) here and loads(data) in cbor_decode, MicroPython and CPython alike.
+# CBOR (RFC 8949) for the node: dumps(obj) (cbor_encode.py) and loads(data) (cbor_decode.py),
+# MicroPython and CPython alike, each loaded on first use; here the item heads and half floats the
+# node's own messages are written with (lib/message.py), all the running node keeps.
 # Types: int (to 64 bits), float (preferred serialization: shortest of half/single/double that keeps
 # the value), bytes, str, list/tuple, dict, bool, None; a tag is head(out, 6, n) then its item, and
 # decodes to cbor_decode.Tag. Decoding takes
@@ -18,13 +20,11 @@ except ImportError:
 
 MAX_DEPTH = const(16)
 MAX_SIZE = const(65536)
-_BREAK = const(0xFF)
-_FLT_MAX = 3.4028234663852886e38
 
 
 # --- half precision, by hand: struct's 'e' format is not in every MicroPython build ---
 
-def _half_bits(x):
+def half_bits(x):
     """IEEE 754 binary16 bits for x if x is exactly representable as a half, else None."""
     if x == 0.0:
         return 0x8000 if math.copysign(1.0, x) < 0 else 0
@@ -67,68 +67,12 @@ def head(out, major, n):
         raise ValueError("cbor: integer out of 64-bit range")
 
 
-def _float(out, x):
-    if x != x:
-        out.extend(b"\xf9\x7e\x00")  # canonical NaN
-        return
-    if x - x != 0.0:  # +-inf (NaN is out above); no math.inf constant: frozen builds cannot hold one
-        out.extend(b"\xf9\x7c\x00" if x > 0 else b"\xf9\xfc\x00")
-        return
-    h = _half_bits(x)
-    if h is not None:
-        out.append(0xF9)
-        out.extend(struct.pack(">H", h))
-        return
-    # Past single range CPython refuses to pack and MicroPython would round to infinity.
-    s = struct.pack(">f", x) if -_FLT_MAX <= x <= _FLT_MAX else None
-    if s is not None and struct.unpack(">f", s)[0] == x:
-        out.append(0xFA)
-        out.extend(s)
-    else:
-        out.append(0xFB)
-        out.extend(struct.pack(">d", x))
-
-
-def _enc(out, obj, depth):
-    if depth > MAX_DEPTH:
-        raise ValueError("cbor: nesting deeper than %d" % MAX_DEPTH)
-    if obj is None:
-        out.append(0xF6)
-    elif obj is True:
-        out.append(0xF5)
-    elif obj is False:
-        out.append(0xF4)
-    elif isinstance(obj, int):
-        if obj >= 0:
-            head(out, 0, obj)
-        else:
-            head(out, 1, -1 - obj)
-    elif isinstance(obj, float):
-        _float(out, obj)
-    elif isinstance(obj, (bytes, bytearray, memoryview)):
-        head(out, 2, len(obj))
-        out.extend(obj)
-    elif isinstance(obj, str):
-        b = obj.encode("utf-8")
-        head(out, 3, len(b))
-        out.extend(b)
-    elif isinstance(obj, (list, tuple)):
-        head(out, 4, len(obj))
-        for item in obj:
-            _enc(out, item, depth + 1)
-    elif isinstance(obj, dict):
-        head(out, 5, len(obj))
-        for k, v in obj.items():
-            _enc(out, k, depth + 1)
-            _enc(out, v, depth + 1)
-    else:
-        raise ValueError("cbor: cannot encode %s" % type(obj).__name__)
-
-
 def dumps(obj):
-    out = bytearray()
-    _enc(out, obj, 0)
-    return bytes(out)
+    """obj as CBOR bytes. The general encoder is a module of its own (cbor_encode.py), loaded on
+    first use: the node writes its messages with head() and half_bits() alone."""
+    from cbor_encode import dumps
+
+    return dumps(obj)
 
 
 def loads(data, max_size=MAX_SIZE):

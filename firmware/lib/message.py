@@ -1,38 +1,71 @@
-# Node message v1 (sensor_specs/node_message.cddl), encoded with the node's CBOR codec.
+# Node message v1 (sensor_specs/node_message.cddl), encoded with the node's CBOR item heads.
 # Samples are queued pre-encoded (lib/outbox.py); each sample's age is computed at send time, so a
 # replayed message still dates its samples: sample time = receive time - age at the pole.
+# The items a node message holds are few (unsigned integers, the node id, the readings' numbers,
+# the status map), so they are written here with cbor.head(): the general encoder (cbor.dumps)
+# is not in a running node's heap.
 import struct
 import time
 
-import cbor
+from cbor import half_bits, head
 from outbox import record_fields
 from registry import DIGITS, KEYS
 
 FLAG_AGE_LOWER_BOUND = 1  # sampled before a reset: the ages leave out how long the node was down
 
 
+def _number(out, v):
+    """A reading: an integer as one; a float as a half float when that is exact, else a single
+    (5 bytes: every registry quantity's range and resolution fit its 7 digits; receivers round
+    back to the resolution). NaN and infinities as half floats, as cbor.dumps writes them."""
+    if isinstance(v, int):
+        if v >= 0:
+            head(out, 0, v)
+        else:
+            head(out, 1, -1 - v)
+        return
+    h = (0x7E00 if v != v else 0x7C00 if v > 0 else 0xFC00) if v - v != 0.0 else half_bits(v)
+    if h is None:
+        out.append(0xFA)
+        out.extend(struct.pack(">f", v))
+    else:
+        out.append(0xF9)
+        out.extend(struct.pack(">H", h))
+
+
 def encode_values(readings):
-    """{quantity name: value} -> CBOR map {key: value}. Integers as integers; other values rounded
-    to the registry resolution and sent as single-precision floats (5 bytes: every registry
-    quantity's range and resolution fit its 7 digits; receivers round back to the resolution)."""
+    """{quantity name: value} -> CBOR map {key: value}, each value rounded to the registry
+    resolution: integers as integers, the rest as _number() writes floats."""
     out = bytearray()
     n = 0
     for name, value in readings.items():
         key = KEYS.get(name)
         if key is None or value is None:
             continue
-        cbor.head(out, 0, key)
+        head(out, 0, key)
         d = DIGITS[key]
-        if d == 0:
-            out.extend(cbor.dumps(int(round(value))))
-        else:
-            v = round(value, d)
-            b = cbor.dumps(v)
-            out.extend(b if len(b) <= 5 else b"\xfa" + struct.pack(">f", v))
+        _number(out, int(round(value)) if d == 0 else round(value, d))
         n += 1
-    head = bytearray()
-    cbor.head(head, 5, n)
-    return bytes(head + out)
+    first = bytearray()
+    head(first, 5, n)
+    return bytes(first + out)
+
+
+def encode_status(sensors):
+    """The status map {sensor name: [state, errors(, lost audio blocks)]} for sensors (sensors.py):
+    the noise meter adds its lost blocks once there are some."""
+    out = bytearray()
+    head(out, 5, len(sensors))
+    for s in sensors:
+        head(out, 3, len(s.name))  # sensor names are ASCII: characters are bytes
+        out.extend(s.name.encode())
+        lost = s.driver.lost if s.name == "noise" and s.driver is not None else 0
+        head(out, 4, 3 if lost else 2)
+        head(out, 0, s.state)
+        head(out, 0, s.errors)
+        if lost:
+            head(out, 0, lost)
+    return bytes(out)
 
 
 def encode(node_id, boot, seq, samples, status, flags=0):
@@ -40,22 +73,23 @@ def encode(node_id, boot, seq, samples, status, flags=0):
     out = bytearray()
     out.append(0xA7 if flags else 0xA6)  # v, node, boot, seq, samples, status (+ flags)
     out.extend(b"\x00\x01\x01")
-    out.extend(cbor.dumps(node_id))
+    head(out, 3, len(node_id))  # node ids are ASCII (config.py checks): characters are bytes
+    out.extend(node_id.encode())
     out.append(0x02)
-    out.extend(cbor.dumps(boot))
+    head(out, 0, boot)
     out.append(0x03)
-    out.extend(cbor.dumps(seq))
+    head(out, 0, seq)
     out.append(0x04)
-    cbor.head(out, 4, len(samples))
+    head(out, 4, len(samples))
     for age, values in samples:
         out.append(0x82)
-        out.extend(cbor.dumps(age if age > 0 else 0))
+        head(out, 0, age if age > 0 else 0)
         out.extend(values)
     out.append(0x05)
     out.extend(status)
     if flags:
         out.append(0x07)
-        out.extend(cbor.dumps(flags))
+        head(out, 0, flags)
     return bytes(out)
 
 

@@ -288,7 +288,6 @@ def _hist_clear(hist: ptr16, n: int):
 class NoiseMeter:
     def __init__(self, mic):
         """mic: a profile from mics.MICS (sensitivity_dbfs, noise_floor_dba, alignment)."""
-        self.mic = mic
         # Zeroed from a bytearray (MicroPython copies its bytes), not a list of ints twice the size.
         self.st = array("i", bytearray(4 * _SIZE))
         self.hist = array("H", bytearray(2 * HIST_BINS))
@@ -296,6 +295,7 @@ class NoiseMeter:
         setup = __import__("noise_setup")
         sys.modules.pop("noise_setup", None)
         self.cal = setup.fill(self.st, mic)
+        self.floor = mic["noise_floor_dba"] + 3.0  # a level this close to the mic's own noise is flagged
         self._reset_interval()
 
     def _reset_interval(self):
@@ -314,14 +314,11 @@ class NoiseMeter:
         """Feed n 32-bit samples from buf (a bytearray or array of I2S words). Allocates nothing."""
         _kernel(buf, n, self.st, self.hist)
 
-    def _db(self, udb, digits):
-        return round(udb / 1e6 + self.cal, digits)
-
     def report(self, digits=1):
         """Levels for the interval since the last report, then start a new interval.
         {laeq, lamax, lamin, la10, la50, la90, overload, below_floor} in dB(A), rounded to
         `digits` (0.1 dB: the registry's resolution); None where there was no data."""
-        st, hist = self.st, self.hist
+        st, hist, cal = self.st, self.hist, self.cal  # dB = micro-dB / 1e6 + cal
         total = st[_NINT] + st[_NSEC]
         out = {"laeq": None, "lamax": None, "lamin": None, "la10": None, "la50": None, "la90": None,
                "overload": st[_OVER] > 0, "below_floor": False}
@@ -331,11 +328,11 @@ class NoiseMeter:
                 a, b = max(lsum, st[_LSEC]), min(lsum, st[_LSEC])
                 lsum = a + 10 * math.log10(1 + 10 ** ((b - a) / 1e7)) * 1e6 if b != NEG else a
             if lsum != NEG:
-                out["laeq"] = self._db(lsum - 10 * math.log10(total) * 1e6, digits)
-                out["below_floor"] = out["laeq"] < self.mic["noise_floor_dba"] + 3.0
+                out["laeq"] = round((lsum - 10 * math.log10(total) * 1e6) / 1e6 + cal, digits)
+                out["below_floor"] = out["laeq"] < self.floor
             if st[_FMAX] != NEG and st[_FMIN] != 1 << 29:
-                out["lamax"] = self._db(st[_FMAX], digits)
-                out["lamin"] = self._db(st[_FMIN], digits)
+                out["lamax"] = round(st[_FMAX] / 1e6 + cal, digits)
+                out["lamin"] = round(st[_FMIN] / 1e6 + cal, digits)
         n = _hist_total(hist, HIST_BINS)
         if n:
             width = (1 << HIST_SHIFT) / 1e6

@@ -1,68 +1,44 @@
 # Store and forward: node messages wait here until the pole's agent says they are on its disk.
 # RAM first (a preallocated byte FIFO); when it fills during an outage the oldest records move to
-# flash in whole segment files (written once, deleted once replayed: LittleFS spreads the wear),
-# at most max_segments of them (sized from the free flash); past that the oldest segment is
-# dropped and counted. Before a deliberate reset save() moves what is in RAM to flash. Replay reads
-# flash a record at a time: no segment-sized buffer, which a fragmented heap may not have.
-# Replay is in order: flash (oldest) first, then RAM. Records keep their (boot, seq), so a record
-# replayed after a reset is de-duplicated upstream; its age is then a lower bound.
+# flash, into segment files of one filesystem block each: a spill appends to the newest segment
+# while its block has room, then starts the next (LittleFS gives every file a whole 4 KB block, so a
+# file per 1 KB spill would take four times the flash it holds). Segments are deleted once replayed
+# (LittleFS spreads the wear); at most max_segments of them, sized from the free blocks at boot
+# (outbox_setup.py); past that the oldest segment is dropped and counted. Before a deliberate reset
+# save() moves what is in RAM to flash. Replay reads flash a record at a time: no segment-sized
+# buffer, which a fragmented heap may not have. Replay is in order: flash (oldest) first, then RAM.
+# Records keep their (boot, seq), so a record replayed after a reset is de-duplicated upstream; its
+# age is then a lower bound.
 #
 # Record: u16 length | u32 boot | u32 seq | u32 ticks (sampled) | u32 ticks (spilled) | u8 nsamples
 #         | per sample: u8 n, CBOR values | u8 n, CBOR status
 
 import os
 import struct
+import sys
 import time
 
+from micropython import const
+
 _HDR = ">HIIIIB"
-_HDR_LEN = 19
+_HDR_LEN = const(19)
 
 
 class Outbox:
-    def __init__(self, ram_bytes=1024, spill_dir="spill", seg_bytes=2048, max_segments=None, flash_share=0.5):
-        self.ram = bytearray(ram_bytes)
-        self.mv = memoryview(self.ram)
-        self.start = 0  # first byte of the oldest RAM record
-        self.end = 0
-        self.ram_records = 0
-        self.dir = spill_dir
-        self.seg_bytes = seg_bytes
-        self.max_segments = max_segments or flash_segments(seg_bytes, flash_share)
-        self.seg_loaded = None  # the oldest flash segment, once its size is known
-        self.seg_pos = 0  # where its replay has got to
-        self.seg_len = 0
-        self.spilled = 0  # records written to flash
-        self.dropped = 0  # records lost: flash full, or too big to keep
+    def __init__(self, ram_bytes=1024, spill_dir="spill", seg_bytes=None, max_segments=None, flash_share=0.5):
+        """ram_bytes of RAM queue; segments of seg_bytes (default: the filesystem's block) in
+        spill_dir, at most max_segments (default: flash_share of the free blocks). The set-up (and
+        the scan of what an earlier boot left in flash) is boot code, loaded for it and let go."""
         try:
-            os.mkdir(spill_dir)
-        except OSError:
-            pass
-        # Segments are files numbered first..next-1 (a number each, not a list of names: a day's
-        # outage is a hundred files). Those left by an earlier boot are replayed first.
-        self.first = self.next = 0
-        self.flash_records = 0
-        for name in os.listdir(spill_dir):
-            if name.endswith(".tmp"):
-                self._remove(name)  # a spill cut short by a reset: its records never left RAM's count
-                continue
-            try:
-                n = int(name)
-            except ValueError:
-                continue  # not a segment
-            self.first = n if not self.next else min(self.first, n)
-            self.next = max(self.next, n + 1)
-            self.flash_records += self._count(n)
+            __import__("outbox_setup").setup(self, ram_bytes, spill_dir, seg_bytes, max_segments, flash_share)
+        finally:
+            sys.modules.pop("outbox_setup", None)
 
     def __len__(self):
         return self.ram_records + self.flash_records
 
     def _path(self, n):
         return "%s/%08d" % (self.dir, n)
-
-    @property
-    def segments(self):
-        """Segments on flash (some numbers may be gone: a file removed by hand is skipped)."""
-        return self.next - self.first
 
     def _count(self, num, pos=0):
         n = 0
@@ -112,37 +88,41 @@ class Outbox:
             self._spill()
 
     def _spill(self):
-        """Move the oldest RAM records (up to one segment) to a new flash segment."""
-        n, pos = 0, self.start
-        now = time.ticks_ms()
-        while pos < self.end:
-            ln = (self.ram[pos] << 8) | self.ram[pos + 1]
-            if pos + ln - self.start > self.seg_bytes:
+        """Move the oldest RAM records to flash: appended to the newest segment (one of this boot,
+        whose block has room for them), else into a new one. A LittleFS file is whole or not at
+        all after a power cut; a torn tail (a host's filesystem) is read as the segment's end."""
+        room = self.seg_bytes - self.tail if self.tail is not None else 0
+        if (self.ram[self.start] << 8) | self.ram[self.start + 1] > room:  # not even the oldest fits: a new segment
+            if self.next - self.first >= self.max_segments:
+                self._lose_first()
+            if self.next == self.first:
+                self.first = self.next = self.next or 1
+            self.next += 1
+            self.tail = 0
+            room = self.seg_bytes
+        end, n, now = self.start, 0, time.ticks_ms()  # the n records that fit end at end
+        while end < self.end:
+            ln = (self.ram[end] << 8) | self.ram[end + 1]
+            if end + ln - self.start > room:
                 break
-            struct.pack_into(">I", self.ram, pos + 14, now)  # when it left RAM: dates it after a reset
-            pos += ln
+            struct.pack_into(">I", self.ram, end + 14, now)  # when it left RAM: dates it after a reset
+            end += ln
             n += 1
-        if self.segments >= self.max_segments:
-            self._lose_first()
-        if not self.segments:
-            self.first = self.next = self.next or 1
-        path = self._path(self.next)
-        with open(path + ".tmp", "wb") as f:
-            f.write(self.mv[self.start : pos])
-        os.rename(path + ".tmp", path)  # whole or not at all
-        self.next += 1
-        self.flash_records += n
-        self.spilled += n
+        try:
+            with open(self._path(self.next - 1), "ab") as f:
+                f.write(self.mv[self.start : end])
+            self.tail += end - self.start
+            if self.seg_loaded == self.next - 1:
+                self.seg_len += end - self.start  # its replay reads on into what came now
+            self.flash_records += n
+            self.spilled += n
+        except OSError:  # a full or failing flash: these records are lost and counted, the node goes on
+            self.dropped += n
+            self.tail = None  # and that file is not appended to again
         self.ram_records -= n
-        self.start = pos
+        self.start = end
         if self.start == self.end:
             self.start = self.end = 0
-
-    def _remove(self, name):
-        try:
-            os.remove(self.dir + "/" + name)
-        except OSError:
-            pass
 
     def _lose_first(self):
         """Drop the oldest segment; what it still held from its replay point is counted lost."""
@@ -152,16 +132,20 @@ class Outbox:
         self._drop_first()
 
     def _drop_first(self):
-        self._remove("%08d" % self.first)
+        try:
+            os.remove(self._path(self.first))
+        except OSError:
+            pass  # gone already (removed by hand, or a spill that never wrote it)
         if self.seg_loaded == self.first:
             self.seg_loaded = None
         self.first += 1
         if self.first == self.next:
             self.flash_records = 0  # flash is empty: a torn record counted at boot is gone too
+            self.tail = None  # the segment spills appended to went with it
 
     def _load(self):
         """The oldest segment's size, for its replay; empty or unreadable segments are dropped."""
-        while self.segments and self.seg_loaded != self.first:
+        while self.next != self.first and self.seg_loaded != self.first:
             try:
                 self.seg_len = os.stat(self._path(self.first))[6]
             except OSError:
@@ -196,9 +180,9 @@ class Outbox:
 
     def peek(self):
         """The oldest record as (buffer, offset), or None when empty."""
-        while self.segments:
+        while self.next != self.first:
             self._load()
-            if not self.segments:
+            if self.next == self.first:
                 break
             rec = self._flash(0)
             if rec is not None:
@@ -227,7 +211,7 @@ class Outbox:
 
     def pop(self):
         """Drop the oldest record: the pole has it."""
-        if self.segments:
+        if self.next != self.first:
             self._load()
             ln = self._flash(0, read=False)
             if ln is None:  # (peek() found the record: only a failing flash gets here)
@@ -243,17 +227,6 @@ class Outbox:
         self.ram_records -= 1
         if not self.ram_records:
             self.start = self.end = 0
-
-
-def flash_segments(seg_bytes, share, path=".", floor=16):
-    """How many segments `share` of the free flash holds (at least `floor`): with 2 MB of LittleFS
-    that is a 24 h outage at a 60 s interval many times over."""
-    try:
-        st = os.statvfs(path)
-        free = st[0] * st[3]  # f_bsize * f_bfree
-    except (OSError, AttributeError):
-        return floor
-    return max(floor, int(free * share) // seg_bytes)
 
 
 def record_fields(buf, off):

@@ -56,7 +56,7 @@ def log(node, args):
 
 
 def selftest(node, args):
-    result = node.selftest()
+    result = _lazy("commands").selftest(node)
     for name, verdict in result.items():
         print("%s: %s" % (name, verdict))
     print("selftest: %s" % ("PASS" if all(v == "ok" for v in result.values()) else "FAIL"))
@@ -69,7 +69,7 @@ def monitor(node, args):
 
 def reboot(node, args):
     print("rebooting")
-    node.reset()
+    _lazy("commands").reset(node)
 
 
 COMMANDS = (

@@ -19,7 +19,6 @@ except ImportError:  # CPython (the host's tests and tools)
 
 
 _BACKOFF_MIN_MS = const(500)
-_BACKOFF_MAX_MS = const(60000)
 _RESOLVE_AFTER = const(3)  # failed connects in a row before the broker's name is looked up again
 DOWN, CONNECTING, WAIT_CONNACK, UP = 0, 1, 2, 3
 # What this client calls on a socket: a test checks it against a fake socket with only these.
@@ -58,55 +57,25 @@ def _packet(first, body, more=0):
 
 
 class Transport:
-    def __init__(self, client_id, host, port=1883, user=None, password=None, keepalive_s=60, timeout_s=10,
-                 subscribe=(), backoff_max_ms=_BACKOFF_MAX_MS, window=8, rx_bytes=512, resolve=None, tls=None):
-        self.client_id = client_id
-        self.host, self.port = host, port
-        self.user, self.password = user, password
-        self.keepalive_s = keepalive_s
-        self.timeout_ms = int(timeout_s * 1000)  # TCP connect + CONNACK, and a PINGRESP: fits Wi-Fi power save
-        self.topics = subscribe
-        self.backoff_max_ms = backoff_max_ms
-        self.window = window
-        self.resolve = resolve  # the node gives one that holds the watchdog; None: socket.getaddrinfo
-        self.tls = tls  # None: plain TCP; else (socket, host) -> TLS socket (brokertls.Wrap)
-        self.will = None
-        self.on_message = None  # (topic bytes, payload bytes): called from poll(), never inside a write
-        self.on_puback = None  # (packet id): the broker has a QoS 1 publish; PUBACKs come in order
-        self.addr = None
-        self.fails_in_row = 0
-        self.sock = None
-        self.poller = None
-        self.conn = None  # transport_connect while the link is down
-        self.state = DOWN
-        self.deadline = 0
-        self.rx = bytearray(rx_bytes)
-        self.rxn = 0
-        self.skip = 0  # bytes of an oversized incoming packet still to drop
-        self.pid = 0
-        self.unacked = []  # packet ids published at QoS 1 and not yet PUBACKed by the broker
-        self.backoff_ms = 0
-        self.failed_at = None  # ticks of the last failure; the next try waits `wait_ms` after it
-        self.wait_ms = 0
-        self.last_out = time.ticks_ms()
-        self.written = 0  # bytes _send() wrote (a streamed payload's check)
-        self.ping_sent = None
-        self.errors = 0
-        self.oversized = 0
-        self.last_error = None
-        self.on_connect = None
+    def __init__(self, client_id, host, port=1883, **kw):
+        """An MQTT client for client_id at host:port, not yet connected (ensure() connects). The
+        rest (user, password, keepalive_s, timeout_s, subscribe, backoff_max_ms, window, rx_bytes,
+        resolve, tls, will) is set by transport_connect.setup(), loaded for it: start-up code the
+        running node does not keep."""
+        _connect().setup(self, client_id, host, port, **kw)
 
-    @property
-    def connected(self):
-        return self.state == UP
-
-    def set_last_will(self, topic, msg):
-        self.will = (topic, msg)
-
-    def _failed(self, why):
+    def _failed(self, why, e=None):
+        """The connection is gone: why ("connect", "publish", "link") and e, the exception (put in
+        words by transport_connect.reason(), loaded for it: a reconnect loads it anyway)."""
         self.errors += 1
         self.fails_in_row += 1
-        self.last_error = why
+        if e is None:
+            self.last_error = why
+        else:
+            try:
+                self.last_error = "%s: %s" % (why, (self.conn or _connect()).reason(e))
+            except MemoryError:
+                self.last_error = why  # no room for the words: where it failed, allocating nothing
         if self.sock is not None:
             try:
                 self.sock.close()
@@ -114,6 +83,7 @@ class Transport:
                 pass
         self.sock = self.poller = None
         self.state = DOWN
+        self.connected = False
         self.rxn = self.skip = 0
         self.unacked = []
         self.ping_sent = None
@@ -151,19 +121,17 @@ class Transport:
         if self.state == DOWN and not since(self.failed_at, self.wait_ms):
             return False
         if self.conn is None:
-            self.conn = __import__("transport_connect")
-            del sys.modules["transport_connect"]
+            # Loading the connect code is a step of its own (a loop tick's work). A heap too full
+            # for it is a failed attempt like any other: counted, and tried again after a backoff.
+            try:
+                self.conn = _connect()
+            except MemoryError:
+                self._failed("connect: out of heap")
+            return False
         self.conn.step(self)
         if self.state in (UP, DOWN):
             self.conn = None
         return self.state == UP
-
-    def _next_pid(self):
-        self.pid = self.pid % 65535 + 1  # 1..65535: 0 is not a packet id
-        return self.pid
-
-    def can_publish(self):
-        return self.state == UP and len(self.unacked) < self.window
 
     def publish(self, topic, payload, qos=1, retain=False, dup=False, length=None):
         """Send one PUBLISH without waiting; True when written. At QoS 1 the broker's PUBACK is
@@ -178,7 +146,7 @@ class Transport:
         body = bytearray()
         _str(body, topic)
         if qos:
-            pid = self._next_pid()
+            pid = self.pid = self.pid % 65535 + 1  # 1..65535: 0 is not a packet id
             body.extend(struct.pack(">H", pid))
         try:
             self._send(_packet(0x30 | (0x08 if dup else 0) | qos << 1 | (1 if retain else 0), body, length))
@@ -191,7 +159,7 @@ class Transport:
                 for p in parts:
                     self._send(p)
         except (OSError, MemoryError) as e:  # a packet cut short: the connection cannot go on
-            self._failed("publish: %s" % ("out of heap" if isinstance(e, MemoryError) else _reason(e)))
+            self._failed("publish", e)
             return False
         if qos:
             self.unacked.append(pid)
@@ -211,7 +179,7 @@ class Transport:
                 self._send(b"\xc0\x00")
                 self.ping_sent = now
         except (OSError, ValueError) as e:
-            self._failed("link: %s" % _reason(e))
+            self._failed("link", e)
 
     def _read(self):
         while True:
@@ -228,7 +196,8 @@ class Transport:
         while self.rxn:
             if self.skip:
                 k = min(self.skip, self.rxn)
-                self._consume(k)
+                rx[0 : self.rxn - k] = rx[k : self.rxn]  # dropped: the rest moves to the front
+                self.rxn -= k
                 self.skip -= k
                 continue
             length, i, mult = 0, 1, 1
@@ -250,11 +219,9 @@ class Transport:
             if i + length > self.rxn:
                 return
             self._handle(rx[0], i, length)
-            self._consume(i + length)
-
-    def _consume(self, n):
-        self.rx[0 : self.rxn - n] = self.rx[n : self.rxn]
-        self.rxn -= n
+            k = i + length
+            rx[0 : self.rxn - k] = rx[k : self.rxn]  # taken in: the rest moves to the front
+            self.rxn -= k
 
     def _handle(self, first, i, length):
         rx = self.rx
@@ -284,23 +251,13 @@ class Transport:
         # SUBACK and anything else: nothing to do
 
     def close(self):
-        if self.state == UP:
-            try:
-                self._send(b"\xe0\x00")
-            except OSError:
-                pass
-        if self.sock is not None:
-            try:
-                self.sock.close()
-            except OSError:
-                pass
-        self.sock = None
-        self.state = DOWN
+        """Say goodbye to the broker (DISCONNECT) and close the socket."""
+        _connect().close(self)
 
 
-def _reason(e):
-    if isinstance(e, OSError) and e.args and isinstance(e.args[0], int):
-        return {errno.ECONNREFUSED: "connection refused", errno.ETIMEDOUT: "timed out",
-                errno.ECONNRESET: "connection closed by the broker", errno.EHOSTUNREACH: "host unreachable"}.get(
-            e.args[0], "OSError %d" % e.args[0])
-    return str(e)
+def _connect():
+    """The connect code (transport_connect.py), loaded for the moment and not kept in sys.modules."""
+    try:
+        return __import__("transport_connect")
+    finally:
+        sys.modules.pop("transport_connect", None)  # a module half-loaded goes too

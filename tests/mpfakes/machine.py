@@ -37,3 +37,9 @@ def reset_cause():
 
 def unique_id():
     return b"\x24\x0a\xc4\x00\x00\x01"
+
+
+def freq(hz=None):
+    if hz is None:
+        return 160000000
+    log.append(("freq", hz))

@@ -33,8 +33,11 @@ def register(sub):
                         "broker's PUBACK (a broker with no agent)")
     n.add_argument("--serial-pty", action="store_true", help="put the node's console on a new pty; print its path first")
     n.add_argument("--fs-app", action="store_true",
-                   help="the app lives in the node's filesystem (--state), as on a board: install it with "
-                        "`openpole deploy`; without one the node boots to the MicroPython REPL")
+                   help="the app is already in the node's filesystem (--state), put there with `openpole deploy`; "
+                        "without one the node boots to the MicroPython REPL")
+    n.add_argument("--from-build", action="store_true",
+                   help="run the app from its build directory instead of the node's filesystem (by default it is "
+                        "installed there, as a flashed board has it, so the heap the node reports is a board's)")
     n.add_argument("--image", type=Path,
                    help="boot this image from `openpole image build --sim` instead (its config says the broker)")
     n.add_argument("--micropython", type=Path, metavar="PATH",
@@ -93,6 +96,8 @@ def run_node(args):
     args.heap = args.heap or ("192k" if args.image else "128k")
     if args.firmware_lib and not args.firmware_lib.is_dir():
         raise UserError(f"--firmware-lib {args.firmware_lib}: not a directory")
+    if args.fs_app and args.from_build:
+        raise UserError("--fs-app and --from-build: the app is either in the node's filesystem or in the build directory")
     app = None if args.fs_app else appbuild.build_app(arch=simnode.vm_arch(args.micropython))
     world = WorldServer()
     sensors = tuple(s for s in args.sensors.split(",") if s)
@@ -102,6 +107,9 @@ def run_node(args):
                                   world=f"{world.host}:{world.port}", sensors=sensors, ack=args.ack)
         if not (args.fs_app and (state / "config.json").exists()):
             simnode.write_config(state, cfg)
+        if app is not None and not args.from_build and not args.image:
+            simnode.install(app, state)  # the node's filesystem holds the app, as a flashed board's does
+            app = None
         if args.serial_pty:
             master, slave = os.openpty()
             tty.setraw(slave)

@@ -2,6 +2,9 @@
 
 The app is compiled with mpy-cross, as it is for a board (compiling source on the node would cost
 the heap a pole does not have); the node's filesystem is a state directory holding config.json.
+Laid out as a board has it (install(), then start(state, None)), the state directory is the VM's
+root ("/"), so the module paths the VM interns for good are a board's ("/lib/noise.mpy") and its
+heap figures are a board's.
 """
 
 import json
@@ -10,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 from ..errors import UserError
+from ..field import appbuild
 from ..field.appbuild import venv_tool
 
 
@@ -44,7 +48,7 @@ def vm_arch(vm=None):
 
 def node_env(app=None, firmware_lib=None):
     """The environment of a node process. app=None: the app lives in the node's filesystem (the
-    state directory), as on a board, put there by `openpole deploy` or a flashed image.
+    state directory), as on a board, put there by install(), `openpole deploy` or a flashed image.
     firmware_lib: a directory of modules standing for those a firmware has frozen in, where an ESP32
     keeps them: sys.path is ['', '.frozen', '/lib'] there."""
     # '' first, as on a device: a package is then found relative to the node's filesystem. '.frozen'
@@ -54,6 +58,26 @@ def node_env(app=None, firmware_lib=None):
     env = dict(os.environ)
     env["MICROPYPATH"] = os.pathsep.join(path)
     return env
+
+
+FIRMWARE_LIB_MOUNT = "/.firmware-lib"  # where --firmware-lib appears in a node laid out as a board
+
+
+def board_env(firmware_lib=None):
+    """The environment of a node whose state directory is its root (start(state, None)): sys.path
+    as on an ESP32, ['', '.frozen', '/lib'], the firmware's modules after '.frozen'."""
+    env = dict(os.environ)
+    env["MICROPYPATH"] = os.pathsep.join(["", ".frozen"] + ([FIRMWARE_LIB_MOUNT] if firmware_lib else []) + ["/lib"])
+    return env
+
+
+def install(app, state):
+    """Put the compiled app in the node's own filesystem, as a flashed board has it (a file each,
+    under the paths `openpole flash` and `deploy` give them)."""
+    state = Path(state)
+    for rel, data in appbuild.app_files(app).items():
+        (state / rel).parent.mkdir(parents=True, exist_ok=True)
+        (state / rel).write_bytes(data)
 
 
 def write_config(state, cfg):
@@ -96,14 +120,30 @@ except ImportError as e:
 """
 
 
+def _board_boot(state, firmware_lib=None, interactive=False):
+    """-c code that makes the state directory the VM's root, as a board's filesystem is mounted at /
+    (and --firmware-lib at FIRMWARE_LIB_MOUNT), then boots as a board does."""
+    mounts = "vfs.umount('/');vfs.mount(vfs.VfsPosix(%r),'/');" % str(Path(state).resolve())
+    if firmware_lib:
+        mounts += "vfs.mount(vfs.VfsPosix(%r),%r);" % (str(Path(firmware_lib).resolve()), FIRMWARE_LIB_MOUNT)
+    return "import vfs,os\n" + mounts + "os.chdir('/')\n" + (RUN_SCRIPT if interactive else "import main\n")
+
+
 def start(state, app, heap="64k", interactive=False, vm=None, firmware_lib=None, **popen):
     """Start a node whose filesystem is `state`; returns the Popen (stdout: the node's console).
-    app=None: the app is in `state` itself (see node_env). vm: another MicroPython build."""
+    app=None: the app is in `state` itself, which is then the VM's root, as on a board; else it is
+    run from the build directory `app` (longer module paths: more heap than a board's). vm: another
+    MicroPython build."""
+    exe = micropython(vm)
+    if app is None:
+        cmd = [exe, "-X", f"heapsize={heap}"] + (["-i"] if interactive else []) + \
+              ["-c", _board_boot(state, firmware_lib, interactive)]
+        return subprocess.Popen(cmd, cwd=state, env=board_env(firmware_lib), **popen)
     if interactive:
         (Path(state) / "run_node.py").write_text(RUN_SCRIPT)
-        cmd = [micropython(vm), "-X", f"heapsize={heap}", "-i", "run_node.py"]
+        cmd = [exe, "-X", f"heapsize={heap}", "-i", "run_node.py"]
     else:
-        cmd = [micropython(vm), "-X", f"heapsize={heap}", "-m", "main"]
+        cmd = [exe, "-X", f"heapsize={heap}", "-m", "main"]
     return subprocess.Popen(cmd, cwd=state, env=node_env(app, firmware_lib), **popen)
 
 
