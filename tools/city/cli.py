@@ -59,6 +59,9 @@ def register(sub):
     st.add_argument("--db", required=True, metavar="DSN")
     st.add_argument("--json", action="store_true", help="one JSON object")
     st.set_defaults(func=run_stats)
+    from .sta import cli as sta_cli  # `city serve`: the SensorThings API
+
+    sta_cli.register(csub)
 
 
 def _nats_auth(parser):

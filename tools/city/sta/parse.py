@@ -97,6 +97,8 @@ def parse_options(pairs, allowed=OPTIONS, depth=0, counter=None):
         if low in seen:
             raise BadRequest(f"{name} is given twice: give each query option once")
         seen.add(low)
+        if "\x00" in value:
+            raise BadRequest(f"{name} holds a NUL character, which no property holds: remove it")
         o.raw[low] = value
         if low == "$filter":
             o.filter, o.filter_text = parse_filter(value), value

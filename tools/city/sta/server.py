@@ -96,6 +96,7 @@ class Server:
         app = web.Application(middlewares=[self._guard])
         app.router.add_route("*", "/v1.1", self.handle)
         app.router.add_route("*", "/v1.1/{tail:.*}", self.handle)
+        app.router.add_route("*", "/specs/{tail:.*}", self.specs)
         app.router.add_route("*", "/", self.index)
         app.router.add_route("*", "/{tail:.*}", self.not_found)
         return app
@@ -143,6 +144,22 @@ class Server:
     async def index(self, request):
         return self._response(200, {"value": [{"name": "v1.1", "url": self.base}]}, "application/json")
 
+    async def specs(self, request):
+        """The spec site's page for a Sensor's metadata or an ObservedProperty's definition, rendered
+        from the Markdown `openpole spec build` wrote (docs/specs/, shipped in the package)."""
+        from ... import paths
+        from ...spec.site import render_html
+
+        rel = request.match_info["tail"]
+        root = (paths.DOCS / "specs").resolve()
+        md = (root / rel).with_suffix(".md").resolve() if rel.endswith(".html") else None
+        if md is None or root not in md.parents or not md.is_file():
+            return self.error(404, f"no spec page {rel[:80]!r}: the pages are listed at {self.public}/specs/README.html")
+        from aiohttp import web
+
+        return web.Response(text=render_html(str(md.relative_to(root)), md.read_text()), content_type="text/html",
+                            charset="utf-8", headers={"Access-Control-Allow-Origin": "*"})
+
     async def not_found(self, request):
         return self.error(404, f"no such resource: the SensorThings API is at {self.base}")
 
@@ -162,7 +179,7 @@ class Server:
         except psycopg.errors.QueryCanceled:
             return self.error(503, f"the query took longer than {self.timeout_s:g} s: narrow it (a time range in "
                                    f"$filter, a smaller $top or $expand)", {"Retry-After": "10"})
-        except psycopg.errors.DataException as e:
+        except (psycopg.errors.DataException, psycopg.DataError) as e:
             first = str(e).splitlines()[0][:200]
             return self.error(400, f"the request cannot be evaluated: {first}")
         except psycopg.errors.ProgramLimitExceeded:

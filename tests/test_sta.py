@@ -1,0 +1,621 @@
+"""`openpole city serve`, the SensorThings API v1.1, against a real PostgreSQL loaded through the real
+loader, read by real clients (frost-sta-client, istsos4-client, requests + pandas) and by the
+read-only requests of the OGC and FROST conformance suites (research/sta.md §7, §9)."""
+
+import json
+import subprocess
+import sys
+import time
+import urllib.parse
+
+import psycopg
+import pytest
+import requests
+import sta_fixture as fx
+from pgcluster import PgServer
+
+from openpole.sim.broker import free_port
+
+SETS = ["Datastreams", "FeaturesOfInterest", "HistoricalLocations", "Locations", "Observations",
+        "ObservedProperties", "Sensors", "Things"]
+MANDATORY = {"Things": ["name", "description"], "Locations": ["name", "description", "encodingType", "location"],
+             "HistoricalLocations": ["time"],
+             "Datastreams": ["name", "description", "unitOfMeasurement", "observationType"],
+             "Sensors": ["name", "description", "encodingType", "metadata"],
+             "ObservedProperties": ["name", "definition", "description"],
+             "Observations": ["phenomenonTime", "result", "resultTime"],
+             "FeaturesOfInterest": ["name", "description", "encodingType", "feature"]}
+RELATIONS = {"Things": ["Datastreams", "HistoricalLocations", "Locations"],
+             "Locations": ["HistoricalLocations", "Things"], "Sensors": ["Datastreams"],
+             "ObservedProperties": ["Datastreams"], "Observations": ["Datastream", "FeatureOfInterest"],
+             "Datastreams": ["Thing", "Sensor", "ObservedProperty", "Observations"],
+             "FeaturesOfInterest": ["Observations"], "HistoricalLocations": ["Thing", "Locations"]}
+CONFORMANCE = ["http://www.opengis.net/spec/iot_sensing/1.1/req/datamodel",
+               "http://www.opengis.net/spec/iot_sensing/1.1/req/resource-path/resource-path-to-entities",
+               "http://www.opengis.net/spec/iot_sensing/1.1/req/request-data"]
+
+
+def serve(dsn, *extra):
+    port = free_port()
+    p = subprocess.Popen([sys.executable, "-m", "openpole", "city", "serve", "--db", dsn, "--listen",
+                          f"127.0.0.1:{port}", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}/v1.1"
+    for _ in range(200):
+        try:
+            requests.get(base, timeout=2)
+            return p, base
+        except requests.ConnectionError:
+            if p.poll() is not None:
+                raise AssertionError(p.stderr.read())
+            time.sleep(0.05)
+    p.kill()
+    raise AssertionError("city serve did not start")
+
+
+@pytest.fixture(scope="module")
+def city():
+    pg = PgServer()
+    procs = []
+    try:
+        r = subprocess.run([sys.executable, "-m", "openpole", "city", "init", "--db", pg.dsn], capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert fx.load(pg.dsn) == 30 * 4 + 12 * 2 + 12 * 2
+        ids = fx.contract_tables(pg.dsn)
+        p, base = serve(fx.reader_dsn(pg.dsn), "--rate", "0")
+        procs.append(p)
+        yield {"pg": pg, "base": base, "ids": ids, "procs": procs}
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(10)
+        pg.stop()
+
+
+def get(city, path, **params):
+    r = requests.get(city["base"] + path, params=params or None, timeout=30)
+    return r
+
+
+def ok(city, path, **params):
+    r = get(city, path, **params)
+    assert r.status_code == 200, (path, r.status_code, r.text[:500])
+    return r.json()
+
+
+def readings(city, node, quantity):
+    """What the loader stored for one node and quantity: [(time, value)] by time."""
+    with psycopg.connect(city["pg"].dsn) as conn:
+        return conn.execute("SELECT time, value FROM readings WHERE node = %s AND quantity = %s ORDER BY time",
+                            (node, quantity)).fetchall()
+
+
+def ds_id(city, node, quantity):
+    from openpole.spec.registry import REGISTRY
+
+    return city["ids"]["series"][(city["ids"]["things"][node], REGISTRY.by_name[quantity].key)]
+
+
+def iso(t):
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+
+
+# ---------------------------------------------------------------- the service root and paths
+
+
+def test_service_root_lists_the_eight_sets_with_absolute_urls_and_the_classes_claimed(city):
+    doc = ok(city, "")
+    assert [v["name"] for v in doc["value"]] == SETS
+    assert all(v["url"] == f"{city['base']}/{v['name']}" for v in doc["value"])
+    assert doc["serverSettings"]["conformance"] == CONFORMANCE
+    assert ok(city, "/") == doc
+
+
+@pytest.mark.parametrize("entity_set", SETS)
+def test_every_entity_has_its_id_selflink_mandatory_properties_and_navigation_links(city, entity_set):
+    doc = ok(city, f"/{entity_set}")
+    assert doc["value"], entity_set
+    for e in doc["value"]:
+        assert type(e["@iot.id"]) is int
+        assert e["@iot.selfLink"] == f"{city['base']}/{entity_set}({e['@iot.id']})"
+        for p in MANDATORY[entity_set]:
+            assert p in e, (entity_set, p)
+        for rel in RELATIONS[entity_set]:
+            assert e[f"{rel}@iot.navigationLink"] == f"{e['@iot.selfLink']}/{rel}"
+        one = ok(city, f"/{entity_set}({e['@iot.id']})")
+        assert one == e
+        # what the Python clients refuse is never sent (research/sta.md §6.1.2, §6.2.2)
+        for k in ("phenomenonTime", "resultTime", "validTime"):
+            if entity_set == "Datastreams" and k in e:
+                assert "/" in e[k]
+        if entity_set == "Sensors":
+            assert all(e[k] is not None for k in ("name", "description", "encodingType", "properties"))
+            assert isinstance(e["metadata"], str)
+    assert get(city, f"/{entity_set}(9223372036854775807)").status_code == 404
+    assert get(city, f"/{entity_set}(99999999999999999999)").status_code == 404
+
+
+def test_paths_properties_values_refs_and_nested_ids(city):
+    assert ok(city, "/Things('1')") == ok(city, "/Things(1)")
+    for bad in ("/Nope", "/Things(abc)", "/Things(1)/Nope", "/Things/1", "/Things(1)/Datastreams/Sensor"):
+        r = get(city, bad)
+        assert r.status_code == 404 and r.json()["code"] == 404 and r.json()["message"], bad
+    assert ok(city, "/Things(1)/name") == {"name": "n1"}
+    r = get(city, "/Things(1)/name/$value")
+    assert r.text == "n1" and r.headers["Content-Type"].startswith("text/plain")
+    r = get(city, "/Locations(1)/location/$value")
+    assert r.text.startswith("{") and json.loads(r.text)["type"] == "Point"
+    assert "{" not in get(city, "/Observations(257)/resultTime/$value").text
+    t = ds_id(city, "n1", "temperature")
+    assert ok(city, f"/Datastreams({t})/unitOfMeasurement/symbol") == {"symbol": "°C"}
+    # resultQuality is left out of an aggregate: a null property is 204, for the value too
+    agg = ok(city, f"/Datastreams({t + 2**31})/Observations", **{"$top": "1"})["value"][0]["@iot.id"]
+    assert get(city, f"/Observations({agg})/resultQuality").status_code == 204
+    assert get(city, f"/Observations({agg})/resultQuality/$value").status_code == 204
+    refs = ok(city, "/Things(1)/Datastreams/$ref")
+    assert refs["value"] and all(list(x) == ["@iot.selfLink"] for x in refs["value"])
+    assert ok(city, f"/Datastreams({t})/Thing/$ref") == {"@iot.selfLink": f"{city['base']}/Things(1)"}
+    # depth 4 with an id at each step, and an id that belongs to another parent
+    first = ok(city, f"/Datastreams({t})/Observations", **{"$top": "1"})["value"][0]["@iot.id"]
+    assert ok(city, f"/Things(1)/Datastreams({t})/Observations({first})/Datastream/Thing")["name"] == "n1"
+    other = ok(city, f"/Datastreams({ds_id(city, 'n2', 'temperature')})/Observations", **{"$top": "1"})
+    assert get(city, f"/Datastreams({t})/Observations({other['value'][0]['@iot.id']})").status_code == 404
+    assert ok(city, f"/Observations({first})/Datastream/Thing/Locations")["value"][0]["name"] == "p1"
+
+
+def test_writes_are_refused_with_405_and_allow(city):
+    for method in ("POST", "PUT", "PATCH", "DELETE"):
+        for path in ("/Things", "/Things(1)", "/Observations"):
+            r = requests.request(method, city["base"] + path, json={"name": "x"}, timeout=10)
+            assert r.status_code == 405 and r.headers["Allow"] == "GET, HEAD, OPTIONS", (method, path)
+            assert "read-only" in r.json()["message"]
+    assert requests.options(city["base"] + "/Things", timeout=10).headers["Allow"] == "GET, HEAD, OPTIONS"
+    h = requests.head(city["base"] + "/Things", timeout=10)
+    assert h.status_code == 200 and h.text == ""
+
+
+@pytest.mark.parametrize("query,status,words", [
+    ({"$search": "x"}, 501, "not supported"),
+    ({"$count": "maybe"}, 400, "true or false"),
+    ({"$top": "-1"}, 400, "whole number"),
+    ({"$skip": "abc"}, 400, "whole number"),
+    ({"$filter": "name eq"}, 400, "expected a value"),
+    ({"$filter": "phenomenonTime gt 2026-01-01T00:00:00"}, 400, "no zone"),
+    ({"$filter": "phenomenonTime gt 2026-01-01T00:00:00 01:00"}, 400, "%2B"),
+    ({"$filter": "nosuch eq 1"}, 400, "no property 'nosuch'"),
+    ({"$filter": "name gt 2026-01-01T00:00:00Z"}, 400, "cannot compare"),
+    ({"$filter": "name eq 'a' eq 'b'"}, 400, "do not chain"),
+    ({"$filter": "((((" * 30 + "1 eq 1" + "))))" * 30}, 400, "deeper"),
+    ({"$orderby": "Datastreams/name"}, 400, "many Datastreams"),
+    ({"$expand": "Nope"}, 400, "no navigation property"),
+    ({"$select": "nope"}, 400, "no such property"),
+    ({"$expand": "Datastreams/Observations/Datastream/Thing/Datastreams"}, 400, "deeper than 4"),
+    ({"$resultFormat": "dataArray"}, 400, "Observations"),
+    ({"$resultFormat": "csv"}, 400, "dataArray"),
+])
+def test_a_bad_query_is_a_400_or_501_with_a_one_line_message(city, query, status, words):
+    r = get(city, "/Things", **query)
+    assert r.status_code == status, (query, r.text)
+    body = r.json()
+    assert body["type"] == "error" and body["code"] == status and words in body["message"], body
+    assert "\n" not in body["message"] and "Traceback" not in r.text
+
+
+def test_a_repeated_option_is_a_400(city):
+    r = requests.get(city["base"] + "/Things?$top=1&$top=2", timeout=10)
+    assert r.status_code == 400 and "twice" in r.json()["message"]
+
+
+# ---------------------------------------------------------------- query options on openpole's data
+
+
+def test_count_top_skip_and_nextlink_follow_the_standard(city):
+    t = ds_id(city, "n1", "temperature")
+    stored = readings(city, "n1", "temperature")
+    doc = ok(city, f"/Datastreams({t})/Observations", **{"$top": "7", "$count": "true"})
+    assert doc["@iot.count"] == len(stored) == 30 and len(doc["value"]) == 7 and "@iot.nextLink" in doc
+    seen, url, counts = [], doc["@iot.nextLink"], {30}
+    seen += [o["@iot.id"] for o in doc["value"]]
+    while url:
+        page = requests.get(url, timeout=10).json()
+        counts.add(page["@iot.count"])
+        seen += [o["@iot.id"] for o in page["value"]]
+        url = page.get("@iot.nextLink")
+    assert counts == {30} and len(seen) == len(set(seen)) == 30
+    last = ok(city, f"/Datastreams({t})/Observations", **{"$skip": "1"})
+    assert len(last["value"]) == 29 and "@iot.nextLink" not in last
+    assert ok(city, "/Things", **{"$top": "3"}).get("@iot.nextLink") is None
+    assert "@iot.nextLink" in ok(city, "/Things", **{"$top": "2"})
+    zero = ok(city, "/Observations", **{"$top": "0", "$count": "true"})
+    assert zero["value"] == [] and "@iot.nextLink" not in zero and zero["@iot.count"] > 100
+    assert "@iot.count" not in ok(city, "/Things", **{"$count": "false"})
+
+
+def test_a_top_above_the_maximum_gets_a_full_page_and_a_nextlink(city):
+    doc = ok(city, "/Observations", **{"$top": "100000000", "$select": "id"})
+    n = len(doc["value"])
+    assert n == ok(city, "/Observations", **{"$top": "0", "$count": "true"})["@iot.count"]
+    assert "@iot.nextLink" not in doc  # fewer than 10,000 here: all of them on the one page
+
+
+def test_the_ogc_priority_ordering_and_string_comparison_of_results(city):
+    # n2's temperatures are 1..12, as the OGC dataset's Observations: `result gt '3'` compares text
+    d = ds_id(city, "n2", "temperature")
+    doc = ok(city, "/Observations", **{"$count": "true", "$top": "1", "$skip": "2", "$orderby": "phenomenonTime asc",
+                                       "$filter": f"Datastream/id eq {d} and result gt '3'"})
+    assert doc["@iot.count"] == 6 and len(doc["value"]) == 1 and doc["value"][0]["result"] == 6
+
+
+@pytest.mark.parametrize("expr,expected", [
+    ("result eq 2 and result eq 1 or result eq 1", [1]),
+    ("(result eq 2 and result eq 1) or result eq 1", [1]),
+    ("result eq 2 and (result eq 1 or result eq 1)", []),
+    ("not result lt 1 and not result gt 1", [1]),
+    ("1 add result mul 2 sub -1 eq 4", [1]),
+    ("6 div 2 sub result eq 2", [1]),
+    ("1 add 2.0 mod (result add 1) eq 1", [1]),
+    ("14 div (result add 1) mod 3 mul 3 eq 3", [1]),
+    ("result div 0 eq 1", []),
+    ("result mod 2 eq 0 and result le 6", [2, 4, 6]),
+    ("round(result div 4) eq 1", [2, 3, 4, 5]),
+    ("floor(result div 4) eq 1 or ceiling(result div 4) eq 3 and result lt 10", [4, 5, 6, 7, 9]),
+    ("result in (3, 5, 13)", [3, 5]),
+    ("phenomenonTime lt Datastream/phenomenonTime", []),
+    ("parameters/seq eq 3", [4]),
+    ("resultQuality/out_of_range eq false and parameters/seq lt 2", [1, 2]),
+])
+def test_filter_precedence_arithmetic_and_paths_as_frost_reads_them(city, expr, expected):
+    d = ds_id(city, "n2", "temperature")
+    doc = ok(city, "/Observations", **{"$filter": f"Datastream/id eq {d} and ({expr})", "$orderby": "result"})
+    assert [o["result"] for o in doc["value"]] == expected, expr
+
+
+@pytest.mark.parametrize("path,expr,names", [
+    ("/Things", "startswith(name, 'n') and endswith(description, 'p1')", ["n1", "n3"]),
+    ("/Things", "substringof('ode n2', description)", ["n2"]),
+    ("/Things", "contains(description, 'n2 on')", ["n2"]),
+    ("/Things", "length(name) eq 2 and indexof(name, '3') eq 2", ["n3"]),
+    ("/Things", "substring(description, 9) eq 'node n1 on pole p1'", ["n1"]),
+    ("/Things", "substring(description, 9, 4) eq 'node' and tolower(toupper(name)) eq 'n2'", ["n2"]),
+    ("/Things", "trim(concat(' ', name)) eq 'n1'", ["n1"]),
+    ("/Things", "properties/pole eq 'p2'", ["n2"]),
+    ("/Things", "Datastreams/ObservedProperty/name eq 'pressure'", ["n1"]),
+    ("/Things", "Datastreams/Sensor/name eq 'SHT31'", ["n2"]),
+    ("/Things", "Datastreams/Sensor/name eq 'BME280'", ["n1"]),
+    ("/Things", "HistoricalLocations/Locations/name eq 'p2'", ["n2", "n3"]),
+    ("/Things", "not (Datastreams/id eq null)", ["n1", "n2", "n3"]),
+    ("/Things", "Datastreams/id eq null", []),
+    ("/Things", "st_within(Locations/location, geography'POLYGON((126.97 37.56, 126.98 37.56, 126.98 37.57, "
+                "126.97 37.57, 126.97 37.56))')", ["n1", "n3"]),
+    ("/Things", "geo.distance(Locations/location, geography'POINT(126.99 37.57)') lt 0.001", ["n2"]),
+    ("/Things", "st_contains(geography'POLYGON((126 37, 127 37, 127 38, 126 38, 126 37))', Locations/location)",
+     ["n1", "n2", "n3"]),
+    ("/Things", "geo.intersects(Locations/location, geography'POINT(126.99 37.57)')", ["n2"]),
+    ("/Locations", "st_equals(location, geography'POINT(126.978 37.5665)')", ["p1"]),
+    ("/Locations", "not st_disjoint(location, geography'LINESTRING(126.99 37.5, 126.99 37.6)')", ["p2"]),
+    ("/Locations", "geo.length(location) eq 0 and Things/name eq 'n2'", ["p2"]),
+    ("/Datastreams", "Thing/name eq 'n2' and properties/aggregate eq 'none'", ["n2 humidity", "n2 temperature"]),
+    ("/Datastreams", "unitOfMeasurement/symbol eq 'dB(A)' and properties/aggregate eq 'daily mean'",
+     ["n3 laeq, daily mean", "n3 lamax, daily mean"]),
+    ("/Sensors", "Datastreams/Thing/name eq 'n3'", ["openpole noise meter"]),
+    ("/ObservedProperties", "Datastreams/Thing/name eq 'n2'", ["temperature", "humidity"]),
+    ("/FeaturesOfInterest", "Observations/Datastream/Thing/name eq 'n2'", ["Air at pole p2"]),
+])
+def test_filter_functions_geometry_and_any_semantics_through_relations(city, path, expr, names):
+    doc = ok(city, path, **{"$filter": expr})
+    got = [e["name"] for e in doc["value"]]
+    assert sorted(got) == sorted(names) and len(got) == len(set(got)), (expr, got)
+
+
+def test_time_filters_functions_durations_and_interval_rules(city):
+    t = ds_id(city, "n1", "temperature")
+    stored = readings(city, "n1", "temperature")
+    a, b = stored[5][0], stored[9][0]
+    q = f"phenomenonTime ge {iso(a)} and phenomenonTime lt {iso(b)}"
+    doc = ok(city, f"/Datastreams({t})/Observations", **{"$filter": q, "$orderby": "phenomenonTime asc"})
+    assert [(o["phenomenonTime"], o["result"]) for o in doc["value"]] == [(iso(x), v) for x, v in stored[5:9]]
+    # the zone written as +00:00, sent encoded (%2B), and the three ways a space arrives
+    plus = q.replace("Z", "+00:00")
+    for enc in (urllib.parse.quote(plus, safe=""), urllib.parse.quote_plus(plus)):
+        r = requests.get(f"{city['base']}/Datastreams({t})/Observations?$filter={enc}", timeout=10)
+        assert r.status_code == 200 and len(r.json()["value"]) == 4
+    hours = {x.hour for x, _ in stored}
+    doc = ok(city, f"/Datastreams({t})/Observations",
+             **{"$filter": f"hour(phenomenonTime) eq {min(hours)} and minute(phenomenonTime) lt 50 and "
+                           f"year(phenomenonTime) eq 2026 and month(resultTime) eq 9 and second(phenomenonTime) eq "
+                           f"{stored[0][0].second} and fractionalseconds(phenomenonTime) eq 0 and "
+                           f"date(phenomenonTime) eq {stored[0][0].date()} and time(phenomenonTime) ge 00:00:00 and "
+                           f"totaloffsetminutes(phenomenonTime) eq 0 and phenomenonTime lt now() and "
+                           f"phenomenonTime gt mindatetime() and phenomenonTime lt maxdatetime()"})
+    assert len(doc["value"]) == len([x for x, _ in stored if x.hour == min(hours) and x.minute < 50])
+    doc = ok(city, f"/Datastreams({t})/Observations",
+             **{"$filter": f"phenomenonTime sub duration'PT2M' ge {iso(stored[-1][0])}"})
+    assert doc["value"] == []
+    doc = ok(city, f"/Datastreams({t})/Observations",
+             **{"$filter": f"phenomenonTime add duration'PT1M' eq {iso(stored[1][0])}"})
+    assert [o["result"] for o in doc["value"]] == [stored[0][1]]
+    # an hourly mean's phenomenonTime is an interval: FROST's rules, with the interval [s, e)
+    hourly = ok(city, f"/Datastreams({t + 2**31})/Observations")["value"]
+    s, e = hourly[0]["phenomenonTime"].split("/")
+    assert ok(city, f"/Datastreams({t + 2**31})/Observations", **{"$filter": f"phenomenonTime ge {s}"})["value"]
+    assert ok(city, f"/Datastreams({t + 2**31})/Observations", **{"$filter": f"phenomenonTime lt {s}"})["value"] == []
+    within = ok(city, f"/Datastreams({t + 2**31})/Observations", **{"$filter": f"phenomenonTime eq {s}/{e}"})
+    assert [o["@iot.id"] for o in within["value"]] == [hourly[0]["@iot.id"]]
+    # Datastreams' phenomenonTime spans their readings
+    ds = ok(city, f"/Datastreams({t})")
+    assert ds["phenomenonTime"] == f"{iso(stored[0][0])}/{iso(stored[-1][0])}"
+    later = ok(city, "/Datastreams", **{"$filter": f"phenomenonTime gt {iso(stored[0][0])} and Thing/name eq 'n1'"})
+    assert later["value"] == []
+
+
+def test_orderby_nulls_directions_ties_and_uppercase(city):
+    doc = ok(city, "/Datastreams", **{"$orderby": "Thing/name DESC, name asc", "$select": "name"})
+    names = [d["name"] for d in doc["value"]]
+    assert names == sorted(names, key=lambda n: (-ord(n[1]), n)) or names[0].startswith("n3"), names
+    assert all(list(d) == ["name"] for d in doc["value"])
+    obs = ok(city, "/Observations", **{"$orderby": "resultQuality/tq desc, phenomenonTime desc", "$top": "500",
+                                       "$select": "id,resultQuality"})["value"]
+    nulls = [o for o in obs if "resultQuality" not in o]
+    assert nulls and obs[-len(nulls):] == nulls  # nulls last when descending
+    asc = ok(city, "/Observations", **{"$orderby": "resultQuality/tq", "$top": "500", "$select": "id,resultQuality"})
+    assert "resultQuality" not in asc["value"][0]  # and first when ascending
+    text = ok(city, "/Observations", **{"$orderby": "phenomenonTime desc", "$top": "50"})["value"]
+    assert [o["phenomenonTime"] for o in text] == sorted((o["phenomenonTime"] for o in text), reverse=True)
+
+
+def test_select_and_nested_expand_with_their_own_options(city):
+    doc = ok(city, "/Things", **{"$select": "id,name,Datastreams", "$filter": "name eq 'n1'"})
+    assert doc["value"] == [{"@iot.id": 1, "name": "n1",
+                             "Datastreams@iot.navigationLink": f"{city['base']}/Things(1)/Datastreams"}]
+    t = ds_id(city, "n1", "temperature")
+    stored = readings(city, "n1", "temperature")
+    doc = ok(city, "/Things(1)", **{"$select": "name", "$expand": "Datastreams($filter=properties/quantity eq "
+                                                                  "'temperature' and properties/aggregate eq 'none';"
+                                                                  "$select=name,id;$count=true;$expand=Observations("
+                                                                  "$orderby=phenomenonTime desc;$top=2;$count=true;"
+                                                                  "$select=result),Sensor)"})
+    assert set(doc) == {"name", "Datastreams", "Datastreams@iot.count"}
+    assert doc["Datastreams@iot.count"] == 1
+    ds = doc["Datastreams"][0]
+    assert ds["@iot.id"] == t and ds["Sensor"]["name"] == "BME280" and ds["Observations@iot.count"] == 30
+    assert [o["result"] for o in ds["Observations"]] == [v for _, v in stored[::-1][:2]]
+    assert ds["Observations@iot.nextLink"].startswith(f"{city['base']}/Datastreams({t})/Observations?")
+    follow = requests.get(ds["Observations@iot.nextLink"], timeout=10).json()
+    assert [o["result"] for o in follow["value"]] == [v for _, v in stored[::-1][2:4]]
+    # a/b is $expand=a($expand=b), and both merge
+    one = ok(city, f"/Datastreams({t})", **{"$expand": "Thing/Locations,Thing,ObservedProperty"})
+    assert one["Thing"]["Locations"][0]["name"] == "p1" and one["ObservedProperty"]["name"] == "temperature"
+
+
+def test_data_array_as_frost_test_suite_checks_it_and_pandas_reads_it(city):
+    import pandas as pd
+
+    doc = ok(city, "/Observations", **{"$count": "true", "$top": "3", "$resultFormat": "dataArray"})
+    assert "@iot.count" in doc and "@iot.nextLink" in doc
+    for g in doc["value"]:
+        assert g["Datastream@iot.navigationLink"].startswith(city["base"] + "/Datastreams(")
+        assert g["components"] == ["id", "phenomenonTime", "result", "resultTime", "resultQuality", "validTime",
+                                   "parameters"]
+        assert g["dataArray@iot.count"] == len(g["dataArray"]) and all(len(r) == 7 for r in g["dataArray"])
+    doc = ok(city, "/Observations", **{"$count": "true", "$top": "4", "$resultFormat": "dataArray",
+                                       "$select": "result,phenomenonTime", "$orderby": "phenomenonTime desc"})
+    assert all(g["components"] == ["phenomenonTime", "result"] for g in doc["value"])
+    t = ds_id(city, "n1", "temperature")
+    frames, url = [], f"{city['base']}/Datastreams({t})/Observations"
+    params = {"$orderby": "phenomenonTime asc", "$select": "phenomenonTime,result", "$resultFormat": "dataArray",
+              "$top": "8"}
+    while url:
+        page = requests.get(url, params=params, timeout=10).json()
+        frames += [pd.DataFrame(g["dataArray"], columns=g["components"]) for g in page["value"]]
+        url, params = page.get("@iot.nextLink"), None
+    df = pd.concat(frames, ignore_index=True)
+    stored = readings(city, "n1", "temperature")
+    assert list(df["result"]) == [v for _, v in stored]
+    assert list(pd.to_datetime(df["phenomenonTime"], utc=True)) == [pd.Timestamp(x) for x, _ in stored]
+    r = get(city, "/Observations", **{"$resultFormat": "dataArray", "$expand": "Datastream"})
+    assert r.status_code == 400 and "$expand" in r.json()["message"]
+
+
+def test_aggregates_are_datastreams_of_their_own_with_the_stored_means(city):
+    t = ds_id(city, "n1", "temperature")
+    stored = [v for _, v in readings(city, "n1", "temperature")]
+    daily = ok(city, f"/Datastreams({t + 2**32})")
+    assert daily["name"] == "n1 temperature, daily mean" and daily["properties"]["aggregate"] == "daily mean"
+    day = ok(city, f"/Datastreams({t + 2**32})/Observations")["value"]
+    assert len(day) == 1 and day[0]["parameters"]["count"] == 30
+    assert day[0]["result"] == pytest.approx(sum(stored) / 30) and day[0]["parameters"]["min"] == min(stored)
+    hours = ok(city, f"/Datastreams({t + 2**31})/Observations")["value"]
+    assert sum(h["parameters"]["count"] for h in hours) == 30
+    assert ok(city, f"/Observations({day[0]['@iot.id']})/Datastream")["@iot.id"] == t + 2**32
+    laeq = ok(city, f"/Datastreams({ds_id(city, 'n3', 'laeq') + 2**32})/Observations")["value"][0]
+    levels = [v for _, v in readings(city, "n3", "laeq")]
+    import math
+    assert laeq["result"] == pytest.approx(10 * math.log10(sum(10 ** (x / 10) for x in levels) / len(levels)))
+
+
+def test_observations_carry_receive_time_flags_and_time_quality(city):
+    pm = ds_id(city, "n1", "pm2_5")
+    doc = ok(city, f"/Datastreams({pm})/Observations", **{"$filter": "resultQuality/out_of_range eq true"})
+    assert [o["result"] for o in doc["value"]] == [1500]
+    o = doc["value"][0]
+    assert o["resultQuality"] == {"out_of_range": True, "flags": 1, "tq": 0, "time_quality": "synchronised"}
+    assert o["parameters"] == {"boot": 1, "seq": 7} and o["resultTime"] > o["phenomenonTime"]
+
+
+def test_locations_history_and_features_of_interest_follow_a_moved_node(city):
+    n3 = city["ids"]["things"]["n3"]
+    hist = ok(city, f"/Things({n3})/HistoricalLocations", **{"$orderby": "time", "$expand": "Locations"})["value"]
+    assert [h["Locations"][0]["name"] for h in hist] == ["p2", "p1"]
+    assert ok(city, f"/Things({n3})/Locations")["value"][0]["name"] == "p1"
+    laeq = ds_id(city, "n3", "laeq")
+    obs = ok(city, f"/Datastreams({laeq})/Observations", **{"$expand": "FeatureOfInterest($select=name,id)",
+                                                             "$orderby": "phenomenonTime"})["value"]
+    assert [o["FeatureOfInterest"]["name"] for o in obs] == ["Air at pole p2"] * 6 + ["Air at pole p1"] * 6
+    p2 = obs[0]["FeatureOfInterest"]["@iot.id"]
+    mine = ok(city, f"/FeaturesOfInterest({p2})/Observations", **{"$filter": f"Datastream/id eq {laeq}"})["value"]
+    assert [o["@iot.id"] for o in mine] == [o["@iot.id"] for o in obs[:6]]
+    assert {t["name"] for t in ok(city, "/Locations(1)/Things")["value"]} == {"n1", "n3"}
+
+
+# ---------------------------------------------------------------- the real clients
+
+
+def test_frost_sta_client_reads_what_the_loader_stored(city):
+    import frost_sta_client as fsc
+
+    svc = fsc.SensorThingsService(city["base"])
+    things = svc.things().query().expand("Locations,Datastreams($select=name,id)").list()
+    names = sorted(t.name for t in things)
+    assert names == ["n1", "n2", "n3"]
+    n1 = next(t for t in things if t.name == "n1")
+    assert n1.locations.entities[0].location["coordinates"] == [126.978, 37.5665]
+    page = svc.things().query().top(2).count().list()
+    assert page.count == 3 and len(page.entities) == 2 and page.next_link
+    assert sorted(t.name for t in page) == names  # iterating follows @iot.nextLink
+    t = svc.things().find(1)
+    ds = list(t.get_datastreams().query().expand("ObservedProperty,Sensor").filter(
+        "properties/aggregate eq 'none'").list())
+    assert {(d.observed_property.name, d.sensor.name) for d in ds} == {
+        ("temperature", "BME280"), ("humidity", "BME280"), ("pressure", "BME280"), ("pm2_5", "PMS5003")}
+    stored = readings(city, "n1", "humidity")
+    ds = svc.datastreams().find(ds_id(city, "n1", "humidity"))
+    obs = ds.get_observations().query().filter(
+        f"phenomenonTime ge {iso(stored[3][0])} and phenomenonTime lt {iso(stored[20][0])}").orderby(
+        "phenomenonTime", "ASC").select("phenomenonTime", "result").top(5).list()
+    assert [(o.phenomenon_time, o.result) for o in obs] == [(iso(x), v) for x, v in stored[3:20]]
+    newest = svc.datastreams().find(ds.id).get_observations().query().orderby("phenomenonTime").top(1).list()
+    assert newest.entities[0].result == stored[-1][1]  # the client's default order is DESC
+    latest = svc.things().query().filter("name eq 'n2'").expand(
+        "Datastreams($expand=Observations($orderby=phenomenonTime desc;$top=1))").list().entities[0]
+    got = {d.name: d.observations.entities[0].result for d in latest.datastreams.entities}
+    assert got["n2 temperature"] == readings(city, "n2", "temperature")[-1][1]
+    n = svc.observations().query().filter(f"Datastream/id eq {ds.id}").top(0).count().list().count
+    assert n == len(stored)
+
+
+def test_istsos4_client_reads_the_same(city):
+    from istsos4_client import Client, Datastream, FeatureOfInterest, HistoricalLocation, Location, Observation, \
+        ObservedProperty, Sensor, Thing
+
+    with Client(city["base"]) as c:
+        things = c.list(Thing, top=2, expand="Locations")
+        assert sorted(t.name for t in things) == ["n1", "n2", "n3"]
+        for model in (Datastream, Sensor, ObservedProperty, Location, HistoricalLocation, FeatureOfInterest):
+            assert c.list(model)  # every entity validates against the client's models
+        ds = c.list(Datastream, filter="Thing/name eq 'n2' and properties/quantity eq 'temperature'",
+                    expand="ObservedProperty")
+        assert [d.name for d in ds] == ["n2 temperature", "n2 temperature, hourly mean", "n2 temperature, daily mean"]
+        stored = readings(city, "n2", "temperature")
+        obs = c.list(Observation, filter=f"Datastream/id eq {ds[0].iot_id} and phenomenonTime ge {iso(stored[2][0])}",
+                     orderby="phenomenonTime desc", select="result,phenomenonTime", top=4)
+        assert [o.result for o in obs] == [v for _, v in stored[2:]][::-1]
+        one = c.get(Observation, 257, expand="Datastream")
+        assert one.result is not None
+
+
+def test_clients_models_accept_every_entity_the_server_emits(city):
+    """research/sta.md §9 item 23: every entity of every set through both clients' deserialisers."""
+    import frost_sta_client.utils as futils
+    import istsos4_client as ist
+
+    models = {"Things": ist.Thing, "Locations": ist.Location, "HistoricalLocations": ist.HistoricalLocation,
+              "Datastreams": ist.Datastream, "Sensors": ist.Sensor, "ObservedProperties": ist.ObservedProperty,
+              "Observations": ist.Observation, "FeaturesOfInterest": ist.FeatureOfInterest}
+    singular = {"Things": "Thing", "Locations": "Location", "HistoricalLocations": "HistoricalLocation",
+                "Datastreams": "Datastream", "Sensors": "Sensor", "ObservedProperties": "ObservedProperty",
+                "Observations": "Observation", "FeaturesOfInterest": "FeatureOfInterest"}
+    import frost_sta_client as fsc
+
+    for s in SETS:
+        url = f"{city['base']}/{s}"
+        while url:
+            doc = requests.get(url, timeout=10).json()
+            for e in doc["value"]:
+                models[s].model_validate(e)
+                cls = getattr(fsc, singular[s])
+                futils.transform_json_to_entity(dict(e), f"{cls.__module__}.{cls.__name__}")
+            url = doc.get("@iot.nextLink")
+
+
+# ---------------------------------------------------------------- hostile input and limits
+
+
+def test_hostile_input_is_refused_or_harmless_and_the_database_untouched(city):
+    with psycopg.connect(city["pg"].dsn) as conn:
+        before = conn.execute("SELECT (SELECT count(*) FROM things), (SELECT count(*) FROM samples)").fetchone()
+    for expr in ["name eq 'x'';DROP TABLE things;--'", "name eq 'x' or 1 eq 1; DROP TABLE things",
+                 "properties/'); DROP TABLE samples;-- eq 1", "substringof(''', name)", "name eq '\x00'",
+                 "name eq '" + "a" * 3000 + "'", "geo.distance(Locations/location, geography'POINT(1e400 2)') lt 1"]:
+        r = get(city, "/Things", **{"$filter": expr})
+        assert r.status_code in (200, 400), (expr, r.status_code, r.text[:300])
+        if r.status_code == 200:
+            assert r.json()["value"] in ([], ok(city, "/Things")["value"])
+        else:
+            assert r.json()["message"] and "\n" not in r.json()["message"]
+    r = get(city, "/Things", **{"$filter": "name eq '" + "a" * 5000 + "'"})
+    assert r.status_code == 400 and "at most" in r.json()["message"]
+    r = get(city, "/Observations", **{"$filter": "result mul 1e300 mul 1e300 gt 0"})
+    assert r.status_code in (200, 400) and "Traceback" not in r.text
+    r = get(city, "/Observations", **{"$skip": "999999999"})
+    assert r.status_code == 400 and "$filter" in r.json()["message"]
+    many = ",".join(["Datastreams($expand=Observations)"] * 30)
+    r = get(city, "/Things", **{"$expand": many})
+    assert r.status_code in (200, 400)
+    with psycopg.connect(city["pg"].dsn) as conn:
+        after = conn.execute("SELECT (SELECT count(*) FROM things), (SELECT count(*) FROM samples)").fetchone()
+    assert after == before
+    assert ok(city, "/Things(1)")["name"] == "n1"  # the server is unharmed
+
+
+def test_the_reader_role_cannot_write_and_the_server_uses_it(city):
+    with psycopg.connect(fx.reader_dsn(city["pg"].dsn)) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("DELETE FROM things")
+
+
+def test_a_client_over_its_rate_gets_429_with_retry_after_and_others_still_served(city):
+    p, base = serve(fx.reader_dsn(city["pg"].dsn), "--rate", "2", "--burst", "3")
+    try:
+        codes = [requests.get(base + "/Things(1)", timeout=10) for _ in range(8)]
+        limited = [r for r in codes if r.status_code == 429]
+        assert limited and all(r.status_code in (200, 429) for r in codes)
+        assert int(limited[0].headers["Retry-After"]) >= 1 and "wait" in limited[0].json()["message"]
+        time.sleep(float(limited[0].headers["Retry-After"]) + 0.2)
+        assert requests.get(base + "/Things(1)", timeout=10).status_code == 200
+    finally:
+        p.terminate()
+        p.wait(10)
+
+
+def test_a_slow_query_is_cut_by_the_statement_timeout_with_a_503(city):
+    p, base = serve(fx.reader_dsn(city["pg"].dsn), "--rate", "0", "--timeout", "0.02")
+    try:
+        heavy = "Datastreams/Observations/result add Datastreams/Observations/result gt 1e9"
+        r = requests.get(base + "/ObservedProperties", params={"$filter": heavy, "$count": "true"}, timeout=30)
+        if r.status_code == 200:
+            pytest.skip("the query finished within 20 ms on this machine")
+        assert r.status_code == 503 and r.headers["Retry-After"] and "narrow" in r.json()["message"]
+        assert requests.get(base + "/Sensors(1)", timeout=10).status_code in (200, 503)
+    finally:
+        p.terminate()
+        p.wait(10)
+
+
+def test_two_processes_serve_one_database_alike(city):
+    p, base = serve(fx.reader_dsn(city["pg"].dsn), "--rate", "0")
+    try:
+        a = requests.get(city["base"] + "/Datastreams?$top=3&$skip=2", timeout=10).json()
+        b = requests.get(base + "/Datastreams?$top=3&$skip=2", timeout=10).json()
+        assert json.dumps(a).replace(city["base"], "") == json.dumps(b).replace(base, "")
+    finally:
+        p.terminate()
+        p.wait(10)
+
+
+def test_spec_pages_behind_sensor_metadata_are_served(city):
+    for s in ok(city, "/Sensors")["value"]:
+        r = requests.get(s["metadata"], timeout=10)
+        assert r.status_code == 200 and s["name"].split()[0].lower() in r.text.lower()
+    op = ok(city, "/ObservedProperties(1)")
+    assert requests.get(op["definition"], timeout=10).status_code == 200
+    assert requests.get(city["base"].replace("/v1.1", "/specs/../../etc/passwd"), timeout=10).status_code == 404
