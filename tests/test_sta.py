@@ -619,3 +619,74 @@ def test_spec_pages_behind_sensor_metadata_are_served(city):
     op = ok(city, "/ObservedProperties(1)")
     assert requests.get(op["definition"], timeout=10).status_code == 200
     assert requests.get(city["base"].replace("/v1.1", "/specs/../../etc/passwd"), timeout=10).status_code == 404
+
+
+# ---------------------------------------------------------------- plans (last: it adds rows, then removes them)
+
+
+class Recording:
+    """An async connection that keeps each query the API sends."""
+
+    def __init__(self, conn):
+        self.conn, self.queries = conn, []
+
+    async def execute(self, sql, params=None):
+        self.queries.append((sql, params))
+        return await self.conn.execute(sql, params)
+
+
+def test_time_ranges_latest_values_and_ids_use_the_indexes(city):
+    import asyncio
+
+    from psycopg.rows import dict_row
+
+    from openpole.city.sta.mapping import build
+    from openpole.city.sta.request import Api
+
+    dsn = city["pg"].dsn
+    with psycopg.connect(dsn) as conn:  # 150,000 more samples: one busy node and more of n1 in October
+        conn.execute("""INSERT INTO samples SELECT 1000000 + g, x.thing, x.t, x.t, 0, ARRAY[20.5, 50, 1000]::real[],
+                        NULL, 1, g FROM generate_series(1, 150000) g, LATERAL (SELECT CASE WHEN g % 3 = 0 THEN 1 ELSE 99
+                        END AS thing, CASE WHEN g % 3 = 0 THEN '2026-10-01'::timestamptz ELSE '2026-09-01' END
+                        + g * interval '10 s' AS t) x""")
+        conn.execute("ANALYZE samples")
+    try:
+        t = ds_id(city, "n1", "temperature")
+        stored = readings(city, "n1", "temperature")
+        api = Api(build("http://x/specs/"), "http://x/v1.1")
+
+        async def run(path, query):
+            async with await psycopg.AsyncConnection.connect(fx.reader_dsn(dsn), row_factory=dict_row,
+                                                             autocommit=True) as conn:
+                rec = Recording(conn)
+                status, body, _ = await api.get(rec, path, query)
+                return status, body, rec.queries
+
+        cases = {
+            "range": (f"/Datastreams({t})/Observations",
+                      f"$filter=phenomenonTime ge {iso(stored[3][0])} and phenomenonTime lt {iso(stored[9][0])}"
+                      f"&$orderby=phenomenonTime asc"),
+            "latest": ("/Things(1)", "$expand=Datastreams($expand=Observations($top=1;$orderby=phenomenonTime desc))"),
+            "by id": ("/Observations(257)", ""),
+            "filter by datastream": ("/Observations", f"$filter=Datastream/id eq {t}&$orderby=phenomenonTime desc&$top=5"),
+        }
+        for name, (path, query) in cases.items():
+            status, body, queries = asyncio.run(run(path, query))
+            assert status == 200, (name, body)
+            sql, params = [q for q in queries if "FROM samples" in q[0]][-1]
+            with psycopg.connect(dsn) as conn:
+                plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + sql, params).fetchall())
+            # (the default partition is empty: a scan of it costs nothing)
+            assert "Seq Scan on samples_2026" not in plan, (name, plan)
+            if name != "range":  # an ordered probe, stopped by LIMIT: no bitmap of every row of the node
+                assert "Bitmap" not in plan, (name, plan)
+            want = "samples_by_id" if name == "by id" else "samples_by_thing"
+            assert want in plan.replace("samples_2026_09_thing_id_time_idx", "samples_by_thing").replace(
+                "samples_2026_10_thing_id_time_idx", "samples_by_thing").replace(
+                "samples_2026_09_id_idx", "samples_by_id").replace("samples_2026_10_id_idx", "samples_by_id"), (name, plan)
+            if name == "range":
+                assert [o["result"] for o in body["value"]] == [v for _, v in stored[3:9]]
+    finally:
+        with psycopg.connect(dsn) as conn:
+            conn.execute("DELETE FROM samples WHERE id > 1000000")
+            conn.execute("ANALYZE samples")

@@ -61,6 +61,8 @@ class Prop:
     out: str = None  # what is selected for the response, when not sql (a geometry's GeoJSON)
     omit_null: bool = False  # an optional property: left out when null
     obj: bool = False  # JSON object valued: its $value is the object's text
+    # never null: ordered without NULLS FIRST/LAST, so that an index's own order serves $orderby
+    not_null: bool = False
 
 
 @dataclass
@@ -82,6 +84,9 @@ class Entity:
     id_cond: object  # id_cond(col, value, param) -> SQL selecting the entity with that id
     order: tuple = ("id",)  # the default and tie-breaking order: columns, ascending
     computed: dict = field(default_factory=dict)  # column -> SQL template over {a}, computed when used
+    # the source's UNION ALL branches by the column `kind`: a request that fixes the kind reads its
+    # branch alone, so that the branch's index order serves $orderby (PostgreSQL sorts a UNION whole)
+    branches: tuple = ()
 
     def prop(self, name):
         return next((p for p in self.props if p.name == name), None)
@@ -127,6 +132,22 @@ def observation_key(value):
     if slot < DAILY_SLOT:
         return "hourly", series, EPOCH + datetime.timedelta(hours=slot)
     return "daily", series, EPOCH + datetime.timedelta(days=slot - DAILY_SLOT)
+
+
+def datastream_kind(value):
+    """A Datastream id -> its kind (0 readings, 1 hourly, 2 daily), or None for no such id."""
+    if 0 < value < HOURLY_OFFSET:
+        return 0
+    if HOURLY_OFFSET < value < DAILY_OFFSET:
+        return 1
+    if DAILY_OFFSET < value < DAILY_OFFSET + HOURLY_OFFSET:
+        return 2
+    return None
+
+
+def observation_kind(value):
+    k = observation_key(value)
+    return None if k is None else ("reading", "hourly", "daily").index(k[0])
 
 
 def _observation_id(col, value, param):
@@ -214,7 +235,7 @@ def build(specs_url):
         "Thing", "Things",
         source="""SELECT x.*, (SELECT l.id FROM locations l WHERE l.pole = x.pole
                                 ORDER BY l.valid_from DESC, l.id DESC LIMIT 1) AS loc_id
-                  FROM (SELECT t.id::bigint AS id, t.node, t.first_seen,
+                  FROM (SELECT t.id, t.node, t.first_seen,
                                (SELECT tp.pole FROM thing_poles tp WHERE tp.thing_id = t.id
                                 ORDER BY tp.since DESC, tp.id DESC LIMIT 1) AS pole
                         FROM things t) x""",
@@ -257,19 +278,19 @@ def build(specs_url):
 
     hist = Entity(
         "HistoricalLocation", "HistoricalLocations",
-        source=f"""SELECT tp.id::bigint AS id, tp.thing_id::bigint AS thing_id, tp.pole, tp.since,
+        source=f"""SELECT tp.id::bigint AS id, tp.thing_id, tp.pole, tp.since,
                           {_loc_at('tp.pole', 'tp.since')}::bigint AS loc_id
                    FROM thing_poles tp""",
         cols={"id": "bigint", "thing_id": "bigint", "loc_id": "bigint"},
-        props=[Prop("time", "datetime", "{a}.since")],
+        props=[Prop("time", "datetime", "{a}.since", not_null=True)],
         rels=[
             Rel("Thing", "Thing", False, _eq(("thing_id", "id"))),
             Rel("Locations", "Location", True, _eq(("loc_id", "id"))),
         ],
         id_cond=_simple_id)
 
-    branch = """SELECT s.id::bigint + {off} AS id, s.id::bigint AS series_id, {kind} AS kind, s.thing_id::bigint AS thing_id,
-                       s.key::int AS key, s.unit, s.first_seen FROM series s"""
+    branch = """SELECT s.id::bigint + {off} AS id, s.id AS series_id, {kind} AS kind, s.thing_id, s.key, s.unit,
+                       s.first_seen FROM series s"""
     ds_source = " UNION ALL ".join(branch.format(off=off, kind=k) for k, off in ((0, 0), (1, HOURLY_OFFSET),
                                                                                 (2, DAILY_OFFSET)))
     node = "(SELECT t.node FROM things t WHERE t.id = {a}.thing_id)"
@@ -343,15 +364,15 @@ def build(specs_url):
         rels=[Rel("Datastreams", "Datastream", True, _eq(("id", "key")))],
         id_cond=_simple_id)
 
-    agg = """SELECT -({slot}) AS id, {kind} AS kind, se.thing_id::bigint AS thing_id, se.key::int AS key,
-                    NULL::bigint AS sample_id, a.series_id::bigint AS series_id, a.{t} AS t0, a.{t} + interval '1 {u}' AS t1,
+    agg = """SELECT -({slot}) AS id, {kind} AS kind, se.thing_id, se.key::int AS key,
+                    NULL::bigint AS sample_id, a.series_id, a.{t} AS t0, a.{t} + interval '1 {u}' AS t1,
                     a.{t} + interval '1 {u}' AS rtime, a.mean::float8 AS result, NULL::int AS flags, NULL::int AS tq,
                     NULL::bigint AS boot, NULL::bigint AS seq, a.count::bigint AS n, a.min::text::float8 AS vmin,
                     a.max::text::float8 AS vmax
              FROM {table} a JOIN series se ON se.id = a.series_id"""
-    obs_source = " UNION ALL ".join([
-        """SELECT s.id * 256 + v.key AS id, 0 AS kind, s.thing_id::bigint AS thing_id, v.key::int AS key,
-                  s.id AS sample_id, NULL::bigint AS series_id, s.time AS t0, s.time AS t1, s.received AS rtime,
+    obs_branches = ([
+        """SELECT s.id * 256 + v.key AS id, 0 AS kind, s.thing_id, v.key::int AS key,
+                  s.id AS sample_id, NULL::int AS series_id, s.time AS t0, s.time AS t1, s.received AS rtime,
                   v.r::text::float8 AS result,
                   CASE WHEN v.key = ANY (s.flagged) THEN 1 ELSE 0 END AS flags, s.tq::int AS tq, s.boot, s.seq,
                   NULL::bigint AS n, NULL::float8 AS vmin, NULL::float8 AS vmax
@@ -362,6 +383,7 @@ def build(specs_url):
         agg.format(slot=f"a.series_id::bigint * {2**AGG_SLOT_BITS} + {DAILY_SLOT} + (extract(epoch FROM a.day) / 86400)::bigint",
                    kind=2, t="day", u="day", table="daily"),
     ])
+    obs_source = " UNION ALL ".join(obs_branches)
     quality = ("CASE WHEN {a}.kind = 0 THEN jsonb_build_object('out_of_range', ({a}.flags & 1) = 1, "
                "'time_quality', " + _case("{a}.tq", dict(enumerate(TIME_QUALITY)), "'unknown'") + ", 'flags', {a}.flags, "
                "'tq', {a}.tq) END")
@@ -379,8 +401,8 @@ def build(specs_url):
                               f"ELSE {{a}}.series_id + {DAILY_OFFSET} END"),
         },
         props=[
-            Prop("phenomenonTime", "interval", ("{a}.t0", "{a}.t1")),
-            Prop("resultTime", "datetime", "{a}.rtime"),
+            Prop("phenomenonTime", "interval", ("{a}.t0", "{a}.t1"), not_null=True),
+            Prop("resultTime", "datetime", "{a}.rtime", not_null=True),
             Prop("result", "number", "{a}.result"),
             Prop("resultQuality", "json", quality, omit_null=True, obj=True),
             Prop("parameters", "json", params, obj=True),
@@ -389,7 +411,7 @@ def build(specs_url):
             Rel("Datastream", "Datastream", False, _eq(("kind", "kind"), ("thing_id", "thing_id"), ("key", "key"))),
             Rel("FeatureOfInterest", "FeatureOfInterest", False, _eq(("foi_id", "id"))),
         ],
-        id_cond=_observation_id, order=("t0", "t1", "id"))
+        id_cond=_observation_id, order=("t0", "t1", "id"), branches=tuple(obs_branches))
 
     fois = Entity(
         "FeatureOfInterest", "FeaturesOfInterest", source=loc_source,

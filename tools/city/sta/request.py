@@ -7,7 +7,8 @@ $orderby, $skip, $top, then $select and $expand on the page; @iot.count comes fr
 
 from . import render
 from .errors import BadRequest, NotFound
-from .mapping import SETS
+from .filter import Lit, Op, Path
+from .mapping import SETS, datastream_kind, observation_kind
 from .parse import DEFAULT_TOP, MAX_TOP, next_link_query, parse_options, parse_path, split_query
 from .sql import COUNT_BOUND, Compiler, Params
 
@@ -88,9 +89,10 @@ class Api:
         if E is None:
             raise NotFound(f"no entity set {name!r}: the sets are {', '.join(SETS)}")
         constraint = (lambda a, p, E=E: "TRUE") if key is None else self._by_id(E, key)
-        state = ("entity", E, await self.fetch_one(conn, E, constraint, key)) if key is not None else None
-        if state is None:
-            state = ("collection", E, constraint)
+        if key is not None:
+            state = ("entity", E, await self.fetch_one(conn, E, constraint, key, self.kind_of(E, key=key)))
+        else:
+            state = ("collection", E, (constraint, self.kind_of(E, flt=opts.filter)))
         canon = [f"{name}" + (f"({key})" if key is not None else "")]
         rest = segs[1:]
         while rest:
@@ -108,16 +110,17 @@ class Api:
             if rel is not None:
                 C = self.entities[rel.target]
                 constraint = self._bound(E, rel, C, row)
+                kind = self.kind_of(C, rel=rel, row=row)
                 canon.append(sname + (f"({skey})" if skey is not None else ""))
                 if rel.many and skey is None:
-                    state = ("collection", C, constraint)
+                    state = ("collection", C, (constraint, kind))
                     continue
                 if not rel.many and skey is not None:
                     raise NotFound(f"{sname} is a single entity: drop the id")
                 if skey is not None:
                     inner, by = constraint, self._by_id(C, skey)
                     constraint = lambda a, p, inner=inner, by=by: f"({inner(a, p)}) AND ({by(a, p)})"
-                child = await self.fetch_one(conn, C, constraint, skey)
+                child = await self.fetch_one(conn, C, constraint, skey, kind)
                 state = ("entity", C, child)
                 continue
             if skey is not None:
@@ -138,9 +141,35 @@ class Api:
             return rel.cond(lambda col: p(row[f"k_{col}"], E.cols.get(col)), lambda col: C.col(a, col))
         return constraint
 
-    async def fetch_one(self, conn, E, constraint, key=None):
+    @staticmethod
+    def src(E, kind):
+        return E.branches[kind] if kind is not None and E.branches else E.source
+
+    def kind_of(self, E, rel=None, row=None, key=None, flt=None):
+        """The kind (readings, hourly, daily) a request fixes for an entity with branches, else None."""
+        if not E.branches:
+            return None
+        if key is not None:
+            return observation_kind(key)
+        if rel is not None and "kind" in _used_cols(rel):
+            return row.get("k_kind")
+        conj, found = [flt] if flt is not None else [], None
+        while conj:
+            n = conj.pop()
+            if isinstance(n, Op) and n.op == "and":
+                conj += n.args
+            elif isinstance(n, Op) and n.op == "eq":
+                a, b = n.args
+                if isinstance(a, Lit):
+                    a, b = b, a
+                if (isinstance(a, Path) and a.parts in (("Datastream", "id"), ("Datastream", "@iot.id"))
+                        and isinstance(b, Lit) and b.kind == "number" and isinstance(b.value, int)):
+                    found = datastream_kind(b.value)
+        return found
+
+    async def fetch_one(self, conn, E, constraint, key=None, kind=None):
         p = Params()
-        sql = (f"SELECT {self.columns(E, 'e', None, list(E.cols))} FROM ({E.source}) AS e "
+        sql = (f"SELECT {self.columns(E, 'e', None, list(E.cols))} FROM ({self.src(E, kind)}) AS e "
                f"WHERE {constraint('e', p)} LIMIT 1")
         row = await (await conn.execute(sql, p.values)).fetchone()
         if row is None:
@@ -210,16 +239,18 @@ class Api:
         return " AND ".join(f"({x})" for x in parts)
 
     async def page(self, conn, E, constraint, opts, select, cols):
+        constraint, kind = constraint
+        source = self.src(E, kind)
         n = opts.page_size()
         p = Params()
         where = self.where(E, "e", constraint, opts, p)
         count = None
         if opts.count:
-            count = await self.count(conn, f"FROM ({E.source}) AS e WHERE {where}", p.values)
+            count = await self.count(conn, f"FROM ({source}) AS e WHERE {where}", p.values)
         if n == 0:
             return Page([], False, count)
         order = Compiler(self.entities, p).order_by(E, "e", opts.orderby)
-        sql = (f"SELECT {self.columns(E, 'e', select, cols)} FROM ({E.source}) AS e WHERE {where} "
+        sql = (f"SELECT {self.columns(E, 'e', select, cols)} FROM ({source}) AS e WHERE {where} "
                f"ORDER BY {order} LIMIT {n + 1} OFFSET {int(opts.skip)}")
         rows = await (await conn.execute(sql, p.values)).fetchall()
         return Page(rows[:n], len(rows) > n, count)
@@ -312,32 +343,35 @@ class Api:
             o = ex.options
             select = self.check_select(C, o.select)
             used = _used_cols(rel)
-            p = Params()
-            tuples = ", ".join("(" + ", ".join([str(i)] + [p(r[f"k_{c}"], E.cols.get(c)) for c in used]) + ")"
-                               for i, r in enumerate(rows))
-            px = f"(VALUES {tuples}) AS px(__i, {', '.join(used)})"
-            constraint = lambda a, pp: rel.cond(lambda col: f"px.{col}", lambda col: C.col(a, col))
-            where = self.where(C, "c", constraint, o, p)
             n = o.page_size() if rel.many else 1
-            order = Compiler(self.entities, p).order_by(C, "c", o.orderby)
             cols = self.cols_for(C, o.expand)
-            sql = (f"SELECT px.__i AS \"__i\", c.* FROM {px} CROSS JOIN LATERAL (SELECT "
-                   f"{self.columns(C, 'c', select, cols)} FROM ({C.source}) AS c WHERE {where} ORDER BY {order} "
-                   f"LIMIT {n + 1} OFFSET {int(o.skip) if rel.many else 0}) AS c")
-            children = [] if n == 0 else await (await conn.execute(sql, p.values)).fetchall()
-            budget[0] += len(children)
-            if budget[0] > MAX_ENTITIES:
-                raise BadRequest(f"the response would hold more than {MAX_ENTITIES:,} entities: lower $top inside "
-                                 f"$expand, or page the related entities by their own URL")
-            counts = {}
-            if rel.many and o.count:
-                cp = Params()
-                tuples_c = ", ".join("(" + ", ".join([str(i)] + [cp(r[f"k_{c}"], E.cols.get(c)) for c in used]) + ")"
-                                     for i, r in enumerate(rows))
-                wc = self.where(C, "c", constraint, o, cp)
-                csql = (f"SELECT px.__i AS \"__i\", (SELECT count(*) FROM (SELECT 1 FROM ({C.source}) AS c WHERE {wc} "
-                        f"LIMIT {COUNT_BOUND + 1}) AS x) AS n FROM (VALUES {tuples_c}) AS px(__i, {', '.join(used)})")
-                counts = {r["__i"]: r["n"] for r in await (await conn.execute(csql, cp.values)).fetchall()}
+            constraint = lambda a, pp: rel.cond(lambda col: f"px.{col}", lambda col: C.col(a, col))
+            groups = {}
+            for i, r in enumerate(rows):
+                groups.setdefault(self.kind_of(C, rel=rel, row=r), []).append(i)
+            children, counts = [], {}
+            for kind, members in groups.items():
+                source = self.src(C, kind)
+                p = Params()
+                tuples = ", ".join("(" + ", ".join([str(i)] + [p(rows[i][f"k_{c}"], E.cols.get(c)) for c in used])
+                                   + ")" for i in members)
+                px = f"(VALUES {tuples}) AS px(__i, {', '.join(used)})"
+                where = self.where(C, "c", constraint, o, p)
+                order = Compiler(self.entities, p).order_by(C, "c", o.orderby)
+                sql = (f"SELECT px.__i AS \"__i\", c.* FROM {px} CROSS JOIN LATERAL (SELECT "
+                       f"{self.columns(C, 'c', select, cols)} FROM ({source}) AS c WHERE {where} ORDER BY {order} "
+                       f"LIMIT {n + 1} OFFSET {int(o.skip) if rel.many else 0}) AS c")
+                got = await (await conn.execute(sql, p.values)).fetchall() if n else []
+                children += got
+                budget[0] += len(got)
+                if budget[0] > MAX_ENTITIES:
+                    raise BadRequest(f"the response would hold more than {MAX_ENTITIES:,} entities: lower $top inside "
+                                     f"$expand, or page the related entities by their own URL")
+                if rel.many and o.count:
+                    wc = where  # the same parameters: the count query reuses p
+                    csql = (f"SELECT px.__i AS \"__i\", (SELECT count(*) FROM (SELECT 1 FROM ({source}) AS c "
+                            f"WHERE {wc} LIMIT {COUNT_BOUND + 1}) AS x) AS n FROM {px}")
+                    counts.update({r["__i"]: r["n"] for r in await (await conn.execute(csql, p.values)).fetchall()})
             by_parent = {}
             for ch in children:
                 by_parent.setdefault(ch["__i"], []).append(ch)

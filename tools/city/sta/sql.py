@@ -32,8 +32,9 @@ class Params:
 
 
 class Val:
-    def __init__(self, sql, type, lit=None):
+    def __init__(self, sql, type, lit=None, not_null=False):
         self.sql, self.type, self.lit = sql, type, lit  # an interval's sql is (start, end)
+        self.not_null = not_null
 
 
 def _time_pair(v):
@@ -110,7 +111,7 @@ class Compiler:
         if head in ("id", "@iot.id"):
             if len(rest) > 1:
                 raise BadRequest(f"{'/'.join(map(str, parts))}: an id has no members")
-            return Val(entity.col(alias, "id"), "number")
+            return Val(entity.col(alias, "id"), "number", not_null=True)
         prop = entity.prop(head) if isinstance(head, str) else None
         if prop is None:
             names = ", ".join(["id"] + [p.name for p in entity.props] + [r.name for r in entity.rels])
@@ -119,7 +120,7 @@ class Compiler:
             if len(rest) > 1:
                 raise BadRequest(f"{prop.name} is a time and has no members")
             s, e = (x.format(a=alias) for x in prop.sql)
-            return Val((s, e), "interval")
+            return Val((s, e), "interval", not_null=prop.not_null)
         sql = prop.sql.format(a=alias)
         if len(rest) > 1:
             if prop.type != "json":
@@ -127,7 +128,7 @@ class Compiler:
             for k in rest[1:]:
                 sql = f"({sql} -> {self.p(k, 'int' if isinstance(k, int) else 'text')})"
             return Val(sql, "json")
-        return Val(sql, prop.type)
+        return Val(sql, prop.type, not_null=prop.not_null)
 
     # ------------------------------------------------------------------ values
 
@@ -336,7 +337,8 @@ class Compiler:
         out = []
         for node, direction in orderby:
             v = self.value(entity, alias, node, None, mode="order")
-            nulls = "NULLS FIRST" if direction == "asc" else "NULLS LAST"
+            # the standard's nulls first ascending, last descending; PostgreSQL's default is the opposite
+            nulls = "" if v.not_null else "NULLS FIRST" if direction == "asc" else "NULLS LAST"
             d = direction.upper()
             if v.type == "interval":
                 out += [f"{v.sql[0]} {d} {nulls}", f"{v.sql[1]} {d} {nulls}"]
