@@ -256,6 +256,7 @@ def test_the_ogc_priority_ordering_and_string_comparison_of_results(city):
     ("1 add 2.0 mod (result add 1) eq 1", [1]),
     ("14 div (result add 1) mod 3 mul 3 eq 3", [1]),
     ("result div 0 eq 1", []),
+    ("7 div 2 eq 3.5 and result eq 1", [1]),  # div is floating point, whatever its operands
     ("result mod 2 eq 0 and result le 6", [2, 4, 6]),
     ("round(result div 4) eq 1", [2, 3, 4, 5]),
     ("floor(result div 4) eq 1 or ceiling(result div 4) eq 3 and result lt 10", [4, 5, 6, 7, 9]),
