@@ -68,10 +68,10 @@ def load(dsn, data=None):
     return total
 
 
+# In a schema of its own, first on the reader's search_path: the loader goes on writing schema 2's tables.
 CONTRACT = """
-ALTER TABLE series RENAME TO series_v2;
-ALTER TABLE poles ADD COLUMN IF NOT EXISTS lat double precision, ADD COLUMN IF NOT EXISTS lon double precision,
-    ADD COLUMN IF NOT EXISTS address text, ADD COLUMN IF NOT EXISTS description text;
+CREATE SCHEMA contract;
+SET search_path = contract, public;
 CREATE TABLE things (id serial PRIMARY KEY, node text UNIQUE NOT NULL, first_seen timestamptz NOT NULL);
 CREATE TABLE locations (id serial PRIMARY KEY, pole text NOT NULL, lat double precision, lon double precision,
     address text, description text, valid_from timestamptz NOT NULL);
@@ -100,10 +100,9 @@ def contract_tables(dsn, poles=POLES, moves=()):
 
     import psycopg
 
-    keys = {q.name: q.key for q in REGISTRY.by_key.values()}
-    levels = REGISTRY.level_keys
     with psycopg.connect(dsn) as conn:
         conn.execute(CONTRACT)
+        conn.execute("SET search_path = contract, public")
         t_first = datetime.datetime.fromtimestamp(T0 - 86400, datetime.timezone.utc)
         for pole, (lat, lon, addr, desc) in poles.items():
             conn.execute("INSERT INTO locations (pole, lat, lon, address, description, valid_from) "
@@ -111,14 +110,41 @@ def contract_tables(dsn, poles=POLES, moves=()):
         for pole, lat, lon, at in moves:
             conn.execute("INSERT INTO locations (pole, lat, lon, address, description, valid_from) "
                          "VALUES (%s, %s, %s, NULL, NULL, %s)", (pole, lat, lon, at))
+    ids = sync(dsn)
+    with psycopg.connect(dsn) as conn:
+        conn.execute("DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'openpole_reader') THEN "
+                     "CREATE ROLE openpole_reader LOGIN; END IF; END $$")
+        conn.execute("GRANT USAGE ON SCHEMA contract TO openpole_reader")
+        conn.execute("GRANT SELECT ON ALL TABLES IN SCHEMA contract, public TO openpole_reader")
+        conn.execute("ALTER ROLE openpole_reader SET search_path = contract, public")
+    return ids
+
+
+def sync(dsn):
+    """Readings the loader stored since the last sync -> samples (one transaction: its COMMIT is when
+    they become Observations), and the hourly and daily means made again."""
+    import datetime
+
+    import psycopg
+
+    keys = {q.name: q.key for q in REGISTRY.by_key.values()}
+    levels = REGISTRY.level_keys
+    with psycopg.connect(contract_dsn(dsn)) as conn:
+        things = dict(conn.execute("SELECT node, id FROM things").fetchall())
+        where = dict(conn.execute("SELECT DISTINCT ON (thing_id) thing_id, pole FROM thing_poles "
+                                  "ORDER BY thing_id, since DESC, id DESC").fetchall())
+        series = {(t, k): i for i, t, k in conn.execute("SELECT id, thing_id, key FROM series").fetchall()}
+        done = {(t, b, q) for t, b, q in conn.execute("SELECT DISTINCT thing_id, boot, seq FROM samples").fetchall()}
         rows = conn.execute("SELECT pole, node, quantity, time, value, unit, flags, time_quality, boot, seq "
                             "FROM readings ORDER BY time, node, boot, seq").fetchall()
-        things, where, samples, series = {}, {}, {}, {}
+        samples = {}
         for pole, node, q, t, v, unit, flags, tq, boot, seq in rows:
             if node not in things:
                 things[node] = conn.execute("INSERT INTO things (node, first_seen) VALUES (%s, %s) RETURNING id",
                                             (node, t)).fetchone()[0]
             tid = things[node]
+            if (tid, boot, seq) in done:
+                continue
             if where.get(tid) != pole:
                 where[tid] = pole
                 conn.execute("INSERT INTO thing_poles (thing_id, pole, since) VALUES (%s, %s, %s)", (tid, pole, t))
@@ -130,15 +156,19 @@ def contract_tables(dsn, poles=POLES, moves=()):
             s["vals"][keys[q] - 1] = v
             if flags & 1:
                 s["flagged"].append(keys[q])
-        for i, ((tid, boot, seq, t), s) in enumerate(sorted(samples.items(), key=lambda x: (x[0][3], x[0][0])), 1):
+        first = conn.execute("SELECT coalesce(max(id), 0) FROM samples").fetchone()[0] + 1
+        for i, ((tid, boot, seq, t), s) in enumerate(sorted(samples.items(), key=lambda x: (x[0][3], x[0][0])), first):
             conn.execute("INSERT INTO samples VALUES (%s, %s, %s, %s, %s, %s::real[], %s::smallint[], %s, %s)",
                          (i, tid, t, t + datetime.timedelta(seconds=1), s["tq"], s["vals"], s["flagged"] or None,
                           boot, seq))
+        conn.execute("DELETE FROM hourly")
+        conn.execute("DELETE FROM daily")
+        everything = conn.execute("SELECT thing_id, time, vals FROM samples").fetchall()
         for table, unit in (("hourly", 3600), ("daily", 86400)):
             agg = {}
-            for (tid, boot, seq, t), s in samples.items():
-                for k, v in enumerate(s["vals"], 1):
-                    if v is not None:
+            for tid, t, vals in everything:
+                for k, v in enumerate(vals, 1):
+                    if v is not None and (tid, k) in series:
                         start = int(t.timestamp()) // unit * unit
                         agg.setdefault((series[(tid, k)], start, k), []).append(v)
             for (sid, start, k), vs in sorted(agg.items()):
@@ -147,10 +177,13 @@ def contract_tables(dsn, poles=POLES, moves=()):
                 conn.execute(f"INSERT INTO {table} VALUES (%s, to_timestamp(%s), %s, %s, %s, %s)",
                              (sid, start, len(vs), mean, min(vs), max(vs)))
         conn.execute("ANALYZE")
-        conn.execute("DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'openpole_reader') THEN "
-                     "CREATE ROLE openpole_reader LOGIN; END IF; END $$")
-        conn.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO openpole_reader")
-        return {"things": things, "series": series, "samples": len(samples)}
+        total = conn.execute("SELECT count(*) FROM samples").fetchone()[0]
+    return {"things": things, "series": series, "samples": total}
+
+
+def contract_dsn(dsn):
+    """The database as its owner, with the contract's tables first on the path."""
+    return dsn + "?options=-csearch_path%3Dcontract,public"
 
 
 def reader_dsn(dsn):

@@ -1,5 +1,7 @@
 """`openpole city serve`: its flags and its run loop (the server itself is server.py)."""
 
+from pathlib import Path
+
 from ...common import parse_hostport
 from ...errors import UserError
 
@@ -22,6 +24,7 @@ def register(csub):
     sv.add_argument("--trust-forwarded", action="store_true",
                     help="rate-limit by X-Forwarded-For (only behind a proxy that sets it)")
     sv.set_defaults(func=run_serve)
+    register_publish(csub)
 
 
 def run_serve(args):
@@ -58,5 +61,44 @@ async def _serve(args, host, port):
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    server.closing = True
     await runner.cleanup()
     await server.close()
+
+
+def register_publish(csub):
+    pb = csub.add_parser("publish", help="each committed reading to MQTT as the SensorThings API renders it "
+                                         "(v1.1/Datastreams(ID)/Observations, ...)")
+    pb.add_argument("--db", required=True, metavar="DSN", help="PostgreSQL as a read-only role")
+    pb.add_argument("--mqtt", required=True, metavar="HOST:PORT", help="the public broker, e.g. 127.0.0.1:1883")
+    pb.add_argument("--mqtt-user", help="the publisher's user on the broker (the one its ACL lets write v1.1/#)")
+    pb.add_argument("--mqtt-password-file", type=Path, help="a file holding that user's password")
+    pb.add_argument("--public-url", required=True, metavar="URL",
+                    help="the SensorThings API's address, as `city serve --public-url` (links in the payloads)")
+    pb.set_defaults(func=run_publish)
+
+
+def run_publish(args):
+    import asyncio
+
+    from .publish import Publisher
+
+    host, port = parse_hostport(args.mqtt, 1883, "--mqtt")
+    password = None
+    if args.mqtt_password_file:
+        try:
+            password = args.mqtt_password_file.read_text().strip()
+        except OSError as e:
+            raise UserError(f"--mqtt-password-file {args.mqtt_password_file}: {e.strerror}") from None
+    pub = Publisher(args.db, host, port, args.public_url, args.mqtt_user, password)
+    try:
+        pub.connect_mqtt()
+    except OSError as e:
+        raise UserError(f"--mqtt {args.mqtt}: cannot connect to the broker ({e.strerror or e})") from None
+    pub.client.loop_stop()
+    pub.client.disconnect()
+    print(f"publishing new Observations to {host}:{port} under v1.1/", flush=True)
+    try:
+        asyncio.run(pub.run())
+    except KeyboardInterrupt:
+        pass

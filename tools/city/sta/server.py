@@ -9,6 +9,7 @@ Stateless: any number of processes can serve one database behind a load balancer
 import asyncio
 import json
 import logging
+import re
 import time
 
 from .errors import StaError
@@ -17,6 +18,9 @@ from .request import Api
 
 log = logging.getLogger("openpole.city.sta")
 ALLOW = "GET, HEAD, OPTIONS"
+EVENTS = re.compile(r"^/Datastreams\((\d{1,19})\)/Observations/events/?$")
+MAX_STREAMS = 100  # server-sent event streams per process
+KEEPALIVE_S = 15.0
 
 
 class RateLimit:
@@ -61,6 +65,9 @@ class Server:
         self.api = Api(self.entities, self.base, settings)
         self.pool = None
         self.mqtt_endpoints = mqtt_endpoints
+        self.streams = 0
+        self.closing = False  # set at shutdown: live streams end
+        self.events_interval_s = 1.0
 
     async def open(self):
         from psycopg.rows import dict_row
@@ -169,6 +176,9 @@ class Server:
 
         path = request.path[len("/v1.1"):]
         query = request.query_string
+        m = EVENTS.match(path)
+        if m and request.method == "GET":
+            return await self.events(request, int(m.group(1)))
         try:
             async with self.pool.connection() as conn:
                 status, body, ctype = await self.api.get(conn, path, query)
@@ -196,6 +206,66 @@ class Server:
         if "Observations" in path:
             headers["Cache-Control"] = "no-cache"
         return self._response(status, body, ctype or "application/json", headers)
+
+
+    async def events(self, request, ds_id):
+        """Server-sent events: each new reading of one Datastream as `event: observation`, its data the
+        Observation's JSON, its id the Observation's id (a browser's EventSource resumes after it)."""
+        from aiohttp import web
+        from psycopg_pool import PoolTimeout
+
+        from .live import Feed
+        from .mapping import datastream_kind
+
+        if datastream_kind(ds_id) != 0:
+            return self.error(400 if datastream_kind(ds_id) else 404,
+                              f"live events are for Datastreams of readings; Datastream {ds_id} is not one "
+                              f"(hourly and daily means: GET their Observations once an hour)")
+        if self.streams >= MAX_STREAMS:
+            return self.error(503, "too many live streams on this server: try again later", {"Retry-After": "60"})
+        ds = self.entities["Datastream"]
+        feed = Feed(self.api)
+        try:
+            async with self.pool.connection() as conn:
+                row = await self.api.fetch_one(conn, ds, self.api._by_id(ds, ds_id), ds_id, None)
+                last = request.headers.get("Last-Event-ID", "")
+                await feed.start(conn, (int(last) >> 8) if re.fullmatch(r"\d{1,19}", last) else None)
+        except StaError as e:
+            return self.error(e.status, e.message)
+        except PoolTimeout:
+            return self.error(503, "the server is busy: try again in a few seconds", {"Retry-After": "5"})
+        thing, key = row["k_thing_id"], row["k_key"]
+
+        def where(p):
+            return f"e.thing_id = {p(thing, 'bigint')} AND e.key = {p(key, 'int')}"
+
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                           "Access-Control-Allow-Origin": "*", "X-Accel-Buffering": "no"})
+        await resp.prepare(request)
+        self.streams += 1
+        quiet = time.monotonic()
+        try:
+            await resp.write(b"retry: 5000\n\n")
+            while not self.closing:
+                await asyncio.sleep(self.events_interval_s)
+                try:
+                    async with self.pool.connection() as conn:
+                        new = await feed.poll(conn, where)
+                except Exception as e:  # the database away for a moment: the stream waits, the client stays
+                    log.warning("live events: %s", " ".join(str(e).split())[:200])
+                    new = []
+                for obs, _, _ in new:
+                    await resp.write(f"id: {obs['@iot.id']}\nevent: observation\ndata: "
+                                     f"{json.dumps(obs, ensure_ascii=False, separators=(',', ':'))}\n\n".encode())
+                    quiet = time.monotonic()
+                if time.monotonic() - quiet > KEEPALIVE_S:
+                    await resp.write(b": keepalive\n\n")
+                    quiet = time.monotonic()
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.streams -= 1
+        return resp
 
 
 async def serve(dsn, host, port, public_url=None, **kw):
