@@ -295,6 +295,16 @@ def test_filter_precedence_arithmetic_and_paths_as_frost_reads_them(city, expr, 
     ("/Locations", "st_equals(location, geography'POINT(126.978 37.5665)')", ["p1"]),
     ("/Locations", "not st_disjoint(location, geography'LINESTRING(126.99 37.5, 126.99 37.6)')", ["p2"]),
     ("/Locations", "geo.length(location) eq 0 and Things/name eq 'n2'", ["p2"]),
+    ("/Locations", "st_touches(location, geography'POLYGON((126.978 37.5, 127 37.5, 127 37.6, 126.978 37.6, "
+                   "126.978 37.5))')", ["p1"]),
+    ("/Locations", "st_touches(location, geography'LINESTRING(126.99 37.57, 127 37.6)')", ["p2"]),
+    ("/Locations", "not st_overlaps(location, geography'POINT(126.99 37.57)') and not st_crosses(location, "
+                   "geography'LINESTRING(126 37, 127 38)')", ["p1", "p2"]),
+    ("/Locations", "st_relate(location, geography'POLYGON((126.98 37.56, 127 37.56, 127 37.58, 126.98 37.58, "
+                   "126.98 37.56))', 'T*F**F***')", ["p2"]),  # within: p2 inside, p1 outside
+    ("/Locations", "st_relate(geography'POLYGON((126.98 37.56, 127 37.56, 127 37.58, 126.98 37.58, 126.98 37.56))', "
+                   "location, 'FF*FF****')", ["p1"]),  # disjoint, the polygon first
+    ("/Locations", "st_relate(location, geography'POINT(126.978 37.5665)', '0FFFFFFF2')", ["p1"]),
     ("/Datastreams", "Thing/name eq 'n2' and properties/aggregate eq 'none'", ["n2 humidity", "n2 temperature"]),
     ("/Datastreams", "unitOfMeasurement/symbol eq 'dB(A)' and properties/aggregate eq 'daily mean'",
      ["n3 laeq, daily mean", "n3 lamax, daily mean"]),

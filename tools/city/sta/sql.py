@@ -398,7 +398,7 @@ def _math(sql):
 
 def _geo(kind):
     def f(c, name, v):
-        for x in v:
+        for x in v[:2]:
             if x.type not in ("geometry", "polygon", "line"):
                 raise BadRequest(f"{name}() takes geometries (a location, a feature or geography'POINT(lon lat)'), "
                                  f"not a {x.type}")
@@ -431,8 +431,51 @@ def _geo(kind):
             if a.type == "geometry" and b.type == "geometry":
                 return Val(f"({a.sql} ~= {b.sql})", "bool")
             return Val("FALSE", "bool")
-        raise BadRequest(f"{name}() is not served (openpole's locations are points)")
+        if a.type != "geometry" and b.type != "geometry":
+            raise BadRequest(f"{name}(): one of the two must be a point (a location or a feature)")
+        if kind in ("overlaps", "crosses"):
+            # a single point neither overlaps (same dimension, neither within the other) nor crosses
+            # (its interior both on and off the other) anything: OGC 06-103r4 §6.1.15.3
+            return Val("FALSE", "bool")
+        p, o, flipped = (a, b, False) if a.type == "geometry" else (b, a, True)
+        where = _point_where(c, p, o)  # SQL: 'interior', 'boundary' or 'exterior' of o holds p
+        if kind == "touches":
+            return Val(f"({where} = 'boundary')", "bool")
+        if kind == "relate":
+            pat = v[2]
+            if not (pat.lit is not None and pat.lit.kind == "string" and len(pat.lit.value) == 9
+                    and set(pat.lit.value.upper()) <= set("TF*012")):
+                raise BadRequest("st_relate() takes a DE-9IM pattern of 9 characters T, F, *, 0, 1, 2 as a string, "
+                                 "e.g. 'T********'")
+            dim = {"geometry": 0, "line": 1, "polygon": 2}[o.type]
+            ext = {0: "0", 1: "1", 2: "2"}[dim]  # the point's exterior meets the other's interior
+            rows = {"interior": "0FF", "boundary": "F0F", "exterior": "FF0"}
+            bnd = "F" if dim == 0 else ("0" if dim == 1 else "1")  # the point's exterior meets the other's boundary
+            mats = {k: r + "FFF" + ext + bnd + "2" for k, r in rows.items()}
+            if dim == 0:  # two points: the other's interior is the point itself
+                mats = {"interior": "0FFFFFFF2", "exterior": "FF0FFF0F2"}
+            if flipped:
+                mats = {k: "".join(m[i + 3 * j] for i in range(3) for j in range(3)) for k, m in mats.items()}
+            regex = "^" + "".join({"T": "[012]", "*": "."}.get(ch, ch) for ch in pat.lit.value.upper()) + "$"
+            whens = " ".join(f"WHEN {c.p(k, 'text')} THEN {c.p(m, 'text')}" for k, m in mats.items())
+            return Val(f"((CASE {where} {whens} END) ~ {c.p(regex, 'text')})", "bool")
+        raise BadRequest(f"{name}() is not served")
     return f
+
+
+def _point_where(c, p, o):
+    """SQL: where the point p lies against o: 'interior', 'boundary' or 'exterior'."""
+    if o.type == "geometry":
+        return f"(CASE WHEN {p.sql} ~= {o.sql} THEN 'interior' ELSE 'exterior' END)"
+    if o.type == "polygon":
+        return (f"(CASE WHEN ({p.sql} <-> path({o.sql})) = 0 THEN 'boundary' WHEN {o.sql} @> {p.sql} THEN 'interior' "
+                f"ELSE 'exterior' END)")
+    pts = o.lit.value[1] if o.lit is not None else None
+    if not pts:
+        raise BadRequest("a line must be a geography'LINESTRING(...)' literal")
+    ends = " OR ".join(f"{p.sql} ~= point({c.p(x, 'float8')}, {c.p(y, 'float8')})" for x, y in (pts[0], pts[-1]))
+    return (f"(CASE WHEN {ends} THEN 'boundary' WHEN ({p.sql} <-> {o.sql}) = 0 THEN 'interior' "
+            f"ELSE 'exterior' END)")
 
 
 def _now(c, name, v):
