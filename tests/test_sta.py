@@ -696,7 +696,38 @@ def test_time_ranges_latest_values_and_ids_use_the_indexes(city):
                 "samples_2026_09_id_idx", "samples_by_id").replace("samples_2026_10_id_idx", "samples_by_id"), (name, plan)
             if name == "range":
                 assert [o["result"] for o in body["value"]] == [v for _, v in stored[3:9]]
+        # with 450,000 more Observations: $top is capped with a nextLink, and $count becomes an estimate
+        doc = ok(city, "/Observations", **{"$top": "100000000", "$select": "id", "$count": "true"})
+        assert len(doc["value"]) == 10_000 and "$top=10000&$skip=10000" in doc["@iot.nextLink"]
+        with psycopg.connect(dsn) as conn:
+            truth = conn.execute("SELECT count(*) FROM samples s, unnest(s.vals) v WHERE v IS NOT NULL").fetchone()[0]
+            truth += conn.execute("SELECT (SELECT count(*) FROM hourly) + (SELECT count(*) FROM daily)").fetchone()[0]
+        assert 100_000 < doc["@iot.count"] and 0.2 * truth < doc["@iot.count"] < 5 * truth, (doc["@iot.count"], truth)
+        second = requests.get(doc["@iot.nextLink"], timeout=30).json()
+        assert len(second["value"]) == 10_000 and second["@iot.count"] == doc["@iot.count"]
+        assert not {o["@iot.id"] for o in second["value"]} & {o["@iot.id"] for o in doc["value"]}
     finally:
         with psycopg.connect(dsn) as conn:
             conn.execute("DELETE FROM samples WHERE id > 1000000")
             conn.execute("ANALYZE samples")
+
+
+def test_serve_refuses_a_database_it_cannot_serve_in_one_line(city):
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "openpole", "city", "serve", *args], capture_output=True,
+                              text=True, timeout=60)
+
+    r = run("--db", "postgresql://openpole_reader@127.0.0.1:9/none", "--listen", f"127.0.0.1:{free_port()}")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "cannot connect to PostgreSQL" in r.stderr, r.stderr
+    # the loader's schema 2 alone (the owner's search_path does not see the contract's tables)
+    r = run("--db", city["pg"].dsn, "--listen", f"127.0.0.1:{free_port()}")
+    assert r.returncode == 2 and "no things" in r.stderr and "openpole city init" in r.stderr, r.stderr
+    r = run("--db", city["pg"].dsn, "--listen", "127.0.0.1:port")
+    assert r.returncode == 2 and "--listen" in r.stderr
+    p, base = serve(fx.contract_dsn(city["pg"].dsn))  # the owner can write: served, with a warning
+    try:
+        assert requests.get(base + "/Things(1)", timeout=10).status_code == 200
+    finally:
+        p.terminate()
+        out = p.communicate(timeout=10)[0]
+    assert "can write" in out

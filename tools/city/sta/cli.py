@@ -1,5 +1,6 @@
 """`openpole city serve`: its flags and its run loop (the server itself is server.py)."""
 
+import argparse
 from pathlib import Path
 
 from ...common import parse_hostport
@@ -7,8 +8,10 @@ from ...errors import UserError
 
 
 def register(csub):
-    sv = csub.add_parser("serve", help="a read-only OGC SensorThings API v1.1 over the city's PostgreSQL "
-                                       "(docs/sensorthings.md)")
+    what = "a read-only OGC SensorThings API v1.1 over the city's PostgreSQL (docs/sensorthings.md)"
+    sv = csub.add_parser("serve", help=what, formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description=f"{what}\n\nexample:\n  openpole city serve --db postgresql://openpole_reader@db1/"
+                                     f"openpole --listen 0.0.0.0:8080 --public-url https://data.example.city/sta")
     sv.add_argument("--db", required=True, metavar="DSN",
                     help="PostgreSQL as a read-only role, e.g. postgresql://openpole_reader@db1/openpole")
     sv.add_argument("--listen", required=True, metavar="HOST:PORT", help="where to serve HTTP, e.g. 0.0.0.0:8080")
@@ -67,8 +70,12 @@ async def _serve(args, host, port):
 
 
 def register_publish(csub):
-    pb = csub.add_parser("publish", help="each committed reading to MQTT as the SensorThings API renders it "
-                                         "(v1.1/Datastreams(ID)/Observations, ...)")
+    what = "each committed reading to MQTT as the SensorThings API renders it (v1.1/Datastreams(ID)/Observations, ...)"
+    pb = csub.add_parser("publish", help=what, formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description=f"{what}\n\nexample:\n  openpole city publish --db postgresql://openpole_reader@db1/"
+                                     f"openpole --mqtt 127.0.0.1:1883 --mqtt-user openpole-publish "
+                                     f"--mqtt-password-file /etc/openpole/mqtt-publish.pw "
+                                     f"--public-url https://data.example.city/sta")
     pb.add_argument("--db", required=True, metavar="DSN", help="PostgreSQL as a read-only role")
     pb.add_argument("--mqtt", required=True, metavar="HOST:PORT", help="the public broker, e.g. 127.0.0.1:1883")
     pb.add_argument("--mqtt-user", help="the publisher's user on the broker (the one its ACL lets write v1.1/#)")

@@ -69,6 +69,32 @@ class Server:
         self.closing = False  # set at shutdown: live streams end
         self.events_interval_s = 1.0
 
+    async def check(self):
+        """One-line UserErrors for a database that cannot be served; -> warnings to print."""
+        import psycopg
+
+        from ...common import redact_url
+        from ...errors import UserError
+
+        try:
+            conn = await psycopg.AsyncConnection.connect(self.dsn, connect_timeout=10, autocommit=True)
+        except psycopg.OperationalError as e:
+            first = " ".join(str(e).split())[:200]
+            raise UserError(f"--db {redact_url(self.dsn)}: cannot connect to PostgreSQL: {first}") from None
+        async with conn:
+            need = ("things", "thing_poles", "locations", "series", "samples", "hourly", "daily")
+            cur = await conn.execute("SELECT " + ", ".join(f"to_regclass('{t}') IS NOT NULL" for t in need))
+            have = await cur.fetchone()
+            missing = [t for t, ok in zip(need, have) if not ok]
+            if missing:
+                raise UserError(f"--db: the database has no {', '.join(missing)} table(s) (openpole's city schema 3): "
+                                f"run `openpole city init --db DSN` with this openpole, or check the role's search_path")
+            cur = await conn.execute("SELECT has_table_privilege('samples', 'INSERT') OR "
+                                     "has_table_privilege('samples', 'DELETE')")
+            if (await cur.fetchone())[0]:
+                return ["warning: --db connects as a role that can write; serve as a read-only role (openpole_reader)"]
+        return []
+
     async def open(self):
         from psycopg.rows import dict_row
         from psycopg_pool import AsyncConnectionPool
@@ -272,6 +298,8 @@ async def serve(dsn, host, port, public_url=None, **kw):
     from aiohttp import web
 
     server = Server(dsn, public_url or f"http://{host}:{port}", **kw)
+    for line in await server.check():
+        print(line, flush=True)
     await server.open()
     runner = web.AppRunner(server.app(), access_log=None)
     await runner.setup()
