@@ -9,6 +9,8 @@ poles registry the test gives. The role openpole_reader gets SELECT only.
 import math
 import time
 
+import numpy
+
 import cbor2
 
 from openpole.spec.registry import REGISTRY
@@ -42,6 +44,8 @@ def dataset():
     out = []
     for i in range(30):
         v = {"temperature": 20.0 + i * 0.25, "humidity": 50.0 + i, "pressure": 1000.0 + i, "pm2_5": float(i)}
+        if i == 10:
+            v["humidity"] = 60.123456789  # no single-precision float holds it: the sample keeps doubles
         if i == 7:
             v["pm2_5"] = 1500.0
         out.append(("p1", "n1", 1, [(i, 5, v)], T0 + 60 * i + 5))
@@ -79,9 +83,9 @@ CREATE TABLE thing_poles (id serial PRIMARY KEY, thing_id int NOT NULL, pole tex
 CREATE INDEX ON thing_poles (thing_id, since);
 CREATE TABLE series (id serial PRIMARY KEY, thing_id int NOT NULL, key smallint NOT NULL, unit text,
     first_seen timestamptz NOT NULL, UNIQUE (thing_id, key));
-CREATE TABLE samples (id bigint NOT NULL, thing_id int NOT NULL, time timestamptz NOT NULL, received timestamptz NOT NULL,
-    tq smallint NOT NULL, vals real[] NOT NULL, flagged smallint[], boot bigint NOT NULL, seq bigint NOT NULL)
-    PARTITION BY RANGE (time);
+CREATE TABLE samples (id bigint NOT NULL, thing_id int NOT NULL, time timestamptz NOT NULL, received timestamptz,
+    tq smallint NOT NULL, vals real[], flagged smallint[], boot bigint NOT NULL, seq bigint NOT NULL,
+    vals8 double precision[]) PARTITION BY RANGE (time);
 CREATE TABLE samples_2026_09 PARTITION OF samples FOR VALUES FROM ('2026-09-01') TO ('2026-10-01');
 CREATE TABLE samples_2026_10 PARTITION OF samples FOR VALUES FROM ('2026-10-01') TO ('2026-11-01');
 CREATE TABLE samples_other PARTITION OF samples DEFAULT;
@@ -158,12 +162,15 @@ def sync(dsn):
                 s["flagged"].append(keys[q])
         first = conn.execute("SELECT coalesce(max(id), 0) FROM samples").fetchone()[0] + 1
         for i, ((tid, boot, seq, t), s) in enumerate(sorted(samples.items(), key=lambda x: (x[0][3], x[0][0])), first):
-            conn.execute("INSERT INTO samples VALUES (%s, %s, %s, %s, %s, %s::real[], %s::smallint[], %s, %s)",
-                         (i, tid, t, t + datetime.timedelta(seconds=1), s["tq"], s["vals"], s["flagged"] or None,
-                          boot, seq))
+            # as schema 4 stores them: in real when each value prints back as it was, else all in float8
+            exact = all(v is None or float(str(numpy.float32(v))) == v for v in s["vals"])
+            conn.execute("INSERT INTO samples VALUES (%s, %s, %s, %s, %s, %s::real[], %s::smallint[], %s, %s, "
+                         "%s::float8[])", (i, tid, t, t + datetime.timedelta(seconds=1), s["tq"],
+                                           s["vals"] if exact else None, s["flagged"] or None, boot, seq,
+                                           None if exact else s["vals"]))
         conn.execute("DELETE FROM hourly")
         conn.execute("DELETE FROM daily")
-        everything = conn.execute("SELECT thing_id, time, vals FROM samples").fetchall()
+        everything = conn.execute("SELECT thing_id, time, coalesce(vals8, vals::text[]::float8[]) FROM samples").fetchall()
         for table, unit in (("hourly", 3600), ("daily", 86400)):
             agg = {}
             for tid, t, vals in everything:

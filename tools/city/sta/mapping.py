@@ -301,7 +301,8 @@ def build(specs_url):
     unit_json = ("jsonb_build_object('name', " + _case(unit_id, {u: x["description"] for u, x in units.items()})
                  + ", 'symbol', " + _case(unit_id, {u: x["symbol"] for u, x in units.items()})
                  + ", 'definition', 'http://unitsofmeasure.org/ucum.html')")
-    raw_span = ("(SELECT {f}(s.time) FROM samples s WHERE s.thing_id = {{a}}.thing_id AND s.vals[{{a}}.key] IS NOT NULL)")
+    raw_span = ("(SELECT {f}(s.time) FROM samples s WHERE s.thing_id = {{a}}.thing_id "
+                "AND (s.vals[{{a}}.key] IS NOT NULL OR s.vals8[{{a}}.key] IS NOT NULL))")
     t0 = (f"CASE {{a}}.kind WHEN 0 THEN {raw_span.format(f='min')} "
           "WHEN 1 THEN (SELECT min(h.hour) FROM hourly h WHERE h.series_id = {a}.series_id) "
           "ELSE (SELECT min(d.day) FROM daily d WHERE d.series_id = {a}.series_id) END")
@@ -373,10 +374,10 @@ def build(specs_url):
     obs_branches = ([
         """SELECT s.id * 256 + v.key AS id, 0 AS kind, s.thing_id, v.key::int AS key,
                   s.id AS sample_id, NULL::int AS series_id, s.time AS t0, s.time AS t1, s.received AS rtime,
-                  v.r::text::float8 AS result,
+                  v.r AS result,
                   CASE WHEN v.key = ANY (s.flagged) THEN 1 ELSE 0 END AS flags, s.tq::int AS tq, s.boot, s.seq,
                   NULL::bigint AS n, NULL::float8 AS vmin, NULL::float8 AS vmax
-           FROM samples s CROSS JOIN LATERAL unnest(s.vals) WITH ORDINALITY AS v(r, key)
+           FROM samples s CROSS JOIN LATERAL unnest(coalesce(s.vals8, s.vals::text[]::float8[])) WITH ORDINALITY AS v(r, key)
            WHERE v.r IS NOT NULL""",
         agg.format(slot=f"a.series_id::bigint * {2**AGG_SLOT_BITS} + (extract(epoch FROM a.hour) / 3600)::bigint",
                    kind=1, t="hour", u="hour", table="hourly"),
@@ -402,7 +403,8 @@ def build(specs_url):
         },
         props=[
             Prop("phenomenonTime", "interval", ("{a}.t0", "{a}.t1"), not_null=True),
-            Prop("resultTime", "datetime", "{a}.rtime", not_null=True),
+            # null for readings loaded before the receive time was kept
+            Prop("resultTime", "datetime", "{a}.rtime"),
             Prop("result", "number", "{a}.result"),
             Prop("resultQuality", "json", quality, omit_null=True, obj=True),
             Prop("parameters", "json", params, obj=True),
