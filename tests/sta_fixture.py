@@ -45,7 +45,7 @@ def dataset():
     for i in range(30):
         v = {"temperature": 20.0 + i * 0.25, "humidity": 50.0 + i, "pressure": 1000.0 + i, "pm2_5": float(i)}
         if i == 10:
-            v["humidity"] = 60.123456789  # no single-precision float holds it: the sample keeps doubles
+            v["pressure"] = 16777217.0  # 2^24 + 1: far out of range, and no single-precision float holds it
         if i == 7:
             v["pm2_5"] = 1500.0
         out.append(("p1", "n1", 1, [(i, 5, v)], T0 + 60 * i + 5))

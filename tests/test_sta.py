@@ -736,8 +736,9 @@ def test_serve_refuses_a_database_it_cannot_serve_in_one_line(city):
 def test_a_value_single_precision_cannot_hold_comes_back_exactly(city):
     with psycopg.connect(fx.contract_dsn(city["pg"].dsn)) as conn:
         assert conn.execute("SELECT count(*) FROM samples WHERE vals8 IS NOT NULL AND vals IS NULL").fetchone()[0] == 1
-    h = ds_id(city, "n1", "humidity")
-    doc = ok(city, f"/Datastreams({h})/Observations", **{"$filter": "result gt 60 and result lt 61"})
-    assert [o["result"] for o in doc["value"]] == [60.123456789]
+    h = ds_id(city, "n1", "pressure")
+    doc = ok(city, f"/Datastreams({h})/Observations", **{"$filter": "result gt 100000"})
+    assert [o["result"] for o in doc["value"]] == [16777217]
+    assert doc["value"][0]["resultQuality"]["out_of_range"]
     t = ok(city, f"/Datastreams({ds_id(city, 'n1', 'temperature')})/Observations", **{"$filter": "parameters/seq eq 10"})
     assert [o["result"] for o in t["value"]] == [22.5]  # the same sample's other values, from its doubles
