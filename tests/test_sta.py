@@ -163,6 +163,39 @@ def test_paths_properties_values_refs_and_nested_ids(city):
     assert ok(city, f"/Observations({first})/Datastream/Thing/Locations")["value"][0]["name"] == "p1"
 
 
+SINGULAR_SET = {"Thing": "Things", "Sensor": "Sensors", "ObservedProperty": "ObservedProperties",
+                "Datastream": "Datastreams", "FeatureOfInterest": "FeaturesOfInterest"}
+
+
+@pytest.mark.parametrize("entity_set", SETS)
+def test_resource_paths_four_levels_deep_with_ref_at_every_step(city, entity_set):
+    """ETS10 / FTEST Capability1 checkResourcePaths: every relation from the first entity, 4 levels,
+    each populated, each with its $ref."""
+    session = requests.Session()
+
+    def walk(path, kind, depth):
+        for rel in RELATIONS[kind]:
+            url = f"{city['base']}/{path}/{rel}"
+            doc = session.get(url, timeout=10)
+            assert doc.status_code == 200, (url, doc.text[:200])
+            doc = doc.json()
+            ref = session.get(url + "/$ref", timeout=10).json()
+            if rel in SINGULAR_SET:
+                assert "@iot.id" in doc and list(ref) == ["@iot.selfLink"], url
+                assert ref["@iot.selfLink"] == doc["@iot.selfLink"]
+                nxt, nkind = f"{path}/{rel}", SINGULAR_SET[rel]
+            else:
+                assert doc["value"], f"{url} is empty"
+                assert all(list(x) == ["@iot.selfLink"] for x in ref["value"][:2])
+                nxt, nkind = f"{path}/{rel}({doc['value'][0]['@iot.id']})", rel
+                assert session.get(f"{city['base']}/{nxt}", timeout=10).json() == doc["value"][0]
+            if depth < 4:
+                walk(nxt, nkind, depth + 1)
+
+    first = ok(city, f"/{entity_set}", **{"$top": "1"})["value"][0]["@iot.id"]
+    walk(f"{entity_set}({first})", entity_set, 2)
+
+
 def test_writes_are_refused_with_405_and_allow(city):
     for method in ("POST", "PUT", "PATCH", "DELETE"):
         for path in ("/Things", "/Things(1)", "/Observations"):
@@ -172,6 +205,9 @@ def test_writes_are_refused_with_405_and_allow(city):
     assert requests.options(city["base"] + "/Things", timeout=10).headers["Allow"] == "GET, HEAD, OPTIONS"
     h = requests.head(city["base"] + "/Things", timeout=10)
     assert h.status_code == 200 and h.text == ""
+    big = requests.get(city["base"] + "/Observations", headers={"Accept-Encoding": "gzip"}, timeout=10)
+    assert big.headers["Content-Encoding"] == "gzip" and big.json()["value"]
+    assert big.headers["Access-Control-Allow-Origin"] == "*" and big.headers["Cache-Control"] == "no-cache"
 
 
 @pytest.mark.parametrize("query,status,words", [

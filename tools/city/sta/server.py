@@ -231,7 +231,10 @@ class Server:
         headers = {}
         if "Observations" in path:
             headers["Cache-Control"] = "no-cache"
-        return self._response(status, body, ctype or "application/json", headers)
+        resp = self._response(status, body, ctype or "application/json", headers)
+        if body is not None and len(resp.body or b"") > 1024:
+            resp.enable_compression()  # gzip or deflate when the client accepts it, else as it is
+        return resp
 
 
     async def events(self, request, ds_id):
