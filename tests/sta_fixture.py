@@ -7,7 +7,6 @@ poles registry the test gives. The role openpole_reader gets SELECT only.
 """
 
 import math
-import time
 
 import numpy
 

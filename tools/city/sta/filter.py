@@ -126,7 +126,6 @@ def tokens(text):
         m = _TOKEN.match(text, pos)
         if not m:
             raise BadRequest(f"unexpected {text[pos:pos + 12]!r} at character {pos + 1}")
-        kind = m.lastgroup if m.lastgroup not in ("zone", "i1", "i2", "tbody") else None
         if m.group("ws"):
             pos = m.end()
             continue
@@ -170,7 +169,6 @@ def tokens(text):
             out.append(("index", int(m.group("index")[1:-1]), pos))
         else:
             out.append((m.group("punct"), m.group("punct"), pos))
-        del kind
         pos = m.end()
     out.append(("end", None, len(text)))
     return out

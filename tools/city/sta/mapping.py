@@ -394,7 +394,8 @@ def build(specs_url):
     observations = Entity(
         "Observation", "Observations", source=obs_source,
         cols={"id": "bigint", "kind": "int", "thing_id": "bigint", "key": "int", "foi_id": "bigint",
-              "datastream_id": "bigint"},
+              "datastream_id": "bigint", "t0": "timestamptz", "t1": "timestamptz", "sample_id": "bigint",
+              "series_id": "bigint"},
         computed={
             "foi_id": _loc_at(_pole_at("{a}.thing_id", "{a}.t0"), "{a}.t0"),
             "datastream_id": (f"CASE {{a}}.kind WHEN 0 THEN (SELECT x.id::bigint FROM series x WHERE x.thing_id = {{a}}.thing_id "
@@ -420,7 +421,8 @@ def build(specs_url):
         cols={"id": "bigint", "pole": "text", "vfrom": "timestamptz", "vto": "timestamptz"},
         props=[
             Prop("name", "string", "'Air at pole ' || {a}.pole"),
-            Prop("description", "string", f"'Ambient air around pole ' || {{a}}.pole || coalesce(', ' || nullif({{a}}.address, ''), '')"),
+            Prop("description", "string",
+                 "'Ambient air around pole ' || {a}.pole || coalesce(', ' || nullif({a}.address, ''), '')"),
             Prop("encodingType", "string", "'application/geo+json'"),
             Prop("feature", "geometry", "point({a}.lon, {a}.lat)", out=point, obj=True),
             Prop("properties", "json", "jsonb_build_object('pole', {a}.pole, 'valid_from', " + iso("{a}.valid_from")
@@ -432,8 +434,6 @@ def build(specs_url):
                                f"AND ({p('vfrom')} IS NULL OR {c('t0')} >= {p('vfrom')}) "
                                f"AND ({p('vto')} IS NULL OR {c('t0')} < {p('vto')}) AND {c('foi_id')} = {p('id')}")],
         id_cond=_simple_id)
-    for e in (observations,):
-        e.cols.update({"t0": "timestamptz", "t1": "timestamptz", "sample_id": "bigint", "series_id": "bigint"})
     entities = [things, locations, hist, datastreams, sensors_e, observed, observations, fois]
     return {e.name: e for e in entities}
 

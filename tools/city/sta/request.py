@@ -9,7 +9,7 @@ from . import render
 from .errors import BadRequest, NotFound
 from .filter import Lit, Op, Path
 from .mapping import SETS, datastream_kind, observation_kind
-from .parse import DEFAULT_TOP, MAX_TOP, next_link_query, parse_options, parse_path, split_query
+from .parse import next_link_query, parse_options, parse_path, split_query
 from .sql import COUNT_BOUND, Compiler, Params
 
 MAX_ENTITIES = 20_000  # entities in one response, expansions included
@@ -219,9 +219,7 @@ class Api:
     # ------------------------------------------------------------------ entities and pages
 
     async def one(self, conn, E, row, opts):
-        select = self.check_select(E, opts.select)
-        if opts.filter is not None or opts.orderby or opts.top is not None or opts.skip or opts.count:
-            pass  # meaningless on one entity; accepted as FROST does
+        select = self.check_select(E, opts.select)  # $filter, $top, ... on one entity: ignored, as FROST does
         budget = [1]
         rows = [row]
         expanded = await self.expand(conn, E, rows, opts.expand, budget)
@@ -395,5 +393,3 @@ class Api:
                 out[i][ex.nav] = members
         return out
 
-
-__all__ = ["Api", "DEFAULT_TOP", "MAX_TOP"]

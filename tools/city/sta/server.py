@@ -211,7 +211,7 @@ class Server:
         except StaError as e:
             return self.error(e.status, e.message, e.headers)
         except PoolTimeout:
-            return self.error(503, f"the server is busy: try again in a few seconds", {"Retry-After": "5"})
+            return self.error(503, "the server is busy: try again in a few seconds", {"Retry-After": "5"})
         except psycopg.errors.QueryCanceled:
             return self.error(503, f"the query took longer than {self.timeout_s:g} s: narrow it (a time range in "
                                    f"$filter, a smaller $top or $expand)", {"Retry-After": "10"})

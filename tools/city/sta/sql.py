@@ -344,7 +344,7 @@ class Compiler:
                 out += [f"{v.sql[0]} {d} {nulls}", f"{v.sql[1]} {d} {nulls}"]
             elif v.type == "string":
                 out.append(f"{v.sql} COLLATE \"C\" {d} {nulls}")
-            elif v.type in ("geometry", "polygon", "line", "bool") and v.type != "bool":
+            elif v.type in ("geometry", "polygon", "line"):
                 raise BadRequest("$orderby cannot order by a geometry")
             else:
                 out.append(f"{v.sql} {d} {nulls}")
@@ -353,12 +353,6 @@ class Compiler:
 
 
 # ---------------------------------------------------------------------- the function table
-
-
-def _str(fn):
-    def f(c, name, v):
-        return Val(fn(*(c.as_string(x, name + "()") if x.type != "number" else x.sql for x in v)), "string")
-    return f
 
 
 def _strfn(sql, out="string", num_args=()):
