@@ -548,6 +548,11 @@ def test_locations_history_and_features_of_interest_follow_a_moved_node(city):
     p2 = obs[0]["FeatureOfInterest"]["@iot.id"]
     mine = ok(city, f"/FeaturesOfInterest({p2})/Observations", **{"$filter": f"Datastream/id eq {laeq}"})["value"]
     assert [o["@iot.id"] for o in mine] == [o["@iot.id"] for o in obs[:6]]
+    same = ok(city, "/Observations", **{"$filter": f"FeatureOfInterest/id eq {p2} and Datastream/id eq {laeq}"})
+    assert sorted(o["@iot.id"] for o in same["value"]) == sorted(o["@iot.id"] for o in obs[:6])
+    n2 = ok(city, "/Datastreams", **{"$filter": f"Thing/id eq {city['ids']['things']['n2']} and "
+                                               f"properties/aggregate eq 'none'"})
+    assert sorted(d["name"] for d in n2["value"]) == ["n2 humidity", "n2 temperature"]
     assert {t["name"] for t in ok(city, "/Locations(1)/Things")["value"]} == {"n1", "n3"}
 
 

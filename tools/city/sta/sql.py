@@ -275,8 +275,16 @@ class Compiler:
         target = self.entities[rel.target]
         a = self.alias()
         found = target.id_cond(lambda col: target.col(a, col), right.value, self.p)
-        return rel.cond(lambda col: entity.col(alias, col),
-                        lambda col: f"(SELECT {target.col(a, col)} FROM ({target.source}) AS {a} WHERE {found})")
+
+        def theirs(col):
+            return f"(SELECT {target.col(a, col)} FROM ({target.source}) AS {a} WHERE {found})"
+
+        # the inverse relation's condition, when it has one, is written for the index (a feature of
+        # interest's Observations: its pole's nodes in its time span)
+        back = next((r for r in target.rels if r.target == entity.name and r.many), None)
+        if back is not None:
+            return back.cond(theirs, lambda col: entity.col(alias, col))
+        return rel.cond(lambda col: entity.col(alias, col), theirs)
 
     def compare(self, op, l, r):
         o = _SQL_OP[op]
