@@ -233,12 +233,13 @@ def build(specs_url):
 
     things = Entity(
         "Thing", "Things",
-        source="""SELECT x.*, (SELECT l.id FROM locations l WHERE l.pole = x.pole
-                                ORDER BY l.valid_from DESC, l.id DESC LIMIT 1) AS loc_id
-                  FROM (SELECT t.id, t.node, t.first_seen,
-                               (SELECT tp.pole FROM thing_poles tp WHERE tp.thing_id = t.id
-                                ORDER BY tp.since DESC, tp.id DESC LIMIT 1) AS pole
-                        FROM things t) x""",
+        # LATERAL: each looked up once per row, however many properties use it
+        source="""SELECT t.id, t.node, t.first_seen, cp.pole, cl.id AS loc_id
+                  FROM things t
+                  LEFT JOIN LATERAL (SELECT tp.pole FROM thing_poles tp WHERE tp.thing_id = t.id
+                                     ORDER BY tp.since DESC, tp.id DESC LIMIT 1) cp ON true
+                  LEFT JOIN LATERAL (SELECT l.id FROM locations l WHERE l.pole = cp.pole
+                                     ORDER BY l.valid_from DESC, l.id DESC LIMIT 1) cl ON true""",
         cols={"id": "bigint", "loc_id": "bigint"},
         props=[
             Prop("name", "string", "{a}.node"),
@@ -290,11 +291,13 @@ def build(specs_url):
         id_cond=_simple_id)
 
     branch = """SELECT s.id::bigint + {off} AS id, s.id AS series_id, {kind} AS kind, s.thing_id, s.key, s.unit,
-                       s.first_seen FROM series s"""
+                       s.first_seen, t.node, cp.pole
+                FROM series s JOIN things t ON t.id = s.thing_id
+                LEFT JOIN LATERAL (SELECT tp.pole FROM thing_poles tp WHERE tp.thing_id = s.thing_id
+                                   ORDER BY tp.since DESC, tp.id DESC LIMIT 1) cp ON true"""
     ds_source = " UNION ALL ".join(branch.format(off=off, kind=k) for k, off in ((0, 0), (1, HOURLY_OFFSET),
                                                                                 (2, DAILY_OFFSET)))
-    node = "(SELECT t.node FROM things t WHERE t.id = {a}.thing_id)"
-    pole = "(SELECT tp.pole FROM thing_poles tp WHERE tp.thing_id = {a}.thing_id ORDER BY tp.since DESC, tp.id DESC LIMIT 1)"
+    node, pole = "{a}.node", "{a}.pole"
     suffix = _case("{a}.kind", {0: "", 1: ", hourly mean", 2: ", daily mean"})
     what = _case("{a}.kind", {0: ", each reading", 1: ", the mean of each UTC hour's readings (energy mean for dB)",
                               2: ", the mean of each UTC day's readings (energy mean for dB)"})

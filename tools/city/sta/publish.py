@@ -51,6 +51,7 @@ class Publisher:
                     if conn is None or conn.closed:
                         conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, row_factory=dict_row)
                         await conn.execute("SET TIME ZONE 'UTC'")
+                        await conn.execute("SET jit = off")
                         if feed.mark is None:
                             await feed.start(conn)
                             if ready:

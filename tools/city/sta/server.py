@@ -106,6 +106,9 @@ class Server:
             await conn.execute("SET TIME ZONE 'UTC'")
             await conn.execute(f"SET statement_timeout = {ms}")
             await conn.execute("SET default_transaction_read_only = on")
+            # JIT compiles a plan the planner thinks costly in 100 ms or more: more than these
+            # index-bound queries take to run
+            await conn.execute("SET jit = off")
             conn.row_factory = dict_row
 
         self.pool = AsyncConnectionPool(self.dsn, min_size=1, max_size=self.pool_size, configure=configure,
