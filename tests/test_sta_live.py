@@ -168,3 +168,18 @@ def test_the_publisher_feeds_mosquitto_after_commit_read_only_for_anonymous_clie
         pub.terminate()
         pub.wait(10)
         broker.stop()
+
+
+def test_a_database_restart_is_not_seen_by_the_next_request(city):
+    base = city["base"]
+    assert requests.get(base + "/Things(1)", timeout=10).status_code == 200
+    city["pg"].restart()  # every connection of the pool is cut
+    codes = []
+    for _ in range(50):
+        r = requests.get(base + "/Things(1)", timeout=30)
+        codes.append(r.status_code)
+        if r.status_code == 200:
+            break
+        assert r.status_code == 503 and r.headers["Retry-After"] and r.json()["message"], r.text
+        time.sleep(0.2)
+    assert codes == [200], codes  # the pool replaced the cut connections before handing one out

@@ -111,8 +111,10 @@ class Server:
             await conn.execute("SET jit = off")
             conn.row_factory = dict_row
 
+        # check: a connection a restart or failover cut is replaced before a request gets it
         self.pool = AsyncConnectionPool(self.dsn, min_size=1, max_size=self.pool_size, configure=configure,
-                                        open=False, timeout=self.timeout_s, kwargs={"connect_timeout": 10})
+                                        check=AsyncConnectionPool.check_connection, open=False,
+                                        timeout=self.timeout_s, kwargs={"connect_timeout": 10})
         await self.pool.open(wait=True, timeout=30)
 
     async def close(self):
