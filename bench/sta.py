@@ -2,9 +2,8 @@
 
     .venv/bin/python bench/sta.py [--things 1000] [--samples-per-thing 2000] [--repeat 5]
 
-A throwaway PostgreSQL cluster (tests/pgcluster.py) with the city store's tables (tests/sta_fixture.py:
-schema 3's contract until it lands), filled with --things nodes of 5 quantities, --samples-per-thing
-samples each over two months; `openpole city serve` in front of it as the read-only role. Times are
+A throwaway PostgreSQL cluster (tests/pgcluster.py) made by `openpole city init` (tests/sta_fixture.py),
+filled with --things nodes of 5 quantities, --samples-per-thing samples each over two months; `openpole city serve` in front of it as the read-only role. Times are
 the median of --repeat requests from one client on loopback, whole responses read and parsed.
 """
 
@@ -26,14 +25,19 @@ from openpole.sim.broker import free_port  # noqa: E402
 def fill(dsn, things, per):
     import psycopg
 
-    with psycopg.connect(fx.contract_dsn(dsn)) as conn:
+    from openpole.city import maintain
+
+    with psycopg.connect(dsn) as conn:
+        with conn.cursor() as cur:
+            maintain.make_partition(cur, fx.T0_MONTH.replace(month=10))
         base = conn.execute("SELECT coalesce(max(id), 0) FROM things").fetchone()[0]
-        conn.execute("INSERT INTO things (node, first_seen) SELECT 'b' || g, '2026-09-01' FROM generate_series(1, %s) g",
-                     (things,))
+        conn.execute("INSERT INTO things (pole, node, first_seen) SELECT 'p1', 'b' || g, "
+                     "'2026-09-01' FROM generate_series(1, %s) g", (things,))
         conn.execute("INSERT INTO thing_poles (thing_id, pole, since) SELECT id, 'p1', first_seen FROM things "
                      "WHERE id > %s", (base,))
-        conn.execute("INSERT INTO series (thing_id, key, unit, first_seen) SELECT t.id, k, 'Cel', t.first_seen "
-                     "FROM things t, unnest(ARRAY[1, 2, 3, 5, 16]) k WHERE t.id > %s", (base,))
+        conn.execute("INSERT INTO series (thing_id, key, unit, first_seen) SELECT t.id, k, q.unit, t.first_seen "
+                     "FROM things t, unnest(ARRAY[1, 2, 3, 5, 16]) k JOIN quantities q ON q.key = k WHERE t.id > %s",
+                     (base,))
         step = 61 * 86400 / per
         conn.execute(f"""INSERT INTO samples (id, thing_id, time, received, tq, vals, boot, seq)
             SELECT 10000000 + t.id::bigint * {per} + g, t.id, '2026-09-01'::timestamptz + g * interval '{step} s',
@@ -71,8 +75,7 @@ def main():
     try:
         subprocess.run([sys.executable, "-m", "openpole", "city", "init", "--db", pg.dsn], check=True,
                        capture_output=True)
-        fx.load(pg.dsn)
-        fx.contract_tables(pg.dsn)
+        fx.build(pg.dsn)
         t0 = time.perf_counter()
         n, thing, ds = fill(pg.dsn, a.things, a.samples_per_thing)
         print(f"samples: {n:,} ({n * 5:,} readings), {a.things * 5:,} Datastreams of readings; filled in "

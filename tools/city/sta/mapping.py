@@ -1,13 +1,13 @@
-"""The SensorThings entities over the city's schema (research/city-v3.md "contract"; docs/sensorthings.md).
+"""The SensorThings entities over the city's schema 4 (tools/city/db.py; docs/sensorthings.md).
 
 Each Entity is a SQL source (a SELECT over the city's tables, or the registry's constants), its
 columns, its properties (a typed SQL expression each, `{a}` standing for the source's alias) and its
 navigation properties (a condition between a parent's and a child's columns). sql.py compiles
 requests against these declarations only; nothing else in the server knows a table name.
 
-Ids: Thing = things.id; Location = FeatureOfInterest = locations.id (a pole's position);
-HistoricalLocation = thing_poles.id; Datastream = series.id for its readings, + 2^31 for its hourly
-means, + 2^32 for its daily means; Sensor = SENSOR_IDS; ObservedProperty = the registry key;
+Ids: Thing = things.id (a node on a pole); Location = FeatureOfInterest = locations.id (a pole's
+position); HistoricalLocation = thing_poles.id * 2^22 + locations.id; Datastream = series.id for its
+readings, + 2^31 for its hourly means, + 2^32 for its daily means; Sensor = SENSOR_IDS; ObservedProperty = the registry key;
 Observation = samples.id * 256 + key for a reading, -(series.id * 2^22 + hour since 1970) for an
 hourly mean and -(series.id * 2^22 + 2^21 + day since 1970) for a daily one.
 """
@@ -24,6 +24,7 @@ DAILY_OFFSET = 2**32
 AGG_SLOT_BITS = 22
 DAILY_SLOT = 2**21
 KINDS = {0: "readings", 1: "hourly", 2: "daily"}
+HL_LOC_BITS = 22  # HistoricalLocation id = thing_poles.id * 2^22 + locations.id
 
 # A Sensor's id is stable forever: a new sensor model gets the next number (tests/test_sta_unit.py
 # fails while a sensor spec has none). The noise meter is openpole's own (firmware/noise), whatever
@@ -150,6 +151,12 @@ def observation_kind(value):
     return None if k is None else ("reading", "hourly", "daily").index(k[0])
 
 
+def _historical_id(col, value, param):
+    if value <= 0:
+        return "FALSE"
+    return f"{col('tp_id')} = {param(value >> HL_LOC_BITS)} AND {col('loc_id')} = {param(value & (2**HL_LOC_BITS - 1))}"
+
+
 def _observation_id(col, value, param):
     k = observation_key(value)
     if k is None:
@@ -214,12 +221,6 @@ def _loc_at(pole, t):
             f"(SELECT l.id FROM locations l WHERE l.pole = {pole} ORDER BY l.valid_from, l.id LIMIT 1))")
 
 
-def _pole_at(thing, t):
-    return (f"coalesce((SELECT tp.pole FROM thing_poles tp WHERE tp.thing_id = {thing} AND tp.since <= {t} "
-            f"ORDER BY tp.since DESC, tp.id DESC LIMIT 1), "
-            f"(SELECT tp.pole FROM thing_poles tp WHERE tp.thing_id = {thing} ORDER BY tp.since, tp.id LIMIT 1))")
-
-
 def build(specs_url):
     """The entities, with Sensor metadata and ObservedProperty definitions under specs_url (the
     published `openpole spec build` site, ending in /)."""
@@ -233,12 +234,10 @@ def build(specs_url):
 
     things = Entity(
         "Thing", "Things",
-        # LATERAL: each looked up once per row, however many properties use it
-        source="""SELECT t.id, t.node, t.first_seen, cp.pole, cl.id AS loc_id
+        # LATERAL: looked up once per row, however many properties use it
+        source="""SELECT t.id, t.node, t.first_seen, t.pole, cl.id AS loc_id
                   FROM things t
-                  LEFT JOIN LATERAL (SELECT tp.pole FROM thing_poles tp WHERE tp.thing_id = t.id
-                                     ORDER BY tp.since DESC, tp.id DESC LIMIT 1) cp ON true
-                  LEFT JOIN LATERAL (SELECT l.id FROM locations l WHERE l.pole = cp.pole
+                  LEFT JOIN LATERAL (SELECT l.id FROM locations l WHERE l.pole = t.pole
                                      ORDER BY l.valid_from DESC, l.id DESC LIMIT 1) cl ON true""",
         cols={"id": "bigint", "loc_id": "bigint"},
         props=[
@@ -277,24 +276,28 @@ def build(specs_url):
         ],
         id_cond=_simple_id)
 
+    # A thing is a node on one pole (thing_poles: one row each); its HistoricalLocations are the
+    # positions its pole has had since the thing's first batch: the one it found, then each move.
     hist = Entity(
         "HistoricalLocation", "HistoricalLocations",
-        source=f"""SELECT tp.id::bigint AS id, tp.thing_id, tp.pole, tp.since,
-                          {_loc_at('tp.pole', 'tp.since')}::bigint AS loc_id
-                   FROM thing_poles tp""",
+        source=f"""SELECT (tp.id::bigint << {HL_LOC_BITS}) + l.id AS id, tp.id AS tp_id, l.id AS loc_id, tp.thing_id,
+                          tp.pole, CASE WHEN l.valid_from <= tp.since OR NOT EXISTS (SELECT 1 FROM locations e
+                                        WHERE e.pole = l.pole AND (e.valid_from, e.id) < (l.valid_from, l.id))
+                                   THEN tp.since ELSE l.valid_from END AS since
+                   FROM thing_poles tp JOIN locations l ON l.pole = tp.pole
+                   WHERE NOT EXISTS (SELECT 1 FROM locations n WHERE n.pole = l.pole AND n.valid_from <= tp.since
+                                     AND (n.valid_from, n.id) > (l.valid_from, l.id))""",
         cols={"id": "bigint", "thing_id": "bigint", "loc_id": "bigint"},
         props=[Prop("time", "datetime", "{a}.since", not_null=True)],
         rels=[
             Rel("Thing", "Thing", False, _eq(("thing_id", "id"))),
             Rel("Locations", "Location", True, _eq(("loc_id", "id"))),
         ],
-        id_cond=_simple_id)
+        id_cond=_historical_id)
 
     branch = """SELECT s.id::bigint + {off} AS id, s.id AS series_id, {kind} AS kind, s.thing_id, s.key, s.unit,
-                       s.first_seen, t.node, cp.pole
-                FROM series s JOIN things t ON t.id = s.thing_id
-                LEFT JOIN LATERAL (SELECT tp.pole FROM thing_poles tp WHERE tp.thing_id = s.thing_id
-                                   ORDER BY tp.since DESC, tp.id DESC LIMIT 1) cp ON true"""
+                       s.first_seen, t.node, t.pole
+                FROM series s JOIN things t ON t.id = s.thing_id"""
     ds_source = " UNION ALL ".join(branch.format(off=off, kind=k) for k, off in ((0, 0), (1, HOURLY_OFFSET),
                                                                                 (2, DAILY_OFFSET)))
     node, pole = "{a}.node", "{a}.pole"
@@ -400,7 +403,7 @@ def build(specs_url):
               "datastream_id": "bigint", "t0": "timestamptz", "t1": "timestamptz", "sample_id": "bigint",
               "series_id": "bigint"},
         computed={
-            "foi_id": _loc_at(_pole_at("{a}.thing_id", "{a}.t0"), "{a}.t0"),
+            "foi_id": _loc_at("(SELECT t.pole FROM things t WHERE t.id = {a}.thing_id)", "{a}.t0"),
             "datastream_id": (f"CASE {{a}}.kind WHEN 0 THEN (SELECT x.id::bigint FROM series x WHERE x.thing_id = {{a}}.thing_id "
                               f"AND x.key = {{a}}.key) WHEN 1 THEN {{a}}.series_id + {HOURLY_OFFSET} "
                               f"ELSE {{a}}.series_id + {DAILY_OFFSET} END"),
@@ -433,7 +436,7 @@ def build(specs_url):
         ],
         rels=[Rel("Observations", "Observation", True,
                   # the time bounds and the pole's nodes let the (thing_id, time) index find the rows
-                  lambda p, c: f"{c('thing_id')} IN (SELECT tp.thing_id FROM thing_poles tp WHERE tp.pole = {p('pole')}) "
+                  lambda p, c: f"{c('thing_id')} IN (SELECT t.id FROM things t WHERE t.pole = {p('pole')}) "
                                f"AND ({p('vfrom')} IS NULL OR {c('t0')} >= {p('vfrom')}) "
                                f"AND ({p('vto')} IS NULL OR {c('t0')} < {p('vto')}) AND {c('foi_id')} = {p('id')}")],
         id_cond=_simple_id)

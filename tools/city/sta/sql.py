@@ -32,9 +32,35 @@ class Params:
 
 
 class Val:
-    def __init__(self, sql, type, lit=None, not_null=False):
+    def __init__(self, sql, type, lit=None, not_null=False, aligned=False):
         self.sql, self.type, self.lit = sql, type, lit  # an interval's sql is (start, end)
         self.not_null = not_null
+        self.aligned = aligned  # a time known to be a whole millisecond (a literal)
+
+
+def _ms(v):
+    """A literal time or duration to the millisecond: what the API writes is what it compares."""
+    if isinstance(v, datetime.timedelta):
+        return datetime.timedelta(milliseconds=v // datetime.timedelta(milliseconds=1))
+    return v.replace(microsecond=v.microsecond // 1000 * 1000)
+
+
+_FLIP = {"<": ">", ">": "<", "<=": ">=", ">=": "<=", "=": "=", "<>": "<>"}
+_MS = "interval '1 millisecond'"
+
+
+def _tcmp(a, a_aligned, op, b, b_aligned):
+    """SQL: time a op time b as the API shows them, to the millisecond. A stored time keeps its
+    microseconds: against a literal it is compared by range (index-friendly), not truncated."""
+    if a_aligned and b_aligned:
+        return f"({a} {op} {b})"
+    if a_aligned:
+        return _tcmp(b, False, _FLIP[op], a, True)
+    if not b_aligned:
+        return f"(date_trunc('milliseconds', {a}) {op} date_trunc('milliseconds', {b}))"
+    return {"=": f"({a} >= {b} AND {a} < {b} + {_MS})", "<>": f"({a} < {b} OR {a} >= {b} + {_MS})",
+            "<": f"({a} < {b})", "<=": f"({a} < {b} + {_MS})", ">": f"({a} >= {b} + {_MS})",
+            ">=": f"({a} >= {b})"}[op]
 
 
 def _time_pair(v):
@@ -158,11 +184,12 @@ class Compiler:
         if k == "bool":
             return Val("TRUE" if v else "FALSE", "bool", node)
         if k == "datetime":
-            return Val(self.p(v, "timestamptz"), "datetime", node)
+            return Val(self.p(_ms(v), "timestamptz"), "datetime", node, aligned=True)
         if k == "interval":
-            return Val((self.p(v[0], "timestamptz"), self.p(v[1], "timestamptz")), "interval", node)
+            return Val((self.p(_ms(v[0]), "timestamptz"), self.p(_ms(v[1]), "timestamptz")), "interval", node,
+                       aligned=True)
         if k == "duration":
-            return Val(self.p(v, "interval"), "duration", node)
+            return Val(self.p(_ms(v), "interval"), "duration", node, aligned=True)
         if k == "date":
             return Val(self.p(v, "date"), "date", node)
         if k == "time":
@@ -207,9 +234,11 @@ class Compiler:
             if b.type != "duration" or a.type not in ("datetime", "interval", "duration"):
                 raise BadRequest(f"{op}: a time takes a duration (duration'PT1H'), not a {b.type}")
             sign = "+" if op == "add" else "-"
+            aligned = a.aligned and b.aligned
             if a.type == "interval":
-                return Val(tuple(f"({x} {sign} {b.sql})" for x in a.sql), "interval")
-            return Val(f"({a.sql} {sign} {b.sql})", "datetime" if a.type != "duration" else "duration")
+                return Val(tuple(f"({x} {sign} {b.sql})" for x in a.sql), "interval", aligned=aligned)
+            return Val(f"({a.sql} {sign} {b.sql})", "datetime" if a.type != "duration" else "duration",
+                       aligned=aligned)
         x, y = self.as_number(a, op), self.as_number(b, op)
         if op == "div":
             return Val(f"({x}::float8 / nullif({y}::float8, 0))", "number")
@@ -302,12 +331,18 @@ class Compiler:
             return "NULL::boolean"
         types = {l.type, r.type}
         if types <= {"datetime", "interval"}:
+            la, ra = l.aligned, r.aligned
+
+            def t(x, op_, y):
+                return _tcmp(x, la, op_, y, ra)
+
             if types == {"datetime"}:
-                return f"({l.sql} {o} {r.sql})"
+                return t(l.sql, o, r.sql)
             (s1, e1), (s2, e2) = _time_pair(l), _time_pair(r)
-            return {"eq": f"({s1} = {s2} AND {e1} = {e2})", "ne": f"({s1} <> {s2} AND {e1} <> {e2})",
-                    "lt": f"({e1} <= {s2} AND {s1} < {s2})", "le": f"({s1} <= {s2} AND {e1} <= {e2})",
-                    "gt": f"({s1} >= {e2} AND {s1} > {s2})", "ge": f"({s1} >= {s2} AND {e1} >= {e2})"}[op]
+            return {"eq": f"({t(s1, '=', s2)} AND {t(e1, '=', e2)})", "ne": f"({t(s1, '<>', s2)} AND {t(e1, '<>', e2)})",
+                    "lt": f"({t(e1, '<=', s2)} AND {t(s1, '<', s2)})", "le": f"({t(s1, '<=', s2)} AND {t(e1, '<=', e2)})",
+                    "gt": f"({t(s1, '>=', e2)} AND {t(s1, '>', s2)})",
+                    "ge": f"({t(s1, '>=', s2)} AND {t(e1, '>=', e2)})"}[op]
         if "json" in types and len(types) == 2:
             j, other = (l, r) if l.type == "json" else (r, l)
             conv = {"number": self.as_number, "string": self.as_string}.get(other.type)
