@@ -217,3 +217,28 @@ def test_the_feed_takes_a_group_that_committed_after_a_later_one_once(city):
     assert [o["result"] for o, _, _ in first] == [71.5]
     assert [o["result"] for o, _, _ in second] == [72.5]
     assert third == []
+
+
+def test_a_pole_the_registry_moves_gets_a_new_location_history_and_feature(city):
+    base = city["base"]
+    n2 = city["ids"]["things"][("p2", "n2")]
+    old = requests.get(f"{base}/Things({n2})/Locations", timeout=10).json()["value"][0]
+    new_reading(city, 20.5)  # a reading at the old position
+    moved = dict(fx.POLES, p2=(37.6, 127.1, "Park Rd 14", None))
+    fx.import_poles(city["pg"].dsn, moved)
+    time.sleep(1.0)  # a reading is sampled half a second before the pole receives it
+    new_reading(city, 21.5)  # and one after the move
+    now = requests.get(f"{base}/Things({n2})/Locations", timeout=10).json()["value"]
+    assert len(now) == 1 and now[0]["location"]["coordinates"] == [127.1, 37.6] and now[0]["@iot.id"] != old["@iot.id"]
+    hist = requests.get(f"{base}/Things({n2})/HistoricalLocations", params={"$expand": "Locations",
+                                                                           "$orderby": "time"}, timeout=10).json()
+    assert [h["Locations"][0]["@iot.id"] for h in hist["value"]] == [old["@iot.id"], now[0]["@iot.id"]]
+    assert hist["value"][0]["time"] < hist["value"][1]["time"]
+    ds = city["ids"]["series"][(n2, 1)]
+    obs = requests.get(f"{base}/Datastreams({ds})/Observations", params={
+        "$filter": "result eq 20.5 or result eq 21.5", "$orderby": "phenomenonTime",
+        "$expand": "FeatureOfInterest($select=id,feature)"}, timeout=10).json()["value"]
+    assert [(o["result"], o["FeatureOfInterest"]["@iot.id"]) for o in obs] == [
+        (20.5, old["@iot.id"]), (21.5, now[0]["@iot.id"])]
+    # the old position is kept, with the Things that stood there in its history
+    assert requests.get(f"{base}/Locations({old['@iot.id']})/HistoricalLocations", timeout=10).json()["value"]
