@@ -33,11 +33,10 @@ class Page:
 
 
 class Api:
-    def __init__(self, entities, base, extra_settings=None):
+    def __init__(self, entities, base):
         self.entities = entities
         self.by_set = {e.set: e for e in entities.values()}
         self.base = base.rstrip("/")
-        self.extra_settings = extra_settings or {}
 
     # ------------------------------------------------------------------ SQL pieces
 
@@ -180,7 +179,6 @@ class Api:
     def root(self):
         value = [{"name": s, "url": f"{self.base}/{s}"} for s in SETS]
         settings = {"conformance": list(CONFORMANCE)}
-        settings.update(self.extra_settings)
         return {"value": value, "serverSettings": settings}
 
     def property(self, E, row, name, rest, opts):

@@ -52,7 +52,7 @@ def error_body(status, message):
 
 class Server:
     def __init__(self, dsn, public_url, rate=20.0, burst=60, timeout_s=10.0, pool_size=4, specs_url=None,
-                 mqtt_endpoints=None, trust_forwarded=False):
+                 trust_forwarded=False):
         self.dsn = dsn
         self.public = public_url.rstrip("/")
         self.base = self.public + "/v1.1"
@@ -60,11 +60,9 @@ class Server:
         self.pool_size = pool_size
         self.limit = RateLimit(rate, burst)
         self.trust_forwarded = trust_forwarded
-        settings = {}
         self.entities = build(specs_url or (self.public + "/specs/"))
-        self.api = Api(self.entities, self.base, settings)
+        self.api = Api(self.entities, self.base)
         self.pool = None
-        self.mqtt_endpoints = mqtt_endpoints
         self.streams = 0
         self.closing = False  # set at shutdown: live streams end
         self.events_interval_s = 1.0
