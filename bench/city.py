@@ -12,8 +12,11 @@ climate), signed (COSE_Mac0, HMAC-SHA256), from --poles poles.
    style: the same batches published asynchronously with up to 4,000 in flight, into a second
    stream of the same settings;
 2. load: readings per second into PostgreSQL for 1 loader and for 2 loaders (`openpole city load`
-   processes, reading the same stream from its start), against the ceiling of a bare COPY of the
-   same rows into the same table from Python (psycopg), measured side by side in this run;
+   processes, reading the same stream from its start, folding the hourly aggregates every second,
+   timed until the last reading is loaded and folded), and 1 loader that leaves the aggregates
+   alone, against the ceiling of a bare COPY of the same sample rows into the same table from
+   Python (psycopg, the loader's column types, in the loader's order), measured side by side in
+   this run; then the bytes PostgreSQL holds per reading;
 3. latency: batches published at a steady rate while one loader runs; from the stream's acceptance
    of a batch (the pole's publish ack) to its COMMIT, p50 and p99 from the loader's own histogram
    (its /metrics, interpolated within buckets as Prometheus' histogram_quantile does).
@@ -21,7 +24,6 @@ climate), signed (COSE_Mac0, HMAC-SHA256), from --poles poles.
 
 import argparse
 import asyncio
-import datetime
 import os
 import statistics
 import subprocess
@@ -34,8 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from natscluster import NatsCluster  # noqa: E402
 from pgcluster import PgServer  # noqa: E402
 
-from openpole.city.load import CONSUMER, READING_TYPES  # noqa: E402
-from openpole.city.stream import STREAM, StreamSettings  # noqa: E402
+from openpole.city.load import BLOCK, SAMPLE_COLUMNS, SAMPLE_TYPES  # noqa: E402
+from openpole.city.samples import Checker  # noqa: E402
+from openpole.city.stream import CONSUMER, STREAM, StreamSettings  # noqa: E402
 from openpole.wire import batch, node_message, sign  # noqa: E402
 from openpole.edge_agent.sinks import NatsSink  # noqa: E402
 from openpole.sim.broker import free_port  # noqa: E402
@@ -107,15 +110,27 @@ def publish_figures(url, batches):
     return n_sink / sink_s, n_sink * per / sink_s, len(batches) / bare_s, len(batches) * per / bare_s
 
 
-def rows_of(batches):
-    rows = []
-    for _, _, body, _ in batches:
-        _, _, messages, _ = batch.decode_signed(body, {b[0]: KEY for b in batches[:1000]})
-        for m in messages:
-            for name, unit, value, t, flags, tq, _rt in m[5]:
-                when = datetime.datetime.fromtimestamp(t, datetime.timezone.utc)
-                rows.append((m[0], m[1], name, when, float(value), unit, flags, tq, m[2], m[3]))
-    return rows
+def rows_of(batches, group):
+    """The sample rows the loader writes for these batches, in groups of `group` batches, each group in
+    the loader's order (samples_key's): [[(id, time, received, boot, seq, thing, tq, vals, vals8, flagged)]]."""
+    checker, things, groups, next_id = Checker(), {}, [], BLOCK
+    keys = {b[0]: KEY for b in batches}
+    for g in range(0, len(batches), group):
+        rows = []
+        for _, _, body, _ in batches[g:g + group]:
+            for pole, node, boot, seq, tq, received, samples, _, _ in checker.check(batch.decode_signed(body, keys), (0, 0),
+                                                                                      1e12):
+                thing = things.setdefault((pole, node), len(things) + 1)
+                for when, vals, exact, flagged, _ in samples:
+                    values = [None] * max(vals)
+                    for k, v in vals.items():
+                        values[k - 1] = v
+                    rows.append((thing, when, boot, seq, received, tq, values if exact else None, None if exact else values,
+                                 flagged))
+        rows.sort(key=lambda r: r[:4])
+        groups.append([(next_id + i, r[1], r[4], r[2], r[3], r[0], *r[5:]) for i, r in enumerate(rows)])
+        next_id += -(-len(rows) // BLOCK) * BLOCK
+    return groups
 
 
 def reset(dsn, url):
@@ -124,7 +139,8 @@ def reset(dsn, url):
     import psycopg
 
     with psycopg.connect(dsn) as conn:
-        conn.execute("TRUNCATE readings, messages, series, loaders, nodes, poles, rejected")
+        conn.execute("TRUNCATE samples, aggregate_queue, hourly, daily, series, thing_poles, things, loaders, locations, "
+                     "poles, rejected")
 
     async def drop():
         nc = await nats.connect(url.split(","))
@@ -137,40 +153,45 @@ def reset(dsn, url):
     asyncio.run(drop())
 
 
-def copy_ceiling(dsn, rows, group_rows):
-    """readings/s for a binary COPY of the rows into `readings`, one transaction per loader-sized group."""
+def copy_ceiling(dsn, groups):
+    """readings/s for a binary COPY of the sample rows into `samples`, one transaction per loader-sized group."""
     import psycopg
 
+    n = sum(sum(len(r[7] or r[8]) - (r[7] or r[8]).count(None) for r in rows) for rows in groups)
     with psycopg.connect(dsn) as conn:
         t = time.perf_counter()
-        for i in range(0, len(rows), group_rows):
+        for rows in groups:
             with conn.transaction(), conn.cursor() as cur:
-                with cur.copy("COPY readings (pole, node, quantity, time, value, unit, flags, time_quality, boot, seq) "
-                              "FROM STDIN (FORMAT BINARY)") as copy:
-                    copy.set_types(READING_TYPES)  # as the loader writes them
-                    for row in rows[i:i + group_rows]:
+                with cur.copy(f"COPY samples ({SAMPLE_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.set_types(SAMPLE_TYPES)  # as the loader writes them
+                    for row in rows:
                         copy.write_row(row)
         elapsed = time.perf_counter() - t
-        conn.execute("TRUNCATE readings")
-    return len(rows) / elapsed
+        conn.execute("TRUNCATE samples")
+    return n / elapsed
 
 
 def loaded(dsn):
+    """(readings loaded, id blocks waiting for the aggregates)."""
     import psycopg
 
     with psycopg.connect(dsn) as conn:
-        return int(conn.execute("SELECT coalesce(sum(loaded), 0) FROM loaders").fetchone()[0])
+        return tuple(int(x) for x in conn.execute("SELECT (SELECT coalesce(sum(loaded), 0) FROM loaders), "
+                                                  "(SELECT count(*) FROM aggregate_queue)").fetchone())
 
 
 def sizes(dsn, url):
-    """(bytes PostgreSQL holds for readings and the message index, bytes the stream holds)."""
+    """({what: bytes PostgreSQL holds}, {aggregate table: (bytes, rows)}, bytes the stream holds)."""
     import nats
     import psycopg
 
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE")  # settle the visibility map; sizes count heap and indexes
-        db_bytes = conn.execute("SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c WHERE c.relkind = 'r' AND "
-                                "(c.relname LIKE 'readings%' OR c.relname = 'messages')").fetchone()[0]
+        part = ("SELECT coalesce(sum({f}(c.oid)), 0) FROM pg_class c WHERE c.relkind = 'r' AND c.relname {w}")
+        db = {"samples' rows": conn.execute(part.format(f="pg_relation_size", w="LIKE 'samples%'")).fetchone()[0],
+              "their indexes": conn.execute(part.format(f="pg_indexes_size", w="LIKE 'samples%'")).fetchone()[0]}
+        per = {t: conn.execute(f"SELECT pg_total_relation_size('{t}'), (SELECT count(*) FROM {t})").fetchone()
+               for t in ("hourly", "daily", "series", "things")}
 
     async def stream_bytes():
         nc = await nats.connect(url.split(","))
@@ -178,7 +199,7 @@ def sizes(dsn, url):
         await nc.close()
         return info.state.bytes
 
-    return int(db_bytes), asyncio.run(stream_bytes())
+    return {k: int(v) for k, v in db.items()}, per, asyncio.run(stream_bytes())
 
 
 def cpu_busy():
@@ -187,24 +208,25 @@ def cpu_busy():
     return sum(f) - f[3] - f[4], sum(f)
 
 
-def load_rate(url, dsn, keys, n_loaders, total, group):
-    """(readings/s from the first commit to the last, the machine's CPU busy meanwhile), with n loader
-    processes sharing the consumer."""
+def load_rate(url, dsn, keys, n_loaders, total, group, aggregate_every_s):
+    """(readings/s from the first commit to the last, and to the last fold when the loaders fold the
+    aggregates; the machine's CPU busy meanwhile), with n loader processes sharing the consumer."""
     procs = [subprocess.Popen(OPENPOLE + ["city", "load", "--nats", url, "--db", dsn, "--keys", str(keys), "--group",
-                                          str(group), "--quiet", "--name", f"bench-{i}"], stdout=subprocess.DEVNULL)
+                                          str(group), "--quiet", "--name", f"bench-{i}", "--aggregate-every",
+                                          str(aggregate_every_s)], stdout=subprocess.DEVNULL)
              for i in range(n_loaders)]
     try:
         first = None
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
-            n = loaded(dsn)
+            n, waiting = loaded(dsn)
             if n and first is None:
                 first = (time.perf_counter(), n, cpu_busy())
-            if n >= total:
+            if n >= total and (not aggregate_every_s or not waiting):
                 busy, all_ = (a - b for a, b in zip(cpu_busy(), first[2]))
                 return (n - first[1]) / (time.perf_counter() - first[0]), busy / max(1, all_)
             time.sleep(0.05)
-        sys.exit(f"{n_loaders} loader(s) loaded {loaded(dsn)} of {total} readings in 600 s")
+        sys.exit(f"{n_loaders} loader(s) loaded {loaded(dsn)[0]} of {total} readings in 600 s")
     finally:
         for p in procs:
             p.terminate()
@@ -304,28 +326,38 @@ def main():
         reset(pg.dsn, cluster.url)
         asyncio.run(_purge(cluster.url))
         asyncio.run(_fill(cluster.url, batches))
-        rows = rows_of(batches)
-        # Each figure is the median of --repeat runs, taken in turn (ceiling, 1 loader, 2 loaders),
-        # so a slow moment of the machine falls on all three alike.
-        runs = {"ceiling": [], 1: [], 2: []}
+        groups = rows_of(batches, args.group)
+        # Each figure is the median of --repeat runs, taken in turn (ceiling, the loaders), so a slow
+        # moment of the machine falls on all of them alike.
+        variants = {"1 loader": (1, 1.0), "1 loader, no aggregates": (1, 0), "2 loaders": (2, 1.0)}
+        runs = {"ceiling": [], **{v: [] for v in variants}}
         for _ in range(args.repeat):
-            runs["ceiling"].append((copy_ceiling(pg.dsn, rows, args.group * batches[0][3]), None))
-            for n in (1, 2):
+            runs["ceiling"].append((copy_ceiling(pg.dsn, groups), None))
+            for v, (n, every) in variants.items():
                 reset(pg.dsn, cluster.url)
-                runs[n].append(load_rate(cluster.url, pg.dsn, keys, n, total, args.group))
+                runs[v].append(load_rate(cluster.url, pg.dsn, keys, n, total, args.group, every))
+                if v == "1 loader":
+                    db_b, per, stream_b = sizes(pg.dsn, cluster.url)
         ceiling = statistics.median(r for r, _ in runs["ceiling"])
-        print(f"ceiling, bare COPY of the same {len(rows)} rows (psycopg, {args.group * batches[0][3]} rows a "
-              f"transaction): {ceiling:.0f} readings/s (median of {args.repeat})")
-        for n in (1, 2):
-            rate, busy = sorted(runs[n])[len(runs[n]) // 2]
-            spread = ", ".join(f"{100 * r / ceiling:.0f}" for r, _ in runs[n])
-            print(f"load, {n} loader{'s' if n > 1 else ''} (--group {args.group}): {rate:.0f} readings/s = "
-                  f"{100 * rate / ceiling:.0f} % of the ceiling (runs: {spread} %); the machine's CPU "
-                  f"{100 * busy:.0f} % busy meanwhile")
-            if n == 1:
-                db_b, stream_b = sizes(pg.dsn, cluster.url)
-                print(f"storage per reading: PostgreSQL {db_b / total:.0f} bytes (readings, their index and the message "
-                      f"index), the stream {stream_b / total:.0f} bytes per replica")
+        samples = sum(len(rows) for rows in groups)
+        print(f"ceiling, bare COPY of the same {samples} sample rows ({total / samples:.0f} readings each; psycopg, "
+              f"{args.group} batches a transaction): {ceiling:.0f} readings/s (median of {args.repeat}; runs: "
+              f"{', '.join(f'{r:.0f}' for r, _ in runs['ceiling'])})")
+        for v, (n, every) in variants.items():
+            rate, busy = sorted(runs[v])[len(runs[v]) // 2]
+            spread = ", ".join(f"{100 * r / ceiling:.0f}" for r, _ in runs[v])
+            how = f"--group {args.group}, " + ("--aggregate-every 0" if not every else
+                                                f"--aggregate-every {every:g}, until folded")
+            print(f"load, {v} ({how}): {rate:.0f} readings/s = {100 * rate / ceiling:.0f} % of the ceiling (runs: "
+                  f"{spread} %); the machine's CPU {100 * busy:.0f} % busy meanwhile")
+        parts = ", ".join(f"{k} {b / total:.1f}" for k, b in db_b.items())
+        print(f"storage per reading (1 loader): PostgreSQL {sum(db_b.values()) / total:.1f} bytes ({parts}), the "
+              f"stream {stream_b / total:.0f} bytes per replica")
+        (hb, hn), (db_, dn) = per["hourly"], per["daily"]
+        print(f"storage of the aggregates: {hb / hn:.0f} bytes a series and hour, {db_ / dn:.0f} a series and day "
+              f"(= {hb / hn / 360 + db_ / dn / 8640:.2f} bytes a reading for a series read every 10 s); series "
+              f"{per['series'][0] / per['series'][1]:.0f} and things {per['things'][0] / per['things'][1]:.0f} bytes "
+              f"each")
         reset(pg.dsn, cluster.url)
         asyncio.run(_purge(cluster.url))
         achieved, p50, p99, n = latency(cluster.url, pg.dsn, keys, batches, args.latency_s, args.latency_rate,

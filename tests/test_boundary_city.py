@@ -1,13 +1,13 @@
 """The city loader's boundary: whatever a pole with a valid key signs (extreme integers and floats,
-times no timestamp holds, wrong types, arbitrary CBOR) goes into Loader.store() against a real
-PostgreSQL, and through a real nats-server into `openpole city load`. Nothing crashes; each bad
-batch is rejected with its reason; the good batches around it are stored exactly once."""
+times no timestamp holds, wrong types, readings the registry cannot key, arbitrary CBOR) goes into
+Loader.store() against a real PostgreSQL, and through a real nats-server into `openpole city load`.
+Nothing crashes; each bad batch is rejected with its reason; the good batches around it are stored
+exactly once, and a stored reading reads back as it was sent."""
 
 import collections
 import datetime
 import json
 import math
-import re
 import subprocess
 import sys
 import time
@@ -18,9 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pgcluster import PgServer
 
+from openpole.spec.registry import REGISTRY
 from openpole.wire import batch, node_message, sign
 
 POLE, KEY = "p1", bytes(range(32))
+UNITS_OF = {q.name: q.unit for q in REGISTRY.by_key.values()}  # a reading the registry keys: its name and unit
 NOW = time.time()
 UTC = datetime.timezone.utc
 OK, ODD, BAD = 0, 1, 2  # stored; stored or rejected (representable, but odd: a decoder may refuse it); rejected
@@ -196,13 +198,19 @@ def odd_batches(draw):
     for _ in range(draw(st.integers(1, 2))):
         (node, c_node), (boot, c_boot), (seq, c_seq) = draw(NODES), draw(BOOTS), draw(SEQS)
         (bt, _), (tq, c_tq), (pole, c_pole) = draw(BASE_TIMES), draw(TQS), draw(POLES)
-        readings, message_rows = [], []
+        readings, message_rows, at = [], [], set()
         for _ in range(draw(st.integers(1, 2))):
             (name, c_n), (unit, c_u), (value, c_v), (flags, c_f) = draw(NAMES), draw(UNITS), draw(VALUES), draw(FLAGS)
             t = draw(OFFSETS)[0]
             c_t = time_class(bt, t)
             readings.append((name, unit, value, t, flags))
-            worst = max(worst, c_n, c_u, c_v, c_f, c_t)
+            # A sample holds a registry quantity in its unit, once per time.
+            c_key = OK if type(name) is str and UNITS_OF.get(name, ()) == unit else BAD
+            if c_t < BAD and c_key < BAD:
+                moment = (name, (NOW if bt is None else bt) + t)
+                c_key = BAD if moment in at else OK
+                at.add(moment)
+            worst = max(worst, c_n, c_u, c_v, c_f, c_t, c_key)
             if worst < BAD:
                 message_rows.append(stored_row({"node": node, "boot": boot, "seq": seq, "name": name, "unit": unit,
                                                 "value": value, "bt": bt, "t": t, "flags": flags, "tq": tq}))
@@ -250,7 +258,8 @@ def _fresh(pg):
     import psycopg
 
     with psycopg.connect(pg.dsn) as conn:
-        for table in ("readings", "messages", "rejected", "dead_letters", "series", "nodes", "poles", "loaders"):
+        # things and series stay: the module's loader knows their ids
+        for table in ("samples", "aggregate_queue", "rejected", "dead_letters", "loaders"):
             conn.execute(f"DELETE FROM {table}")  # a few rows: quicker than TRUNCATE's lock on every partition
 
 
@@ -327,40 +336,35 @@ def test_arbitrary_cbor_in_a_signed_batch_is_rejected_or_stored_and_never_stops_
 
 
 def test_the_issues_cases_are_rejected_with_their_reasons(pg, loader):
-    """An age of 10^14 ms through the agent's own SenML encoder, and a batch time of 1e20: the cases
-    that stopped every loader of a city."""
-    # The agent's decoder refuses such an age now; a pole of another make (or an older agent) may not.
-    m = node_message.NodeMessage("n1", 1, 1, [node_message.Reading(1, "temperature", 21.5, 10**14)])
-    _, senml = batch.senml_records(POLE, m, time.time_ns())
-    aged = sign.sign(batch.encode(batch.new_batch_id(), POLE, [senml], 1), POLE, KEY)
-    rows, reason = _store_between_good_ones(pg, loader, aged)
-    assert "time -9.82e+10 s is outside" in reason and "years 1 to 9999" in reason, reason  # the shared decoder's check
-    _, future = records_batch(message("n1", 1, 2, [("temperature", "Cel", 21.5, 0, None)], bt=1e20))
-    rows, reason = _store_between_good_ones(pg, loader, future)
-    assert "1e+20 s is outside the years 1 to 9999" in reason, reason
-    # Each refused with its reason, by the shared batch decoder (wire/batch.py) or, were that to let
-    # it through, by the loader's own check of the columns.
-    cases = {("the value nan is not a finite number", "must be a finite number, not the float nan"):
-             [("temperature", "Cel", math.nan, 0, None)],
-             ("boot and seq must be integers of 64 bits", "boot must be an unsigned integer"):
-             [("temperature", "Cel", 1.0, 0, None)],
-             ("the flags 2147483648 are not an integer of 32 bits", "fl must be an unsigned integer up to 2147483647"):
-             [("temperature", "Cel", 1.0, 0, INT4)],
-             ("the unit is 5, not a string", "needs a name, a unit"): [("temperature", 5, 1.0, 0, None)]}
-    for wants, readings in cases.items():
-        boot = 2**64 if "boot" in wants[0] else 1
-        _, payload = records_batch(message("n1", boot, 3, readings))
-        reason = _store_between_good_ones(pg, loader, payload)[1]
-        assert any(w in reason for w in wants), reason
-    _, payload = records_batch(message("n1", 1, 4, [("temperature", "Cel", 1.0, 0, None)], tq=INT2))
-    reason = _store_between_good_ones(pg, loader, payload)[1]
-    assert "the time quality 32768 is not an integer of 16 bits" in reason or "tq must be an unsigned integer" in reason
-    _, payload = records_batch(message("a\x00b", 1, 5, [("temperature", "Cel", 1.0, 0, None)]))
-    reason = _store_between_good_ones(pg, loader, payload)[1]
-    assert "holds a NUL character" in reason or "node id 'a\\x00b'" in reason, reason
-    _, payload = records_batch(message("n1", 1, 6, [("temperature", "Cel", 1.0, 0, None)], pole="p2"))
-    reason = _store_between_good_ones(pg, loader, payload)[1]
-    assert "a message of pole 'p2' in a batch of pole 'p1'" in reason or "base name of pole 'p2'" in reason, reason
+    """An age of 10^14 ms and a batch time of 1e20, the cases that once stopped every loader of a
+    city, and every field the decoder or the loader refuses: each batch rejected, the reason naming
+    the field."""
+    cases = {"a record's time -9.8": message("n1", 1, 1, [("temperature", "Cel", 21.5, -1e11, None)]),
+             "bt 1e+20 s is outside the years 1 to 9999": message("n1", 1, 2, [("temperature", "Cel", 21.5, 0, None)],
+                                                                  bt=1e20),
+             "the value of 'temperature' must be a finite number": message("n1", 1, 3, [("temperature", "Cel", math.nan,
+                                                                                           0, None)]),
+             "boot must be an unsigned integer": message("n1", 2**64, 3, [("temperature", "Cel", 1.0, 0, None)]),
+             "fl must be an unsigned integer up to 2147483647": message("n1", 1, 3, [("temperature", "Cel", 1.0, 0,
+                                                                                        INT4)]),
+             "a SenML record needs a name, a unit": message("n1", 1, 3, [("temperature", 5, 1.0, 0, None)]),
+             "tq must be an unsigned integer up to 3": message("n1", 1, 4, [("temperature", "Cel", 1.0, 0, None)],
+                                                               tq=INT2),
+             "node id 'a\\x00b' in the base name": message("a\x00b", 1, 5, [("temperature", "Cel", 1.0, 0, None)]),
+             "base name of pole 'p2' in a batch of pole 'p1'": message("n1", 1, 6, [("temperature", "Cel", 1.0, 0, None)],
+                                                                       pole="p2"),
+             # what a sample cannot hold: no registry key, another unit, undefined flags, a quantity twice at once
+             "node 'n1' boot 1 seq 7: the quantity 'wind' is not in this openpole's registry":
+                 message("n1", 1, 7, [("wind", "m/s", 1.0, 0, None)]),
+             "node 'n1' boot 1 seq 8, 'temperature': the unit '%RH' is not the registry's, 'Cel'":
+                 message("n1", 1, 8, [("temperature", "%RH", 1.0, 0, None)]),
+             "node 'n1' boot 1 seq 9, 'humidity': the flags 2 hold bits openpole does not define":
+                 message("n1", 1, 9, [("temperature", "Cel", 1.0, 0, 1), ("humidity", "%RH", 1.0, 0, 2)]),
+             "node 'n1' boot 1 seq 10, 'temperature': two values at one time in one message":
+                 message("n1", 1, 10, [("temperature", "Cel", 1.0, -1, None), ("temperature", "Cel", 2.0, -1, None)])}
+    for want, records in cases.items():
+        rows, reason = _store_between_good_ones(pg, loader, records_batch(records)[1])
+        assert reason and want in reason and not rows, (want, reason)
 
 
 def test_implausible_times_a_timestamp_holds_wait_in_the_default_partition(pg, loader):
@@ -373,32 +377,36 @@ def test_implausible_times_a_timestamp_holds_wait_in_the_default_partition(pg, l
     rows, reason = _store_between_good_ones(pg, loader, payload)
     assert reason is None and sorted(r[6] for r in rows) == sorted(times), (reason, rows)
     with psycopg.connect(pg.dsn) as conn:
-        assert conn.execute("SELECT count(*) FROM readings_other WHERE node = 'far'").fetchone()[0] == 4
+        assert conn.execute("SELECT count(*) FROM samples_other s JOIN things t ON t.id = s.thing_id "
+                            "WHERE t.node = 'far'").fetchone()[0] == 4
 
 
 def test_a_batch_postgresql_refuses_after_the_checks_is_rejected_alone(pg):
-    """A database in LATIN1 cannot hold a Cyrillic unit, which every check passes: the group's COPY
-    fails, and then each batch is written alone, the refused one to `rejected`."""
+    """A database whose own constraint refuses a node id every check passes (as a database in
+    another encoding refuses characters): the group's write fails, and then each batch is written
+    alone, the refused one to `rejected`."""
     import psycopg
 
     from openpole.city import db, load
 
     with psycopg.connect(pg.dsn, autocommit=True) as conn:
-        conn.execute("CREATE DATABASE latin1 ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
-    dsn = pg.dsn.rsplit("/", 1)[0] + "/latin1"
+        conn.execute("CREATE DATABASE strict")
+    dsn = pg.dsn.rsplit("/", 1)[0] + "/strict"
     db.migrate(dsn)
-    latin = load.Loader(dsn, {POLE: KEY}, name="latin1")
+    with psycopg.connect(dsn) as conn:
+        conn.execute("ALTER TABLE things ADD CONSTRAINT no_refused_nodes CHECK (node <> 'refused')")
+    strict = load.Loader(dsn, {POLE: KEY}, name="strict")
     try:
         (a, na), (b, nb) = good_batch("good-a"), good_batch("good-b")
-        _, cyrillic = records_batch(message("n1", 1, 1, [("temperature", "\u0443\u0437\u0435\u043b", 1.0, 0, None)]))
-        counts = latin.store([("s", a, None), ("s", cyrillic, None), ("s", b, None)])
+        _, refused = records_batch(message("refused", 1, 1, [("temperature", "Cel", 1.0, 0, None)]))
+        counts = strict.store([("s", a, None), ("s", refused, None), ("s", b, None)])
         assert counts["batches"] == 2 and counts["rejected"] == 1 and counts["records_unique"] == na + nb, counts
         with psycopg.connect(dsn) as conn:
             assert conn.execute("SELECT count(*) FROM readings").fetchone()[0] == na + nb
             (reason, kept), = conn.execute("SELECT reason, payload FROM rejected").fetchall()
-        assert "PostgreSQL refused it" in reason and "latin-1" in reason and bytes(kept) == cyrillic, reason
+        assert "PostgreSQL refused it" in reason and "no_refused_nodes" in reason and bytes(kept) == refused, reason
     finally:
-        latin.close()
+        strict.close()
 
 
 def _incompressible(n, seed):
@@ -406,31 +414,39 @@ def _incompressible(n, seed):
     import random
 
     r = random.Random(seed)
-    return "".join(chr(r.randrange(0x20000, 0x2A6E0)) for _ in range(n))  # CJK Extension B: all printable
+    return "".join(chr(r.randrange(0x10000, 0x10FFFF)) for _ in range(n))
 
 
-def test_the_longest_texts_the_loader_takes_fit_postgresqls_indexes(pg, loader, monkeypatch):
-    """The loader's own limit holds even were the shared decoder to let longer texts through."""
-    from openpole.city.load import MAX_TEXT
+def test_the_longest_ids_the_decoder_takes_are_stored(pg, loader):
+    """A pole id of 64 characters and a node id of 32: the longest the wire allows."""
+    import psycopg
 
-    monkeypatch.setattr(batch, "NAME_RE", re.compile(r".{1,%d}\Z" % MAX_TEXT, re.S))
-    monkeypatch.setattr(batch, "UNIT_MAX", MAX_TEXT)
-    records, f = plain_message(node="n" * 32, name=_incompressible(MAX_TEXT, 2), unit=_incompressible(MAX_TEXT, 3))
-    rows, reason = _store_between_good_ones(pg, loader, records_batch(records)[1])
-    assert reason is None and rows == [stored_row(f)], reason
+    pole, node = "P" * 64, "n" * 32
+    bid = batch.new_batch_id()
+    recs = message(node, 1, 1, [("temperature", "Cel", 21.5, 0, None)], pole=pole)
+    payload = sign.sign(batch.encode(bid, pole, [cbor2.dumps(r) for r in recs], 1), pole, KEY)
+    loader.keys[pole] = KEY
+    try:
+        counts = loader.store([("s", payload, None)])
+    finally:
+        del loader.keys[pole]
+    assert counts["records_unique"] == 1 and counts["rejected"] == 0, counts
+    with psycopg.connect(pg.dsn) as conn:
+        assert conn.execute("SELECT value FROM readings WHERE pole = %s AND node = %s", (pole, node)).fetchall() == [(21.5,)]
 
 
 def test_an_index_row_postgresql_cannot_hold_is_rejected_alone(pg, loader, monkeypatch):
-    """Were the checks to let a quantity name through that is too long for the indexes (PostgreSQL's index
+    """Were the checks to let a node id through that is too long for the indexes (PostgreSQL's index
     row limit, which it reports as an OperationalError), its batch is rejected alone: the loader does
     not take it for a lost connection and try it for ever."""
+    import re
     import threading
 
-    from openpole.city import load
+    from openpole.city import samples
 
-    monkeypatch.setattr(load, "MAX_TEXT", 4000)
-    monkeypatch.setattr(batch, "NAME_RE", re.compile(r".{1,4000}\Z", re.S))
-    records, _ = plain_message(name=_incompressible(1500, 4))
+    monkeypatch.setattr(samples, "MAX_TEXT", 4000)
+    monkeypatch.setattr(node_message, "NODE_ID_RE", re.compile(".+"))  # the wire's check, away
+    records, _ = plain_message(node=_incompressible(1500, 4))
     done = []
     t = threading.Thread(target=lambda: done.append(_store_between_good_ones(pg, loader, records_batch(records)[1])),
                          daemon=True)
@@ -455,11 +471,8 @@ def test_poison_batches_between_good_ones_through_nats_and_the_real_loader(pg, t
     keys.write_text(f'{POLE} = "{KEY.hex()}"\n')
     try:
         assert openpole("city", "init", "--nats", lone.url, "--replicas", "1").returncode == 0
-        # The agent's decoder refuses such an age now; a pole of another make (or an older agent) may not.
-        m = node_message.NodeMessage("n1", 1, 1, [node_message.Reading(1, "temperature", 21.5, 10**14)])
-        _, aged = batch.senml_records(POLE, m, time.time_ns())
         one = [("temperature", "Cel", 1.0, 0, None)]
-        poison = [sign.sign(batch.encode(batch.new_batch_id(), POLE, [aged], 1), POLE, KEY),
+        poison = [records_batch(message("n1", 1, 1, [("temperature", "Cel", 21.5, -1e11, None)]))[1],
                   records_batch(message("n1", 1, 2, one, bt=1e20))[1],
                   records_batch(message("n1", 1, 3, [("temperature", "Cel", math.nan, 0, None)]))[1],
                   records_batch(message("n1", 2**64, 4, one))[1],
@@ -469,7 +482,9 @@ def test_poison_batches_between_good_ones_through_nats_and_the_real_loader(pg, t
                   records_batch(message("n1", 1, 8, [("temperature", "Cel", 1.0, 0, 2**40)], tq=-(2**20)))[1],
                   sign.sign(cbor2.dumps({0: 1, 1: [[[1e20]]], 4: {"x": float("nan")}}), POLE, KEY),
                   records_batch([{-2: "urn:openpole:p1:n1:", "boot": 1, "seq": 9, 0: "temperature", 2: 1.0,
-                                  6: 2**1030}])[1]]
+                                  6: 2**1030}])[1],
+                  records_batch(message("n1", 1, 10, [("temperature", "%RH", 1.0, 0, None)]))[1],
+                  records_batch(message("n1", 1, 11, [("temperature", "Cel", 1.0, 0, 2)]))[1]]
         sink = NatsSink(lone.url, pole=POLE)
         want = 0
         for i, p in enumerate(poison):

@@ -30,17 +30,25 @@ def pg():
 
 def test_city_init_applies_the_schema_once(pg):
     r = openpole("city", "init", "--db", pg.dsn)
-    assert r.returncode == 0 and "applied migration(s) 1, 2, 3" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "applied migration(s) 1, 2, 3, 4" in r.stdout, r.stdout + r.stderr
     r = openpole("city", "init", "--db", pg.dsn)
-    assert r.returncode == 0 and "database schema: up to date (version 3)" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "database schema: up to date (version 4)" in r.stdout, r.stdout + r.stderr
     import psycopg
 
     with psycopg.connect(pg.dsn) as conn:
         tables = {t for (t,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
-        assert {"poles", "nodes", "messages", "readings_other", "rejected", "series", "loaders", "dead_letters",
+        assert {"poles", "things", "thing_poles", "locations", "series", "quantities", "samples_other", "hourly",
+                "daily", "aggregate_queue", "readings_legacy", "rejected", "loaders", "dead_letters",
                 "schema_migrations"} <= tables
-        kind = conn.execute("SELECT relkind FROM pg_class WHERE relname = 'readings'").fetchone()[0]
+        assert not {"messages", "nodes", "readings"} & tables  # schema 3's, now views or gone
+        views = {t for (t,) in conn.execute("SELECT viewname FROM pg_views WHERE schemaname = 'public'")}
+        assert views == {"readings", "nodes", "observations"}, views
+        kind = conn.execute("SELECT relkind FROM pg_class WHERE relname = 'samples'").fetchone()[0]
         assert kind == "p"  # partitioned by time
+        from openpole.spec.registry import REGISTRY
+
+        keys = dict(conn.execute("SELECT key, name FROM quantities").fetchall())
+        assert keys == {q.key: q.name for q in REGISTRY.by_key.values()}  # the registry, synced
     r = openpole("city", "init", "--db", "postgresql://openpole@127.0.0.1:9/none")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "cannot connect to PostgreSQL" in r.stderr
     r = openpole("city", "init")
@@ -97,7 +105,7 @@ def test_the_loader_stores_each_reading_once_rejects_what_fails_and_survives_a_k
             reasons = [r for (r,) in conn.execute("SELECT reason FROM rejected ORDER BY id")]
             assert "bad signature for pole 'p1'" in reasons[0] and "no key for pole 'p9'" in reasons[1]
             assert len(reasons) == 3 and reasons[2]
-            month = f"readings_{time.gmtime().tm_year:04d}_{time.gmtime().tm_mon:02d}"
+            month = f"samples_{time.gmtime().tm_year:04d}_{time.gmtime().tm_mon:02d}"
             assert conn.execute("SELECT count(*) FROM pg_tables WHERE tablename = %s", (month,)).fetchone()[0] == 1
 
         # Each series' newest value: node n0 carried messages 0-9, 40-49, ..., 160-169 (boot 1).
@@ -171,9 +179,9 @@ def test_an_older_schema_is_brought_up_to_date_and_tools_refuse_a_missing_one(pg
         conn.execute("INSERT INTO schema_migrations (version) VALUES (1)")
         conn.execute("INSERT INTO counters VALUES ('batches', 7), ('records_received', 90), ('records_unique', 80)")
     r = openpole("city", "latest", "--db", pg.dsn)
-    assert r.returncode == 2 and "schema version 1, this openpole needs version 3" in r.stderr, r.stderr
+    assert r.returncode == 2 and "schema version 1, this openpole needs version 4" in r.stderr, r.stderr
     r = openpole("city", "init", "--db", pg.dsn)
-    assert r.returncode == 0 and "applied migration(s) 2, 3" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "applied migration(s) 2, 3, 4" in r.stdout, r.stdout + r.stderr
     st = json.loads(openpole("city", "stats", "--db", pg.dsn, "--json").stdout)
     assert (st["batches"], st["records"], st["unique"], st["duplicates"]) == (7, 90, 80, 10), st
 
@@ -186,7 +194,7 @@ def test_a_group_holding_a_message_twice_and_a_clock_years_ahead(pg):
 
     import psycopg
 
-    from openpole.city import db, load
+    from openpole.city import db, load, samples
 
     db.migrate(pg.dsn)
     key = bytes(32)
@@ -206,13 +214,14 @@ def test_a_group_holding_a_message_twice_and_a_clock_years_ahead(pg):
         bid = batch.new_batch_id()
         loader.store([("s", sign.sign(batch.encode(bid, "p1", [senml], 1), "p1", key), None)])
         with psycopg.connect(pg.dsn) as conn:
-            assert conn.execute("SELECT count(*) FROM readings_other").fetchone()[0] == 1
-            month = load._month(ahead)
+            assert conn.execute("SELECT count(*) FROM samples_other").fetchone()[0] == 1
+            (sample_id,), = conn.execute("SELECT id FROM samples_other").fetchall()
+            month = samples.month(ahead)
             with conn.transaction(), conn.cursor() as cur:
                 loader._partition(cur, month)
-            name = f"readings_{month:%Y_%m}"
-            assert conn.execute(f"SELECT count(*) FROM {name}").fetchone()[0] == 1
-            assert conn.execute("SELECT count(*) FROM readings_other").fetchone()[0] == 0
+            name = f"samples_{month:%Y_%m}"
+            assert conn.execute(f"SELECT id FROM {name}").fetchall() == [(sample_id,)]  # moved, its id kept
+            assert conn.execute("SELECT count(*) FROM samples_other").fetchone()[0] == 0
             assert conn.execute("SELECT count(*) FROM readings").fetchone()[0] == 25
     finally:
         loader.close()

@@ -1,6 +1,8 @@
 """`openpole city ...`: the city's side of openpole at scale."""
 
+import argparse
 import json
+import sys
 from pathlib import Path
 
 from ..errors import UserError
@@ -27,16 +29,35 @@ def register(sub):
     _nats_auth(i)
     i.set_defaults(func=run_init)
     ld = csub.add_parser("load", help="load the stream of pole batches into PostgreSQL (run several for more throughput)")
-    ld.add_argument("--nats", required=True, metavar="URL", help="the cluster's servers: nats://a:4222,nats://b:4222")
-    ld.add_argument("--db", required=True, metavar="DSN", help="PostgreSQL, e.g. postgresql://openpole@db1/openpole")
-    ld.add_argument("--keys", type=Path, help="TOML table of pole id = key (hex): take only batches those poles signed")
-    ld.add_argument("--group", type=int, default=200, help="batches fetched and committed at once (default 200)")
+    ld.add_argument("--config", type=Path, metavar="FILE", help="settings (TOML, docs/city.md); the flags override it")
+    ld.add_argument("--nats", metavar="URL", help="the cluster's servers: nats://a:4222,nats://b:4222")
+    ld.add_argument("--db", metavar="DSN", help="PostgreSQL, e.g. postgresql://openpole@db1/openpole")
+    ld.add_argument("--keys", metavar="FILE", help="TOML table of pole id = key (hex): take only batches those poles signed")
+    ld.add_argument("--group", type=int, help="batches fetched and committed at once (default 200)")
     ld.add_argument("--exit-when-idle", type=float, metavar="S", help="stop after S seconds with nothing to load")
     ld.add_argument("--name", help="this loader's name in `city status` (default HOST:PID)")
     ld.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics")
-    ld.add_argument("--quiet", action="store_true", help="no line per loaded group")
+    ld.add_argument("--aggregate-every", type=float, metavar="S", dest="aggregate_every_s",
+                    help="fold new samples into the hourly and daily aggregates every S seconds (default 10; 0: "
+                         "leave it to other loaders)")
+    ld.add_argument("--quiet", action="store_true", default=None, help="no line per loaded group")
     _nats_auth(ld)
     ld.set_defaults(func=run_load)
+    po = csub.add_parser("poles", help="the city's registry of poles: their positions and addresses",
+                         description="the city's registry of poles: their positions and addresses\n\nexample:\n  "
+                                     "openpole city poles import --db postgresql://openpole@db1/openpole poles.csv",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    psub = po.add_subparsers(dest="poles_command", metavar="ACTION", required=True)
+    pi = psub.add_parser("import", help="add or update poles from a CSV file (pole id, lat, lon, address, description)",
+                         description="add or update poles from a CSV file: pole id, lat, lon, address, description "
+                                     "(a header line is allowed); a pole whose position changed gets a new location; "
+                                     "a bad line is refused with its reason, the others imported (exit 1)\n\n"
+                                     "example:\n  openpole city poles import --db postgresql://openpole@db1/openpole "
+                                     "poles.csv",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    pi.add_argument("file", type=Path, metavar="FILE.csv")
+    pi.add_argument("--db", required=True, metavar="DSN")
+    pi.set_defaults(func=run_poles_import)
     sa = csub.add_parser("status", help="the stream's lag per consumer, its servers, and each loader's rate and errors "
                                         "(exit 1 on a problem)")
     sa.add_argument("--nats", metavar="URL", help="the cluster's servers: nats://a:4222,nats://b:4222")
@@ -59,6 +80,9 @@ def register(sub):
     st.add_argument("--db", required=True, metavar="DSN")
     st.add_argument("--json", action="store_true", help="one JSON object")
     st.set_defaults(func=run_stats)
+    from .sta import cli as sta_cli  # `city serve`: the SensorThings API
+
+    sta_cli.register(csub)
 
 
 def _nats_auth(parser):
@@ -83,6 +107,14 @@ def run_init(args):
         applied = migrate(args.db)
         print(f"database schema: {'applied migration(s) ' + ', '.join(map(str, applied)) if applied else 'up to date'} "
               f"(version {MIGRATIONS[-1][0]})")
+        from .db import READER, ensure_reader
+
+        what, sql = ensure_reader(args.db)
+        if sql is None:
+            print(f"read-only role {READER} {what}: SELECT on every table and view, for the SensorThings API "
+                  f"(give it a password: ALTER ROLE {READER} PASSWORD '...')")
+        else:
+            print(f"read-only role {READER}: this login may not make roles; as a PostgreSQL superuser, run:\n{sql}")
     if args.nats:
         _init_stream(args)
     return 0
@@ -107,10 +139,16 @@ def _init_stream(args):
 
 
 def run_load(args):
-    from . import load
+    from . import config, load
+    from .stream import options
+
+    cfg = config.load(args.config, nats=args.nats, db=args.db, keys=args.keys, group=args.group,
+                      exit_when_idle=args.exit_when_idle, name=args.name, metrics=args.metrics,
+                      aggregate_every_s=args.aggregate_every_s, quiet=args.quiet, nats_creds=args.nats_creds,
+                      nats_tls_ca=args.nats_tls_ca)
 
     def report(counts):
-        if args.quiet:
+        if cfg.quiet:
             return
         print(f"loaded {counts['batches']} batch(es): {counts['records_unique']} new readings, "
               f"{counts['records_received'] - counts['records_unique']} duplicates, {counts['rejected']} rejected",
@@ -118,15 +156,24 @@ def run_load(args):
 
     from ..receiver.cli import pole_keys
 
-    keys = pole_keys(args.keys) if args.keys else None
-    metrics_at = parse_hostport(args.metrics, 9109, flag="--metrics") if args.metrics else None
-    if args.group < 1:
-        raise UserError("--group: at least 1 batch")
-    totals = load.run(args.nats, args.db, keys, args.group, args.exit_when_idle, report, metrics_at, args.name,
-                       _nats_opts(args))
-    print(f"idle for {args.exit_when_idle:g} s: {totals['batches']} batches, {totals['records_unique']} new readings, "
+    keys = pole_keys(Path(cfg.keys)) if cfg.keys else None
+    metrics_at = parse_hostport(cfg.metrics, 9109, flag="--metrics") if cfg.metrics else None
+    totals = load.run(cfg.nats, cfg.db, keys, cfg.group, cfg.exit_when_idle, report, metrics_at, cfg.name,
+                      options(cfg.nats_creds, cfg.nats_tls_ca), aggregate_every_s=cfg.aggregate_every_s)
+    print(f"idle for {cfg.exit_when_idle:g} s: {totals['batches']} batches, {totals['records_unique']} new readings, "
           f"{totals['rejected']} rejected")
     return 0
+
+
+def run_poles_import(args):
+    from .poles import import_csv
+
+    done, refused = import_csv(args.db, args.file)
+    for line in refused:
+        print(f"openpole: {args.file}: {line}", file=sys.stderr)
+    print(f"{args.file}: {done['new']} poles placed, {done['moved']} moved (a new location each), {done['updated']} "
+          f"described anew, {done['same']} unchanged, {len(refused)} lines refused")
+    return 1 if refused else 0
 
 
 def run_stats(args):

@@ -3,19 +3,22 @@
 A loader reads the stream through one durable pull consumer ("loaders"); several loaders share it,
 so adding one adds throughput. Each fetched group is checked (the pole's signature when keys are
 given, then the shared decoder: wire/batch.py decode_signed, then every field against the column
-it goes to: a time a timestamp holds, a finite value, boot and seq of 64 bits, flags of 32 and the
-time quality of 16, text without NUL); a batch that fails any check goes to `rejected` whole, with
-the reason, and is acknowledged: a batch is loaded or kept whole, never in part, so a re-delivery
-does the same again. Should PostgreSQL still refuse a group for its content, each of its batches
-is written alone and the ones it refuses go to `rejected` too. A group is one transaction: the
-message index first (COPY into a session table, then one INSERT ... ON CONFLICT DO NOTHING), then
-the readings of the messages the index did not hold, with COPY; a node message already there
-(re-sent past the stream's duplicate window, or in another batch after a pole crash) is counted as
-a duplicate and its readings are skipped. Every statement touches its rows in key order, so
-loaders sharing the tables cannot deadlock each other.
+it goes to and the registry: tools/city/samples.py); a batch that fails any check goes to
+`rejected` whole, with the reason, and is acknowledged: a batch is loaded or kept whole, never in
+part, so a re-delivery does the same again. Should PostgreSQL still refuse a group for its
+content, each of its batches is written alone and the ones it refuses go to `rejected` too.
+
+A group is one transaction: new things and series, then the samples with one COPY, in the key
+order of `samples_key` (thing, time, boot, seq), inside a savepoint. A sample the key already holds
+(a node message re-sent past the stream's duplicate window, or in another batch after a pole
+crash, or a group delivered again) makes that COPY fail: the group's samples then go through a
+session table and one INSERT ... ON CONFLICT DO NOTHING, and the ones already held count as
+duplicates. The group's id blocks go to `aggregate_queue` for the hourly aggregates
+(tools/city/maintain.py, which one loader at a time runs on a timer). Every statement touches its
+rows in key order, so loaders sharing the tables cannot deadlock each other.
 
 The NATS messages are acknowledged only after COMMIT: a loader killed mid-group loses nothing (the
-stream sends the group again after the consumer's ack wait) and doubles nothing (the index). While
+stream sends the group again after the consumer's ack wait) and doubles nothing (the key). While
 PostgreSQL is away (a restart, a failover) the loader keeps the group, tells the stream it is still
 working on it, and writes it once the database answers again.
 
@@ -28,7 +31,7 @@ import asyncio
 import collections
 import datetime
 import json
-import math
+import logging
 import os
 import socket
 import threading
@@ -39,20 +42,21 @@ from openpole.common import Histogram, redact_url
 from openpole.wire import batch
 
 from ..errors import UserError
-from .db import connect, require_schema
+from .db import connect, require_schema, sync_quantities
+from .maintain import fold, make_partition, partition_ahead
+from .samples import INT4, INT8, Checker, month, next_month
 from .stream import (ACK_WAIT_S, CONSUMER, DEAD_CONSUMER, DEAD_STREAM, DEAD_SUBJECTS, STREAM, SUBJECTS, _connect,
                      consumer_config, dead_consumer_config, update_consumer)
 
 POLE_EVERY_S = 60.0  # poles.last_batch: at most this stale
 HEARTBEAT_S = 10.0  # an idle loader still refreshes its row in `loaders` (city status: alive, rate 0)
 RETRY_S = (0.5, 1.0, 2.0, 5.0)  # PostgreSQL unreachable: the waits between tries, the last repeated
-PLAUSIBLE_FROM_S = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc).timestamp()
 UTC = datetime.timezone.utc
-# Binary COPY: the columns' types, in order.
-INDEX_TYPES = ["text", "text", "int8", "int8", "bytea", "int4"]
-READING_TYPES = ["text", "text", "text", "timestamptz", "float8", "text", "int4", "int2", "int8", "int8"]
-INT8, INT4, INT2 = 1 << 63, 1 << 31, 1 << 15  # a binary COPY wraps an int4 or int2 out of range without a word
-MAX_TEXT = 256  # characters in a node id, quantity or unit: the indexes on them take at most 2,704 bytes a row
+BLOCK = 4096  # sample ids per block of sample_blocks (fixed by migration 4)
+# Binary COPY into samples: the columns and their types, in order.
+SAMPLE_COLUMNS = "id, time, received, boot, seq, thing_id, tq, vals, vals8, flagged"
+SAMPLE_TYPES = ["int8", "timestamptz", "timestamptz", "int8", "int8", "int4", "int2", "float4[]", "float8[]", "int2[]"]
+log = logging.getLogger("openpole.city")
 COUNTS = ("batches", "records_received", "records_unique", "rejected")
 
 
@@ -67,24 +71,9 @@ def _content_errors():
             OverflowError)
 
 
-def _show(x):
-    """x as a reason quotes it: short, ASCII, and never a 4,300-digit integer."""
-    if type(x) is int:
-        return str(x) if -INT8 <= x < 2 * INT8 else f"an integer of {x.bit_length()} bits"
-    if type(x) is float:
-        return repr(x)
-    if type(x) is str:
-        return ascii(x[:40]) + ("..." if len(x) > 40 else "")
-    return "none" if x is None else f"a {type(x).__name__}"
-
-
 def _ascii(text, limit=500):
     """Text for `rejected` and `dead_letters` that any database encoding holds."""
     return text.replace("\x00", "\\x00").encode("ascii", "backslashreplace").decode()[:limit]
-
-
-def _where(node, boot, seq, name=None):
-    return f"node {_show(node)} boot {_show(boot)} seq {_show(seq)}" + ("" if name is None else f", {_show(name)}")
 
 
 def _why(e):
@@ -101,14 +90,6 @@ class LatencyHistogram(Histogram):
     BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
-def _month(t):
-    return datetime.datetime(t.year, t.month, 1, tzinfo=UTC)
-
-
-def _next_month(m):
-    return m.replace(year=m.year + (m.month == 12), month=m.month % 12 + 1)
-
-
 class Loader:
     def __init__(self, dsn, keys=None, name=None):
         self.dsn = dsn
@@ -116,33 +97,43 @@ class Loader:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.partitions = set()
         self.totals = {"batches": 0, "records_received": 0, "records_unique": 0, "rejected": 0}
-        self.errors = {"db_reconnects": 0, "db_retries": 0, "ack_failures": 0, "fetch_errors": 0}
+        self.errors = {"db_reconnects": 0, "db_retries": 0, "ack_failures": 0, "fetch_errors": 0, "maintenance": 0}
         self.latency = LatencyHistogram()
         self.started = datetime.datetime.now(UTC)
         self.last_commit = None
         self._recent = collections.deque()  # (monotonic, readings loaded) over the last minute
         self._t0 = time.monotonic()
-        self.known_series, self.known_nodes = set(), set()  # already in the database: not inserted again
-        self._texts = set()  # node ids, quantities and units already checked
+        self.things = {}  # (pole, node) -> thing id, as committed
+        self.known_series = set()  # (thing id, key) already in the database: not inserted again
+        self.checker = Checker()
         self.dead_letters = 0  # batches the stream gave up on that this loader recorded
         self._dead_conn = None  # dead letters have a connection of their own: a group's thread holds self.conn
+        self._maint_conn = None  # and so has the upkeep (maintain)
+        self.maintaining = threading.Lock()  # held while a round of upkeep runs
+        self._made_ahead = set()  # months whose partition the upkeep made ahead
+        self.folded = 0  # id blocks this loader folded into the aggregates
         self.pole_written = {}  # pole -> when this loader last wrote its row (monotonic)
-        month = _month(self.started)
-        self.partitions.add(month)  # made at connect, below
-        self._month_span = (month.timestamp(), _next_month(month).timestamp())
+        this_month = month(self.started)
+        self.partitions.add(this_month)  # made at connect, below
+        self._month_span = (this_month.timestamp(), next_month(this_month).timestamp())
         self.conn = None
         self._connect()  # a wrong DSN or a database without the schema says so at once
 
     def _connect(self):
-        self.conn = connect(self.dsn)
-        require_schema(self.conn)
-        # Session tables: the group's node messages and new series, before they meet their tables.
-        self.conn.execute("CREATE TEMP TABLE incoming (pole text, node text, boot bigint, seq bigint, batch_id bytea, "
-                          "readings integer) ON COMMIT DELETE ROWS")
-        self.conn.execute("CREATE TEMP TABLE incoming_series (pole text, node text, quantity text) ON COMMIT DELETE ROWS")
-        with self.conn.transaction(), self.conn.cursor() as cur:
-            self._partition(cur, _month(self.started))  # this month's, before the first group needs it
-        self.conn.commit()
+        """self.conn: a connection checked for the schema and ready for groups, or none at all (a
+        connection left inside a failed transaction would turn every group's COMMIT into a savepoint's)."""
+        conn = connect(self.dsn)
+        try:
+            require_schema(conn)
+            with conn.transaction(), conn.cursor() as cur:
+                # The session's table for a group whose samples the key partly holds already.
+                cur.execute("CREATE TEMP TABLE incoming_samples (LIKE samples) ON COMMIT DELETE ROWS")
+                sync_quantities(conn)  # keys this openpole's registry has, before a series names one
+                self._partition(cur, month(self.started))  # this month's, before the first group needs it
+        except BaseException:
+            conn.close()
+            raise
+        self.conn = conn
 
     def rate(self, pending=0):
         """Readings loaded per second over the last minute (or since the start, when younger);
@@ -154,7 +145,7 @@ class Loader:
 
     def decode(self, items):
         """items: [(subject, payload, stream timestamp or None)] -> (good, bad, stamps): the checked
-        batches [(subject, payload, batch id, pole, messages as check() gives them)], the rejected ones
+        batches [(subject, payload, batch id, pole, messages as Checker.check gives them)], the rejected ones
         [(subject, reason, payload)], and the stream timestamps."""
         good, bad = [], []
         plausible_to = time.time() + 730 * 86400
@@ -166,81 +157,11 @@ class Loader:
                 bad.append((_ascii(subject), _ascii(why), payload))
                 continue
             try:
-                good.append((subject, payload, decoded[0], decoded[1], self.check(decoded, plausible_to)))
+                good.append((subject, payload, decoded[0], decoded[1],
+                             self.checker.check(decoded, self._month_span, plausible_to)))
             except Exception as e:
                 bad.append((_ascii(subject), _ascii(f"batch not loaded: {_why(e)}"), payload))
         return good, bad, [stamp for _, _, stamp in items]
-
-    def check(self, decoded, plausible_to):
-        """A decoded batch -> its messages as the COPY takes them: [(pole, node, boot, seq, rows,
-        quantities, months the rows need)]. ValueError naming the first field its column cannot
-        hold (READING_TYPES, INDEX_TYPES), which rejects the whole batch."""
-        batch_id, pole, messages, _ = decoded
-        if type(batch_id) is not bytes:
-            raise ValueError(f"the batch id is {_show(batch_id)}, not bytes")
-        texts = self._texts
-        if type(pole) is not str or pole not in texts:
-            self._text(pole, "the pole id")
-        lo, hi = self._month_span
-        fromts, isfinite = datetime.datetime.fromtimestamp, math.isfinite
-        out = []
-        for mpole, node, boot, seq, _, readings in messages:
-            if mpole != pole:
-                raise ValueError(f"a message of pole {_show(mpole)} in a batch of pole {_show(pole)}")
-            if type(node) is not str or node not in texts:
-                self._text(node, "a node id")
-            if type(boot) is not int or type(seq) is not int or not (-INT8 <= boot < INT8 and -INT8 <= seq < INT8):
-                raise ValueError(f"{_where(node, boot, seq)}: boot and seq must be integers of 64 bits")
-            rows, names, months = [], set(), set()
-            for name, unit, value, t, flags, tq, _rt in readings:
-                # The reasons are made only for a batch that fails: this runs for every reading.
-                if type(name) is not str or name not in texts:
-                    self._text(name, f"{_where(node, boot, seq)}: a quantity name")
-                if unit is not None and (type(unit) is not str or unit not in texts):
-                    self._text(unit, f"{_where(node, boot, seq, name)}: the unit")
-                kind = type(value)
-                try:
-                    v = value if kind is float else float(value) if kind is int else None
-                except OverflowError:
-                    v = math.inf
-                if v is None or not isfinite(v):
-                    raise ValueError(f"{_where(node, boot, seq, name)}: the value {_show(value)} is not a finite number")
-                if type(t) is not float and type(t) is not int:
-                    raise ValueError(f"{_where(node, boot, seq, name)}: the time is {_show(t)}, not a number")
-                try:
-                    when = fromts(t, UTC)
-                except (OverflowError, ValueError, OSError):
-                    raise ValueError(f"{_where(node, boot, seq, name)}: the time {_show(t)} s is outside years 1 to "
-                                     f"9999 (a node's age or a pole's clock gone wrong)") from None
-                if type(flags) is not int or not -INT4 <= flags < INT4:
-                    raise ValueError(f"{_where(node, boot, seq, name)}: the flags {_show(flags)} are not an integer "
-                                     f"of 32 bits")
-                if type(tq) is not int or not -INT2 <= tq < INT2:
-                    raise ValueError(f"{_where(node, boot, seq, name)}: the time quality {_show(tq)} is not an integer "
-                                     f"of 16 bits")
-                if not lo <= t < hi and PLAUSIBLE_FROM_S <= t < plausible_to:
-                    months.add(_month(when))
-                rows.append((pole, node, name, when, v, unit, flags, tq, boot, seq))
-                names.add(name)
-            out.append((pole, node, boot, seq, rows, names, months))
-        return out
-
-    def _text(self, s, what):
-        """ValueError unless s is a str a text column holds (no NUL, no lone surrogate) and the
-        indexes take (MAX_TEXT characters at most); remembered when it is."""
-        if type(s) is not str:
-            raise ValueError(f"{what} is {_show(s)}, not a string")
-        if len(s) > MAX_TEXT:
-            raise ValueError(f"{what} of {len(s)} characters is over {MAX_TEXT}")
-        if "\x00" in s:
-            raise ValueError(f"{what} {_show(s)} holds a NUL character, which PostgreSQL text cannot")
-        try:
-            s.encode()
-        except UnicodeEncodeError:
-            raise ValueError(f"{what} {_show(s)} is not valid Unicode (a lone surrogate)") from None
-        if len(self._texts) > 100_000:  # names are few; a flood of new ones only costs checks again
-            self._texts.clear()
-        self._texts.add(s)
 
     def store(self, items):
         """items: [(subject, payload, stream timestamp or None)] -> the counts this group added."""
@@ -258,6 +179,8 @@ class Loader:
             try:
                 if self.conn is None or self.conn.closed:
                     self._connect()
+                elif self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    self.conn.rollback()  # each group in a transaction of its own, never inside another
                 counts = self._write_isolated(good, bad)
                 break
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
@@ -331,24 +254,34 @@ class Loader:
                     (self.name, self.started, counts["batches"], counts["records_received"], counts["records_unique"],
                      counts["rejected"], self.rate(counts["records_unique"]), json.dumps(self.errors)))
 
-    def _partition(self, cur, month):
-        """The month's partition of readings, made before any row of it is written. Rows that waited
-        in the default partition for that month (a node's clock far ahead) move into it."""
-        name = f"readings_{month:%Y_%m}"
-        cur.execute("SELECT pg_advisory_xact_lock(7062)")  # loaders making the same month: one does
-        if cur.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()[0]:
-            return
-        a, b = month.isoformat(), _next_month(month).isoformat()
-        cur.execute(f"CREATE TEMP TABLE moved ON COMMIT DROP AS WITH d AS (DELETE FROM readings_other WHERE time >= "
-                    f"'{a}' AND time < '{b}' RETURNING *) SELECT * FROM d")
-        cur.execute(f"CREATE TABLE {name} PARTITION OF readings FOR VALUES FROM ('{a}') TO ('{b}')")
-        cur.execute("INSERT INTO readings SELECT * FROM moved")
-        cur.execute("DROP TABLE moved")
+    @staticmethod
+    def _partition(cur, m):
+        """The month's partition of samples (maintain.make_partition)."""
+        make_partition(cur, m)
+
+    def _things(self, cur, pairs):
+        """Thing ids for (pole, node) pairs, made (with their thing_poles row) when new: {pair: id}."""
+        new = sorted(pairs - self.things.keys())
+        if not new:
+            return {}
+        poles, nodes = [p for p, _ in new], [n for _, n in new]
+        cur.execute("WITH n AS (INSERT INTO things (pole, node) SELECT * FROM unnest(%s::text[], %s::text[]) "
+                    "ORDER BY 1, 2 ON CONFLICT DO NOTHING RETURNING id, pole, first_seen) "
+                    "INSERT INTO thing_poles (thing_id, pole, since) SELECT id, pole, first_seen FROM n ORDER BY id",
+                    (poles, nodes))
+        cur.execute("SELECT pole, node, id FROM things WHERE (pole, node) IN (SELECT * FROM unnest(%s::text[], "
+                    "%s::text[]))", (poles, nodes))
+        return {(p, n): i for p, n, i in cur.fetchall()}
 
     def _write(self, good, bad):
+        import psycopg.errors
+
         counts = {"batches": len(good), "records_received": 0, "records_unique": 0, "rejected": len(bad)}
-        rows, new_series, months = [], set(), set()
         with self.conn.transaction(), self.conn.cursor() as cur:
+            # Partitions first: their lock is then the first a group takes, so loaders wait, never deadlock.
+            months = {smp[4] for b in good for m in b[4] for smp in m[6] if smp[4] is not None} - self.partitions
+            for m in sorted(months):
+                make_partition(cur, m)
             if bad:
                 cur.executemany("INSERT INTO rejected (subject, reason, payload) VALUES (%s, %s, %s)", bad)
             # A pole's row is written when it is new and then once a minute: every group updating
@@ -358,52 +291,61 @@ class Loader:
             if poles:
                 cur.executemany("INSERT INTO poles (pole, last_batch) VALUES (%s, now()) ON CONFLICT (pole) DO UPDATE "
                                 "SET last_batch = now()", [(p,) for p in poles])
-            nodes = sorted({(m[0], m[1]) for b in good for m in b[4]} - self.known_nodes)
-            if nodes:
-                cur.executemany("INSERT INTO nodes (pole, node) VALUES (%s, %s) ON CONFLICT DO NOTHING", nodes)
-            with cur.copy("COPY incoming FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types(INDEX_TYPES)
-                for _, _, batch_id, _, messages in good:
-                    for m in messages:
-                        copy.write_row((m[0], m[1], m[2], m[3], batch_id, len(m[4])))
-            cur.execute("INSERT INTO messages (pole, node, boot, seq, batch_id, readings) SELECT DISTINCT ON (pole, node, "
-                        "boot, seq) * FROM incoming ORDER BY pole, node, boot, seq ON CONFLICT DO NOTHING "
-                        "RETURNING pole, node, boot, seq")
-            fresh = set(cur.fetchall())  # the messages the index did not hold
+            new_things = self._things(cur, {(m[0], m[1]) for b in good for m in b[4]})
+            things = self.things if not new_things else {**self.things, **new_things}
+            rows, new_series, seen = [], set(), set()
             for _, _, _, _, messages in good:
-                for pole, node, boot, seq, message_rows, names, message_months in messages:
-                    counts["records_received"] += len(message_rows)
-                    key = (pole, node, boot, seq)
-                    if key not in fresh:
-                        continue
-                    fresh.discard(key)  # twice in one group: the first copy only
-                    rows += message_rows
-                    months |= message_months
-                    for name in names:
-                        if (pole, node, name) not in self.known_series:
-                            new_series.add((pole, node, name))
-            for month in sorted(months - self.partitions):
-                self._partition(cur, month)
-            counts["records_unique"] = len(rows)
-            with cur.copy("COPY readings (pole, node, quantity, time, value, unit, flags, time_quality, boot, seq) "
-                          "FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types(READING_TYPES)
-                for row in rows:
-                    copy.write_row(row)
+                for pole, node, boot, seq, tq, received, samples, n, keys in messages:
+                    counts["records_received"] += n
+                    if (pole, node, boot, seq) in seen:
+                        continue  # twice in one group: the first copy only
+                    seen.add((pole, node, boot, seq))
+                    thing = things[(pole, node)]
+                    for key in keys:
+                        if (thing, key) not in self.known_series:
+                            new_series.add((thing, key))
+                    for when, vals, exact, flagged, _ in samples:
+                        values = [None] * max(vals)
+                        for k, v in vals.items():
+                            values[k - 1] = v
+                        rows.append((thing, when, boot, seq, received, tq, values if exact else None,
+                                     None if exact else values, flagged, len(vals)))
             if new_series:
-                with cur.copy("COPY incoming_series FROM STDIN (FORMAT BINARY)") as copy:
-                    copy.set_types(["text", "text", "text"])
-                    for row in new_series:
-                        copy.write_row(row)
-                cur.execute("INSERT INTO series (pole, node, quantity) SELECT * FROM incoming_series "
-                            "ORDER BY 1, 2, 3 ON CONFLICT DO NOTHING")
+                ts, ks = zip(*sorted(new_series))
+                cur.execute("INSERT INTO series (thing_id, key, unit) SELECT u.t, u.k, q.unit FROM unnest(%s::int[], "
+                            "%s::int2[]) AS u(t, k) JOIN quantities q ON q.key = u.k ORDER BY 1, 2 ON CONFLICT DO "
+                            "NOTHING", (list(ts), list(ks)))
+            if rows:
+                rows.sort(key=lambda r: r[:4])  # samples_key's order: loaders wait on each other, never deadlock
+                cur.execute("SELECT nextval('sample_blocks') FROM generate_series(1, %s)", (-(-len(rows) // BLOCK),))
+                blocks = [b for (b,) in cur.fetchall()]
+                ids = [blocks[i // BLOCK] * BLOCK + i % BLOCK for i in range(len(rows))]
+                try:
+                    with self.conn.transaction():
+                        self._copy(cur, "samples", rows, ids)
+                    counts["records_unique"] = sum(r[9] for r in rows)
+                except psycopg.errors.UniqueViolation:  # some are there already: keep the others
+                    self._copy(cur, "incoming_samples", rows, ids)
+                    cur.execute(f"INSERT INTO samples ({SAMPLE_COLUMNS}) SELECT {SAMPLE_COLUMNS} FROM incoming_samples "
+                                "ORDER BY thing_id, time, boot, seq ON CONFLICT DO NOTHING RETURNING id")
+                    fresh = {i for (i,) in cur.fetchall()}
+                    counts["records_unique"] = sum(r[9] for r, i in zip(rows, ids) if i in fresh)
+                cur.execute("INSERT INTO aggregate_queue (block) SELECT unnest(%s::int8[])", (blocks,))
             self._loader_row(cur, counts)
         # Committed: what the database now holds, remembered.
         self.partitions |= months
-        self.known_nodes.update(nodes)
+        self.things.update(new_things)
         self.pole_written.update((p, mono) for p in poles)
         self.known_series |= new_series
         return counts
+
+    @staticmethod
+    def _copy(cur, table, rows, ids):
+        with cur.copy(f"COPY {table} ({SAMPLE_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(SAMPLE_TYPES)
+            write = copy.write_row
+            for (thing, when, boot, seq, received, tq, vals, vals8, flagged, _), i in zip(rows, ids):
+                write((i, when, received, boot, seq, thing, tq, vals, vals8, flagged))
 
     def dead_letter(self, letters):
         """Record the batches the stream gave up on: [(advisory id, stream seq, consumer, deliveries,
@@ -428,8 +370,51 @@ class Loader:
             self._dead_conn = None
             return False
 
+    def maintain(self, until=None):
+        """One round of upkeep (tools/city/maintain.py) on a connection of its own: fold queued
+        samples into the aggregates until none wait, another loader is folding, or the monotonic
+        time `until` passes; and make next month's partition in this month's last week. The blocks
+        folded, or None when the database was away or refused."""
+        import psycopg
+
+        with self.maintaining:
+            try:
+                if self._maint_conn is None or self._maint_conn.closed:
+                    self._maint_conn = connect(self.dsn)
+                folded = 0
+                while True:
+                    n = fold(self._maint_conn)
+                    folded += n or 0
+                    if not n or (until is not None and time.monotonic() > until):
+                        break
+                now = datetime.datetime.now(UTC)
+                if next_month(month(now)) not in self._made_ahead:
+                    with self._maint_conn.transaction(), self._maint_conn.cursor() as cur:
+                        made = partition_ahead(cur, now)
+                    if made is not None:
+                        self._made_ahead.add(made)
+                self.folded += folded
+                return folded
+            except (psycopg.OperationalError, psycopg.InterfaceError, UserError) as e:
+                if not isinstance(e, psycopg.errors.ProgramLimitExceeded):
+                    self.errors["db_reconnects"] += 1
+                    self._close_maint()
+                    return None
+                error = e
+            except psycopg.Error as e:
+                error = e
+            self.errors["maintenance"] += 1
+            log.warning("aggregates: PostgreSQL refused the fold: %s", _why(error))
+            self._close_maint()
+            return None
+
+    def _close_maint(self):
+        if self._maint_conn is not None:
+            self._maint_conn.close()
+        self._maint_conn = None
+
     def close(self):
-        for conn in (self.conn, self._dead_conn):
+        for conn in (self.conn, self._dead_conn, self._maint_conn):
             if conn is not None:
                 conn.close()
 
@@ -601,7 +586,15 @@ async def _record_dead_letters(js, sub, loader, state):
                 loader.errors["ack_failures"] += 1
 
 
-async def _run(nats_url, dsn, keys, group, idle_exit_s, report, metrics_at=None, name=None, nats_opts=None):
+async def _maintain(loader, every_s):
+    """Every every_s seconds, one round of upkeep (Loader.maintain) in a thread of its own."""
+    while True:
+        await asyncio.sleep(every_s)
+        await asyncio.to_thread(loader.maintain, time.monotonic() + every_s)
+
+
+async def _run(nats_url, dsn, keys, group, idle_exit_s, report, metrics_at=None, name=None, nats_opts=None,
+               aggregate_every_s=10.0):
     loader = Loader(dsn, keys, name)
     httpd = serve_metrics(loader, *metrics_at) if metrics_at else None
     try:
@@ -611,17 +604,21 @@ async def _run(nats_url, dsn, keys, group, idle_exit_s, report, metrics_at=None,
         if httpd:
             httpd.shutdown()
         raise
+    upkeep = None
     try:
         js = nc.jetstream(timeout=10)
         sub, dead = await _subscribe(js, nats_url)
         watch = {"idle": False}
         watcher = asyncio.ensure_future(_record_dead_letters(js, dead, loader, watch))
+        if aggregate_every_s:
+            upkeep = asyncio.ensure_future(_maintain(loader, aggregate_every_s))
         idle_since = beat = time.monotonic()
         pending = None
         try:
             while True:
-                if watcher.done():
-                    watcher.result()  # its error, rather than dead letters silently no longer recorded
+                for task in (watcher, upkeep):
+                    if task is not None and task.done():
+                        task.result()  # its error, rather than its work silently no longer done
                 msgs, decoded = await (pending or _fetch(sub, group, loader))
                 pending = None
                 if not msgs:
@@ -630,6 +627,9 @@ async def _run(nats_url, dsn, keys, group, idle_exit_s, report, metrics_at=None,
                         await asyncio.to_thread(loader.heartbeat)
                         beat = now
                     if idle_exit_s is not None and now - idle_since > idle_exit_s and watch["idle"]:
+                        if upkeep is not None:  # what waits for the aggregates, folded before leaving
+                            upkeep.cancel()
+                            await asyncio.to_thread(loader.maintain)
                         return loader.totals
                     continue
                 idle_since = beat = time.monotonic()
@@ -638,7 +638,7 @@ async def _run(nats_url, dsn, keys, group, idle_exit_s, report, metrics_at=None,
                 for m in msgs:
                     try:
                         await m.ack()  # ... before the stream lets them go
-                    except Exception:  # not acked: redelivered after the ack wait, a duplicate for the index
+                    except Exception:  # not acked: redelivered after the ack wait, a duplicate for the key
                         loader.errors["ack_failures"] += 1
                 report(counts)
         finally:
@@ -646,6 +646,9 @@ async def _run(nats_url, dsn, keys, group, idle_exit_s, report, metrics_at=None,
             if pending is not None:
                 pending.cancel()  # what it may have fetched comes again after the ack wait
     finally:
+        if upkeep is not None:
+            upkeep.cancel()
+        loader.maintaining.acquire()  # a fold under way in its thread ends (commits or not) first
         if httpd:
             httpd.shutdown()
         loader.close()
@@ -653,8 +656,9 @@ async def _run(nats_url, dsn, keys, group, idle_exit_s, report, metrics_at=None,
 
 
 def run(nats_url, dsn, keys=None, group=200, idle_exit_s=None, report=lambda counts: None, metrics_at=None, name=None,
-        nats_opts=None):
-    return asyncio.run(_run(nats_url, dsn, keys, group, idle_exit_s, report, metrics_at, name, nats_opts))
+        nats_opts=None, aggregate_every_s=10.0):
+    return asyncio.run(_run(nats_url, dsn, keys, group, idle_exit_s, report, metrics_at, name, nats_opts,
+                            aggregate_every_s))
 
 
 def stats(dsn):

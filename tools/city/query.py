@@ -18,29 +18,61 @@ def latest(dsn, pole=None):
     the shape of the receiver's /latest."""
     with connect(dsn) as conn:
         require_schema(conn)
-        # One index probe per series (and partition); a clock a day ahead or more is not "latest".
-        rows = conn.execute("SELECT s.pole, s.node, s.quantity, r.unit, r.value, extract(epoch FROM r.time)::float8 "
-                            "FROM series s CROSS JOIN LATERAL (SELECT unit, value, time FROM readings r WHERE "
-                            "r.pole = s.pole AND r.node = s.node AND r.quantity = s.quantity AND "
-                            "r.time < now() + interval '1 day' ORDER BY r.time DESC LIMIT 1) r "
-                            "WHERE %s::text IS NULL OR s.pole = %s ORDER BY 1, 2, 3", (pole, pole)).fetchall()
-    return [dict(zip(("pole", "node", "name", "unit", "value", "time"), r)) for r in rows]
+        # One probe of samples_key per series (and partition); a clock a day ahead or more is not "latest".
+        rows = conn.execute("SELECT t.pole, t.node, q.name, q.unit, r.value, extract(epoch FROM r.time)::float8 "
+                            "FROM series se JOIN things t ON t.id = se.thing_id JOIN quantities q ON q.key = se.key "
+                            "CROSS JOIN LATERAL (SELECT coalesce(s.vals[se.key]::text::float8, s.vals8[se.key]) AS value, "
+                            "s.time FROM samples s WHERE s.thing_id = se.thing_id AND s.time < now() + interval '1 day' "
+                            "AND coalesce(s.vals[se.key]::float8, s.vals8[se.key]) IS NOT NULL "
+                            "ORDER BY s.time DESC, s.boot DESC, s.seq DESC LIMIT 1) r WHERE %s::text IS NULL OR t.pole = %s",
+                            (pole, pole)).fetchall()
+        # Readings kept from before schema 4 that no sample holds (db.py: readings_legacy).
+        rows += conn.execute("SELECT DISTINCT ON (pole, node, quantity) pole, node, quantity, unit, value, "
+                             "extract(epoch FROM time)::float8 FROM readings_legacy WHERE time < now() + interval '1 day' "
+                             "AND (%s::text IS NULL OR pole = %s) ORDER BY pole, node, quantity, time DESC",
+                             (pole, pole)).fetchall()
+    newest = {}
+    for r in rows:
+        if r[:3] not in newest or newest[r[:3]][5] < r[5]:
+            newest[r[:3]] = r
+    return [dict(zip(("pole", "node", "name", "unit", "value", "time"), newest[k])) for k in sorted(newest)]
+
+
+def _readings(conn, since, until):
+    """(time, pole, node, quantity, value) between since and until, by time (then pole, node and
+    quantity as code points), from server-side cursors: the samples' readings and the legacy ones."""
+    import heapq
+
+    names = dict(conn.execute("SELECT key, name FROM quantities").fetchall())
+    window = (since, since, until, until)
+    samples = conn.cursor(name="openpole_export")
+    samples.itersize = 2000
+    samples.execute('SELECT s.time, t.pole COLLATE "C", t.node COLLATE "C", s.vals, s.vals8 FROM samples s JOIN things t '
+                    "ON t.id = s.thing_id WHERE (%s::timestamptz IS NULL OR s.time >= %s) AND (%s::timestamptz IS NULL "
+                    "OR s.time < %s) ORDER BY 1, 2, 3, s.boot, s.seq", window)
+    legacy = conn.cursor(name="openpole_export_legacy")
+    legacy.itersize = 20000
+    legacy.execute('SELECT time, pole COLLATE "C", node COLLATE "C", quantity COLLATE "C", value FROM readings_legacy '
+                   "WHERE (%s::timestamptz IS NULL OR time >= %s) AND (%s::timestamptz IS NULL OR time < %s) "
+                   "ORDER BY 1, 2, 3, 4", window)
+
+    def expanded():
+        for t, pole, node, vals, vals8 in samples:
+            values = vals if vals is not None else vals8
+            yield from sorted((t, pole, node, names[k], v) for k, v in enumerate(values, 1) if v is not None)
+
+    return heapq.merge(expanded(), legacy, key=lambda r: r[:4])
 
 
 def export(dsn, out_dir, since=None, until=None):
     """The readings between since and until (aware datetimes, either open) in the Array of Things
-    layout, the receiver's export: by time, streamed from a server-side cursor."""
+    layout, the receiver's export: by time, streamed from server-side cursors."""
     from ..receiver.export import write_aot
 
     with connect(dsn) as conn:
         require_schema(conn)
         nodes = conn.execute("SELECT pole, node FROM nodes ORDER BY pole, node").fetchall()
-        with conn.cursor(name="openpole_export") as cur:
-            cur.itersize = 20000
-            cur.execute("SELECT time, pole, node, quantity, value FROM readings WHERE (%s::timestamptz IS NULL OR "
-                        "time >= %s) AND (%s::timestamptz IS NULL OR time < %s) ORDER BY time, pole, node, quantity",
-                        (since, since, until, until))
-            return write_aot(out_dir, cur, nodes)
+        return write_aot(out_dir, _readings(conn, since, until), nodes)
 
 
 def parse_time(text, flag):
@@ -94,8 +126,12 @@ async def _stream_status(url, opts=None, patience_s=15.0):
 DEAD_SHOWN = 5  # the newest dead letters `city status` lists
 
 
+AGGREGATES_LATE_S = 900  # samples waiting this long for the hourly aggregates: a problem
+
+
 def _database(dsn):
-    """(the loaders' rows, newest first; the dead letters' count and the newest DEAD_SHOWN)."""
+    """(the loaders' rows, newest first; the dead letters' count and the newest DEAD_SHOWN; the
+    aggregates' backlog)."""
     with connect(dsn) as conn:
         require_schema(conn)
         rows = conn.execute("SELECT name, extract(epoch FROM now() - started)::float8, "
@@ -104,6 +140,8 @@ def _database(dsn):
         dead = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
         newest = conn.execute("SELECT id, extract(epoch FROM now() - at)::float8, stream_seq, subject, deliveries, reason, "
                               "octet_length(payload) FROM dead_letters ORDER BY id DESC LIMIT %s", (DEAD_SHOWN,)).fetchall()
+        blocks, oldest = conn.execute("SELECT count(*), extract(epoch FROM now() - min(queued))::float8 FROM "
+                                      "aggregate_queue").fetchone()
     out = []
     for name, up, ago, batches, received, loaded, rejected, rate, errors in rows:
         out.append({"name": name, "live": ago < LIVE_S, "up_s": round(up), "seen_s_ago": round(ago, 1),
@@ -111,7 +149,7 @@ def _database(dsn):
                     "rate": round(rate, 1), "errors": {k: v for k, v in errors.items() if v}})
     letters = [{"id": i, "s_ago": round(ago, 1), "stream_seq": seq, "subject": subject, "deliveries": deliveries,
                 "reason": reason, "bytes": size} for i, ago, seq, subject, deliveries, reason, size in newest]
-    return out, {"count": dead, "newest": letters}
+    return out, {"count": dead, "newest": letters}, {"blocks_waiting": blocks, "oldest_s": round(oldest or 0, 1)}
 
 
 def status(nats_url=None, dsn=None, nats_opts=None):
@@ -128,7 +166,12 @@ def status(nats_url=None, dsn=None, nats_opts=None):
             problems.append("the stream is over 80 % of its size cap: add loaders, or the oldest batches will be "
                             "dropped (openpole city init --max-gb)")
     if dsn:
-        out["loaders"], out["dead_letters"] = _database(dsn)
+        out["loaders"], out["dead_letters"], out["aggregates"] = _database(dsn)
+        late = out["aggregates"]["oldest_s"]
+        if late > AGGREGATES_LATE_S:
+            problems.append(f"the hourly aggregates are {_ago(late)} behind ({out['aggregates']['blocks_waiting']} blocks "
+                            f"of samples wait): a running loader folds them every aggregates.every_s; see its log for "
+                            f"'aggregates:' lines")
     live = [l for l in out.get("loaders", []) if l["live"]]
     if nats_url and not out["consumers"] and out["stream"]["batches"]:
         problems.append(f"{out['stream']['batches']} batches wait and no loader has ever subscribed: start "
@@ -177,6 +220,10 @@ def format_status(st):
                              f"loaded")
         if len(stopped) > 5:
             lines.append(f"  and {len(stopped) - 5} loaders stopped earlier")
+    agg = st.get("aggregates")
+    if agg is not None:
+        lines.append(f"aggregates: {agg['blocks_waiting']} blocks of samples wait for the hourly fold"
+                     + (f", the oldest for {_ago(agg['oldest_s'])}" if agg["blocks_waiting"] else ""))
     dead = st.get("dead_letters")
     if dead and dead["count"]:
         lines.append(f"dead letters: {dead['count']} batch(es) delivered to loaders without an ack until the stream gave "

@@ -1,0 +1,110 @@
+"""The city database's upkeep, which one loader at a time runs on a timer: the hourly and daily
+aggregates, folded in from the samples of the id blocks in `aggregate_queue` (each block once,
+never by rescanning the samples), and next month's partition, made before it is needed.
+
+    fold(conn)                  # one transaction: up to FOLD_BLOCKS blocks into hourly and daily
+    partition_ahead(cur, now)   # next month's partition, in this month's last week
+    make_partition(cur, month)  # the month's partition of samples (loaders call it too)
+
+Aggregates take the readings within the registry's range (those a pole flagged out of it are left
+out, as the pole's own minute aggregates do); a decibel quantity's mean is its energy mean.
+"""
+
+import datetime
+
+from .samples import month, next_month
+
+FOLD_BLOCKS = 64  # id blocks (of up to 4,096 samples) a fold's transaction takes at most
+FOLD_LOCK, PARTITION_LOCK = 7063, 7062  # advisory locks: one fold at a time; one loader makes a month
+AHEAD = datetime.timedelta(days=7)  # next month's partition is made this long before it begins
+
+# The queued blocks' readings, per series and UTC hour. The energy mean is computed from the hour's
+# loudest reading down, so no power of ten overflows.
+_HOURS = """
+CREATE TEMP TABLE fold_hours ON COMMIT DROP AS
+WITH r AS (
+    SELECT se.id AS series_id, date_trunc('hour', s.time, 'UTC') AS hour, s.time, u.v, q.kind = 'level' AS level
+    FROM unnest(%s::int8[]) AS b(block)
+    JOIN samples s ON s.id >= b.block * 4096 AND s.id < b.block * 4096 + 4096
+    CROSS JOIN LATERAL (SELECT k, coalesce(s.vals[k]::text::float8, s.vals8[k]) AS v
+                        FROM generate_series(1, coalesce(array_upper(s.vals, 1), array_upper(s.vals8, 1))) AS k) u
+    JOIN quantities q ON q.key = u.k
+    JOIN series se ON se.thing_id = s.thing_id AND se.key = u.k
+    WHERE u.v BETWEEN q.min AND q.max AND (s.flagged IS NULL OR u.k <> ALL (s.flagged))
+), t AS (
+    SELECT *, max(v) OVER (PARTITION BY series_id, hour) AS top FROM r
+)
+SELECT series_id, hour, bool_or(level) AS level, count(*)::int AS count,
+       CASE WHEN bool_or(level) THEN max(top) + 10 * log10(avg(power(10::float8, (v - top) / 10))) ELSE avg(v) END AS mean,
+       min(v) AS min, max(v) AS max, min(time) AS first, max(time) AS last
+FROM t GROUP BY series_id, hour
+"""
+_MERGE = """
+INSERT INTO hourly AS o (series_id, hour, count, mean, min, max, first, last)
+SELECT series_id, hour, count, mean, min, max, first, last FROM fold_hours WHERE {which} ORDER BY series_id, hour
+ON CONFLICT (series_id, hour) DO UPDATE SET count = o.count + excluded.count, mean = {mean},
+    min = least(o.min, excluded.min), max = greatest(o.max, excluded.max),
+    first = least(o.first, excluded.first), last = greatest(o.last, excluded.last)
+"""
+_LINEAR = "(o.mean * o.count + excluded.mean * excluded.count) / (o.count + excluded.count)"
+_ENERGY = ("greatest(o.mean, excluded.mean) + 10 * log10((o.count * power(10::float8, (o.mean - greatest(o.mean, "
+           "excluded.mean)) / 10) + excluded.count * power(10::float8, (excluded.mean - greatest(o.mean, excluded.mean)) "
+           "/ 10)) / (o.count + excluded.count))")
+# A touched day again from its hours (24 rows a series at most).
+_DAYS = """
+INSERT INTO daily AS d (series_id, day, count, mean, min, max, first, last)
+SELECT series_id, day, sum(count)::int,
+       CASE WHEN bool_or(level) THEN max(top) + 10 * log10(sum(count * power(10::float8, (mean - top) / 10)) / sum(count))
+            ELSE sum(count * mean) / sum(count) END,
+       min(min), max(max), min(first), max(last)
+FROM (SELECT h.*, t.day, t.level, max(h.mean) OVER (PARTITION BY h.series_id, t.day) AS top
+      FROM (SELECT DISTINCT series_id, date_trunc('day', hour, 'UTC') AS day, level FROM fold_hours) t
+      JOIN hourly h ON h.series_id = t.series_id AND h.hour >= t.day AND h.hour < t.day + interval '24 hours') h
+GROUP BY series_id, day ORDER BY series_id, day
+ON CONFLICT (series_id, day) DO UPDATE SET count = excluded.count, mean = excluded.mean, min = excluded.min,
+    max = excluded.max, first = excluded.first, last = excluded.last
+"""
+
+
+def fold(conn, max_blocks=FOLD_BLOCKS):
+    """Fold the oldest queued id blocks into hourly and daily, in one transaction: the number of
+    blocks folded (0: none waited), or None when another loader is folding."""
+    with conn.transaction(), conn.cursor() as cur:
+        if not cur.execute("SELECT pg_try_advisory_xact_lock(%s)", (FOLD_LOCK,)).fetchone()[0]:
+            return None
+        cur.execute("DELETE FROM aggregate_queue WHERE block IN (SELECT block FROM aggregate_queue ORDER BY block "
+                    "LIMIT %s) RETURNING block", (max_blocks,))
+        blocks = sorted(b for (b,) in cur.fetchall())
+        if blocks:
+            cur.execute(_HOURS, (blocks,))
+            cur.execute(_MERGE.format(which="NOT level", mean=_LINEAR))
+            cur.execute(_MERGE.format(which="level", mean=_ENERGY))
+            cur.execute(_DAYS)
+            cur.execute("DROP TABLE fold_hours")
+    return len(blocks)
+
+
+def make_partition(cur, m):
+    """The month's partition of samples, made before any row of it is written; rows that waited in
+    the default partition for that month (a node's clock far ahead) move into it. True when made."""
+    name = f"samples_{m:%Y_%m}"
+    cur.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK,))  # loaders making the same month: one does
+    if cur.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()[0]:
+        return False
+    a, b = m.isoformat(), next_month(m).isoformat()
+    cur.execute(f"CREATE TEMP TABLE moved ON COMMIT DROP AS WITH d AS (DELETE FROM samples_other WHERE time >= "
+                f"'{a}' AND time < '{b}' RETURNING *) SELECT * FROM d")
+    cur.execute(f"CREATE TABLE {name} PARTITION OF samples FOR VALUES FROM ('{a}') TO ('{b}')")
+    cur.execute("INSERT INTO samples SELECT * FROM moved")
+    cur.execute("DROP TABLE moved")
+    return True
+
+
+def partition_ahead(cur, now):
+    """Next month's partition when `now` (an aware datetime) is within AHEAD of it: the month, or
+    None when it is not time yet. Made ahead, no loader waits for it when the month turns."""
+    ahead = next_month(month(now))
+    if ahead - now > AHEAD:
+        return None
+    make_partition(cur, ahead)
+    return ahead
