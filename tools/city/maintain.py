@@ -1,6 +1,6 @@
 """The city database's upkeep, which one loader at a time runs on a timer: the hourly and daily
 aggregates, folded in from the samples of the id blocks in `aggregate_queue` (each block once,
-never by rescanning the samples), and next month's partition, made before it is needed.
+never by rescanning the samples or the hours), and next month's partition, made before it is needed.
 
     fold(conn)                  # one transaction: up to FOLD_BLOCKS blocks into hourly and daily
     partition_ahead(cur, now)   # next month's partition, in this month's last week
@@ -53,18 +53,20 @@ ON CONFLICT (series_id, hour) DO UPDATE SET count = o.count + excluded.count, me
 _LINEAR = "(o.mean * o.count + excluded.mean * excluded.count) / (o.count + excluded.count)"
 _ENERGY = ("10 * log10((o.count * power(10::float8, o.mean / 10) + excluded.count * power(10::float8, excluded.mean / 10)) "
            "/ (o.count + excluded.count))")
-# A touched day again from its hours (24 rows a series at most).
+# The same sums into the days they fall in: merged as the hours are (the day's rows equal those its
+# hours would give), not recomputed from its hours, which a fold touching every series would read
+# 24 times over by evening.
 _DAYS = """
-INSERT INTO daily AS d (series_id, day, count, mean, min, max, first, last)
-SELECT h.series_id, t.day, sum(h.count)::int,
-       CASE WHEN t.level THEN 10 * log10(sum(h.count * power(10::float8, h.mean / 10)) / sum(h.count))
-            ELSE sum(h.count * h.mean) / sum(h.count) END,
-       min(h.min), max(h.max), min(h.first), max(h.last)
-FROM (SELECT DISTINCT series_id, date_trunc('day', hour, 'UTC') AS day, level FROM fold_hours) t
-JOIN hourly h ON h.series_id = t.series_id AND h.hour >= t.day AND h.hour < t.day + interval '24 hours'
-GROUP BY h.series_id, t.day, t.level ORDER BY 1, 2
-ON CONFLICT (series_id, day) DO UPDATE SET count = excluded.count, mean = excluded.mean, min = excluded.min,
-    max = excluded.max, first = excluded.first, last = excluded.last
+INSERT INTO daily AS o (series_id, day, count, mean, min, max, first, last)
+SELECT series_id, day, sum(count)::int,
+       CASE WHEN level THEN 10 * log10(sum(count * power(10::float8, mean / 10)) / sum(count))
+            ELSE sum(count * mean) / sum(count) END,
+       min(min), max(max), min(first), max(last)
+FROM (SELECT *, date_trunc('day', hour, 'UTC') AS day FROM fold_hours WHERE {which}) h
+GROUP BY series_id, day, level ORDER BY series_id, day
+ON CONFLICT (series_id, day) DO UPDATE SET count = o.count + excluded.count, mean = {mean},
+    min = least(o.min, excluded.min), max = greatest(o.max, excluded.max),
+    first = least(o.first, excluded.first), last = greatest(o.last, excluded.last)
 """
 
 
@@ -82,9 +84,9 @@ def fold(conn, max_blocks=FOLD_BLOCKS):
         blocks = sorted(b for (b,) in cur.fetchall())
         if blocks:
             cur.execute(_HOURS, (blocks,))
-            cur.execute(_MERGE.format(which="NOT level", mean=_LINEAR))
-            cur.execute(_MERGE.format(which="level", mean=_ENERGY))
-            cur.execute(_DAYS)
+            for which, mean in (("NOT level", _LINEAR), ("level", _ENERGY)):
+                cur.execute(_MERGE.format(which=which, mean=mean))
+                cur.execute(_DAYS.format(which=which, mean=mean))
             cur.execute("DROP TABLE fold_hours")
     return len(blocks)
 
