@@ -12,11 +12,11 @@ climate), signed (COSE_Mac0, HMAC-SHA256), from --poles poles.
    style: the same batches published asynchronously with up to 4,000 in flight, into a second
    stream of the same settings;
 2. load: readings per second into PostgreSQL for 1 loader and for 2 loaders (`openpole city load`
-   processes, reading the same stream from its start, folding the hourly aggregates every second,
-   timed until the last reading is loaded and folded), and 1 loader that leaves the aggregates
-   alone, against the ceiling of a bare COPY of the same sample rows into the same table from
-   Python (psycopg, the loader's column types, in the loader's order), measured side by side in
-   this run; then the bytes PostgreSQL holds per reading;
+   processes, reading the same stream from its start, folding the hourly aggregates every second
+   meanwhile), and 1 loader that leaves the aggregates alone, after which the bench folds them and
+   times that, against the ceiling of a bare COPY of the same sample rows into the same table from
+   Python (psycopg, the loader's own binary rows, in the loader's order), measured side by side in
+   this run; then the bytes PostgreSQL holds per reading, the aggregates included;
 3. latency: batches published at a steady rate while one loader runs; from the stream's acceptance
    of a batch (the pole's publish ack) to its COMMIT, p50 and p99 from the loader's own histogram
    (its /metrics, interpolated within buckets as Prometheus' histogram_quantile does).
@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from natscluster import NatsCluster  # noqa: E402
 from pgcluster import PgServer  # noqa: E402
 
-from openpole.city.load import BLOCK, SAMPLE_COLUMNS, SAMPLE_TYPES  # noqa: E402
-from openpole.city.samples import Checker  # noqa: E402
+from openpole.city.load import BLOCK, SAMPLE_COLUMNS  # noqa: E402
+from openpole.city.samples import Checker, RowEncoder  # noqa: E402
 from openpole.city.stream import CONSUMER, STREAM, StreamSettings  # noqa: E402
 from openpole.wire import batch, node_message, sign  # noqa: E402
 from openpole.edge_agent.sinks import NatsSink  # noqa: E402
@@ -111,9 +111,9 @@ def publish_figures(url, batches):
 
 
 def rows_of(batches, group):
-    """The sample rows the loader writes for these batches, in groups of `group` batches, each group in
-    the loader's order (samples_key's): [[(id, time, received, boot, seq, thing, tq, vals, vals8, flagged)]]."""
-    checker, things, groups, next_id = Checker(), {}, [], BLOCK
+    """The binary COPY the loader writes into samples for these batches, in groups of `group`
+    batches, each group's rows in the loader's order (samples_key's): [(COPY data, samples, readings)]."""
+    checker, encoder, things, groups, next_id = Checker(), RowEncoder(), {}, [], BLOCK
     keys = {b[0]: KEY for b in batches}
     for g in range(0, len(batches), group):
         rows = []
@@ -121,14 +121,11 @@ def rows_of(batches, group):
             for pole, node, boot, seq, tq, received, samples, _, _ in checker.check(batch.decode_signed(body, keys), (0, 0),
                                                                                       1e12):
                 thing = things.setdefault((pole, node), len(things) + 1)
-                for when, vals, exact, flagged, _ in samples:
-                    values = [None] * max(vals)
-                    for k, v in vals.items():
-                        values[k - 1] = v
-                    rows.append((thing, when, boot, seq, received, tq, values if exact else None, None if exact else values,
-                                 flagged))
+                rows += [(thing, us, boot, seq, received, tq, vals, exact, flagged) for us, vals, exact, flagged, _ in samples]
         rows.sort(key=lambda r: r[:4])
-        groups.append([(next_id + i, r[1], r[4], r[2], r[3], r[0], *r[5:]) for i, r in enumerate(rows)])
+        data = encoder.encode([(next_id + i, us, received, boot, seq, thing, tq, vals, exact, flagged)
+                               for i, (thing, us, boot, seq, received, tq, vals, exact, flagged) in enumerate(rows)])
+        groups.append((data, len(rows), sum(len(r[6]) for r in rows)))
         next_id += -(-len(rows) // BLOCK) * BLOCK
     return groups
 
@@ -154,30 +151,38 @@ def reset(dsn, url):
 
 
 def copy_ceiling(dsn, groups):
-    """readings/s for a binary COPY of the sample rows into `samples`, one transaction per loader-sized group."""
+    """readings/s for a binary COPY of the loader's rows into `samples` (as it encodes them), one
+    transaction per loader-sized group."""
     import psycopg
 
-    n = sum(sum(len(r[7] or r[8]) - (r[7] or r[8]).count(None) for r in rows) for rows in groups)
     with psycopg.connect(dsn) as conn:
         t = time.perf_counter()
-        for rows in groups:
+        for data, _, _ in groups:
             with conn.transaction(), conn.cursor() as cur:
                 with cur.copy(f"COPY samples ({SAMPLE_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
-                    copy.set_types(SAMPLE_TYPES)  # as the loader writes them
-                    for row in rows:
-                        copy.write_row(row)
+                    copy.write(data)
         elapsed = time.perf_counter() - t
         conn.execute("TRUNCATE samples")
-    return n / elapsed
+    return sum(n for _, _, n in groups) / elapsed
 
 
-def loaded(dsn):
-    """(readings loaded, id blocks waiting for the aggregates)."""
+def loaded(conn):
+    """Readings the loaders have loaded."""
+    return int(conn.execute("SELECT coalesce(sum(loaded), 0) FROM loaders").fetchone()[0])
+
+
+def fold_rate(dsn, total):
+    """readings/s for folding every queued block into the aggregates (maintain.fold, as a loader's
+    upkeep runs it), after a load that left them all queued."""
     import psycopg
 
+    from openpole.city import maintain
+
     with psycopg.connect(dsn) as conn:
-        return tuple(int(x) for x in conn.execute("SELECT (SELECT coalesce(sum(loaded), 0) FROM loaders), "
-                                                  "(SELECT count(*) FROM aggregate_queue)").fetchone())
+        t = time.perf_counter()
+        while maintain.fold(conn):
+            pass
+        return total / (time.perf_counter() - t)
 
 
 def sizes(dsn, url):
@@ -209,8 +214,10 @@ def cpu_busy():
 
 
 def load_rate(url, dsn, keys, n_loaders, total, group, aggregate_every_s):
-    """(readings/s from the first commit to the last, and to the last fold when the loaders fold the
-    aggregates; the machine's CPU busy meanwhile), with n loader processes sharing the consumer."""
+    """(readings/s from the first commit to the last, the machine's CPU busy meanwhile), with n
+    loader processes sharing the consumer (folding the aggregates every aggregate_every_s, 0: never)."""
+    import psycopg
+
     procs = [subprocess.Popen(OPENPOLE + ["city", "load", "--nats", url, "--db", dsn, "--keys", str(keys), "--group",
                                           str(group), "--quiet", "--name", f"bench-{i}", "--aggregate-every",
                                           str(aggregate_every_s)], stdout=subprocess.DEVNULL)
@@ -218,15 +225,16 @@ def load_rate(url, dsn, keys, n_loaders, total, group, aggregate_every_s):
     try:
         first = None
         deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            n, waiting = loaded(dsn)
-            if n and first is None:
-                first = (time.perf_counter(), n, cpu_busy())
-            if n >= total and (not aggregate_every_s or not waiting):
-                busy, all_ = (a - b for a, b in zip(cpu_busy(), first[2]))
-                return (n - first[1]) / (time.perf_counter() - first[0]), busy / max(1, all_)
-            time.sleep(0.05)
-        sys.exit(f"{n_loaders} loader(s) loaded {loaded(dsn)[0]} of {total} readings in 600 s")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            while time.monotonic() < deadline:
+                n = loaded(conn)
+                if n and first is None:
+                    first = (time.perf_counter(), n, cpu_busy())
+                if n >= total:
+                    busy, all_ = (a - b for a, b in zip(cpu_busy(), first[2]))
+                    return (n - first[1]) / (time.perf_counter() - first[0]), busy / max(1, all_)
+                time.sleep(0.05)
+            sys.exit(f"{n_loaders} loader(s) loaded {loaded(conn)} of {total} readings in 600 s")
     finally:
         for p in procs:
             p.terminate()
@@ -330,26 +338,29 @@ def main():
         # Each figure is the median of --repeat runs, taken in turn (ceiling, the loaders), so a slow
         # moment of the machine falls on all of them alike.
         variants = {"1 loader": (1, 1.0), "1 loader, no aggregates": (1, 0), "2 loaders": (2, 1.0)}
-        runs = {"ceiling": [], **{v: [] for v in variants}}
+        runs = {"ceiling": [], "fold": [], **{v: [] for v in variants}}
         for _ in range(args.repeat):
             runs["ceiling"].append((copy_ceiling(pg.dsn, groups), None))
             for v, (n, every) in variants.items():
                 reset(pg.dsn, cluster.url)
                 runs[v].append(load_rate(cluster.url, pg.dsn, keys, n, total, args.group, every))
-                if v == "1 loader":
+                if not every:  # every block still queued: the fold's own rate, then the bytes it all takes
+                    runs["fold"].append((fold_rate(pg.dsn, total), None))
                     db_b, per, stream_b = sizes(pg.dsn, cluster.url)
         ceiling = statistics.median(r for r, _ in runs["ceiling"])
-        samples = sum(len(rows) for rows in groups)
+        samples = sum(n for _, n, _ in groups)
         print(f"ceiling, bare COPY of the same {samples} sample rows ({total / samples:.0f} readings each; psycopg, "
               f"{args.group} batches a transaction): {ceiling:.0f} readings/s (median of {args.repeat}; runs: "
               f"{', '.join(f'{r:.0f}' for r, _ in runs['ceiling'])})")
         for v, (n, every) in variants.items():
             rate, busy = sorted(runs[v])[len(runs[v]) // 2]
             spread = ", ".join(f"{100 * r / ceiling:.0f}" for r, _ in runs[v])
-            how = f"--group {args.group}, " + ("--aggregate-every 0" if not every else
-                                                f"--aggregate-every {every:g}, until folded")
+            how = f"--group {args.group} --aggregate-every {every:g}" + (", folding meanwhile" if every else "")
             print(f"load, {v} ({how}): {rate:.0f} readings/s = {100 * rate / ceiling:.0f} % of the ceiling (runs: "
                   f"{spread} %); the machine's CPU {100 * busy:.0f} % busy meanwhile")
+        fold = statistics.median(r for r, _ in runs["fold"])
+        print(f"fold into the hourly and daily aggregates, after the load: {fold:.0f} readings/s (median of "
+              f"{args.repeat}; one loader's upkeep does it, on PostgreSQL's side)")
         parts = ", ".join(f"{k} {b / total:.1f}" for k, b in db_b.items())
         print(f"storage per reading (1 loader): PostgreSQL {sum(db_b.values()) / total:.1f} bytes ({parts}), the "
               f"stream {stream_b / total:.0f} bytes per replica")

@@ -193,7 +193,7 @@ def time_class(bt, t):
 @st.composite
 def odd_batches(draw):
     """(records, class, expected rows) for one batch of 1-2 messages of 1-2 readings, each field drawn
-    from its extremes; the expected rows are those of a stored batch (each message's first copy)."""
+    from its extremes; the expected rows are those of a stored batch (each sample's first copy)."""
     records, worst, rows, seen = [], OK, [], set()
     for _ in range(draw(st.integers(1, 2))):
         (node, c_node), (boot, c_boot), (seq, c_seq) = draw(NODES), draw(BOOTS), draw(SEQS)
@@ -216,10 +216,9 @@ def odd_batches(draw):
                                                 "value": value, "bt": bt, "t": t, "flags": flags, "tq": tq}))
         worst = max(worst, c_node, c_boot, c_seq, c_tq, c_pole)
         records += message(node, boot, seq, readings, bt=bt, tq=tq, pole=pole)
-        key = (node, boot, seq)
-        if worst < BAD and key not in seen:
-            seen.add(key)
-            rows += message_rows
+        if worst < BAD:  # a sample (node, boot, seq, time) seen in an earlier message: its first copy only
+            rows += [r for r in message_rows if (r[0], r[1], r[2], r[6]) not in seen]
+            seen |= {(r[0], r[1], r[2], r[6]) for r in message_rows}
     return records, worst, rows
 
 

@@ -55,12 +55,17 @@ def test_city_init_applies_the_schema_once(pg):
     assert r.returncode == 2 and "give --nats URL" in r.stderr
 
 
+BASE_NS = time.time_ns() - 3600 * 10**9  # node message s was received at BASE_NS + s ms, whichever batch carries it
+
+
 def signed_batch(pole, key, node, boot, seqs, batch_id=None):
+    """A signed batch of node messages seqs, each with the records the pole made of it when it came
+    in (so a message sent again in another batch is the same message, as a pole re-sends its queue)."""
     import cbor2
 
     from openpole.wire import batch, node_message, sign
 
-    now = time.time_ns()
+    now = BASE_NS
     blobs, n = [], 0
     for s in seqs:
         m = node_message.decode(cbor2.dumps({0: 1, 1: node, 2: boot, 3: s, 4: [[0, {1: 20.0 + s % 10, 2: 50.0, 3: 1000.0}]]}))

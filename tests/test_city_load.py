@@ -148,6 +148,7 @@ def test_a_running_loader_folds_the_aggregates_on_its_timer_and_stores_a_resent_
         t0 = time.monotonic()
         assert wait(lambda: waiting() == (0, 40), timeout=20), waiting()
         assert time.monotonic() - t0 < 10
+        assert _scrape(metrics, "openpole_city_aggregate_blocks_folded_total") == 1
         sink.send(*signed("p1", "n1", 1, range(10, 20), t0_ns))
         assert wait(lambda: waiting() == (0, 80), timeout=20), waiting()
         # Messages of both batches again, as a pole re-sends its queue (the same records, a new batch

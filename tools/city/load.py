@@ -44,7 +44,7 @@ from openpole.wire import batch
 from ..errors import UserError
 from .db import connect, require_schema, sync_quantities
 from .maintain import fold, make_partition, partition_ahead
-from .samples import INT4, INT8, Checker, month, next_month
+from .samples import INT4, INT8, Checker, RowEncoder, month, next_month
 from .stream import (ACK_WAIT_S, CONSUMER, DEAD_CONSUMER, DEAD_STREAM, DEAD_SUBJECTS, STREAM, SUBJECTS, _connect,
                      consumer_config, dead_consumer_config, update_consumer)
 
@@ -53,7 +53,7 @@ HEARTBEAT_S = 10.0  # an idle loader still refreshes its row in `loaders` (city 
 RETRY_S = (0.5, 1.0, 2.0, 5.0)  # PostgreSQL unreachable: the waits between tries, the last repeated
 UTC = datetime.timezone.utc
 BLOCK = 4096  # sample ids per block of sample_blocks (fixed by migration 4)
-# Binary COPY into samples: the columns and their types, in order.
+# Binary COPY into samples (samples.RowEncoder): the columns, in order, and their types.
 SAMPLE_COLUMNS = "id, time, received, boot, seq, thing_id, tq, vals, vals8, flagged"
 SAMPLE_TYPES = ["int8", "timestamptz", "timestamptz", "int8", "int8", "int4", "int2", "float4[]", "float8[]", "int2[]"]
 log = logging.getLogger("openpole.city")
@@ -106,6 +106,7 @@ class Loader:
         self.things = {}  # (pole, node) -> thing id, as committed
         self.known_series = set()  # (thing id, key) already in the database: not inserted again
         self.checker = Checker()
+        self.encoder = RowEncoder()
         self.dead_letters = 0  # batches the stream gave up on that this loader recorded
         self._dead_conn = None  # dead letters have a connection of their own: a group's thread holds self.conn
         self._maint_conn = None  # and so has the upkeep (maintain)
@@ -297,19 +298,15 @@ class Loader:
             for _, _, _, _, messages in good:
                 for pole, node, boot, seq, tq, received, samples, n, keys in messages:
                     counts["records_received"] += n
-                    if (pole, node, boot, seq) in seen:
-                        continue  # twice in one group: the first copy only
-                    seen.add((pole, node, boot, seq))
                     thing = things[(pole, node)]
                     for key in keys:
                         if (thing, key) not in self.known_series:
                             new_series.add((thing, key))
-                    for when, vals, exact, flagged, _ in samples:
-                        values = [None] * max(vals)
-                        for k, v in vals.items():
-                            values[k - 1] = v
-                        rows.append((thing, when, boot, seq, received, tq, values if exact else None,
-                                     None if exact else values, flagged, len(vals)))
+                    for us, vals, exact, flagged, _ in samples:
+                        if (thing, us, boot, seq) in seen:
+                            continue  # twice in one group: the first copy only, as across groups
+                        seen.add((thing, us, boot, seq))
+                        rows.append((thing, us, boot, seq, received, tq, vals, exact, flagged))
             if new_series:
                 ts, ks = zip(*sorted(new_series))
                 cur.execute("INSERT INTO series (thing_id, key, unit) SELECT u.t, u.k, q.unit FROM unnest(%s::int[], "
@@ -320,16 +317,18 @@ class Loader:
                 cur.execute("SELECT nextval('sample_blocks') FROM generate_series(1, %s)", (-(-len(rows) // BLOCK),))
                 blocks = [b for (b,) in cur.fetchall()]
                 ids = [blocks[i // BLOCK] * BLOCK + i % BLOCK for i in range(len(rows))]
+                data = self.encoder.encode([(i, us, received, boot, seq, thing, tq, vals, exact, flagged) for i, (
+                    thing, us, boot, seq, received, tq, vals, exact, flagged) in zip(ids, rows)])
                 try:
                     with self.conn.transaction():
-                        self._copy(cur, "samples", rows, ids)
-                    counts["records_unique"] = sum(r[9] for r in rows)
+                        self._copy(cur, "samples", data)
+                    counts["records_unique"] = sum(len(r[6]) for r in rows)
                 except psycopg.errors.UniqueViolation:  # some are there already: keep the others
-                    self._copy(cur, "incoming_samples", rows, ids)
+                    self._copy(cur, "incoming_samples", data)
                     cur.execute(f"INSERT INTO samples ({SAMPLE_COLUMNS}) SELECT {SAMPLE_COLUMNS} FROM incoming_samples "
                                 "ORDER BY thing_id, time, boot, seq ON CONFLICT DO NOTHING RETURNING id")
                     fresh = {i for (i,) in cur.fetchall()}
-                    counts["records_unique"] = sum(r[9] for r, i in zip(rows, ids) if i in fresh)
+                    counts["records_unique"] = sum(len(r[6]) for r, i in zip(rows, ids) if i in fresh)
                 cur.execute("INSERT INTO aggregate_queue (block) SELECT unnest(%s::int8[])", (blocks,))
             self._loader_row(cur, counts)
         # Committed: what the database now holds, remembered.
@@ -340,12 +339,9 @@ class Loader:
         return counts
 
     @staticmethod
-    def _copy(cur, table, rows, ids):
+    def _copy(cur, table, data):
         with cur.copy(f"COPY {table} ({SAMPLE_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(SAMPLE_TYPES)
-            write = copy.write_row
-            for (thing, when, boot, seq, received, tq, vals, vals8, flagged, _), i in zip(rows, ids):
-                write((i, when, received, boot, seq, thing, tq, vals, vals8, flagged))
+            copy.write(data)
 
     def dead_letter(self, letters):
         """Record the batches the stream gave up on: [(advisory id, stream seq, consumer, deliveries,
@@ -436,6 +432,10 @@ def metrics(loader):
         "# HELP openpole_city_dead_letters_total Batches the stream gave up on (MAX_DELIVER deliveries, no ack), "
         "recorded in dead_letters.",
         "# TYPE openpole_city_dead_letters_total counter", f"openpole_city_dead_letters_total {loader.dead_letters}",
+        "# HELP openpole_city_aggregate_blocks_folded_total Blocks of samples (up to 4,096 each) this loader folded into "
+        "the hourly and daily aggregates.",
+        "# TYPE openpole_city_aggregate_blocks_folded_total counter",
+        f"openpole_city_aggregate_blocks_folded_total {loader.folded}",
         "# HELP openpole_city_errors_total Database reconnects and retries, failed acks and fetches.",
         "# TYPE openpole_city_errors_total counter",
     ]

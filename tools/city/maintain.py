@@ -1,6 +1,6 @@
 """The city database's upkeep, which one loader at a time runs on a timer: the hourly and daily
 aggregates, folded in from the samples of the id blocks in `aggregate_queue` (each block once,
-never by rescanning the samples), and next month's partition, made before it is needed.
+never by rescanning the samples or the hours), and next month's partition, made before it is needed.
 
     fold(conn)                  # one transaction: up to FOLD_BLOCKS blocks into hourly and daily
     partition_ahead(cur, now)   # next month's partition, in this month's last week
@@ -18,26 +18,30 @@ FOLD_BLOCKS = 64  # id blocks (of up to 4,096 samples) a fold's transaction take
 FOLD_LOCK, PARTITION_LOCK = 7063, 7062  # advisory locks: one fold at a time; one loader makes a month
 AHEAD = datetime.timedelta(days=7)  # next month's partition is made this long before it begins
 
-# The queued blocks' readings, per series and UTC hour. The energy mean is computed from the hour's
-# loudest reading down, so no power of ten overflows.
+# The queued blocks' readings, per series and UTC hour: each sample's values once as doubles (the
+# digits PostgreSQL prints for a real, as the pole sent them), kept to the registry's range by key,
+# summed per thing, key and hour, then given their series. Within the registry's range no power of
+# ten of a decibel level overflows.
 _HOURS = """
 CREATE TEMP TABLE fold_hours ON COMMIT DROP AS
-WITH r AS (
-    SELECT se.id AS series_id, date_trunc('hour', s.time, 'UTC') AS hour, s.time, u.v, q.kind = 'level' AS level
-    FROM unnest(%s::int8[]) AS b(block)
+WITH q AS (
+    SELECT array_agg(q.min ORDER BY g) AS lo, array_agg(q.max ORDER BY g) AS hi,
+           array_agg(q.kind = 'level' ORDER BY g) AS level
+    FROM generate_series(1, (SELECT max(key) FROM quantities)) AS g LEFT JOIN quantities q ON q.key = g
+), r AS (
+    SELECT s.thing_id, u.k, date_trunc('hour', s.time, 'UTC') AS hour, s.time, u.v, coalesce(q.level[u.k], false) AS level
+    FROM q, unnest(%s::int8[]) AS b(block)
     JOIN samples s ON s.id >= b.block * 4096 AND s.id < b.block * 4096 + 4096
-    CROSS JOIN LATERAL (SELECT k, coalesce(s.vals[k]::text::float8, s.vals8[k]) AS v
-                        FROM generate_series(1, coalesce(array_upper(s.vals, 1), array_upper(s.vals8, 1))) AS k) u
-    JOIN quantities q ON q.key = u.k
-    JOIN series se ON se.thing_id = s.thing_id AND se.key = u.k
-    WHERE u.v BETWEEN q.min AND q.max AND (s.flagged IS NULL OR u.k <> ALL (s.flagged))
-), t AS (
-    SELECT *, max(v) OVER (PARTITION BY series_id, hour) AS top FROM r
+    CROSS JOIN LATERAL unnest(coalesce(s.vals::text::float8[], s.vals8)) WITH ORDINALITY AS u(v, k)
+    WHERE u.v BETWEEN q.lo[u.k] AND q.hi[u.k] AND (s.flagged IS NULL OR u.k <> ALL (s.flagged))
+), h AS (
+    SELECT thing_id, k, hour, level, count(*)::int AS count,
+           CASE WHEN level THEN 10 * log10(avg(power(10::float8, v / 10))) ELSE avg(v) END AS mean,
+           min(v) AS min, max(v) AS max, min(time) AS first, max(time) AS last
+    FROM r GROUP BY thing_id, k, hour, level
 )
-SELECT series_id, hour, bool_or(level) AS level, count(*)::int AS count,
-       CASE WHEN bool_or(level) THEN max(top) + 10 * log10(avg(power(10::float8, (v - top) / 10))) ELSE avg(v) END AS mean,
-       min(v) AS min, max(v) AS max, min(time) AS first, max(time) AS last
-FROM t GROUP BY series_id, hour
+SELECT se.id AS series_id, h.hour, h.level, h.count, h.mean, h.min, h.max, h.first, h.last
+FROM h JOIN series se ON se.thing_id = h.thing_id AND se.key = h.k
 """
 _MERGE = """
 INSERT INTO hourly AS o (series_id, hour, count, mean, min, max, first, last)
@@ -47,22 +51,22 @@ ON CONFLICT (series_id, hour) DO UPDATE SET count = o.count + excluded.count, me
     first = least(o.first, excluded.first), last = greatest(o.last, excluded.last)
 """
 _LINEAR = "(o.mean * o.count + excluded.mean * excluded.count) / (o.count + excluded.count)"
-_ENERGY = ("greatest(o.mean, excluded.mean) + 10 * log10((o.count * power(10::float8, (o.mean - greatest(o.mean, "
-           "excluded.mean)) / 10) + excluded.count * power(10::float8, (excluded.mean - greatest(o.mean, excluded.mean)) "
-           "/ 10)) / (o.count + excluded.count))")
-# A touched day again from its hours (24 rows a series at most).
+_ENERGY = ("10 * log10((o.count * power(10::float8, o.mean / 10) + excluded.count * power(10::float8, excluded.mean / 10)) "
+           "/ (o.count + excluded.count))")
+# The same sums into the days they fall in: merged as the hours are (the day's rows equal those its
+# hours would give), not recomputed from its hours, which a fold touching every series would read
+# 24 times over by evening.
 _DAYS = """
-INSERT INTO daily AS d (series_id, day, count, mean, min, max, first, last)
+INSERT INTO daily AS o (series_id, day, count, mean, min, max, first, last)
 SELECT series_id, day, sum(count)::int,
-       CASE WHEN bool_or(level) THEN max(top) + 10 * log10(sum(count * power(10::float8, (mean - top) / 10)) / sum(count))
+       CASE WHEN level THEN 10 * log10(sum(count * power(10::float8, mean / 10)) / sum(count))
             ELSE sum(count * mean) / sum(count) END,
        min(min), max(max), min(first), max(last)
-FROM (SELECT h.*, t.day, t.level, max(h.mean) OVER (PARTITION BY h.series_id, t.day) AS top
-      FROM (SELECT DISTINCT series_id, date_trunc('day', hour, 'UTC') AS day, level FROM fold_hours) t
-      JOIN hourly h ON h.series_id = t.series_id AND h.hour >= t.day AND h.hour < t.day + interval '24 hours') h
-GROUP BY series_id, day ORDER BY series_id, day
-ON CONFLICT (series_id, day) DO UPDATE SET count = excluded.count, mean = excluded.mean, min = excluded.min,
-    max = excluded.max, first = excluded.first, last = excluded.last
+FROM (SELECT *, date_trunc('day', hour, 'UTC') AS day FROM fold_hours WHERE {which}) h
+GROUP BY series_id, day, level ORDER BY series_id, day
+ON CONFLICT (series_id, day) DO UPDATE SET count = o.count + excluded.count, mean = {mean},
+    min = least(o.min, excluded.min), max = greatest(o.max, excluded.max),
+    first = least(o.first, excluded.first), last = greatest(o.last, excluded.last)
 """
 
 
@@ -72,14 +76,17 @@ def fold(conn, max_blocks=FOLD_BLOCKS):
     with conn.transaction(), conn.cursor() as cur:
         if not cur.execute("SELECT pg_try_advisory_xact_lock(%s)", (FOLD_LOCK,)).fetchone()[0]:
             return None
+        # Compiling the statements (JIT) costs more than running them; their sorts fit in memory.
+        cur.execute("SET LOCAL jit = off")
+        cur.execute("SET LOCAL work_mem = '64MB'")
         cur.execute("DELETE FROM aggregate_queue WHERE block IN (SELECT block FROM aggregate_queue ORDER BY block "
                     "LIMIT %s) RETURNING block", (max_blocks,))
         blocks = sorted(b for (b,) in cur.fetchall())
         if blocks:
             cur.execute(_HOURS, (blocks,))
-            cur.execute(_MERGE.format(which="NOT level", mean=_LINEAR))
-            cur.execute(_MERGE.format(which="level", mean=_ENERGY))
-            cur.execute(_DAYS)
+            for which, mean in (("NOT level", _LINEAR), ("level", _ENERGY)):
+                cur.execute(_MERGE.format(which=which, mean=mean))
+                cur.execute(_DAYS.format(which=which, mean=mean))
             cur.execute("DROP TABLE fold_hours")
     return len(blocks)
 

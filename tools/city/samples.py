@@ -15,6 +15,8 @@ from openpole.wire.node_message import FLAG_OUT_OF_RANGE
 
 UTC = datetime.timezone.utc
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=UTC)
+PG_EPOCH_US = 946_684_800_000_000  # PostgreSQL's timestamps count microseconds from 2000-01-01 UTC
+FIRST_US, END_US = -62_135_596_800_000_000, 253_402_300_800_000_000  # 0001-01-01 and 10000-01-01, in Unix us
 PLAUSIBLE_FROM_S = datetime.datetime(2020, 1, 1, tzinfo=UTC).timestamp()
 INT8, INT4, INT2 = 1 << 63, 1 << 31, 1 << 15  # a binary COPY wraps an int4 or int2 out of range without a word
 MAX_TEXT = 256  # characters in a pole or node id: the indexes on them take at most 2,704 bytes a row
@@ -44,6 +46,22 @@ def next_month(m):
     return m.replace(year=m.year + (m.month == 12), month=m.month % 12 + 1)
 
 
+def unix_us(t):
+    """Seconds (a float or int) -> microseconds, rounded as datetime.fromtimestamp rounds them (half
+    to even), so that a time reads back as schema 3 and every earlier loader stored it."""
+    if type(t) is int:
+        return t * 1_000_000
+    frac, whole = math.modf(t)
+    us = round(frac * 1e6)
+    if us >= 1_000_000:
+        us -= 1_000_000
+        whole += 1.0
+    elif us < 0:
+        us += 1_000_000
+        whole -= 1.0
+    return int(whole) * 1_000_000 + us
+
+
 def real_gives_back(v):
     """True when the float v, stored as a real (float4), reads back as v: PostgreSQL prints a real
     in the shortest digits that make the same float4, and those digits read as a double must be v.
@@ -71,7 +89,8 @@ class Checker:
 
     def check(self, decoded, month_span, plausible_to):
         """A decoded batch -> its messages: [(pole, node, boot, seq, tq, received, samples, readings,
-        keys)], samples being [[time, vals {key: value}, exact, flagged keys or None, month or None]]
+        keys)], received and each sample's time in Unix microseconds, samples being [[time, vals
+        {key: value}, exact (a real gives each value back), flagged keys or None, month or None]]
         (the month when the sample needs a partition outside month_span); ValueError naming the first
         field its column cannot hold, which rejects the whole batch."""
         batch_id, pole, messages, _ = decoded
@@ -123,7 +142,7 @@ class Checker:
                     if type(rt) is not int or not 0 <= rt < INT8:
                         raise ValueError(f"{_where(node, boot, seq, name)}: the receive time {_show(rt)} ns is not "
                                          f"an integer of 64 bits")
-                    tq0, received = tq, EPOCH + datetime.timedelta(microseconds=rt // 1000)
+                    tq0, received = tq, rt // 1000
                 elif tq != tq0:
                     raise ValueError(f"{_where(node, boot, seq, name)}: a time quality of its own in a message")
                 sample = by_time.get(t)
@@ -131,12 +150,16 @@ class Checker:
                     if type(t) is not float and type(t) is not int:
                         raise ValueError(f"{_where(node, boot, seq, name)}: the time is {_show(t)}, not a number")
                     try:
-                        when = fromts(t, UTC)
-                    except (OverflowError, ValueError, OSError):
+                        us = unix_us(t)
+                    except (OverflowError, ValueError):
+                        us = END_US
+                    if not FIRST_US <= us < END_US:
                         raise ValueError(f"{_where(node, boot, seq, name)}: the time {_show(t)} s is outside years 1 "
-                                         f"to 9999 (a node's age or a pole's clock gone wrong)") from None
-                    need = month(when) if not lo <= t < hi and PLAUSIBLE_FROM_S <= t < plausible_to else None
-                    sample = by_time[t] = [when, {}, True, None, need]
+                                         f"to 9999 (a node's age or a pole's clock gone wrong)")
+                    need = None
+                    if not lo <= t < hi and PLAUSIBLE_FROM_S <= t < plausible_to:
+                        need = month(fromts(us // 1_000_000, UTC))
+                    sample = by_time[t] = [us, {}, True, None, need]
                 key = q[0]
                 vals = sample[1]
                 if key in vals:
@@ -185,3 +208,74 @@ class Checker:
         if len(self._texts) > 100_000:  # ids are few; a flood of new ones only costs checks again
             self._texts.clear()
         self._texts.add(s)
+
+
+# Binary COPY (PostgreSQL's "COPY ... FROM STDIN (FORMAT BINARY)") of samples rows, written here
+# rather than value by value through psycopg: a sample's values are an array, which psycopg dumps
+# element by element in Python, at several times the cost of the rest of its row.
+COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+COPY_TRAILER = struct.pack(">h", -1)
+_HEAD = struct.Struct(">hiqiqiqiqiqiiih")  # 10 fields: id, time, received, boot, seq, thing_id, tq
+_HEAD_NO_RECEIVED = struct.Struct(">hiqiqiiqiqiiih")
+_NULL = struct.pack(">i", -1)
+_FLOAT4, _FLOAT8, _INT2 = 700, 701, 21  # PostgreSQL's type oids
+
+
+class RowEncoder:
+    """Sample rows -> the bytes of a binary COPY into samples (SAMPLE_COLUMNS' order). A row:
+    (id, time us, received us or None, boot, seq, thing id, tq, vals {key: value}, exact, flagged)."""
+
+    def __init__(self):
+        self._shapes = {}  # (keys present, exact) -> (Struct, template args, positions of the values)
+
+    def _shape(self, keys, exact):
+        """For the keys a sample holds: its array's Struct, the arguments with the values' places
+        (k, index) to fill, as PostgreSQL's array_recv reads it (ndim, has nulls, element oid, size,
+        lower bound 1, then each element's length and bytes, -1 for a NULL)."""
+        top, present = keys[-1], set(keys)
+        fmt, args, slots = [">iiiiii"], [0, 1, int(len(keys) < top), _FLOAT4 if exact else _FLOAT8, top, 1], []
+        for k in range(1, top + 1):
+            if k in present:
+                fmt.append("if" if exact else "id")
+                args.append(4 if exact else 8)
+                slots.append((k, len(args)))
+                args.append(0.0)
+            else:
+                fmt.append("i")
+                args.append(-1)
+        st = struct.Struct("".join(fmt))
+        args[0] = st.size - 4  # the field's length, after its own length word
+        return st, args, slots
+
+    def encode(self, rows):
+        out = [COPY_HEADER]
+        shapes = self._shapes
+        for rid, t, received, boot, seq, thing, tq, vals, exact, flagged in rows:
+            keys = (tuple(vals), exact)  # as the readings came: mostly in the registry's order
+            shape = shapes.get(keys)
+            if shape is None:
+                if len(shapes) > 10_000:  # shapes are few; a flood of odd ones only costs building them again
+                    shapes.clear()
+                shape = shapes[keys] = self._shape(sorted(vals), exact)
+            st, template, slots = shape
+            if received is None:
+                out.append(_HEAD_NO_RECEIVED.pack(10, 8, rid, 8, t - PG_EPOCH_US, -1, 8, boot, 8, seq, 4, thing, 2, tq))
+            else:
+                out.append(_HEAD.pack(10, 8, rid, 8, t - PG_EPOCH_US, 8, received - PG_EPOCH_US, 8, boot, 8, seq, 4,
+                                      thing, 2, tq))
+            args = template.copy()
+            for k, i in slots:
+                args[i] = vals[k]
+            body = st.pack(*args)
+            if exact:
+                out += (body, _NULL)
+            else:
+                out += (_NULL, body)
+            if flagged is None:
+                out.append(_NULL)
+            else:
+                n = len(flagged)
+                out.append(struct.pack(f">iiiiii{'ih' * n}", 20 + 6 * n, 1, 0, _INT2, n, 1,
+                                       *[x for k in sorted(flagged) for x in (2, k)]))
+        out.append(COPY_TRAILER)
+        return b"".join(out)
