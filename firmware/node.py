@@ -43,6 +43,10 @@ _US = const(2)
 _WHAT = const(3)
 _HEAPC = const(4)
 _KIND0 = const(5)
+_FREE_MIN = const(4096)  # less heap free than this at a tick's start: collect first
+# Ticks kept in Node.stats (32-bit) and subtracted modulo 2**30: the ESP32's ticks period, and the
+# largest small int on a 32-bit VM (the x64 Unix port's ticks would not fit the array).
+_TICKS_MASK = const(0x3FFFFFFF)
 
 
 class Node:
@@ -207,18 +211,18 @@ class Node:
         except MemoryError:
             self.short_of_heap += 1
 
-    def pace(self, did=0):
-        """End this tick (what it did: commands.KINDS bits) and read the next 10 ms of audio: the longest
-        time away from the audio is one tick's work. Work that takes longer is done a piece per
-        tick, with pace() between the pieces. A simulated board's bus round trips (hw.sim_us) are
-        not the node's work and are left out of the work timed; tick_max_ms is the time as it passed."""
-        t = time.ticks_us()
+    def pace(self, did=0, collect=True):
+        """End this tick (what it did: commands.KINDS bits) and read the next 10 ms of audio: the
+        longest time away from the audio is one tick's work. Work that takes longer is done a piece
+        per tick, with pace() between the pieces. A simulated board's bus round trips (hw.sim_us)
+        are not the node's work and are left out of the work timed; tick_max_ms is the time as it
+        passed. collect: a heap nearly full is collected in a tick of its own first."""
         hw, tk = self.hw, self.stats
         did |= self.did
-        ms = time.ticks_diff(t, tk[_T0]) // 1000
-        if ms > self.tick_max_ms:
-            self.tick_max_ms = ms  # the loop's longest time away from the audio
-        work = time.ticks_diff(t, tk[_T0]) - time.ticks_diff(hw.sim_us, tk[_SIM])
+        wall = (time.ticks_us() - tk[_T0]) & _TICKS_MASK
+        if wall // 1000 > self.tick_max_ms:
+            self.tick_max_ms = wall // 1000  # the loop's longest time away from the audio
+        work = wall - ((hw.sim_us - tk[_SIM]) & _TICKS_MASK)
         if work > tk[_US]:
             tk[_US], tk[_WHAT] = work, did
         k = _KIND0
@@ -233,11 +237,16 @@ class Node:
         else:
             time.sleep_ms(10)
         self.did = 0
-        tk[_SIM] = hw.sim_us
-        tk[_T0] = time.ticks_us()
+        tk[_SIM] = hw.sim_us & _TICKS_MASK
+        tk[_T0] = time.ticks_us() & _TICKS_MASK
+        if collect and gc.mem_free() < _FREE_MIN:
+            # Collect in a tick of its own before a piece of work runs out of heap in the middle of
+            # its tick (a replay makes 2 KB of garbage a tick): that tick would take the collection too.
+            gc.collect()
+            self.pace(_GC, False)  # (a heap this full after it too: no second collection)
 
     def run(self, cycles=None):
-        self.stats[_T0] = time.ticks_us()
+        self.stats[_T0] = time.ticks_us() & _TICKS_MASK
         while cycles is None or self.cycles < cycles:
             self.pace()
             now = time.ticks_ms()

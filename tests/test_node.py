@@ -132,10 +132,11 @@ def test_a_missing_sensor_is_reported_while_the_others_keep_working(app, tmp_pat
     msgs = sub.wait_for(lambda m: sum(t.endswith("/data") for t, _, _ in m) >= 3)
     sub.close()
     data = [node_message.decode(p) for t, p, _ in msgs if t.endswith("/data")]
-    assert all("laeq" in {r.name for r in m.readings} for m in data)
+    assert all("laeq" in {r.name for r in m.readings} for m in data), [m.readings for m in data]
     # Extremes and percentiles start once the meter has settled (250 ms): the last message has them.
     assert {r.name for r in data[-1].readings} == {"laeq", "lamax", "lamin", "la10", "la50", "la90"}
-    assert all(m.status["bme280"][0] == 3 and m.status["bme280"][1] >= 1 and m.status["noise"] == [0, 0] for m in data)
+    assert all(m.status["bme280"][0] == 3 and m.status["bme280"][1] >= 1 and m.status["noise"] == [0, 0] for m in data), \
+        [m.status for m in data]
     diags = [json.loads(p) for t, p, _ in msgs if t.endswith("/diag")]
     assert diags and diags[0]["sensors"]["bme280"]["state"] == "failed"
     assert "no device at I2C address 0x76" in diags[0]["sensors"]["bme280"]["last_error"]
@@ -432,3 +433,69 @@ def test_the_tick_kinds_bits_are_the_same_in_every_module():
                 assert value == 1 << kinds.index(kind), (name, const, value)
     assert {k for k in kinds if "_" + k.upper() in node} == set(kinds)  # node.py has a bit for each
 
+
+
+DIAG_PIECES = """
+import json
+import diag
+
+class O:
+    def __init__(self, **kw):
+        for k, v in kw.items():
+            setattr(self, k, v)
+
+class Outbox(O):
+    def __len__(self):
+        return 3
+
+sent = []
+class MQTT(O):
+    def publish(self, topic, payload, qos=1, length=None):
+        parts = []
+        payload(parts.append)
+        sent.append((topic, length, b"".join(parts)))
+        return True
+
+node = O(cfg={"board": "esp32-devkitc", "broker": {"host": "h", "password": "s3cret"}}, node_id="n1", t0=0, boot=7,
+         hw=O(reset_cause=lambda: "power_on", net_info=lambda: {"connected": True}), heap_min_free=1, short_of_heap=0,
+         tick_max_ms=3, noise=O(lost=0), last_publish=None, published=1, delivered=1, resent=0, inflight=0,
+         mqtt=MQTT(connected=True, errors=0, last_error=None, on_puback=None),
+         outbox=Outbox(ram_records=3, flash_records=0, spilled=0, dropped=0), diag_topic="openpole/v1/n1/diag",
+         sensors=[O(name="bme280", state=0, errors=0, last_error=None, last={"temperature": 21.5})])
+paces = []
+def pace(did=0):
+    paces.append(did)
+    node.tick_max_ms += 1  # what the ticks between the pieces change
+    node.noise.lost += 1
+node.pace = pace
+diag.publish(node)
+topic, length, body = sent[0]
+print(json.dumps({"paces": len(paces), "kinds": sorted(set(paces)), "length": length, "got": len(body),
+                  "report": json.loads(body)}))
+"""
+
+
+def test_a_diag_report_goes_out_a_piece_per_tick_the_bytes_sent_those_counted(mp):
+    got = mp.json(DIAG_PIECES)
+    # Counted, then written, some 160 bytes of it per loop tick (diag._TICK_BYTES), the audio read
+    # between: never the whole report in one tick.
+    assert got["paces"] >= 2 * (got["length"] // 160) - 1 and got["paces"] >= 4, got
+    assert got["kinds"] == [256]  # commands.KINDS: "diag"
+    assert got["length"] == got["got"]  # the ticks between changed nothing the report says
+    report = got["report"]
+    assert report["tick_max_ms"] == 3 and report["audio_lost_blocks"] == 0  # as at the snapshot
+    assert report["config"]["broker"]["password"] == "***" and report["sensors"]["bme280"]["state"] == "ok"
+
+
+def test_each_tick_kind_s_longest_is_no_longer_than_the_longest_tick(app, tmp_path, mosquitto, world):
+    """The node's own tick accounting (the bench's worst tick and what it did), on the x64 VM whose
+    ticks do not fit 32 bits: every kind's longest tick is at most the longest of all, which is one of them."""
+    out = run_node(app, tmp_path / "node", mosquitto, cycles=30, world=world, sensors=("bme280", "noise"),
+                   diag_interval_s=1)
+    m = re.search(r"tick_us=(\d+) tick_what=(\S+) tick_kinds=(\S+)", out)
+    worst, what = int(m.group(1)), m.group(2).split("+")
+    kinds = {k: int(v) for k, v in (kv.split(":") for kv in m.group(3).split(","))}
+    assert all(v <= worst for v in kinds.values()), (worst, kinds)
+    assert all(kinds[k] == worst for k in what), (worst, what, kinds)
+    assert all(kinds[k] > 0 for k in ("sample", "message", "gc", "send", "diag", "connect")), kinds
+    assert 0 < worst < 1000000  # microseconds: a tick of a second would be a wrong clock, not a slow one

@@ -195,6 +195,9 @@ class Outbox:
     def nth(self, i):
         """Record i from the oldest, as (buffer, offset), within the oldest region (the first flash
         segment, or RAM when nothing is in flash); None past it: a send window never spans regions."""
+        if i and self.next != self.first and self.seg_loaded == self.first:
+            rec = self._flash(i)  # record 0 of this segment was read (and checked) by an earlier peek
+            return None if rec is None else (rec, 0)
         rec = self.peek()
         if rec is None or not i:
             return rec
