@@ -489,13 +489,15 @@ def test_a_diag_report_goes_out_a_piece_per_tick_the_bytes_sent_those_counted(mp
 
 def test_each_tick_kind_s_longest_is_no_longer_than_the_longest_tick(app, tmp_path, mosquitto, world):
     """The node's own tick accounting (the bench's worst tick and what it did), on the x64 VM whose
-    ticks do not fit 32 bits: every kind's longest tick is at most the longest of all, which is one of them."""
+    ticks do not fit 32 bits: every kind's longest tick is at most the longest of all, which is one of them or of none."""
     out = run_node(app, tmp_path / "node", mosquitto, cycles=30, world=world, sensors=("bme280", "noise"),
                    diag_interval_s=1)
     m = re.search(r"tick_us=(\d+) tick_what=(\S+) tick_kinds=(\S+)", out)
     worst, what = int(m.group(1)), m.group(2).split("+")
     kinds = {k: int(v) for k, v in (kv.split(":") for kv in m.group(3).split(","))}
     assert all(v <= worst for v in kinds.values()), (worst, kinds)
-    assert all(kinds[k] == worst for k in what), (worst, what, kinds)
+    # The longest may be a tick of none of the kinds ("-": the audio read and the checks alone, a
+    # busy machine's pause in it); else it is its kinds' longest.
+    assert what == ["-"] or all(kinds[k] == worst for k in what), (worst, what, kinds)
     assert all(kinds[k] > 0 for k in ("sample", "message", "gc", "send", "diag", "connect")), kinds
     assert 0 < worst < 1000000  # microseconds: a tick of a second would be a wrong clock, not a slow one
