@@ -1,4 +1,4 @@
-"""The live feeds of the SensorThings API: server-sent events over HTTP and `openpole city publish` to a
+"""The live feeds of the SensorThings API: server-sent events over HTTP and `openpole city feed` to a
 real Mosquitto, each new reading rendered exactly as GET Observations(id) renders it, after COMMIT."""
 
 import json
@@ -105,15 +105,15 @@ def test_the_publisher_feeds_mosquitto_after_commit_read_only_for_anonymous_clie
 
     from openpole.field.pole import password_line
 
-    (tmp_path / "passwd").write_text(password_line("openpole-publish", "s3cret") + "\n")
-    (tmp_path / "acl").write_text("topic read v1.1/#\n\nuser openpole-publish\ntopic readwrite v1.1/#\n")
+    (tmp_path / "passwd").write_text(password_line("openpole-feed", "s3cret") + "\n")
+    (tmp_path / "acl").write_text("topic read v1.1/#\n\nuser openpole-feed\ntopic readwrite v1.1/#\n")
     (tmp_path / "pw").write_text("s3cret\n")
     broker = Broker(tmp_path / "mq", extra_conf=f"password_file {tmp_path}/passwd\nacl_file {tmp_path}/acl\n")
     if broker.kind != "mosquitto":
         pytest.skip("needs Mosquitto (apt-get install -y mosquitto)")
     broker.start()
-    pub = subprocess.Popen([sys.executable, "-m", "openpole", "city", "publish", "--db", fx.reader_dsn(city["pg"].dsn),
-                            "--mqtt", f"127.0.0.1:{broker.port}", "--mqtt-user", "openpole-publish",
+    pub = subprocess.Popen([sys.executable, "-m", "openpole", "city", "feed", "--db", fx.reader_dsn(city["pg"].dsn),
+                            "--mqtt", f"127.0.0.1:{broker.port}", "--mqtt-user", "openpole-feed",
                             "--mqtt-password-file", tmp_path / "pw", "--public-url", city["base"][:-len("/v1.1")]],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     got = []
