@@ -12,7 +12,7 @@ import pytest
 import sta_fixture as fx
 from pgcluster import PgServer
 
-DAY = "2026-09-21"  # the fixture's readings: T0 is 2026-09-21T13:33:20Z
+DAY = "2026-09-21"  # the fixture's readings: T0 is 2026-09-21T14:13:20Z
 FAR = str(24 * 3650)  # a late window that keeps the day open for the test's lifetime
 
 
