@@ -12,8 +12,7 @@ as the loaders fold theirs. `openpole city serve` in front of it as the read-onl
 clients at once on loopback, against the same number of psycopg connections running the bare SQL.
 
 1. requests/s and p50/p99 for: the latest Observation of every Datastream of a Thing; one
-   Datastream's day; a bbox's latest PM2.5; a Thing's day as a dataArray (every page, following
-   @iot.nextLink). Target: the API at 50 % or more of the bare SQL's requests/s.
+   Datastream's day; a bbox's latest PM2.5; a Datastream's day as a dataArray. Target: the API at 50 % or more of the bare SQL's requests/s.
 2. the live feed: the real loader commits signed batches at --feed-rate readings/s while `openpole
    city feed` publishes to Mosquitto; a paho-mqtt subscriber on v1.1/Observations times each
    Observation from its group's COMMIT. Target: p99 under 1 s.
@@ -140,13 +139,12 @@ BBOX = ("SELECT t.id, se.id, o.id, o.time, o.result FROM poles p JOIN things t O
         "coalesce(s.vals[5]::text::float8, s.vals8[5]) AS result FROM samples s WHERE s.thing_id = t.id AND "
         "coalesce(s.vals[5]::float8, s.vals8[5]) IS NOT NULL ORDER BY s.time DESC, s.boot DESC, s.seq DESC LIMIT 1) o "
         "WHERE point(p.lon, p.lat) <@ box(point(%s, %s), point(%s, %s)) ORDER BY t.id")
-THING_DAY = ("SELECT o.time, o.result FROM observations o WHERE o.thing_id = %s AND o.time >= %s AND o.time < %s "
-             "ORDER BY o.time, o.id")
+DAY_ARRAY = ("SELECT time, result FROM observations WHERE series_id = %s AND time >= %s AND time < %s "
+             "ORDER BY time, id")
 
 
-def request_figures(base, reader, things, series, d0, d1, n, clients, rnd):
-    """[(what, api rps, api latencies, sql rps, sql latencies, rows)]."""
-    get, sql = api_getter(base), sql_runner(reader)
+def cases(things, series, d0, d1, n, rnd):
+    """[(what, jobs, job -> (API path, params), job -> (bare SQL, params))]."""
     t0, t1 = d0.strftime("%Y-%m-%dT%H:%M:%SZ"), d1.strftime("%Y-%m-%dT%H:%M:%SZ")
     s, nn, w, e = SEOUL
     boxes = []
@@ -158,36 +156,87 @@ def request_figures(base, reader, things, series, d0, d1, n, clients, rnd):
         w_, s_, e_, n_ = b
         return f"geography'POLYGON(({w_} {s_}, {e_} {s_}, {e_} {n_}, {w_} {n_}, {w_} {s_}))'"
 
-    cases = [
+    day = f"phenomenonTime ge {t0} and phenomenonTime lt {t1}"
+    return [
         ("latest Observation of every Datastream of a Thing", [rnd.choice(things) for _ in range(n)],
-         lambda t: get(f"/Things({t})/Datastreams", {"$filter": "properties/aggregate eq 'none'", "$top": "100",
-                                                     "$expand": "Observations($orderby=phenomenonTime desc;$top=1)"}),
-         lambda t: sql(LATEST, (t,))),
+         lambda t: (f"/Things({t})/Datastreams", {"$filter": "properties/aggregate eq 'none'", "$top": "100",
+                                                  "$expand": "Observations($orderby=phenomenonTime desc;$top=1)"}),
+         lambda t: (LATEST, (t,))),
         ("one Datastream's day (oldest first)", [rnd.choice(series) for _ in range(n)],
-         lambda ds: get(f"/Datastreams({ds})/Observations",
-                        {"$filter": f"phenomenonTime ge {t0} and phenomenonTime lt {t1}",
-                         "$orderby": "phenomenonTime asc", "$top": "10000"}),
-         lambda ds: sql(DAY, (ds, d0, d1))),
+         lambda ds: (f"/Datastreams({ds})/Observations", {"$filter": day, "$orderby": "phenomenonTime asc",
+                                                          "$top": "10000"}),
+         lambda ds: (DAY, (ds, d0, d1))),
         ("a bbox's latest PM2.5 (about 2 x 2 km)", boxes,
-         lambda b: get("/Things", {"$filter": f"st_within(Locations/location, {poly(b)})", "$top": "1000",
-                                   "$expand": "Datastreams($filter=ObservedProperty/name eq 'pm2_5' and "
-                                              "properties/aggregate eq 'none';$expand=Observations("
-                                              "$orderby=phenomenonTime desc;$top=1))"}),
-         lambda b: sql(BBOX, b)),
-        ("a Thing's day as a dataArray (every page)", [rnd.choice(things) for _ in range(max(10, n // 10))],
-         lambda t: get("/Observations", {"$filter": f"Datastream/Thing/id eq {t} and phenomenonTime ge {t0} and "
-                                                    f"phenomenonTime lt {t1}", "$orderby": "phenomenonTime asc",
-                                         "$resultFormat": "dataArray", "$select": "phenomenonTime,result",
-                                         "$top": "10000"}),
-         lambda t: sql(THING_DAY, (t, d0, d1))),
+         lambda b: ("/Things", {"$filter": f"st_within(Locations/location, {poly(b)})", "$top": "1000",
+                                "$expand": "Datastreams($filter=ObservedProperty/name eq 'pm2_5' and "
+                                           "properties/aggregate eq 'none';$expand=Observations("
+                                           "$orderby=phenomenonTime desc;$top=1))"}),
+         lambda b: (BBOX, b)),
+        ("one Datastream's day as a dataArray", [rnd.choice(series) for _ in range(n)],
+         lambda ds: (f"/Datastreams({ds})/Observations", {"$filter": day, "$orderby": "phenomenonTime asc",
+                                                          "$resultFormat": "dataArray",
+                                                          "$select": "phenomenonTime,result", "$top": "10000"}),
+         lambda ds: (DAY_ARRAY, (ds, d0, d1))),
     ]
+
+
+def request_figures(base, reader, cs, clients):
+    """[(what, api rps, api latencies, sql rps, sql latencies, rows, requests)], clients at once."""
+    get, sql = api_getter(base), sql_runner(reader)
     out = []
-    for what, jobs, api, bare in cases:
-        rows = len(bare(jobs[0]))
-        api(jobs[0])  # warm: plans, pool, caches, for both alike
-        a_rps, a_lat = run_clients(clients, jobs, api)
-        s_rps, s_lat = run_clients(clients, jobs, bare)
+    for what, jobs, api, bare in cs:
+        rows = len(sql(*bare(jobs[0])))
+        get(*api(jobs[0]))  # warm: plans, pools, caches, for both alike
+        a_rps, a_lat = run_clients(clients, jobs, lambda j: get(*api(j)))
+        s_rps, s_lat = run_clients(clients, jobs, lambda j: sql(*bare(j)))
         out.append((what, a_rps, a_lat, s_rps, s_lat, rows, len(jobs)))
+    return out
+
+
+def breakdown(base, reader, cs, repeat=20):
+    """One client, one request at a time, medians: [(what, HTTP s, the API's own work in-process s, bare SQL s)].
+    In-process is request.Api.get on one connection: its compiled SQL and its JSON rendering, without
+    aiohttp, the pool, loopback or the client's JSON parsing."""
+    import asyncio
+    import urllib.parse
+
+    import psycopg
+    from psycopg.rows import dict_row
+
+    from openpole.city.sta.mapping import build
+    from openpole.city.sta.request import Api
+
+    api = Api(build(base[:-len("/v1.1")] + "/specs/"), base)
+    get, sql = api_getter(base), sql_runner(reader)
+
+    def timed(fn):
+        fn()
+        ts = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        return statistics.median(ts)
+
+    async def inproc(path, query):
+        conn = await psycopg.AsyncConnection.connect(reader, autocommit=True, row_factory=dict_row)
+        await conn.execute("SET TIME ZONE 'UTC'")
+        await conn.execute("SET jit = off")
+        await api.get(conn, path, query)
+        ts = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            await api.get(conn, path, query)
+            ts.append(time.perf_counter() - t)
+        await conn.close()
+        return statistics.median(ts)
+
+    out = []
+    for what, jobs, a, bare in cs:
+        path, params = a(jobs[0])
+        out.append((what, timed(lambda: get(path, params)),
+                    asyncio.run(inproc(path, urllib.parse.urlencode(params, quote_via=urllib.parse.quote))),
+                    timed(lambda: sql(*bare(jobs[0])))))
     return out
 
 
@@ -285,6 +334,8 @@ def main():
     ap.add_argument("--poles", type=int, default=200)
     ap.add_argument("--requests", type=int, default=200, help="requests of each kind (a tenth for the dataArray day)")
     ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--servers", type=int, default=2, help="`city serve` processes on the one port (default 2: "
+                                                          "one per core)")
     ap.add_argument("--feed-rate", type=float, default=17000.0)
     ap.add_argument("--feed-s", type=float, default=20.0)
     a = ap.parse_args()
@@ -322,23 +373,32 @@ def main():
               f"({len(KEYS)} quantities a sample) over {a.days} days; generated in {gen_s:.0f} s, folded into the hourly "
               f"aggregates of {START} in {fold_s:.0f} s; database {size / 1e9:.1f} GB")
         port = free_port()
-        serve = subprocess.Popen(OPENPOLE + ["city", "serve", "--db", fx.reader_dsn(pg.dsn), "--listen",
-                                             f"127.0.0.1:{port}", "--rate", "0", "--timeout", "60"],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert "SensorThings" in serve.stdout.readline(), serve.stderr.read()
+        serve = []
+        for _ in range(a.servers):  # several processes on one port (SO_REUSEPORT), as a city runs them
+            serve.append(subprocess.Popen(OPENPOLE + ["city", "serve", "--db", fx.reader_dsn(pg.dsn), "--listen",
+                                                      f"127.0.0.1:{port}", "--rate", "0", "--timeout", "60"],
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            assert "SensorThings" in serve[-1].stdout.readline(), serve[-1].stderr.read()
         base = f"http://127.0.0.1:{port}/v1.1"
         d0 = datetime.datetime.fromisoformat(START).replace(tzinfo=datetime.timezone.utc)
         d1 = d0 + datetime.timedelta(days=1)
-        print(f"\nrequests, {a.clients} clients at once; the API (`city serve`, one process, --pool 4) against the "
+        print(f"\nrequests, {a.clients} clients at once; the API (`city serve`, {a.servers} processes, --pool 4) against the "
               f"bare SQL returning the same rows ({a.clients} psycopg connections):")
-        for what, a_rps, a_lat, s_rps, s_lat, rows, jobs in request_figures(
-                base, fx.reader_dsn(pg.dsn), things, series, d0, d1, a.requests, a.clients, rnd):
+        cs = cases(things, series, d0, d1, a.requests, rnd)
+        for what, a_rps, a_lat, s_rps, s_lat, rows, jobs in request_figures(base, fx.reader_dsn(pg.dsn), cs,
+                                                                            a.clients):
             print(f"  {what} ({rows} rows, {jobs} requests): API {a_rps:.1f}/s, p50 {quantile(a_lat, .5) * 1000:.0f} ms, "
                   f"p99 {quantile(a_lat, .99) * 1000:.0f} ms; SQL {s_rps:.1f}/s, p50 {quantile(s_lat, .5) * 1000:.1f} ms, "
                   f"p99 {quantile(s_lat, .99) * 1000:.1f} ms -> API at {100 * a_rps / s_rps:.0f} % "
                   f"{'(target 50 %: met)' if a_rps >= 0.5 * s_rps else '(target 50 %: MISSED)'}")
-        serve.terminate()
-        serve.wait(20)
+        print("\nwhere the time goes, one client, one request at a time (medians of 20): the request over HTTP, the "
+              "API's own work in-process (its SQL and rendering: request.Api.get), the bare SQL")
+        for what, http_s, own_s, sql_s in breakdown(base, fx.reader_dsn(pg.dsn), cs):
+            print(f"  {what}: HTTP {http_s * 1000:.1f} ms, in-process {own_s * 1000:.1f} ms, bare SQL "
+                  f"{sql_s * 1000:.1f} ms")
+        for p in serve:
+            p.terminate()
+            p.wait(20)
         serve = None
         out = root / "publish"
         t = time.perf_counter()
@@ -359,9 +419,9 @@ def main():
               f"p99 {p99 * 1000:.0f} ms over {received:,} Observations ({missing} not received) "
               f"{'(target p99 < 1 s: met)' if p99 < 1 and not missing else '(target p99 < 1 s: MISSED)'}")
     finally:
-        if serve:
-            serve.terminate()
-            serve.wait(20)
+        for p in serve or []:
+            p.terminate()
+            p.wait(20)
         pg.stop()
 
 

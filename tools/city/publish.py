@@ -161,7 +161,7 @@ def _node_table(conn, sql, params, fields):
     t = pacsv.read_csv(buf, read_options=pacsv.ReadOptions(column_names=[f[0] for f in fields], use_threads=False),
                        convert_options=pacsv.ConvertOptions(column_types=raw, strings_can_be_null=False,
                                                             true_values=["t"], false_values=["f"],
-                                                            null_values=[""] ))
+                                                            null_values=[""]))
     return t.cast(schema)
 
 
@@ -190,13 +190,21 @@ class Publication:
 
     def run(self):
         """-> a summary dict: day, readings, edition, status, files {name: bytes}."""
+        import psycopg
+
         self._check_out()
         with connect(self.dsn) as conn:
             require_schema(conn)
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             conn.execute("SET LOCAL TIME ZONE 'UTC'")
             conn.execute("SET LOCAL jit = off")
-            return self._publish(conn)
+            # a day is minutes of work on a big city: not the API's role timeout (openpole_reader's 30 s)
+            conn.execute("SET LOCAL statement_timeout = 0")
+            try:
+                return self._publish(conn)
+            except psycopg.OperationalError as e:
+                raise UserError(f"--db: PostgreSQL stopped the publication: {' '.join(str(e).split())[:200]} "
+                                f"(run it again)") from None
 
     def _day(self, extra=""):
         return f"s.time >= %(d0)s AND s.time < %(d1)s{extra}"
