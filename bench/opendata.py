@@ -2,7 +2,7 @@
 measured side by side in this run.
 
     .venv/bin/python bench/opendata.py [--things 1000] [--samples-per-thing 1200] [--days 2] [--requests 200]
-                                       [--clients 4] [--feed-rate 17000] [--feed-s 20]
+                                       [--clients 4] [--servers 2] [--feed-rate 17000] [--feed-s 20] [--feed-only]
 
 A throwaway PostgreSQL (tests/pgcluster.py) made by `openpole city init`, the poles registry through
 `openpole city poles import` (--poles poles at made-up positions in Seoul), then --things nodes of 17
@@ -22,7 +22,6 @@ clients at once on loopback, against the same number of psycopg connections runn
 import argparse
 import concurrent.futures
 import datetime
-import json
 import os
 import random
 import statistics
