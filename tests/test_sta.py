@@ -251,6 +251,33 @@ def test_a_bad_query_is_a_400_or_501_with_a_one_line_message(city, query, status
     assert "\n" not in body["message"] and "Traceback" not in r.text
 
 
+def raw_get(city, target):
+    """GET a path and query exactly as written (requests would re-encode them)."""
+    import http.client
+
+    u = urllib.parse.urlsplit(city["base"])
+    c = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    try:
+        c.request("GET", u.path + target)
+        r = c.getresponse()
+        return r.status, r.read().decode("utf-8", "replace")
+    finally:
+        c.close()
+
+
+def test_percent_encoding_is_decoded_once_and_digits_are_ascii(city):
+    # '%256e1' is the text '%6e1', not 'n1'; Things(%2531) is Things('%31'), no Thing
+    assert raw_get(city, "/Things?$filter=name%20eq%20%27%256e1%27")[1] == '{"value":[]}'
+    assert json.loads(raw_get(city, "/Things?$filter=name%20eq%20%27n%31%27")[1])["value"][0]["name"] == "n1"
+    assert raw_get(city, "/Things(%2531)")[0] == 404
+    assert raw_get(city, "/Things(1)%2FDatastreams")[0] == 404  # an encoded slash is no separator
+    assert raw_get(city, "/Things(%31)")[0] == 200
+    # fullwidth and other scripts' digits are no number (int() would read them)
+    for target in ("/Things(%EF%BC%91)", "/Things?$top=%EF%BC%91", "/Things?$filter=id%20eq%20%EF%BC%91"):
+        status, body = raw_get(city, target)
+        assert status in (400, 404) and json.loads(body)["message"], (target, status, body[:200])
+
+
 def test_a_repeated_option_is_a_400(city):
     r = requests.get(city["base"] + "/Things?$top=1&$top=2", timeout=10)
     assert r.status_code == 400 and "twice" in r.json()["message"]
@@ -662,7 +689,8 @@ def test_hostile_input_is_refused_or_harmless_and_the_database_untouched(city):
         before = conn.execute("SELECT (SELECT count(*) FROM things), (SELECT count(*) FROM samples)").fetchone()
     for expr in ["name eq 'x'';DROP TABLE things;--'", "name eq 'x' or 1 eq 1; DROP TABLE things",
                  "properties/'); DROP TABLE samples;-- eq 1", "substringof(''', name)", "name eq '\x00'",
-                 "name eq '" + "a" * 3000 + "'", "geo.distance(Locations/location, geography'POINT(1e400 2)') lt 1"]:
+                 "name eq '" + "a" * 3000 + "'", "name eq 'x' and now() sub duration'P99999999999D' lt now()",
+                 "geo.distance(Locations/location, geography'POINT(1e400 2)') lt 1"]:
         r = get(city, "/Things", **{"$filter": expr})
         assert r.status_code in (200, 400), (expr, r.status_code, r.text[:300])
         if r.status_code == 200:
@@ -673,6 +701,13 @@ def test_hostile_input_is_refused_or_harmless_and_the_database_untouched(city):
     assert r.status_code == 400 and "at most" in r.json()["message"]
     r = get(city, "/Observations", **{"$filter": "result mul 1e300 mul 1e300 gt 0"})
     assert r.status_code in (200, 400) and "Traceback" not in r.text
+    # a long chain of operators: a 400 that says so, or served; never a 500 (a RecursionError)
+    for expr in ["1" + " add 1" * 650 + " eq 1", "result" + " mul 1" * 650 + " gt 0",
+                 " or ".join(f"result eq {i}" for i in range(200))]:
+        r = get(city, "/Observations", **{"$filter": expr})
+        assert r.status_code == 200 or "deeper than" in r.json()["message"], (expr[:40], r.status_code, r.text[:200])
+    r = get(city, "/Observations", **{"$orderby": "1" + " add 1" * 650})
+    assert r.status_code == 400 and "deeper than" in r.json()["message"]
     r = get(city, "/Observations", **{"$skip": "999999999"})
     assert r.status_code == 400 and "$filter" in r.json()["message"]
     many = ",".join(["Datastreams($expand=Observations)"] * 30)

@@ -58,12 +58,32 @@ def test_filter_literals():
     ("x eq geography'POLYGON((0 0, 1 1, 0 1, 1 0))'", "first point"), ("x eq geography'SRID=3857;POINT(1 2)'", "4326"),
     ("x eq 1 eq 2", "do not chain"), ("name eq 'a' name", "expected an operator"), ("a/1 eq 1", "after '/'"),
     ("x eq 1e999", "too large"), ("x" + " add x" * 3000, "characters"), ("not " * 50 + "x", "deeper"),
-    ("name eq #", "unexpected"),
+    ("name eq #", "unexpected"), ("t gt now() sub duration'P99999999999D'", "too long"),
+    ("t gt now() sub duration'PT1" + "0" * 400 + "S'", "too long"),
 ])
 def test_bad_filters_say_what_and_where(text, words):
     with pytest.raises(BadRequest) as e:
         parse_filter(text)
     assert words in e.value.message and "\n" not in e.value.message
+
+
+def test_long_chains_are_flat_and_deep_trees_refused_before_they_reach_sql():
+    # 300 alternatives are one `or` node: as long as the text allows, not as deep
+    tree = parse_filter(" or ".join(f"id eq {i}" for i in range(300)))
+    assert tree.op == "or" and len(tree.args) == 300
+    assert parse_filter("a eq 1 and b eq 2 and c eq 3") == Op("and", tuple(
+        Op("eq", (Path((x,)), n(i))) for i, x in enumerate("abc", 1)))
+    # one level per operator: a chain of arithmetic, of functions, in $orderby too
+    for text in ("1" + " add 1" * 600 + " eq 1", "result" + " mul 1" * 60 + " gt 0",
+                 "concat(" * 45 + "name" + ",'a')" * 45 + " eq 'x'"):
+        with pytest.raises(BadRequest) as e:
+            parse_filter(text)
+        assert "deeper than" in e.value.message
+    with pytest.raises(BadRequest):
+        parse_orderby("1" + " add 1" * 600)
+    p = Params()
+    sql = Compiler(mapping.build("http://x/"), p).predicate(mapping.build("http://x/")["Thing"], "e", tree)
+    assert sql.count(" OR ") == 299 and len(p.values) == 300
 
 
 def test_orderby_directions_any_case():

@@ -71,7 +71,7 @@ def _split(text, sep):
 
 
 def _int_option(name, text, upto=None):
-    if not re.fullmatch(r"\s*\d{1,12}\s*", text):
+    if not re.fullmatch(r"\s*[0-9]{1,12}\s*", text):  # ASCII digits: int() would read '１' (fullwidth) as 1
         raise BadRequest(f"{name}={text[:30]!r}: give a whole number of 0 or more")
     v = int(text)
     if upto is not None and v > upto:
@@ -203,7 +203,7 @@ def parse_path(path):
             key = key.strip()
             if len(key) >= 2 and key[0] == key[-1] == "'":
                 key = key[1:-1].replace("''", "'")
-            if not re.fullmatch(r"-?\d{1,19}", key):
+            if not re.fullmatch(r"-?[0-9]{1,19}", key):
                 raise NotFound(f"no {m.group('name')} with id {key[:30]!r}: ids are integers")
             key = int(key)
             if not -2**63 <= key < 2**63:

@@ -203,8 +203,13 @@ class Server:
         import psycopg
         from psycopg_pool import PoolTimeout
 
-        path = request.path[len("/v1.1"):]
-        query = request.query_string
+        # the path and query as sent, each decoded once, by parse.py (segment by segment, pair by
+        # pair): %2F inside a segment is no separator, and %2531 is '%31', not 1
+        raw = request.rel_url.raw_path
+        if not raw.startswith("/v1.1"):
+            return self.error(404, f"no such resource: the SensorThings API is at {self.base}")
+        path = raw[len("/v1.1"):]
+        query = request.rel_url.raw_query_string
         m = EVENTS.match(path)
         if m and request.method == "GET":
             return await self.events(request, int(m.group(1)))

@@ -264,8 +264,7 @@ class Compiler:
 
     def predicate(self, entity, alias, node, scope=None):
         if isinstance(node, Op) and node.op in ("and", "or"):
-            a, b = (self.predicate(entity, alias, x, scope) for x in node.args)
-            return f"({a} {node.op.upper()} {b})"
+            return "(" + f" {node.op.upper()} ".join(self.predicate(entity, alias, x, scope) for x in node.args) + ")"
         if isinstance(node, Op) and node.op == "not":
             return f"(NOT {self.predicate(entity, alias, node.args[0], scope)})"
         own = scope is None
