@@ -739,6 +739,27 @@ def test_a_client_over_its_rate_gets_429_with_retry_after_and_others_still_serve
         p.wait(10)
 
 
+def test_x_forwarded_for_cannot_dodge_the_rate_limit(city):
+    def limited(base, headers):
+        codes = [requests.get(base + "/Sensors(1)", headers=h, timeout=10).status_code for h in headers]
+        return codes.count(429)
+
+    spoofed = [{"X-Forwarded-For": f"10.9.{i}.1"} for i in range(8)]
+    p, base = serve(fx.reader_dsn(city["pg"].dsn), "--rate", "0.5", "--burst", "3")
+    try:  # not trusted: the header is ignored, the peer counted
+        assert limited(base, spoofed) >= 4
+    finally:
+        p.terminate()
+        p.wait(10)
+    p, base = serve(fx.reader_dsn(city["pg"].dsn), "--rate", "0.5", "--burst", "3", "--trust-forwarded")
+    try:  # behind a proxy that appends the client it saw: what the client wrote before it is not counted
+        assert limited(base, [{"X-Forwarded-For": f"10.9.{i}.1, 192.0.2.7"} for i in range(8)]) >= 4
+        assert limited(base, [{"X-Forwarded-For": f"192.0.2.{i + 10}"} for i in range(8)]) == 0  # distinct clients
+    finally:
+        p.terminate()
+        p.wait(10)
+
+
 def test_a_slow_query_is_cut_by_the_statement_timeout_with_a_503(city):
     p, base = serve(fx.reader_dsn(city["pg"].dsn), "--rate", "0", "--timeout", "0.01")
     try:

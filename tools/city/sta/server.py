@@ -120,10 +120,13 @@ class Server:
             await self.pool.close()
 
     def client(self, request):
+        """Whom the rate limit counts: the peer; behind a trusted proxy, the address that proxy appended
+        to X-Forwarded-For, its last entry (the entries before it are whatever the client sent)."""
         if self.trust_forwarded:
-            fwd = request.headers.get("X-Forwarded-For")
-            if fwd:
-                return fwd.split(",")[0].strip()
+            fwd = ",".join(request.headers.getall("X-Forwarded-For", []))
+            last = fwd.rsplit(",", 1)[-1].strip()
+            if last:
+                return last
         return request.remote or "?"
 
     def app(self):
