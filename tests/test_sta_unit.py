@@ -135,6 +135,9 @@ def test_paths_and_keys():
 def test_next_link_query_is_fully_encoded_and_carries_top():
     q = next_link_query({"$filter": "a eq 'x y+z'", "$count": "true"}, 200, 100)
     assert q == "$filter=a%20eq%20%27x%20y%2Bz%27&$count=true&$top=100&$skip=200"
+    q = next_link_query({"$skip": "5", "$skiptoken": "[1]"}, 10, 5, ["2026-01-01T00:00:00+00:00", 7])
+    assert q == "$top=5&$skiptoken=%5B%222026-01-01T00%3A00%3A00%2B00%3A00%22%2C7%5D"
+    assert parse_options(split_query(q)).after == ["2026-01-01T00:00:00+00:00", 7]
 
 
 def test_observation_and_datastream_ids_round_trip():
