@@ -218,12 +218,15 @@ class Server:
             return await self.events(request, int(m.group(1)))
         try:
             async with self.pool.connection() as conn:
-                status, body, ctype = await self.api.get(conn, path, query)
+                # the timeout bounds the request, not only each statement: a request of many
+                # statements ($count, each $expand level) each under it would hold the connection
+                # for many times it. Cancelled, psycopg cancels the query on the server.
+                status, body, ctype = await asyncio.wait_for(self.api.get(conn, path, query), self.timeout_s)
         except StaError as e:
             return self.error(e.status, e.message, e.headers)
         except PoolTimeout:
             return self.error(503, "the server is busy: try again in a few seconds", {"Retry-After": "5"})
-        except psycopg.errors.QueryCanceled:
+        except (psycopg.errors.QueryCanceled, TimeoutError):
             return self.error(503, f"the query took longer than {self.timeout_s:g} s: narrow it (a time range in "
                                    f"$filter, a smaller $top or $expand)", {"Retry-After": "10"})
         except (psycopg.errors.DataException, psycopg.DataError) as e:
