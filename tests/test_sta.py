@@ -859,6 +859,49 @@ class Recording:
         return await self.conn.execute(sql, params)
 
 
+def test_an_expansion_past_the_entity_bound_is_refused_before_its_rows_are_fetched(city, monkeypatch):
+    import asyncio
+
+    from psycopg.rows import dict_row
+
+    from openpole.city.sta import request as sta_request
+    from openpole.city.sta.errors import BadRequest
+    from openpole.city.sta.mapping import build
+
+    monkeypatch.setattr(sta_request, "MAX_ENTITIES", 40)
+    api = sta_request.Api(build("http://x/specs/"), "http://x/v1.1")
+
+    class Counting(Recording):
+        fetched = 0
+
+        async def execute(self, sql, params=None):
+            cur = await self.conn.execute(sql, params)
+            rows = await cur.fetchall()
+            Counting.fetched = max(Counting.fetched, len(rows))
+
+            class Done:
+                async def fetchall(self):
+                    return rows
+
+                async def fetchone(self):
+                    return rows[0] if rows else None
+            return Done()
+
+    async def run(query):
+        async with await psycopg.AsyncConnection.connect(fx.reader_dsn(city["pg"].dsn), row_factory=dict_row,
+                                                         autocommit=True) as conn:
+            return await api.get(Counting(conn), "/Datastreams", query)
+
+    # 10 Datastreams of up to 31 Observations each: 300 rows, 40 allowed
+    with pytest.raises(BadRequest) as e:
+        asyncio.run(run("$top=10&$expand=Observations($top=30)"))
+    assert "more than 40 entities" in e.value.message
+    assert Counting.fetched <= 40 + 10 + 1  # what fits, each parent's one row past its page, and one
+    Counting.fetched = 0
+    status, body, _ = asyncio.run(run("$top=3&$expand=Observations($top=3)"))  # 3 + 9 fit
+    assert status == 200 and all(len(d["Observations"]) == 3 for d in body["value"])
+
+
 def test_time_ranges_latest_values_and_ids_use_the_indexes(city):
     import asyncio
 

@@ -393,13 +393,20 @@ class Api:
                 px = f"(VALUES {tuples}) AS px(__i, {', '.join(used)})"
                 where = self.where(C, "c", constraint, o, p)
                 order = Compiler(self.entities, p).order_by(C, "c", o.orderby)
+                # at most the entities the response has room for, and one more to know it is full:
+                # 10,000 parents of 10,001 children each would otherwise all be fetched, then refused
+                # (a parent's row past its page is fetched, not served: one for each parent more)
+                cap = max(MAX_ENTITIES - budget[0], 0) + len(members) + 1
                 sql = (f"SELECT px.__i AS \"__i\", c.* FROM {px} CROSS JOIN LATERAL (SELECT "
                        f"{self.columns(C, 'c', select, cols)} FROM ({source}) AS c WHERE {where} ORDER BY {order} "
-                       f"LIMIT {n + 1} OFFSET {int(o.skip) if rel.many else 0}) AS c")
+                       f"LIMIT {n + 1} OFFSET {int(o.skip) if rel.many else 0}) AS c LIMIT {cap}")
                 got = await (await conn.execute(sql, p.values)).fetchall() if n else []
                 children += got
-                budget[0] += len(got)
-                if budget[0] > MAX_ENTITIES:
+                counted = {}
+                for ch in got:  # the row past a parent's page is not in the response
+                    counted[ch["__i"]] = min(counted.get(ch["__i"], 0) + 1, n)
+                budget[0] += sum(counted.values())
+                if budget[0] > MAX_ENTITIES or len(got) >= cap:
                     raise BadRequest(f"the response would hold more than {MAX_ENTITIES:,} entities: lower $top inside "
                                      f"$expand, or page the related entities by their own URL")
                 if rel.many and o.count:
