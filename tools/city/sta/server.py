@@ -20,6 +20,7 @@ log = logging.getLogger("openpole.city.sta")
 ALLOW = "GET, HEAD, OPTIONS"
 EVENTS = re.compile(r"^/Datastreams\((\d{1,19})\)/Observations/events/?$")
 MAX_STREAMS = 100  # server-sent event streams per process
+MAX_STREAMS_PER_CLIENT = 4  # of them one client address may hold: one client cannot take them all
 KEEPALIVE_S = 15.0
 
 
@@ -64,6 +65,7 @@ class Server:
         self.api = Api(self.entities, self.base)
         self.pool = None
         self.streams = 0
+        self.streams_of = {}  # client -> its open streams
         self.closing = False  # set at shutdown: live streams end
         self.events_interval_s = 1.0
 
@@ -264,6 +266,10 @@ class Server:
             return self.error(400 if datastream_kind(ds_id) else 404,
                               f"live events are for Datastreams of readings; Datastream {ds_id} is not one "
                               f"(hourly and daily means: GET their Observations once an hour)")
+        who = self.client(request)
+        if self.streams_of.get(who, 0) >= MAX_STREAMS_PER_CLIENT:
+            return self.error(429, f"{who} has {MAX_STREAMS_PER_CLIENT} live streams open already: close one, or "
+                                   f"follow several Datastreams over MQTT", {"Retry-After": "60"})
         if self.streams >= MAX_STREAMS:
             return self.error(503, "too many live streams on this server: try again later", {"Retry-After": "60"})
         ds = self.entities["Datastream"]
@@ -286,11 +292,14 @@ class Server:
                                            "Access-Control-Allow-Origin": "*", "X-Accel-Buffering": "no"})
         await resp.prepare(request)
         self.streams += 1
+        self.streams_of[who] = self.streams_of.get(who, 0) + 1
         quiet = time.monotonic()
         try:
             await resp.write(b"retry: 5000\n\n")
             while not self.closing:
                 await asyncio.sleep(self.events_interval_s)
+                if request.transport is None or request.transport.is_closing():
+                    break  # the client went away: its place is free now, not at the next write
                 try:
                     async with self.pool.connection() as conn:
                         new = await feed.poll(conn, where)
@@ -308,6 +317,9 @@ class Server:
             pass
         finally:
             self.streams -= 1
+            self.streams_of[who] -= 1
+            if not self.streams_of[who]:
+                del self.streams_of[who]
         return resp
 
 
