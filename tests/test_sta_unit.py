@@ -178,3 +178,21 @@ def test_rate_limit_is_a_token_bucket_per_client():
     assert rl.take("b", now=0) == 0  # another client is not held back
     assert rl.take("a", now=0.6) == 0
     assert RateLimit(0, 1).take("a") == 0
+
+
+def test_rate_limit_memory_and_sweeps_stay_bounded_and_ipv6_counts_by_64():
+    from openpole.city.sta.server import Server
+
+    rl = RateLimit(rate=1, burst=5, clients=100)
+    sizes, sweeps, last = [], 0, None
+    for i in range(5000):  # 5,000 addresses, all active at once
+        rl.take(f"c{i}", now=i * 0.0001)
+        if last is not None and len(rl.buckets) < last:
+            sweeps += 1
+        last = len(rl.buckets)
+        sizes.append(last)
+    assert max(sizes) <= 101 and sweeps <= 5000 / 50  # a sweep every 50 new clients at most, not each one
+    net = Server._network
+    assert net("2001:db8:1:2:aaaa::1") == net("2001:db8:1:2:bbbb::7") == "2001:db8:1:2::/64"
+    assert net("2001:db8:1:3::1") != net("2001:db8:1:2::1")
+    assert net("192.0.2.7") == "192.0.2.7" and net("::ffff:192.0.2.7") == "192.0.2.7" and net("?") == "?"

@@ -7,6 +7,7 @@ Stateless: any number of processes can serve one database behind a load balancer
 """
 
 import asyncio
+import ipaddress
 import json
 import logging
 import re
@@ -42,6 +43,11 @@ class RateLimit:
             self.buckets[who] = (tokens - 1, now)
             if len(self.buckets) > self.clients:  # forget the idle ones; a full bucket is the default anyway
                 self.buckets = {k: v for k, v in self.buckets.items() if now - v[1] < self.burst / self.rate}
+                if len(self.buckets) > self.clients // 2:
+                    # this many active at once: keep the latest half, so that the sweep is rare
+                    # (each one a pass over them all) however many addresses a client rotates through
+                    latest = sorted(self.buckets.items(), key=lambda kv: kv[1][1])[-(self.clients // 2):]
+                    self.buckets = dict(latest)
             return 0
         self.buckets[who] = (tokens, now)
         return (1 - tokens) / self.rate
@@ -121,6 +127,19 @@ class Server:
         if self.pool is not None:
             await self.pool.close()
 
+    @staticmethod
+    def _network(address):
+        """An IPv6 client is its /64 (one host holds a whole /64 to pick addresses from), IPv4 its address."""
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return address
+        if ip.version == 4:
+            return str(ip)
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+
     def client(self, request):
         """Whom the rate limit counts: the peer; behind a trusted proxy, the address that proxy appended
         to X-Forwarded-For, its last entry (the entries before it are whatever the client sent)."""
@@ -128,8 +147,8 @@ class Server:
             fwd = ",".join(request.headers.getall("X-Forwarded-For", []))
             last = fwd.rsplit(",", 1)[-1].strip()
             if last:
-                return last
-        return request.remote or "?"
+                return self._network(last)
+        return self._network(request.remote or "?")
 
     def app(self):
         from aiohttp import web
