@@ -741,6 +741,9 @@ def test_hostile_input_is_refused_or_harmless_and_the_database_untouched(city):
                  " or ".join(f"result eq {i}" for i in range(200))]:
         r = get(city, "/Observations", **{"$filter": expr})
         assert r.status_code == 200 or "deeper than" in r.json()["message"], (expr[:40], r.status_code, r.text[:200])
+    for order in ("true desc", "null", "false, time", "'x'", "1", "2026-01-01T00:00:00Z/2026-01-02T00:00:00Z"):
+        r = get(city, "/HistoricalLocations", **{"$orderby": order})  # a constant orders nothing
+        assert r.status_code == 200 and r.json()["value"] == ok(city, "/HistoricalLocations")["value"], (order, r.text)
     r = get(city, "/Observations", **{"$orderby": "1" + " add 1" * 650})
     assert r.status_code == 400 and "deeper than" in r.json()["message"]
     r = get(city, "/Observations", **{"$skip": "999999999"})

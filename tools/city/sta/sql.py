@@ -379,6 +379,10 @@ class Compiler:
         out = []
         for node, direction in orderby:
             v = self.value(entity, alias, node, None, mode="order")
+            if isinstance(node, Lit):
+                if v.type in ("geometry", "polygon", "line"):
+                    raise BadRequest("$orderby cannot order by a geometry")
+                continue  # a constant orders nothing (and PostgreSQL refuses ORDER BY TRUE)
             # the standard's nulls first ascending, last descending; PostgreSQL's default is the opposite
             nulls = "" if v.not_null else "NULLS FIRST" if direction == "asc" else "NULLS LAST"
             d = direction.upper()
