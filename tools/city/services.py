@@ -71,9 +71,12 @@ class NatsCluster:
     """n servers (one is a lone server), each with file storage under root; ready when every one
     answers /healthz (JetStream's meta group has a leader)."""
 
-    def __init__(self, root, n=3, auth=""):
+    def __init__(self, root, n=3, auth="", max_store="1T"):
         self.root = root
         self.auth = auth  # e.g. 'authorization { user: u, password: p }\n'
+        # JetStream's own default, 75 % of the disk free at start, refuses city init's 50 GiB stream on
+        # a machine with less than 67 GiB free; these servers' streams hold megabytes.
+        self.max_store = max_store
         self.ports = [free_port() for _ in range(n)]
         self.routes = [free_port() for _ in range(n)]
         self.http = [free_port() for _ in range(n)]
@@ -95,7 +98,7 @@ class NatsCluster:
             cluster = f"cluster {{\n  name: openpole-test\n  listen: 127.0.0.1:{self.routes[i]}\n  routes: [{routes}]\n}}\n"
         conf = d / "nats.conf"
         conf.write_text(f'server_name: n{i}\nlisten: 127.0.0.1:{self.ports[i]}\nhttp: 127.0.0.1:{self.http[i]}\n'
-                        f'jetstream {{\n  store_dir: "{d / "js"}"\n}}\n{cluster}{self.auth}')
+                        f'jetstream {{\n  store_dir: "{d / "js"}"\n  max_file_store: {self.max_store}\n}}\n{cluster}{self.auth}')
         return conf
 
     def start(self, i):
