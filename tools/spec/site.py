@@ -6,6 +6,7 @@ own encoder in firmware/lib): nothing here is written by hand per sensor or boar
 """
 
 import html
+import contextlib
 import importlib
 import math
 import re
@@ -59,14 +60,16 @@ def noise_md(specs):
 # ---------------------------------------------------------------- payload contract
 
 
+@contextlib.contextmanager
 def _firmware_lib():
-    """The node's own encoder (firmware/lib) on CPython, for real example messages."""
+    """The node's own encoder (firmware/lib) on CPython, for real example messages: its modules load
+    others as they are used (cbor_encode), so the path stays while they work."""
     lib = str(paths.FIRMWARE / "lib")
     added = lib not in sys.path
     if added:
         sys.path.insert(0, lib)
     try:
-        return importlib.import_module("message"), importlib.import_module("cose"), importlib.import_module("cbor")
+        yield importlib.import_module("message"), importlib.import_module("cose"), importlib.import_module("cbor")
     finally:
         if added:
             sys.path.remove(lib)
@@ -77,13 +80,13 @@ EXAMPLE_KEY = bytes(range(32))
 
 def example_messages():
     """(plain, signed) node messages as a street box sends them, made by the node's encoder."""
-    message, cose, cbor = _firmware_lib()
-    weather = message.encode_values({"temperature": 21.37, "humidity": 48.2, "pressure": 1013.62})
-    air = message.encode_values({"pm1": 4, "pm2_5": 7, "pm10": 11})
-    noise = message.encode_values({"laeq": 62.4, "lamax": 71.8, "lamin": 55.1})
-    status = cbor.dumps({"bme280": [0, 0], "pms5003": [0, 0], "noise": [0, 0]})
-    plain = message.encode("pole17-a", 12, 4031, [(1200, weather), (1200, air), (1200, noise)], status)
-    return plain, cose.sign(plain, EXAMPLE_KEY)
+    with _firmware_lib() as (message, cose, cbor):
+        weather = message.encode_values({"temperature": 21.37, "humidity": 48.2, "pressure": 1013.62})
+        air = message.encode_values({"pm1": 4, "pm2_5": 7, "pm10": 11})
+        noise = message.encode_values({"laeq": 62.4, "lamax": 71.8, "lamin": 55.1})
+        status = cbor.dumps({"bme280": [0, 0], "pms5003": [0, 0], "noise": [0, 0]})
+        plain = message.encode("pole17-a", 12, 4031, [(1200, weather), (1200, air), (1200, noise)], status)
+        return plain, cose.sign(plain, EXAMPLE_KEY)
 
 
 def _hex_lines(b, width=32):
