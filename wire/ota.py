@@ -1,8 +1,16 @@
-"""Over-the-air updates on the wire (docs/ota.md): the manifest, the ticket, the chunk request, the
-chunk and the cancel that pass between the pole's agent and a node on `openpole/v1/<n>/ota*`.
+"""The OTA wire formats between a pole's agent and a node (docs/ota.md, sensor_specs/ota_ticket.cddl).
 
-The node reads the same formats with its own code (firmware/); this is the Python side, used by
-`openpole ota` and the edge agent.
+Shared by the agent (it makes tickets, serves chunks) and the tests (they speak for the agent to the
+real firmware). The node's side is firmware/lib/ota*.py, in MicroPython.
+
+- ticket(key, node, job, seq, kind, version, mp_range, manifest, total, pace_ms, trial_s) -> bytes:
+  0x01 + COSE_Mac0 (HMAC 256/256 under the node's key) over the CBOR map of integer keys 1..11.
+  read_ticket(body, key) checks and opens one (ValueError).
+- manifest_text(kind, version, board, mpy, mp_range, files, firmware=None) -> bytes: manifest.txt;
+  parse_manifest(text) -> dict (ValueError on a bad line).
+- request(job, obj, offset, max_len) / read_request(b): the node's 13-byte chunk request.
+- chunk(status, job, obj, offset, data=b"") / read_chunk(b): 0x02 + header + data.
+- cancel(job) -> bytes: 0x03 + job.
 """
 
 import binascii
@@ -13,201 +21,127 @@ import struct
 
 import cbor2
 
-MAGIC = "openpole-ota 1"
-TICKET, CHUNK, CANCEL = 0x01, 0x02, 0x03
-OK, UNKNOWN_JOB, CANCELLED, PAST_END, REFUSED = 0, 1, 2, 3, 4
-FIRMWARE_OBJ = 0xFFFF
-GET = struct.Struct("<BIHIH")  # version 1, job, object, offset, max_len
-CHUNK_HEAD = struct.Struct("<BIHIHI")  # status, job, object, offset, length, crc32
-TICKET_MAX = 400  # the node's receive buffer is 512
+TICKET, CHUNK, CANCEL = 1, 2, 3
+FIRMWARE_OBJ = 0xFFFF  # the object number of a firmware image; 0 is manifest.txt, 1..n its files
+OK, UNKNOWN_JOB, CANCELLED, PAST_END, REFUSED = 0, 1, 2, 3, 4  # chunk status
+STATES = ("refused", "transferring", "staged", "trial", "confirmed", "rolled_back", "failed", "cancelled")
+NO_OTA_PARTITIONS = "no_ota_partitions: needs one USB reflash to the ESP32_GENERIC-OTA layout"
 COSE_MAC0 = 17
 PROTECTED = cbor2.dumps({1: 5})  # alg: HMAC 256/256
-PATH_RE = re.compile(r"[a-z0-9_/.-]{1,48}")
-MP_VERSION_RE = re.compile(r"\d+\.\d+")
-FORBIDDEN = ("main.py", "config.json")
-KINDS = ("app", "firmware")
-U32 = 2**32
+TICKET_MAX = 400  # bytes: the node's receive buffer is 512
+_REQUEST = struct.Struct("<BIHIH")
+_CHUNK = struct.Struct("<BIHIHI")
+PATH_RE = re.compile(r"[a-z0-9_/.-]{1,48}\Z")
+_NOT_IN_BUNDLE = ("main.py", "config.json")
 
 
-class Invalid(ValueError):
-    """A manifest, ticket or message that breaks the contract: str(e) says which rule."""
+def _mac(key, payload):
+    return hmac.new(key, cbor2.dumps(["MAC0", PROTECTED, b"", payload]), hashlib.sha256).digest()
 
 
-def path_ok(path):
-    return (bool(PATH_RE.fullmatch(path)) and ".." not in path.split("/") and not path.startswith("/")
-            and "//" not in path and not path.endswith("/") and path not in FORBIDDEN
-            and not (path == "ota" or path.startswith("ota/")))
+def ticket(key, node, job, seq, kind, version, mp_range, manifest, total, pace_ms=100, trial_s=300):
+    """The ticket that starts a job on a node (the bytes published on openpole/v1/<node>/ota).
+    manifest: the exact bytes of manifest.txt (its SHA-256 and size go in); total: the bytes of all
+    the job's objects; mp_range: ("1.24", "1.29")."""
+    if kind not in ("app", "firmware"):
+        raise ValueError("kind: app or firmware")
+    payload = cbor2.dumps({1: node, 2: job, 3: seq, 4: kind, 5: version, 6: list(mp_range),
+                           7: hashlib.sha256(manifest).digest(), 8: len(manifest), 9: total, 10: pace_ms, 11: trial_s})
+    out = bytes((TICKET,)) + cbor2.dumps(cbor2.CBORTag(COSE_MAC0, [PROTECTED, {}, payload, _mac(key, payload)]))
+    if len(out) > TICKET_MAX:
+        raise ValueError(f"the ticket is {len(out)} bytes; a node takes {TICKET_MAX} at most")
+    return out
 
 
-def mp_version(text):
-    """'1.26' or '1.26.0' -> (1, 26); Invalid otherwise."""
-    m = re.fullmatch(r"(\d+)\.(\d+)(?:\.\d+)?", text or "")
-    if not m:
-        raise Invalid(f"{text!r} is not a MicroPython version (major.minor)")
-    return int(m.group(1)), int(m.group(2))
+def read_ticket(body, key):
+    """The ticket's fields {1: node, ... 11: trial_s} if its MAC holds under key; ValueError if not."""
+    try:
+        if body[:1] != bytes((TICKET,)):
+            raise ValueError("not a ticket")
+        obj = cbor2.loads(body[1:])
+        protected, _unprotected, payload, tag = obj.value
+        if obj.tag != COSE_MAC0 or protected != PROTECTED:
+            raise ValueError("not a COSE_Mac0 with HMAC 256/256")
+    except (TypeError, AttributeError, cbor2.CBORDecodeError):
+        raise ValueError("not a COSE_Mac0 ticket") from None
+    if not hmac.compare_digest(_mac(key, payload), tag):
+        raise ValueError("bad MAC")
+    return cbor2.loads(payload)
 
 
-def in_range(fw, mp_min, mp_max):
-    """Is firmware version fw ('1.26.0') within [mp_min, mp_max] (major.minor, inclusive)?"""
-    return mp_version(mp_min) <= mp_version(fw) <= mp_version(mp_max)
+def check_path(path):
+    """A bundle file's path as the node takes it; ValueError naming what is wrong."""
+    if not PATH_RE.match(path) or ".." in path.split("/") or path.startswith("/") or path.endswith("/"):
+        raise ValueError(f"{path!r}: a path of a-z 0-9 _ / . - up to 48 characters, no '..', no leading '/'")
+    if path in _NOT_IN_BUNDLE or path.startswith("ota/"):
+        raise ValueError(f"{path!r}: main.py, config.json and ota/ are never in a bundle")
+    return path
 
 
-def manifest_text(kind, version, board, mpy, mp_min, mp_max, files=(), firmware=None):
-    """manifest.txt's bytes. files: [(path, data)] in order; firmware: the .app-bin's bytes."""
-    if kind not in KINDS:
-        raise Invalid(f"kind {kind!r}: app or firmware")
-    for v in (mp_min, mp_max):
-        if not MP_VERSION_RE.fullmatch(v):
-            raise Invalid(f"MicroPython version {v!r}: major.minor, e.g. 1.24")
-    if mp_version(mp_min) > mp_version(mp_max):
-        raise Invalid(f"MicroPython range {mp_min} to {mp_max} is empty")
-    for v, what in ((version, "version"), (board, "board")):
-        if not v or any(c.isspace() for c in v):
-            raise Invalid(f"{what} {v!r}: text without spaces")
-    lines = [MAGIC, f"kind {kind}", f"version {version}", f"board {board}", f"mpy {int(mpy)}",
-             f"micropython {mp_min} {mp_max}"]
+def manifest_text(kind, version, board, mpy, mp_range, files, firmware=None):
+    """manifest.txt: files is [(path, bytes)] in object order (1..n); firmware: the .app-bin bytes."""
+    lines = ["openpole-ota 1", f"kind {kind}", f"version {version}", f"board {board}", f"mpy {mpy}",
+             f"micropython {mp_range[0]} {mp_range[1]}"]
     for path, data in files:
-        if not path_ok(path):
-            raise Invalid(f"path {path!r}: [a-z0-9_/.-], at most 48 characters, no '..', never main.py, "
-                          "config.json or ota/")
-        lines.append(f"file {hashlib.sha256(data).hexdigest()} {len(data)} {path}")
+        lines.append(f"file {hashlib.sha256(data).hexdigest()} {len(data)} {check_path(path)}")
     if firmware is not None:
         lines.append(f"firmware {hashlib.sha256(firmware).hexdigest()} {len(firmware)}")
     lines.append("end")
     return ("\n".join(lines) + "\n").encode()
 
 
-def parse_manifest(data):
-    """manifest.txt's bytes -> {"kind", "version", "board", "mpy", "micropython": (min, max),
-    "files": [(sha256 hex, size, path)], "firmware": (sha256 hex, size) or None}; Invalid if any line
-    breaks the contract."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise Invalid("manifest.txt is not UTF-8") from None
-    if not text.endswith("\n") or "\r" in text:
-        raise Invalid("manifest.txt: lines end with \\n")
-    lines = text[:-1].split("\n")
-    if lines[0] != MAGIC:
-        raise Invalid(f"manifest.txt does not start with {MAGIC!r}")
-    if lines[-1] != "end":
-        raise Invalid("manifest.txt does not end with 'end' (truncated?)")
-    m = {"files": [], "firmware": None}
-    seen = set()
-    for n, line in enumerate(lines[1:-1], 2):
-        parts = line.split(" ")
-        key = parts[0]
-        try:
-            if key in ("kind", "version", "board", "mpy") and len(parts) == 2 and key not in m:
-                m[key] = parts[1]
-            elif key == "micropython" and len(parts) == 3 and key not in m:
-                mp_version(parts[1]), mp_version(parts[2])
-                m[key] = (parts[1], parts[2])
-            elif key == "file" and len(parts) == 4:
-                sha, size, path = parts[1], int(parts[2]), parts[3]
-                if not path_ok(path) or path in seen:
-                    raise Invalid(f"path {path!r} not allowed or repeated")
-                seen.add(path)
-                _sha_size(sha, size)
-                m["files"].append((sha, size, path))
-            elif key == "firmware" and len(parts) == 3 and m["firmware"] is None:
-                m["firmware"] = _sha_size(parts[1], int(parts[2]))
-            else:
-                raise Invalid("unknown or repeated item")
-        except (ValueError, Invalid) as e:
-            raise Invalid(f"manifest.txt line {n} ({line[:60]!r}): {e}") from None
-    for key in ("kind", "version", "board", "mpy", "micropython"):
-        if key not in m:
-            raise Invalid(f"manifest.txt has no {key} line")
-    if m["kind"] not in KINDS:
-        raise Invalid(f"manifest.txt: kind {m['kind']!r} (app or firmware)")
-    if not m["mpy"].isdigit():
-        raise Invalid(f"manifest.txt: mpy {m['mpy']!r} is not a number")
-    m["mpy"] = int(m["mpy"])
-    if (m["kind"] == "firmware") != (m["firmware"] is not None):
-        raise Invalid("manifest.txt: a firmware bundle has one firmware line, an app bundle none")
-    if mp_version(m["micropython"][0]) > mp_version(m["micropython"][1]):
-        raise Invalid("manifest.txt: the MicroPython range is empty")
-    return m
-
-
-def _sha_size(sha, size):
-    if not re.fullmatch(r"[0-9a-f]{64}", sha) or not 0 <= size < U32:
-        raise Invalid("a SHA-256 in hex and a size")
-    return sha, size
-
-
-def objects(manifest):
-    """[(object number, sha256 hex, size)] of a job after object 0 (manifest.txt)."""
-    out = [(i, sha, size) for i, (sha, size, _) in enumerate(manifest["files"], 1)]
-    if manifest["firmware"]:
-        out.append((FIRMWARE_OBJ, *manifest["firmware"]))
+def parse_manifest(text):
+    """manifest.txt -> {"kind", "version", "board", "mpy", "micropython": (min, max), "files":
+    [(sha256 hex, size, path)], "firmware": (sha256 hex, size) or None}; ValueError on a bad line."""
+    out = {"files": [], "firmware": None}
+    lines = text.decode().split("\n")
+    if lines[0] != "openpole-ota 1" or lines[-2:] != ["end", ""]:
+        raise ValueError("manifest.txt: not an openpole-ota 1 manifest ending in 'end'")
+    for line in lines[1:-2]:
+        k, _, rest = line.partition(" ")
+        f = rest.split(" ")
+        if k in ("kind", "version", "board") and len(f) == 1:
+            out[k] = f[0]
+        elif k == "mpy" and len(f) == 1:
+            out[k] = int(f[0])
+        elif k == "micropython" and len(f) == 2:
+            out[k] = (f[0], f[1])
+        elif k == "file" and len(f) == 3 and len(f[0]) == 64:
+            out["files"].append((f[0], int(f[1]), check_path(f[2])))
+        elif k == "firmware" and len(f) == 2 and len(f[0]) == 64:
+            out["firmware"] = (f[0], int(f[1]))
+        else:
+            raise ValueError(f"manifest.txt: bad line {line[:60]!r}")
     return out
 
 
-def _mac_structure(payload):
-    return cbor2.dumps(["MAC0", PROTECTED, b"", payload])
+def request(job, obj, offset, max_len):
+    """A node's chunk request (on openpole/v1/<node>/ota/get)."""
+    return _REQUEST.pack(1, job, obj, offset, max_len)
 
 
-def ticket(key, node, job, seq, kind, version, mp_range, manifest_sha256, manifest_size, total, pace_ms, trial_s):
-    """`0x01` + COSE_Mac0 under the node's key (docs/ota.md). Invalid when it would not fit the node."""
-    for name, v in (("job", job), ("seq", seq), ("total", total), ("manifest_size", manifest_size),
-                    ("pace_ms", pace_ms), ("trial_s", trial_s)):
-        if not isinstance(v, int) or not 0 <= v < U32:
-            raise Invalid(f"ticket {name} {v!r}: an unsigned 32-bit integer")
-    payload = cbor2.dumps({1: node, 2: job, 3: seq, 4: kind, 5: version, 6: list(mp_range), 7: manifest_sha256,
-                           8: manifest_size, 9: total, 10: pace_ms, 11: trial_s})
-    tag = hmac.new(key, _mac_structure(payload), hashlib.sha256).digest()
-    out = bytes([TICKET]) + cbor2.dumps(cbor2.CBORTag(COSE_MAC0, [PROTECTED, {}, payload, tag]))
-    if len(out) >= TICKET_MAX:
-        raise Invalid(f"the ticket is {len(out)} bytes: a node takes under {TICKET_MAX} (a shorter version text)")
-    return out
-
-
-def open_ticket(data, key):
-    """The ticket's payload {int: value} if data is a ticket MACed under key; Invalid otherwise."""
-    try:
-        if data[:1] != bytes([TICKET]):
-            raise Invalid("not a ticket")
-        obj = cbor2.loads(data[1:], max_depth=4)
-        protected, _, payload, tag = obj.value
-        if obj.tag != COSE_MAC0 or protected != PROTECTED:
-            raise Invalid("not a COSE_Mac0 with HMAC 256/256")
-        if not hmac.compare_digest(hmac.new(key, _mac_structure(payload), hashlib.sha256).digest(), tag):
-            raise Invalid("bad MAC")
-        return cbor2.loads(payload)
-    except (ValueError, TypeError, AttributeError, cbor2.CBORDecodeError) as e:
-        raise Invalid(f"ticket: {e}") from None
-
-
-def get_request(job, obj, offset, max_len):
-    return GET.pack(1, job, obj, offset, max_len)
-
-
-def parse_get(data):
-    """(job, obj, offset, max_len) of a chunk request; Invalid if it is not one."""
-    if len(data) != GET.size:
-        raise Invalid(f"a chunk request is {GET.size} bytes, not {len(data)}")
-    version, job, obj, offset, max_len = GET.unpack(data)
-    if version != 1:
-        raise Invalid(f"chunk request version {version}")
-    return job, obj, offset, max_len
+def read_request(body):
+    """(job, obj, offset, max_len) of a chunk request; ValueError if it is not one."""
+    if len(body) != _REQUEST.size or body[0] != 1:
+        raise ValueError("not a version 1 chunk request (13 bytes)")
+    return _REQUEST.unpack(body)[1:]
 
 
 def chunk(status, job, obj, offset, data=b""):
-    return bytes([CHUNK]) + CHUNK_HEAD.pack(status, job, obj, offset, len(data), binascii.crc32(data)) + data
+    """A chunk reply: data is at most the request's max_len bytes (status OK), else empty."""
+    return bytes((CHUNK,)) + _CHUNK.pack(status, job, obj, offset, len(data), binascii.crc32(data)) + data
 
 
-def parse_chunk(data):
-    """(status, job, obj, offset, data) of a chunk; Invalid on a bad length or CRC."""
-    if data[:1] != bytes([CHUNK]) or len(data) < 1 + CHUNK_HEAD.size:
-        raise Invalid("not a chunk")
-    status, job, obj, offset, length, crc = CHUNK_HEAD.unpack_from(data, 1)
-    body = bytes(data[1 + CHUNK_HEAD.size:])
-    if len(body) != length or binascii.crc32(body) != crc:
-        raise Invalid("chunk length or CRC does not match")
-    return status, job, obj, offset, body
+def read_chunk(body):
+    """(status, job, obj, offset, data) of a chunk; ValueError if its length or CRC is wrong."""
+    if body[:1] != bytes((CHUNK,)) or len(body) < 1 + _CHUNK.size:
+        raise ValueError("not a chunk")
+    status, job, obj, offset, length, crc = _CHUNK.unpack_from(body, 1)
+    data = body[1 + _CHUNK.size:]
+    if len(data) != length or binascii.crc32(data) != crc:
+        raise ValueError("chunk length or CRC does not match")
+    return status, job, obj, offset, data
 
 
 def cancel(job):
-    return bytes([CANCEL]) + struct.pack("<I", job)
+    return bytes((CANCEL,)) + struct.pack("<I", job)
