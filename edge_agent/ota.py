@@ -26,6 +26,7 @@ import threading
 import time
 from pathlib import Path
 
+from openpole.ota.bundle import in_range
 from openpole.wire import node_message, ota
 
 log = logging.getLogger("openpole.edge.ota")
@@ -155,7 +156,7 @@ class Engine:
             return None
         kind, version, mp_min, mp_max, msha, objects, total, board = row
         return {"kind": kind, "version": version, "range": (mp_min, mp_max), "manifest_sha256": msha,
-                "manifest_size": json.loads(objects)["0"][1], "total": total, "board": board}
+                "manifest": objects_dir(self.state_dir) / json.loads(objects)["0"][0], "total": total, "board": board}
 
     def _set(self, job, state, reason=None, **cols):
         """Write a job's new state (and columns) to disk, then to memory."""
@@ -220,7 +221,7 @@ class Engine:
             online, fw, board = self.node_state(node)
             if node not in self.cfg.node_keys:
                 skipped[node] = "no key for it in node-keys.toml: a ticket could not be signed"
-            elif fw is not None and not _fw_ok(fw, m["micropython"]):
+            elif fw is not None and not in_range(fw, m["micropython"]):
                 skipped[node] = f"its firmware {fw} is outside the bundle's MicroPython {m['micropython'][0]} to " \
                                 f"{m['micropython'][1]}"
             elif board is not None and board != m["board"]:
@@ -252,7 +253,7 @@ class Engine:
                 raise
         for i, node in enumerate(chosen):
             jid = out[node]
-            if jid >= ota.U32:
+            if jid >= 2**32:
                 raise OtaError("job ids ran past 2^32 on this pole")
             self.jobs[jid] = {"id": jid, "node": node, "bundle": b.sha256, "state": "pending", "done": 0,
                               "total": b.total, "heard": 0, "ticket_ns": None, "canary": int(i < canary),
@@ -351,8 +352,8 @@ class Engine:
 
     def serve(self, node, payload):
         try:
-            jid, obj, offset, max_len = ota.parse_get(payload)
-        except ota.Invalid:
+            jid, obj, offset, max_len = ota.read_request(payload)
+        except ValueError:
             self.count("ota_get_rejected_malformed")
             return
         if max_len == 0:
@@ -495,10 +496,9 @@ class Engine:
             return
         seq = self._next_seq(j["node"])
         try:
-            t = ota.ticket(key, j["node"], j["id"], seq, b["kind"], b["version"], b["range"],
-                           bytes.fromhex(b["manifest_sha256"]), b["manifest_size"], b["total"], self.cfg.ota_pace_ms,
-                           self.cfg.ota_trial_s)
-        except ota.Invalid as e:
+            t = ota.ticket(key, j["node"], j["id"], seq, b["kind"], b["version"], b["range"], b["manifest"].read_bytes(),
+                           b["total"], self.cfg.ota_pace_ms, self.cfg.ota_trial_s)
+        except (ValueError, OSError) as e:
             self._set(j, "failed", f"agent: {e}")
             return
         if self.publish(OTA_TOPIC.format(j["node"]), t, 1):
@@ -554,7 +554,7 @@ class Engine:
             if not online:
                 continue
             b = self._bundle(j["bundle"])
-            if fw is not None and b is not None and not _fw_ok(fw, b["range"]):
+            if fw is not None and b is not None and not in_range(fw, b["range"]):
                 self._set(j, "failed", f"firmware {fw} is outside the bundle's MicroPython {b['range'][0]} to {b['range'][1]}")
                 continue
             self._ticket(j)
@@ -610,13 +610,6 @@ class Engine:
 
         known = sorted(self.known_nodes())
         return [n for n in known if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
-
-
-def _fw_ok(fw, mp_range):
-    try:
-        return ota.in_range(fw, *mp_range)
-    except ota.Invalid:
-        return False
 
 
 # --- read-only views, for `openpole ota status`, `edge status`, /metrics and the page ---

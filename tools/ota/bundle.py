@@ -8,6 +8,7 @@ before it keeps a bundle, `openpole ota inspect` to show one).
 
 import hashlib
 import io
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,55 @@ DEFAULT_MICROPYTHON = ("1.24", "1.29")  # the firmware versions openpole's app i
 MANIFEST_MAX = 64 * 1024  # a manifest of the largest app is a few KB
 OBJECT_MAX = 4 * 1024 * 1024  # an app file or a firmware image (an OTA slot is 1.5 MB)
 BUNDLE_MAX = 16 * 1024 * 1024
+
+
+def mp_version(text):
+    """'1.26' or '1.26.0' -> (1, 26); ValueError otherwise."""
+    m = re.fullmatch(r"(\d+)\.(\d+)(?:\.\d+)?(?:-\S*)?", text or "")
+    if not m:
+        raise ValueError(f"{text!r} is not a MicroPython version (major.minor)")
+    return int(m.group(1)), int(m.group(2))
+
+
+def in_range(fw, mp_range):
+    """Is the firmware version fw ('1.26.0') within mp_range ('1.24', '1.29'), inclusive? False for
+    a version that is not one."""
+    try:
+        return mp_version(mp_range[0]) <= mp_version(fw) <= mp_version(mp_range[1])
+    except ValueError:
+        return False
+
+
+def objects(manifest):
+    """[(object number, sha256 hex, size)] of a job after object 0 (manifest.txt)."""
+    out = [(i, sha, size) for i, (sha, size, _) in enumerate(manifest["files"], 1)]
+    if manifest["firmware"]:
+        out.append((ota.FIRMWARE_OBJ, *manifest["firmware"]))
+    return out
+
+
+def check_manifest(m):
+    """What parse_manifest leaves to its reader: every item there once, the numbers in range, the
+    paths unique; ValueError naming the rule."""
+    for key in ("kind", "version", "board", "mpy", "micropython"):
+        if key not in m:
+            raise ValueError(f"manifest.txt has no {key} line")
+    if m["kind"] not in ("app", "firmware"):
+        raise ValueError(f"manifest.txt: kind {m['kind']!r} (app or firmware)")
+    if (m["kind"] == "firmware") != (m["firmware"] is not None):
+        raise ValueError("manifest.txt: a firmware bundle has one firmware line, an app bundle none")
+    lo, hi = (mp_version(v) for v in m["micropython"])
+    if lo > hi:
+        raise ValueError("manifest.txt: the MicroPython range is empty")
+    paths = [p for _, _, p in m["files"]]
+    if len(set(paths)) != len(paths):
+        raise ValueError("manifest.txt: a path is listed twice")
+    for _, sha, size in objects(m):
+        if not re.fullmatch(r"[0-9a-f]{64}", sha) or not 0 <= size <= OBJECT_MAX:
+            raise ValueError("manifest.txt: a SHA-256 in hex and a size up to 4 MB per object")
+    if not 0 <= m["mpy"] < 2**16:
+        raise ValueError("manifest.txt: mpy out of range")
+    return m
 
 
 def mpy_of(arch):
@@ -110,9 +160,15 @@ def build(board_id, out, version=None, sign=None, firmware=None, sim=False, micr
         version = version or image.app_version()
         files = [(p, data) for p, data in appbuild.app_files(app).items() if p not in appbuild.SOURCE_FILES]
     try:
-        manifest = ota.manifest_text("firmware" if fw else "app", version, board_id, mpy_of(arch),
-                                     micropython[0], micropython[1], files, fw)
-    except ota.Invalid as e:
+        for v in micropython:
+            if not re.fullmatch(r"\d+\.\d+", v):
+                raise ValueError(f"--micropython {v!r}: major.minor, e.g. 1.24")
+        if not version or re.search(r"\s", version) or len(version) > 32:
+            raise ValueError(f"--version {version!r}: up to 32 characters without spaces")
+        manifest = ota.manifest_text("firmware" if fw else "app", version, board_id, mpy_of(arch), tuple(micropython),
+                                     files, fw)
+        check_manifest(ota.parse_manifest(manifest))
+    except ValueError as e:
         raise UserError(str(e)) from None
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
@@ -175,24 +231,24 @@ def read(data, release_keys=(), require_signed=False):
 
     manifest_bytes = member("manifest.txt", MANIFEST_MAX)
     try:
-        manifest = ota.parse_manifest(manifest_bytes)
-    except ota.Invalid as e:
-        raise UserError(str(e)) from None
-    objects = {0: manifest_bytes}
+        manifest = check_manifest(ota.parse_manifest(manifest_bytes))
+    except ValueError as e:  # UnicodeDecodeError too
+        raise UserError(f"the bundle's manifest.txt breaks the contract: {e}") from None
+    objs = {0: manifest_bytes}
     expected = {"manifest.txt", "manifest.sig"}
     names = {i: f"files/{path}" for i, (_, _, path) in enumerate(manifest["files"], 1)}
     if manifest["firmware"]:
         names[ota.FIRMWARE_OBJ] = "firmware.app-bin"
-    for (obj, sha, size), name in zip(ota.objects(manifest), names.values()):
+    for (obj, sha, size), name in zip(objects(manifest), names.values()):
         body = member(name, OBJECT_MAX)
         if len(body) != size or hashlib.sha256(body).hexdigest() != sha:
             raise UserError(f"the bundle's {name} does not match its manifest (size or SHA-256): the bundle is damaged")
-        objects[obj] = body
+        objs[obj] = body
         expected.add(name)
     extra = sorted(set(infos) - expected)
     if extra:
         raise UserError(f"the bundle holds {extra[0]}, which its manifest does not list")
-    b = Bundle(hashlib.sha256(data).hexdigest(), manifest_bytes, manifest, objects)
+    b = Bundle(hashlib.sha256(data).hexdigest(), manifest_bytes, manifest, objs)
     if "manifest.sig" in infos:
         b.signature = member("manifest.sig", 64)
         if release_keys:

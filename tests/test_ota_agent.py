@@ -1,0 +1,161 @@
+"""The agent's side of OTA against a real Mosquitto: a rollout with a canary, max-parallel, a
+canary's rollback stopping the rest, firmware ranges, and the network's worst: malformed, replayed,
+oversized and foreign requests and reports are counted and dropped while real nodes go on."""
+
+import hashlib
+import json
+import math
+
+import pytest
+from helpers import publish_all, wait
+from ota_node import OtaNode
+
+from openpole.edge_agent.agent import Agent
+from openpole.edge_agent.config import AgentConfig
+from openpole.ota import bundle as bundle_mod
+from openpole.wire import ota
+
+KEYS = {f"pole17-{i}": bytes([i]) * 32 for i in range(1, 4)}
+KEYS["other-1"] = bytes([9]) * 32
+
+
+@pytest.fixture(scope="module")
+def bundle_bytes(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundle") / "app.zip"
+    bundle_mod.build("esp32-devkitc", out, version="0.3.0")
+    return out.read_bytes()
+
+
+def agent(tmp_path, mosquitto, **kw):
+    cfg = AgentConfig(pole_id="ota", broker_host=mosquitto.host, broker_port=mosquitto.port,
+                      upstream="http://127.0.0.1:1", state_dir=tmp_path / "state", metrics_port=0,
+                      node_keys=dict(KEYS), ota_pace_ms=0, **kw)
+    a = Agent(cfg)
+    a.start()
+    assert a.ingest.subscribed.wait(10)
+    return a
+
+
+def nodes_known(a, names):
+    assert wait(lambda: all(a.node_state(n)[0] and a.node_state(n)[1] for n in names), 10), "the agent never heard the nodes"
+
+
+def jobs(a):
+    with a.ota.lock:
+        return {j["node"]: j for j in __import__("openpole.edge_agent.ota", fromlist=["jobs"]).jobs(a.ota.db)}
+
+
+def test_a_canary_confirms_before_the_rest_start_and_every_node_gets_the_bundle_byte_for_byte(tmp_path, mosquitto,
+                                                                                                   bundle_bytes):
+    a = agent(tmp_path, mosquitto)
+    names = ["pole17-1", "pole17-2", "pole17-3"]
+    nodes = [OtaNode(mosquitto, n, KEYS[n]) for n in names]
+    try:
+        nodes_known(a, names)
+        b = bundle_mod.read(bundle_bytes)
+        out = a.ota.push(b, a.ota.match(["pole17-*"]), canary=1, max_parallel=2)
+        assert sorted(out["jobs"]) == names and not out["skipped"]
+        canary = nodes[0]
+        assert wait(lambda: canary.tickets, 10)
+        # The rest wait for the canary's confirmation.
+        assert not nodes[1].tickets and not nodes[2].tickets
+        assert wait(lambda: all(n.done.is_set() for n in nodes), 60)
+        first_other = min(j["updated_ns"] for n, j in jobs(a).items() if n != names[0])
+        assert jobs(a)[names[0]]["finished_ns"] <= first_other
+        assert wait(lambda: all(j["state"] == "confirmed" for j in jobs(a).values()), 10), jobs(a)
+        for n in nodes:
+            files = {p: bytes(n.files[i]) for i, (_, _, p) in enumerate(n.manifest["files"], 1)}
+            assert files == {p: b.objects[i] for i, (_, _, p) in enumerate(b.manifest["files"], 1)}
+            assert "main.py" not in files
+        assert all(j["done"] == j["total"] == b.total and j["app"] == "0.3.0" for j in jobs(a).values())
+    finally:
+        for n in nodes:
+            n.close()
+        a.stop()
+
+
+def test_a_rollback_in_the_canary_stops_the_rollout_with_its_reason(tmp_path, mosquitto, bundle_bytes):
+    a = agent(tmp_path, mosquitto)
+    names = ["pole17-1", "pole17-2", "pole17-3"]
+    nodes = [OtaNode(mosquitto, names[0], KEYS[names[0]], outcome="import: ImportError: no module named 'x'")]
+    nodes += [OtaNode(mosquitto, n, KEYS[n]) for n in names[1:]]
+    try:
+        nodes_known(a, names)
+        a.ota.push(bundle_mod.read(bundle_bytes), names, canary=1, max_parallel=3)
+        assert wait(lambda: jobs(a)[names[0]]["state"] == "rolled_back", 60)
+        assert wait(lambda: all(jobs(a)[n]["state"] == "cancelled" for n in names[1:]), 10)
+        j = jobs(a)
+        assert j[names[0]]["reason"] == "import: ImportError: no module named 'x'"
+        assert all(j[n]["reason"].startswith("rollout stopped: canary pole17-1 rolled_back") for n in names[1:])
+        assert not nodes[1].tickets and not nodes[2].tickets  # they never started
+    finally:
+        for n in nodes:
+            n.close()
+        a.stop()
+
+
+def test_no_job_for_a_node_whose_firmware_is_outside_the_bundles_range(tmp_path, mosquitto, bundle_bytes):
+    a = agent(tmp_path, mosquitto)
+    old = OtaNode(mosquitto, "pole17-1", KEYS["pole17-1"], fw="1.22.2")
+    ok = OtaNode(mosquitto, "pole17-2", KEYS["pole17-2"])
+    try:
+        nodes_known(a, ["pole17-1", "pole17-2"])
+        out = a.ota.push(bundle_mod.read(bundle_bytes), ["pole17-1", "pole17-2"], canary=0)
+        assert list(out["jobs"]) == ["pole17-2"]
+        assert out["skipped"]["pole17-1"] == "its firmware 1.22.2 is outside the bundle's MicroPython 1.24 to 1.29"
+        with pytest.raises(Exception, match="no node can take this bundle: pole17-1: its firmware 1.22.2"):
+            a.ota.push(bundle_mod.read(bundle_bytes), ["pole17-1"])
+        assert wait(lambda: ok.done.is_set(), 60) and not old.tickets
+    finally:
+        old.close()
+        ok.close()
+        a.stop()
+
+
+HOSTILE_GETS = [b"", b"\x01", b"\x00" * 13, b"\x02" + bytes(12), ota.request(1, 0, 0, 0), b"\x01" * 14,
+                b"\xff" * 13, bytes(100000)]
+
+
+def hostile_reports(job):
+    return [b"", b"{", b"[]", b"null", b'"x"', b"1e999", b"[" * 5000 + b"]" * 5000, b'{"job": "1", "state": "staged"}',
+            json.dumps({"job": job, "state": "exploded"}).encode(), json.dumps({"job": 2**70, "state": "staged"}).encode(),
+            b'{"job": NaN, "state": "staged"}', json.dumps({"job": job, "state": "staged", "reason": "x" * 5000}).encode(),
+            json.dumps({"job": 99999, "state": "confirmed"}).encode(), bytes(range(256)) * 10,
+            json.dumps({"job": job, "state": "transferring", "obj": 2**40, "offset": -5}).encode(),
+            json.dumps({"job": job, "state": True}).encode()]
+
+
+def test_hostile_requests_and_reports_are_counted_and_dropped_and_real_nodes_go_on(tmp_path, mosquitto, bundle_bytes):
+    a = agent(tmp_path, mosquitto)
+    node = OtaNode(mosquitto, "pole17-1", KEYS["pole17-1"], stop_after=20)
+    try:
+        nodes_known(a, ["pole17-1"])
+        out = a.ota.push(bundle_mod.read(bundle_bytes), ["pole17-1"], canary=1)
+        job = out["jobs"]["pole17-1"]
+        assert wait(lambda: node.chunks >= 20, 30)
+        items = [("openpole/v1/pole17-1/ota/get", p) for p in HOSTILE_GETS]
+        # Another node asking for this node's job, and a job that does not exist.
+        items += [("openpole/v1/pole17-2/ota/get", ota.request(job, 0, 0, 384)),
+                  ("openpole/v1/pole17-1/ota/get", ota.request(job + 1000, 0, 0, 384)),
+                  ("openpole/v1/pole17-1/ota/get", ota.request(job, 777, 0, 384)),
+                  ("openpole/v1/pole17-1/ota/get", ota.request(job, 0, 2**32 - 1, 65535))]
+        items += [("openpole/v1/pole17-1/ota/report", p) for p in hostile_reports(job)]
+        # The other node reporting on this node's job; topics with wrong levels.
+        items += [("openpole/v1/pole17-2/ota/report", json.dumps({"job": job, "state": "confirmed"}).encode()),
+                  ("openpole/v1/bad id!/ota/report", b"{}"), ("openpole/v1/x/y/ota/get", bytes(13))]
+        publish_all(mosquitto, items)
+        assert wait(lambda: sum(v for k, v in a.store.counters().items() if k.startswith("ota_")
+                                and k not in ("ota_chunks_sent", "ota_bytes_sent", "ota_tickets_sent")) >= 20, 10)
+        c = a.store.counters()
+        assert c.get("ota_get_rejected_malformed", 0) >= 7
+        assert c.get("ota_report_rejected_malformed", 0) >= 8
+        assert c.get("ota_get_unknown_job", 0) >= 2 and c.get("ota_report_unknown_job", 0) >= 2
+        assert "ota_internal_error" not in c
+        assert jobs(a)["pole17-1"]["state"] == "transferring"  # nothing foreign moved it
+        node.stop_after = None
+        assert wait(lambda: node.done.is_set(), 60)
+        assert wait(lambda: jobs(a)["pole17-1"]["state"] == "confirmed", 10)
+        assert a.ota.thread.is_alive()
+    finally:
+        node.close()
+        a.stop()
