@@ -159,3 +159,99 @@ def test_hostile_requests_and_reports_are_counted_and_dropped_and_real_nodes_go_
     finally:
         node.close()
         a.stop()
+
+
+def test_a_node_offline_at_the_push_gets_its_job_when_it_returns(tmp_path, mosquitto, bundle_bytes):
+    a = agent(tmp_path, mosquitto)
+    try:
+        out = a.ota.push(bundle_mod.read(bundle_bytes), ["pole17-3"], canary=1)
+        assert out["jobs"] and jobs(a)["pole17-3"]["state"] == "pending"
+        import time
+
+        time.sleep(1.5)  # ticks pass: no ticket goes to a node the agent has not heard
+        assert a.store.counters().get("ota_tickets_sent", 0) == 0
+        node = OtaNode(mosquitto, "pole17-3", KEYS["pole17-3"])
+        try:
+            assert wait(lambda: node.done.is_set(), 60)
+            assert wait(lambda: jobs(a)["pole17-3"]["state"] == "confirmed", 10)
+        finally:
+            node.close()
+    finally:
+        a.stop()
+
+
+def agent_process(tmp_path, mosquitto):
+    import subprocess
+    import sys
+
+    from openpole.sim.broker import free_port
+
+    conf = tmp_path / "agent.toml"
+    keys = "\n".join(f'"{n}" = "{k.hex()}"' for n, k in KEYS.items())
+    conf.write_text(f'[pole]\nid = "ota-restart"\n[broker]\nhost = "{mosquitto.host}"\nport = {mosquitto.port}\n'
+                    f'[upstream]\nurl = "http://127.0.0.1:1"\n[state]\ndir = "{tmp_path / "state"}"\n'
+                    f'[metrics]\nport = {free_port()}\n[ota]\npace_ms = 0\n[nodes.keys]\n{keys}\n')
+    return conf, lambda: subprocess.Popen([sys.executable, "-m", "openpole", "edge", "run", "--config", str(conf)],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def cli(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "openpole", *map(str, args)], capture_output=True, text=True, timeout=60)
+
+
+def test_the_agent_killed_mid_transfer_resumes_from_its_state_and_never_reuses_a_ticket_number(tmp_path, mosquitto,
+                                                                                                   bundle_bytes):
+    conf, start = agent_process(tmp_path, mosquitto)
+    bundle = tmp_path / "app.zip"
+    bundle.write_bytes(bundle_bytes)
+    proc = start()
+    node = OtaNode(mosquitto, "pole17-1", KEYS["pole17-1"], stop_after=40)
+    try:
+        # The agent subscribes, then hears the node's status (retained) and, once asked, its diag.
+        r = None
+        for _ in range(100):
+            r = cli("ota", "push", "--config", conf, "--bundle", bundle, "--nodes", "pole17-*", "--canary", "1")
+            if r.returncode == 0:
+                break
+            __import__("time").sleep(0.2)
+        assert r.returncode == 0, r.stderr
+        assert "rollout 1: app 0.3.0 to 3 nodes, canary 1" in r.stdout
+        assert wait(lambda: node.chunks >= 40, 30)
+        proc.kill()
+        proc.wait()
+        node.stop_after = None  # it asks on while the agent is down, and again until it answers
+        proc = start()
+        assert wait(lambda: node.done.is_set(), 90), proc.stderr.read() if proc.poll() is not None else "no end"
+        st = json.loads(cli("ota", "status", "--state", tmp_path / "state", "--json").stdout)
+        job = {j["node"]: j for j in st["jobs"]}["pole17-1"]
+        assert job["state"] == "confirmed" and job["done"] == job["total"]
+        b = bundle_mod.read(bundle_bytes)
+        files = {p: bytes(node.files[i]) for i, (_, _, p) in enumerate(node.manifest["files"], 1)}
+        assert files == {p: b.objects[i] for i, (_, _, p) in enumerate(b.manifest["files"], 1)}
+        # Cancel the two jobs still pending (their nodes never came): a second push then goes to
+        # pole17-1 with a ticket number above the first, after a restart.
+        r = cli("ota", "cancel", "--config", conf, "--rollout", "1")
+        assert r.returncode == 0 and "cancelled" in r.stdout, r.stderr
+        proc.kill()
+        proc.wait()
+        proc = start()
+        node.thread = None
+        node.done.clear()
+        node.files = {}
+        r = None
+        for _ in range(100):
+            r = cli("ota", "push", "--config", conf, "--bundle", bundle, "--nodes", "pole17-1")
+            if r.returncode == 0:
+                break
+        assert r.returncode == 0, r.stderr
+        assert wait(lambda: len(node.seq_seen) >= 2, 30)
+        assert node.seq_seen[-1] > node.seq_seen[0]
+        status = cli("ota", "status", "--state", tmp_path / "state")
+        assert "rollout 1: app 0.3.0, cancelled" in status.stdout and "pole17-2" in status.stdout, status.stdout
+    finally:
+        node.close()
+        proc.kill()
+        proc.wait()
