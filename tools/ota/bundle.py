@@ -80,8 +80,8 @@ def mpy_of(arch):
 
 
 def board_has_ota_partitions(board):
-    """A board file says so with `ota_partitions = true` (MicroPython's *-OTA partition table)."""
-    return bool(board.get("ota_partitions"))
+    """A board file says so with `ota = true` (flashed with MicroPython's *-OTA partition table)."""
+    return board.get("ota") is True
 
 
 def _ed25519():
@@ -138,7 +138,7 @@ def build(board_id, out, version=None, sign=None, firmware=None, sim=False, micr
     files, fw = [], None
     if firmware is not None:
         if not board_has_ota_partitions(board):
-            raise UserError(f"--board {board_id} has no OTA partitions (ota_partitions in its board file): a firmware "
+            raise UserError(f"--board {board_id} has no OTA partitions (`ota = true` in its board file): a firmware "
                             "bundle cannot go to it over the air")
         if not version:
             raise UserError("a firmware bundle needs --version (the firmware's, e.g. 1.28.0)")
