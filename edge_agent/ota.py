@@ -207,7 +207,26 @@ class Engine:
                              m["board"], m["mpy"], m["micropython"][0], m["micropython"][1], json.dumps(objs),
                              b.total, b.signed_by, self.clock()))
 
+    def _call(self, fn, *args, timeout=30):
+        """Run fn on the engine's thread (the only one that changes jobs) and return what it returns."""
+        if self.thread is None or threading.current_thread() is self.thread or not self.thread.is_alive():
+            return fn(*args)
+        from concurrent.futures import Future
+
+        fut = Future()
+        try:
+            self.events.put(("call", fn, args, fut, 0), timeout=timeout)
+        except queue.Full:
+            raise OtaError("the agent's update engine is busy: try again in a minute") from None
+        return fut.result(timeout)
+
     def push(self, b, nodes, canary=1, max_parallel=None):
+        return self._call(self._push, b, nodes, canary, max_parallel)
+
+    def cancel(self, job_ids=None, rollout=None):
+        return self._call(self._cancel, job_ids, rollout)
+
+    def _push(self, b, nodes, canary=1, max_parallel=None):
         """Make a rollout of bundle b (checked already) to the nodes; returns {"rollout", "jobs":
         {node: job id}, "skipped": {node: why}}. OtaError when nothing can be pushed."""
         max_parallel = max_parallel or self.cfg.ota_max_parallel
@@ -262,7 +281,7 @@ class Engine:
                  len(chosen), canary, max_parallel)
         return {"rollout": rollout, "jobs": out, "skipped": skipped}
 
-    def cancel(self, job_ids=None, rollout=None):
+    def _cancel(self, job_ids=None, rollout=None):
         """Cancel jobs (by id, or a whole rollout): those not yet on trial. Returns {job: outcome}."""
         out = {}
         for j in list(self.jobs.values()):
@@ -338,6 +357,13 @@ class Engine:
 
     def handle(self, ev):
         kind, node, payload, mid, qos = ev
+        if kind == "call":
+            fn, args, fut = node, payload, mid
+            try:
+                fut.set_result(fn(*args))
+            except Exception as e:  # the caller's to show (OtaError, UserError) or to log
+                fut.set_exception(e)
+            return
         try:
             if kind == "get":
                 self.serve(node, payload)
@@ -597,9 +623,9 @@ class Engine:
         if cmd.get("cmd") == "push":
             b = bundle_mod.read(bundle_path.read_bytes(), self.cfg.ota_release_keys, self.cfg.ota_require_signed)
             nodes = self.match(cmd["nodes"])
-            return self.push(b, nodes, int(cmd.get("canary", 1)), cmd.get("max_parallel"))
+            return self._push(b, nodes, int(cmd.get("canary", 1)), cmd.get("max_parallel"))
         if cmd.get("cmd") == "cancel":
-            return {"cancelled": self.cancel(set(cmd.get("jobs") or ()), cmd.get("rollout"))}
+            return {"cancelled": self._cancel(set(cmd.get("jobs") or ()), cmd.get("rollout"))}
         raise OtaError(f"unknown command {cmd.get('cmd')!r}")
 
     def known_nodes(self):

@@ -266,3 +266,42 @@ def test_the_agent_killed_mid_transfer_resumes_from_its_state_and_never_reuses_a
         node.close()
         proc.kill()
         proc.wait()
+
+
+def test_the_pages_push_and_cancel_need_the_password_and_it_shows_progress_node_by_node(tmp_path, mosquitto,
+                                                                                          bundle_bytes):
+    import requests
+
+    from openpole.edge_agent.page import serve
+    from openpole.edge_agent.password import hash_password
+
+    a = agent(tmp_path, mosquitto, page_password_hash=hash_password("lift-17"))
+    page = serve(a, "127.0.0.1:0")
+    node = OtaNode(mosquitto, "pole17-1", KEYS["pole17-1"])
+    try:
+        nodes_known(a, ["pole17-1"])
+        url = page.url
+        r = requests.get(url + "updates", timeout=10)
+        assert r.status_code == 200 and "No update has been pushed" in r.text
+        form = {"nodes": "pole17-1 pole17-2", "canary": "1", "password": "wrong"}
+        r = requests.post(url + "updates/push", data=form, files={"bundle": ("app.zip", bundle_bytes)}, timeout=30)
+        assert r.status_code == 403 and "Wrong password: nothing was done" in r.text
+        assert a.store.counters().get("ota_tickets_sent", 0) == 0 and not jobs(a)
+        r = requests.post(url + "updates/push", data={**form, "password": "lift-17"},
+                          files={"bundle": ("app.zip", b"PK not a zip")}, timeout=30)
+        assert r.status_code == 400 and "Nothing pushed: not a bundle" in r.text
+        r = requests.post(url + "updates/push", data={**form, "password": "lift-17"},
+                          files={"bundle": ("app.zip", bundle_bytes)}, timeout=30)
+        assert r.status_code == 200 and "rollout 1: app 0.3.0 to 2 nodes" in r.text, r.text[-500:]
+        assert wait(lambda: node.done.is_set(), 60)
+        assert wait(lambda: "pole17-1</th><td>1 (canary)</td><td class=\"ok\">confirmed" in
+                    requests.get(url + "updates", timeout=10).text, 10)
+        body = requests.get(url + "updates", timeout=10).text
+        assert 'value="100">100%</progress>' in body and "pole17-2</th><td>2</td><td class=\"\">pending" in body
+        r = requests.post(url + "updates/cancel", data={"rollout": "1", "password": "lift-17"}, timeout=30)
+        assert r.status_code == 200 and "job 1 already confirmed, job 2 cancelled" in r.text, r.text[-800:]
+        assert "Updates</a>: none under way" in requests.get(url, timeout=10).text
+    finally:
+        node.close()
+        page.stop()
+        a.stop()
