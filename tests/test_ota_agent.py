@@ -8,7 +8,7 @@ import math
 
 import pytest
 from helpers import publish_all, wait
-from ota_node import OtaNode
+from ota_pull import OtaNode
 
 from openpole.edge_agent import observe
 from openpole.edge_agent.agent import Agent
