@@ -62,6 +62,9 @@ class _ReadAheadClient(mqtt.Client):
         # so until the agent acks), so the writer commits its group now instead of at its deadline.
         self.paused = threading.Event()
         self.paused.set()
+        # Set by a publish from another thread that should not wait out a gather (an OTA chunk:
+        # its node waits for it); readings' acks do not set it.
+        self.wake = threading.Event()
 
     def _sock_recv(self, bufsize):
         if self._sock is not self._rsock:  # a new connection: nothing of the old one is kept
@@ -173,7 +176,8 @@ class _ReadAheadClient(mqtt.Client):
         if self.gather_s and 0 < got < self.SMALL_READ:
             # A trickle (1,000 nodes at 1 msg/s is a packet a millisecond): a wake-up per packet costs
             # the agent more than the packet. Let a few gather; the group commit waits longer anyway.
-            time.sleep(self.gather_s)
+            if self.wake.wait(self.gather_s):
+                self.wake.clear()
             try:
                 quiet = not select.select([self._sock], [], [], 0)[0]
             except (OSError, ValueError, TypeError):  # closed meanwhile: nothing more comes on it
@@ -286,7 +290,9 @@ class MqttIngest:
         """Publish to a node (an OTA ticket, chunk or cancel); False when the broker is not connected."""
         if not self.connected:
             return False
-        return self.client.publish(topic, payload, qos=qos).rc == mqtt.MQTT_ERR_SUCCESS
+        ok = self.client.publish(topic, payload, qos=qos).rc == mqtt.MQTT_ERR_SUCCESS
+        self.client.wake.set()  # out now, not after the network thread's gather
+        return ok
 
     def ack(self, mid):
         """PUBACK one QoS 1 message handled off the writer's path (an OTA report)."""

@@ -321,7 +321,9 @@ class Engine:
             if qos == 1:
                 self.ack(mid)
             return True
-        self.offer(parts[4], parts[2], bytes(payload), mid, qos)
+        # A request carries its arrival time: the pace is judged by when it came, not by when the
+        # engine got to it.
+        self.offer(parts[4], parts[2], (time.monotonic(), bytes(payload)) if parts[4] == "get" else bytes(payload), mid, qos)
         return True
 
     # --- the engine thread ---
@@ -376,7 +378,8 @@ class Engine:
             if qos == 1:
                 self.ack(mid)
 
-    def serve(self, node, payload):
+    def serve(self, node, arrival):
+        came, payload = arrival
         try:
             jid, obj, offset, max_len = ota.read_request(payload)
         except ValueError:
@@ -392,11 +395,10 @@ class Engine:
             self.publish(topic, ota.chunk(ota.UNKNOWN_JOB, jid, obj, offset), 0)
             return
         pace = self.cfg.ota_pace_ms / 2000
-        now = time.monotonic()
-        if pace and now - self.last_get.get(node, 0) < pace:
+        if pace and came - self.last_get.get(node, -1e9) < pace:
             self.count("ota_get_too_fast")
             return
-        self.last_get[node] = now
+        self.last_get[node] = came
         state = j["state"]
         if state == "cancelled":
             self.publish(topic, ota.chunk(ota.CANCELLED, jid, obj, offset), 0)

@@ -40,6 +40,7 @@ class OtaNode:
         c.publish(f"openpole/v1/{node}/diag", json.dumps(self.diag), qos=1).wait_for_publish(5)
         c.publish(f"openpole/v1/{node}/status", b"online", qos=1, retain=True).wait_for_publish(5)
         self.thread = None
+        self.pace_s, self.asked_at = 0.0, 0.0
 
     def _on_message(self, client, userdata, msg):
         p = bytes(msg.payload)
@@ -76,6 +77,10 @@ class OtaNode:
     def fetch(self, job, obj, size=None):
         data = self.files.setdefault(obj, bytearray())
         while True:
+            wait_s = self.pace_s - (time.monotonic() - self.asked_at)
+            if wait_s > 0:
+                time.sleep(wait_s)  # the ticket's pace: no sooner than this after the last request
+            self.asked_at = time.monotonic()
             if self.stop_after is not None and self.chunks >= self.stop_after:
                 self.paused = True
                 while self.stop_after is not None and self.chunks >= self.stop_after:
@@ -96,6 +101,7 @@ class OtaNode:
 
     def _pull(self, t):
         job = t[2]
+        self.pace_s = t[10] / 1000
         man = self.fetch(job, 0)
         if not isinstance(man, bytes):
             return self.done.set()
