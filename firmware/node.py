@@ -112,6 +112,10 @@ class Node:
             self.ota.message(payload)
         except MemoryError:
             self.short_of_heap += 1
+            self.log("ota: no heap for an update message: dropped, asked for again")
+        except (OSError, ValueError, TypeError, KeyError, IndexError) as e:
+            self.ota_rejected += 1
+            self.log("ota: an update message failed: %r" % e)
 
     def _pole_acked(self, payload):
         """The agent's ack, CBOR [[boot, first seq, last seq], ...]: what it has on disk. The outbox

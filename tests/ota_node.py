@@ -80,6 +80,7 @@ class Publisher:
         self.node, self.bundle, self.job = node, bundle, job
         self.reports, self.requests = [], []
         self.drop = 0
+        self.errors = []
         self.online = threading.Event()
         self.corrupt = 0
         self.serving = True
@@ -97,6 +98,15 @@ class Publisher:
         self.client = c
 
     def _message(self, client, userdata, msg):
+        try:
+            self._handle(client, msg)
+        except Exception as e:  # kept for the test to see: paho's thread must go on
+            import traceback
+
+            self.errors.append(repr(e))
+            traceback.print_exc()
+
+    def _handle(self, client, msg):
         import json
 
         if msg.topic.endswith("/status"):

@@ -298,6 +298,12 @@ class Job:
             self.drop()
             return self.report(job, "failed", "unknown_job: the agent has no such job" if status == 1 else
                                "refused: the agent refused the bundle for this node") or self.done()
+        if status == 3:  # the agent's object ends before the size this job was told
+            self.drop()
+            if obj == 0:
+                return self.refuse(job, "manifest: shorter than the ticket says") or self.done()
+            return self.report(job, "failed", "size: object %d ends at %d, short of the manifest's size" % (
+                obj, off)) or self.done()
         data = memoryview(b)[18:]
         if status != 0 or len(data) != n or binascii.crc32(data) != crc or n > self.max_len():
             self.node.ota_rejected += 1
@@ -368,7 +374,7 @@ class Job:
         ob = self.node.outbox
         need += max(0, ob.max_segments - (ob.next - ob.first)) + 2  # the outbox's room, littlefs's own
         try:
-            free = os.statvfs("/")[3]
+            free = os.statvfs(".")[3]  # the filesystem the app is on (the node runs in its root)
         except OSError:
             free = None
         if free is not None and need > free:
