@@ -10,6 +10,7 @@ import sys
 import vfs
 
 BLOCK = 4096
+ERASED = b"\xff" * BLOCK  # made once: a board's flash erase takes none of the node's heap
 
 
 class RAMOverlay:
@@ -54,9 +55,9 @@ class RAMOverlay:
             return BLOCK
         if op == 6:  # erase
             if self.through:
-                self.writeblocks(arg, b"\xff" * BLOCK)
+                self.writeblocks(arg, ERASED)
             else:
-                self.written[arg] = bytearray(b"\xff" * BLOCK)
+                self.written[arg] = bytearray(ERASED)
             return 0
         return 0
 
