@@ -58,7 +58,7 @@ def test_a_bundle_holds_the_app_compiled_for_the_chip_without_main_py_and_a_mani
     assert lines[:6] == ["openpole-ota 1", "kind app", "version 0.3.0", "board esp32-devkitc", "mpy 11014",
                          "micropython 1.24 1.29"] and lines[-2:] == ["end", ""]
     paths = [p for _, _, p in b.manifest["files"]]
-    assert "main.py" not in paths and "node.mpy" in paths and "lib/noise.mpy" in paths
+    assert "main.py" not in paths and "otaboot.mpy" not in paths and "node.mpy" in paths and "lib/noise.mpy" in paths
     assert not any(p.startswith("hw/sim") or p.startswith("hw/fake") for p in paths)  # simulator files stay out
     assert all(len(p) <= 48 for p in paths)
     for i, (sha, size, path) in enumerate(b.manifest["files"], 1):

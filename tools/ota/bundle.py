@@ -20,6 +20,9 @@ MPY_VERSION, MPY_SUB_VERSION = 6, 3  # .mpy format of MicroPython 1.23 to 1.29 (
 MPY_ARCH = {"x86": 1, "x64": 2, "armv6": 3, "armv6m": 4, "armv7m": 5, "armv7em": 6, "armv7emsp": 7,
             "armv7emdp": 8, "xtensa": 9, "xtensawin": 10, "rv32imc": 11}
 DEFAULT_MICROPYTHON = ("1.24", "1.29")  # the firmware versions openpole's app is tested on
+# Never in a bundle: main.py and otaboot (its recovery and trial) are the guard that rolls an update
+# back; they arrive by USB (flash, deploy).
+GUARD = ("main.py", "otaboot.mpy")
 MANIFEST_MAX = 64 * 1024  # a manifest of the largest app is a few KB
 OBJECT_MAX = 4 * 1024 * 1024  # an app file or a firmware image (an OTA slot is 1.5 MB)
 BUNDLE_MAX = 16 * 1024 * 1024
@@ -158,7 +161,7 @@ def build(board_id, out, version=None, sign=None, firmware=None, sim=False, micr
             arch = chip["mpy_arch"]
         app = appbuild.build_app(arch=arch, include_sim=sim, version=version)
         version = version or image.app_version()
-        files = [(p, data) for p, data in appbuild.app_files(app).items() if p not in appbuild.SOURCE_FILES]
+        files = [(p, data) for p, data in appbuild.app_files(app).items() if p not in GUARD]
     try:
         for v in micropython:
             if not re.fullmatch(r"\d+\.\d+", v):
