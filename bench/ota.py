@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import paho.mqtt.client as mqtt  # noqa: E402
+from helpers import wait  # noqa: E402
 from ota_pull import OtaNode  # noqa: E402
 
 from openpole.edge_agent.agent import Agent  # noqa: E402
@@ -32,15 +33,6 @@ from openpole.edge_agent.config import AgentConfig  # noqa: E402
 from openpole.ota import bundle as bundle_mod  # noqa: E402
 from openpole.sim.broker import Broker  # noqa: E402
 from openpole.wire import ota  # noqa: E402
-
-
-def wait(pred, timeout):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return pred()
 
 
 def raw_rate(broker, n_clients, total_bytes, chunk):

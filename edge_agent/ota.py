@@ -478,7 +478,12 @@ class Engine:
                 cols["done"] = max(j["done"], sum(s for o, (_, s) in objs.items() if o < obj) + off)
         if state == "confirmed":
             cols["done"] = j["total"]
-        if state != cur or cols.get("done", j["done"]) != j["done"] or not j["heard"]:
+        if state == cur == "transferring" and j["heard"]:
+            # Progress alone: kept in memory, written with the next tick's progress (no fsync a report).
+            if cols.get("done", j["done"]) > j["done"]:
+                j["done"] = cols["done"]
+                self.progress_dirty.add(j["id"])
+        elif state != cur or cols.get("done", j["done"]) != j["done"] or not j["heard"]:
             self._set(j, state, reason if state in TERMINAL or said == "refused" else None, **cols)
         if state in TERMINAL:
             self.progress_dirty.discard(j["id"])

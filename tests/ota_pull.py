@@ -40,7 +40,7 @@ class OtaNode:
         c.publish(f"openpole/v1/{node}/diag", json.dumps(self.diag), qos=1).wait_for_publish(5)
         c.publish(f"openpole/v1/{node}/status", b"online", qos=1, retain=True).wait_for_publish(5)
         self.thread = None
-        self.pace_s, self.asked_at = 0.0, 0.0
+        self.pace_s, self.asked_at, self.reported_at = 0.0, 0.0, 0.0
 
     def _on_message(self, client, userdata, msg):
         p = bytes(msg.payload)
@@ -115,7 +115,9 @@ class OtaNode:
             if not isinstance(data, bytes):
                 return self.done.set()
             assert hashlib.sha256(data).hexdigest() == sha, f"object {obj} arrived damaged"
-            self.report(job, "transferring", obj=obj, offset=size)
+            if time.monotonic() - self.reported_at >= 10:  # progress at most every 10 s, as the contract says
+                self.reported_at = time.monotonic()
+                self.report(job, "transferring", obj=obj, offset=size)
         self.report(job, "staged")
         self.report(job, "trial")
         if self.outcome == "confirmed":

@@ -2,9 +2,7 @@
 canary's rollback stopping the rest, firmware ranges, and the network's worst: malformed, replayed,
 oversized and foreign requests and reports are counted and dropped while real nodes go on."""
 
-import hashlib
 import json
-import math
 
 import pytest
 from helpers import publish_all, wait
@@ -304,4 +302,52 @@ def test_the_pages_push_and_cancel_need_the_password_and_it_shows_progress_node_
     finally:
         node.close()
         page.stop()
+        a.stop()
+
+
+def test_the_ota_settings_are_checked_with_one_line(tmp_path):
+    from openpole.edge_agent import config
+    from openpole.errors import UserError
+
+    f = tmp_path / "agent.toml"
+    for text, match in (('[ota]\nrelease_keys = ["abc"]\n', "not an Ed25519 public key"),
+                        ('[ota]\nrelease_keys = "x"\n', "must be a list of keys"),
+                        ("[ota]\npace_ms = -1\n", "ota.pace_ms must be 0 to 60000"),
+                        ("[ota]\nmax_parallel = 0\n", "ota.max_parallel must be 1 to 1000"),
+                        ('[ota]\nrequire_signed = "yes"\n', "ota.require_signed must be true or false"),
+                        ("[ota]\nsigned = true\n", "unknown setting ota.signed")):
+        f.write_text(text)
+        with pytest.raises(UserError, match=match):
+            config.load(f)
+    f.write_text(f'[ota]\nrelease_keys = ["{"AB" * 32}"]\nrequire_signed = true\nmax_parallel = 4\n')
+    cfg = config.load(f)
+    assert cfg.ota_release_keys == ["ab" * 32] and cfg.ota_require_signed and cfg.ota_max_parallel == 4
+
+
+def test_an_agent_that_requires_signatures_refuses_an_unsigned_or_foreign_bundle_before_anything_changes(
+        tmp_path, mosquitto, bundle_bytes):
+    from openpole.edge_agent.ota import objects_dir
+    from openpole.errors import UserError
+
+    key = tmp_path / "release.key"
+    pub = bundle_mod.keygen(key)
+    signed = tmp_path / "signed.zip"
+    bundle_mod.build("esp32-devkitc", signed, version="0.3.0", sign=key)
+    other = tmp_path / "other.key"
+    bundle_mod.keygen(other)
+    foreign = tmp_path / "foreign.zip"
+    bundle_mod.build("esp32-devkitc", foreign, version="0.3.0", sign=other)
+    unsigned = tmp_path / "unsigned.zip"
+    unsigned.write_bytes(bundle_bytes)
+    a = agent(tmp_path, mosquitto, ota_release_keys=[pub], ota_require_signed=True)
+    try:
+        for path, match in ((unsigned, "not signed by a release key"), (foreign, "not by any key in \\[ota\\] release_keys")):
+            with pytest.raises(UserError, match=match):
+                a.ota._call(a.ota.command, {"cmd": "push", "nodes": ["pole17-*"]}, path)
+            assert not jobs(a) and not list(objects_dir(a.cfg.state_dir).iterdir())
+        out = a.ota._call(a.ota.command, {"cmd": "push", "nodes": ["pole17-1"]}, signed)
+        assert list(out["jobs"]) == ["pole17-1"]
+        with a.ota.lock:
+            assert a.ota.db.execute("SELECT signed_by FROM ota_bundles").fetchone()[0] == pub
+    finally:
         a.stop()
