@@ -2,11 +2,13 @@
 # Never in a bundle (like main.py, it comes over USB): it is what rolls a bad app back. It holds the
 # per-file redo journal ota/journal, always replaced whole (tmp + rename, atomic on LittleFS):
 #   line 1: state job trial_s boots total version prev [reason]   state: swap | trial | rollback
-#   then one line a file: "n1 <path>" new file over an old one, "n0 <path>" new file, "o <path>" an
-#   old file the new app no longer has. Live file <path>, the old copy ota/old/<path>, the new
+#   then one line a file: "n1 <path> <sha256>" new file over an old one, "n0 <path> <sha256>" new
+#   file, "o <path>" an old file the new app no longer has. Live file <path>, the old copy ota/old/<path>, the new
 #   ota/new/<path>. Each file's (live, old, new) only moves (old,-,new) -> (-,old,new) -> (new,old,-)
 # (rollback: back), and each step is one rename the existence tests tell apart: recover() can run
 # again from any point a power cut leaves, and ends with the whole old app or the whole new one.
+# After the moves every new file is checked against its SHA-256: a file the filesystem lost in a
+# power cut (seen under LittleFS in cross-directory renames) rolls the swap back, never a mix.
 import os
 
 J = "ota/journal"
@@ -101,9 +103,13 @@ def recover():
         f.readline()
         while True:
             line = f.readline().split()
-            if len(line) != 2:
+            if len(line) < 2:
                 break
             _move(line[0], line[1], back)
+    if not back:
+        bad = _damaged()
+        if bad:
+            return rollback(h, "swap: %s did not arrive whole; the old app is back" % bad, None)
     if back:
         # The outcome first: a cut before the journal goes repeats the rollback, which is a no-op.
         result(h[1], "rolled_back", " ".join(h[7:]), h[5], h[6])
@@ -112,6 +118,33 @@ def recover():
     h[0], h[3], h[4] = "trial", "0", "0"
     rewrite(h)
     return h
+
+
+def _damaged():
+    """The first new file whose content is not the journal's SHA-256, or None."""
+    import binascii
+    import hashlib
+
+    buf = bytearray(512)
+    with open(J) as f:
+        f.readline()
+        while True:
+            line = f.readline().split()
+            if len(line) < 2:
+                return None
+            if len(line) == 3:
+                h = hashlib.sha256()
+                try:
+                    with open(line[1], "rb") as g:
+                        while True:
+                            n = g.readinto(buf)
+                            if not n:
+                                break
+                            h.update(memoryview(buf)[:n])
+                except OSError:
+                    return line[1]
+                if binascii.hexlify(h.digest()).decode() != line[2]:
+                    return line[1]
 
 
 def reset_cause():
@@ -133,7 +166,8 @@ def rollback(h, reason, reset):
     h.append(reason)
     rewrite(h)
     recover()
-    reset()
+    if reset:
+        reset()
 
 
 def boot(reset):

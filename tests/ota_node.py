@@ -183,11 +183,12 @@ class Board:
         self.boots = 0
         self.lock = threading.Lock()
         self.stopping = False
-        self.watcher = None
+        self.auto_reset = True  # False: a reset leaves the board off (the test powers it on)
 
-    def boot(self, cause="power_on"):
+    def boot(self, cause="power_on", cut_at=None):
+        """Power on (or a reset of the given cause); cut_at: the power goes before that flash operation."""
         env = dict(os.environ, OPENPOLE_FS=f"0:{FS_BLOCKS * 4096}", OPENPOLE_WORLD=self.world,
-                   OPENPOLE_RESET_CAUSE=cause)
+                   OPENPOLE_RESET_CAUSE=cause, OPENPOLE_FS_CUT=str(cut_at or 0))
         env.pop("MICROPYPATH", None)
         self.proc = subprocess.Popen([simnode.micropython(self.vm), "-X", f"heapsize={self.heap}", str(simnode.BOOT_IMAGE),
                                       str(self.flash)], cwd=self.workdir, env=env, stdout=subprocess.PIPE,
@@ -203,7 +204,7 @@ class Board:
         rc = proc.wait()
         with self.lock:
             self.out.append(f"[exit {rc}]")
-        if rc == -signal.SIGUSR1 and not self.stopping and proc is self.proc:
+        if rc == -signal.SIGUSR1 and self.auto_reset and not self.stopping and proc is self.proc:
             time.sleep(0.1)
             self.boot("hard")  # machine.reset(): a hard reset through the bootloader
 

@@ -419,8 +419,8 @@ class Job:
         rmtree("ota/old")  # the app before the last update: no longer the one to go back to
         with open(otaboot.J + ".tmp", "w") as f:
             f.write("swap %d %d 0 0 %s %s\n" % (t["job"], t["trial"], t["version"], VERSION))
-            for p in news:
-                f.write("%s %s\n" % ("n1" if otaboot.exists(p) else "n0", p))
+            for e in self.entries():
+                f.write("%s %s %s\n" % ("n1" if otaboot.exists(e[2]) else "n0", e[2], e[0]))
             for p in app_files():
                 if p not in news:
                     f.write("o %s\n" % p)
