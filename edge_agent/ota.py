@@ -63,6 +63,7 @@ ONLINE_AFTER_MESSAGE_S = 90.0  # a node that sent a reading this recently is onl
 PROGRESS_EVERY_S = 5.0
 TICK_S = 0.5
 REASON_MAX = 200
+GET_BURST = 10.0
 
 
 class OtaError(ValueError):
@@ -107,7 +108,7 @@ class Engine:
         self.counts_lock = threading.Lock()
         self.jobs = {}  # job id -> dict (what a chunk request needs, kept in memory)
         self.bundle_objects = {}  # bundle sha256 -> {obj: (path of the object file, size)}
-        self.last_get = {}  # node -> monotonic time of its last served request
+        self.last_get = {}  # node -> (tokens, monotonic time of its last request): the pace's bucket
         self.was_online = {}
         self.progress_dirty = set()
         self.stopping = threading.Event()
@@ -394,11 +395,17 @@ class Engine:
             self.count("ota_get_unknown_job")
             self.publish(topic, ota.chunk(ota.UNKNOWN_JOB, jid, obj, offset), 0)
             return
-        pace = self.cfg.ota_pace_ms / 2000
-        if pace and came - self.last_get.get(node, -1e9) < pace:
-            self.count("ota_get_too_fast")
-            return
-        self.last_get[node] = came
+        if self.cfg.ota_pace_ms:
+            # A token bucket per node: twice the pace's rate on average, bursts of GET_BURST (a radio
+            # link bunches packets; a node that floods is held to the rate and counted).
+            rate = 2000 / self.cfg.ota_pace_ms
+            tokens, last = self.last_get.get(node, (GET_BURST, came))
+            tokens = min(GET_BURST, tokens + (came - last) * rate)
+            if tokens < 1:
+                self.last_get[node] = (tokens, came)
+                self.count("ota_get_too_fast")
+                return
+            self.last_get[node] = (tokens - 1, came)
         state = j["state"]
         if state == "cancelled":
             self.publish(topic, ota.chunk(ota.CANCELLED, jid, obj, offset), 0)

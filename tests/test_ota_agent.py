@@ -351,3 +351,23 @@ def test_an_agent_that_requires_signatures_refuses_an_unsigned_or_foreign_bundle
             assert a.ota.db.execute("SELECT signed_by FROM ota_bundles").fetchone()[0] == pub
     finally:
         a.stop()
+
+
+def test_a_node_asking_faster_than_its_pace_is_held_to_it_and_counted(tmp_path, bundle_bytes):
+    """The engine alone, on a real SQLite: what it publishes is kept in a list."""
+    from openpole.edge_agent.ota import Engine
+
+    sent, counts = [], {}
+    cfg = AgentConfig(pole_id="pace", state_dir=tmp_path, node_keys=dict(KEYS), ota_pace_ms=100)
+    e = Engine(cfg, lambda t, p, q: sent.append(p) or True, lambda mid: None,
+               lambda n, k: counts.__setitem__(n, counts.get(n, 0) + k), lambda n: (True, "1.26.0", None))
+    job = e.push(bundle_mod.read(bundle_bytes), ["pole17-1"], canary=1)["jobs"]["pole17-1"]
+    for i in range(50):  # 50 requests in the same instant: a burst of 10 is served
+        e.serve("pole17-1", (1000.0, ota.request(job, 0, 0, 384)))
+    e.serve("pole17-1", (1001.0, ota.request(job, 0, 0, 384)))  # a second later: 20 more tokens, capped at 10
+    for i in range(12):
+        e.serve("pole17-1", (1001.0, ota.request(job, 0, 0, 384)))
+    e._flush_counts()
+    assert counts["ota_chunks_sent"] == 10 + 10 and counts["ota_get_too_fast"] == 40 + 3
+    assert all(ota.read_chunk(p)[0] == ota.OK for p in sent)
+    e.stop()

@@ -83,3 +83,57 @@ def test_three_nodes_one_job_with_a_canary_readings_throughout_none_lost(app, tm
         for bd in boards:
             bd.stop()
         a.stop()
+
+
+def test_the_agent_killed_mid_transfer_resumes_and_the_real_node_completes(app, tmp_path, mosquitto, world):
+    import json
+    import subprocess
+    import sys
+
+    from openpole.sim.broker import free_port
+
+    out = tmp_path / "app-0.3.0.zip"
+    bundle_mod.build("esp32-devkitc", out, version="0.3.0", sim=True)
+    conf = tmp_path / "agent.toml"
+    conf.write_text(f'[pole]\nid = "e2e-kill"\n[broker]\nhost = "{mosquitto.host}"\nport = {mosquitto.port}\n'
+                    f'[upstream]\nurl = "http://127.0.0.1:1"\n[state]\ndir = "{tmp_path / "state"}"\n'
+                    f'[metrics]\nport = {free_port()}\n[ota]\npace_ms = 20\ntrial_s = 60\n'
+                    f'[nodes.keys]\n"e2e-1" = "{KEY.hex()}"\n')
+
+    def start():
+        return subprocess.Popen([sys.executable, "-m", "openpole", "edge", "run", "--config", str(conf)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "openpole", "ota", *map(str, args)], capture_output=True,
+                              text=True, timeout=60)
+
+    def job():
+        st = json.loads(cli("status", "--state", tmp_path / "state", "--json").stdout)
+        return st["jobs"][0] if st["jobs"] else None
+
+    proc = start()
+    board = Board(tmp_path / "e2e-1", app, mosquitto, world, node_id="e2e-1")
+    try:
+        time.sleep(2)  # the agent subscribes before the node's first diag
+        board.boot()
+        r = None
+        for _ in range(30):  # until the agent has heard the node's diag (its firmware version)
+            r = cli("push", "--config", conf, "--bundle", out, "--nodes", "e2e-1")
+            if r.returncode == 0 and "job" in r.stdout:
+                break
+            time.sleep(1)
+        assert r.returncode == 0, r.stderr
+        assert wait(lambda: (job() or {}).get("done", 0) > (job() or {}).get("total", 1) // 4, 120), job()
+        proc.kill()
+        proc.wait()
+        half = job()["done"]
+        time.sleep(2)
+        proc = start()
+        assert wait(lambda: job()["state"] == "confirmed", 240), (job(), board.output()[-3000:])
+        j = job()
+        assert j["app"] == "0.3.0" and j["done"] == j["total"] > half
+    finally:
+        board.stop()
+        proc.kill()
+        proc.wait()
