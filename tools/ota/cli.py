@@ -32,18 +32,23 @@ def register(sub):
                    help="the firmware versions the app runs on, major.minor (default 1.24 1.29)")
     b.add_argument("--sim", action="store_true", help="for the simulator's nodes (the Unix port's architecture)")
     b.set_defaults(func=build)
-    i = osub.add_parser("inspect", help="check a bundle and show what is in it")
+    i = osub.add_parser("inspect", help="check a bundle and show what is in it",
+                        description="Example: openpole ota inspect app-0.3.0.zip --key 9df2...e5")
     i.add_argument("bundle", type=Path)
     i.add_argument("--json", action="store_true", help="one JSON object")
     i.add_argument("--key", action="append", default=[], metavar="HEX", help="check its signature against this public key")
     i.set_defaults(func=inspect)
-    k = osub.add_parser("keygen", help="make a release key; prints the public key for the agents' [ota] release_keys")
+    k = osub.add_parser("keygen", help="make a release key; prints the public key for the agents' [ota] release_keys",
+                        description="Example: openpole ota keygen ~/openpole-release.key")
     k.add_argument("keyfile", type=Path, help="where the private key goes (never overwritten)")
     k.set_defaults(func=keygen)
+    examples = {"push": "sudo -u openpole openpole ota push --bundle app-0.3.0.zip --nodes 'pole17-*' --canary 1",
+                "status": "openpole ota status --config /etc/openpole/agent.toml",
+                "cancel": "sudo -u openpole openpole ota cancel --rollout 3"}
     for name, helptext in (("push", "update a pole's nodes with a bundle (a canary first)"),
                            ("status", "the pole's update jobs, node by node"),
                            ("cancel", "cancel jobs not yet on trial")):
-        c = osub.add_parser(name, help=helptext)
+        c = osub.add_parser(name, help=helptext, description=f"Example: {examples[name]}")
         c.add_argument("--config", type=Path, help="the agent's config (its [state] dir); default /var/lib/openpole")
         c.add_argument("--state", type=Path, help="the agent's state directory (instead of --config)")
         if name == "push":
