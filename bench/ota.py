@@ -126,6 +126,9 @@ def main():
     ap.add_argument("--nodes", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
+    import logging
+
+    logging.getLogger("openpole").setLevel(logging.ERROR)  # the figures are the output
     tmp = Path(tempfile.mkdtemp(prefix="bench-ota-"))
     out = tmp / "app.zip"
     bundle_mod.build("esp32-devkitc", out, version="0.3.0")
