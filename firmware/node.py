@@ -108,6 +108,7 @@ class Node:
         """A ticket, chunk or cancel of an app update (otajob.py, loaded while a job is under way)."""
         try:
             if self.ota is None:
+                gc.collect()  # the job's code wants blocks of its own size: room made first
                 self.ota = _lazy("otajob").Job(self)
             self.ota.message(payload)
         except MemoryError:

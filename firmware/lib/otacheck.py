@@ -11,7 +11,7 @@ import time
 from app import lazy
 from node import VERSION
 
-_GET, _CHECK, _TRIAL = 1, 2, 4  # otajob's phases
+_IDLE, _GET, _CHECK, _TRIAL, _REPORT = 0, 1, 2, 4, 5  # otajob's phases
 NO_OTA_PARTITIONS = "no_ota_partitions: needs one USB reflash to the ESP32_GENERIC-OTA layout"
 _NEVER = ("main.py", "otaboot.mpy", "otaboot.py", "config.json")  # never in a bundle (main.py's guard, the config)
 SEQ, TICKET, MANIFEST = "ota/seq", "ota/ticket", "ota/manifest.txt"
@@ -89,15 +89,27 @@ def ticket(job, b):
     except (OSError, ValueError):
         pass
     if t["seq"] <= last:
-        if job.t and job.t["job"] == t["job"] and job.phase in (_GET, _CHECK):
-            return  # the agent sent it again after a reconnect: the job goes on
-        if t["seq"] == last and size("ota/last") > 0:
-            return job.last_again()  # its outcome, again
         return job.refuse(jid, "old_sequence: %d is not above %d" % (t["seq"], last))
+    # The agent sends a job's ticket again (a new sequence number each time) until it hears of the
+    # job: one under way goes on from where it is, one on trial or done says where it stands.
+    if job.t and job.t["job"] == t["job"] and job.phase in (_GET, _CHECK):
+        return otaboot.put(SEQ, str(t["seq"]))
     if job.phase == _TRIAL:
-        return job.refuse(jid, "busy: job %s is on trial" % job.h[1])
-    if t["kind"] == "firmware" and partitions() is None:
-        return job.refuse(jid, NO_OTA_PARTITIONS)
+        if str(t["job"]) != job.h[1]:
+            return job.refuse(jid, "busy: job %s is on trial" % job.h[1])
+        otaboot.put(SEQ, str(t["seq"]))
+        return job.report(t["job"], "trial")
+    try:
+        with open("ota/last") as f:
+            done = json.loads(f.read())["job"] == t["job"]
+    except (OSError, ValueError, KeyError):
+        done = False
+    if done and job.phase in (_IDLE, _REPORT):
+        otaboot.put(SEQ, str(t["seq"]))
+        return job.last_again()
+    if t["kind"] == "firmware":  # the images themselves are not taken yet (docs/ota_node.md)
+        return job.refuse(jid, NO_OTA_PARTITIONS if partitions() is None else
+                          "firmware: this app does not take firmware images yet; flash it by USB")
     if t["kind"] not in ("app", "firmware"):
         return job.refuse(jid, "kind: %s is neither app nor firmware" % t["kind"][:16])
     mine = sys.implementation.version[:2]

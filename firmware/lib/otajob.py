@@ -116,6 +116,7 @@ class Job:
         if kind == 2:
             self.chunk(b)
         elif kind == 1:
+            gc.collect()
             _lazy("otacheck").ticket(self, b)
         elif kind == 3 and len(b) == 5:
             job = struct.unpack("<I", b[1:])[0]
@@ -236,6 +237,7 @@ class Job:
 
     def object_done(self):
         if self.obj == 0:
+            gc.collect()
             reason = _lazy("otacheck").check_manifest(self)
             if reason:
                 job = self.t["job"]

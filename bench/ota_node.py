@@ -1,15 +1,15 @@
 """OTA figures, the node's side: a whole app update of the real firmware under MicroPython (on a
-LittleFS partition in a file, tests/ota_node.py), the noise meter and a BME280 sampling throughout,
+directory laid out as a board's filesystem; --lfs: a LittleFS partition in a file, whose flash
+device is Python code in the VM's heap, tests/ota_node.py), the noise meter and a BME280 sampling throughout,
 served by a test publisher speaking the agent's side of the contract over a real Mosquitto.
 
-    .venv/bin/python bench/ota.py [--micropython /work/mp32/micropython] [--heap 56k] [--pace-ms 20]
+    .venv/bin/python bench/ota_node.py [--micropython /work/mp32/micropython] [--heap 56k] [--pace-ms 20] [--lfs]
 
 Prints, for the transfer (ticket to "staged"): bytes, seconds, bytes/s; the least heap free while
 chunks were written (the node's own gc.mem_free() after each write); audio blocks lost (target 0);
 short-of-heap lines in the node's console (target 0); and whether the update confirmed. On the
-32-bit VM at 56k the heap figures stand for an ESP32's (the simulated flash device's Python code
-shares the VM's heap, which a board's C driver does not: the figures are a little pessimistic).
-node_update() is for other scripts (the agent's figures go beside it).
+32-bit VM at 56k the heap figures stand for an ESP32's. node_update() is for bench/ota.py (the
+agent's figures) to call.
 """
 
 import argparse
@@ -28,7 +28,7 @@ from openpole.sim.broker import Broker  # noqa: E402
 from openpole.sim.world import WorldServer  # noqa: E402
 
 
-def node_update(vm=None, heap="56k", pace_ms=20, workdir=None):
+def node_update(vm=None, heap="56k", pace_ms=20, workdir=None, lfs=False):
     """One whole app update; returns its figures as a dict."""
     arch = simnode.vm_arch(vm)
     work = Path(workdir or tempfile.mkdtemp(prefix="openpole-bench-ota-"))
@@ -37,7 +37,7 @@ def node_update(vm=None, heap="56k", pace_ms=20, workdir=None):
     try:
         with Broker(work / "broker", kind="mosquitto") as broker:
             board = Board(work / "board", app, broker, world, heap=heap, vm=vm,
-                          config={"sensors": {"bme280": {}, "noise": {}}})
+                          config={"sensors": {"bme280": {}, "noise": {}}}, posix=not lfs)
             pub = Publisher(broker, board.node_id)
             try:
                 bundle = Bundle(app_with(app, work / "new", arch=arch), mpy=mpy_of(vm))
@@ -58,7 +58,7 @@ def node_update(vm=None, heap="56k", pace_ms=20, workdir=None):
                 pub.close()
     finally:
         world.close()
-    return {"vm": vm or "x64", "heap": heap, "bytes": bundle.total, "objects": len(bundle.objects),
+    return {"vm": vm or "x64", "heap": heap, "fs": "littlefs" if lfs else "directory", "bytes": bundle.total, "objects": len(bundle.objects),
             "requests": len(pub.requests), "seconds": round(secs, 1), "bytes_per_s": round(bundle.total / secs),
             "heap_min_free": staged.get("heap_min_free"), "audio_lost_blocks": staged.get("audio_lost_blocks"),
             "short_of_heap_lines": out.count("not enough heap") + out.count("no heap"),
@@ -70,8 +70,9 @@ def main():
     ap.add_argument("--micropython", help="the VM (default: the venv's x64 Unix port)")
     ap.add_argument("--heap", default="56k")
     ap.add_argument("--pace-ms", type=int, default=20)
+    ap.add_argument("--lfs", action="store_true", help="the node's filesystem LittleFS in a file")
     a = ap.parse_args()
-    print(json.dumps(node_update(a.micropython, a.heap, a.pace_ms), indent=1))
+    print(json.dumps(node_update(a.micropython, a.heap, a.pace_ms, lfs=a.lfs), indent=1))
 
 
 if __name__ == "__main__":
