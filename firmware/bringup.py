@@ -132,8 +132,11 @@ def node(cfg, hw):
         if s.name == "noise" and s.driver is not None:
             n.noise = s.driver
     n.ota_rejected = 0  # OTA messages refused or dropped (bad tickets, stale or bad chunks)
-    # An update under way, on trial, or its outcome to report: resumed from flash (otajob.py; not "ota", the name of its folder).
-    n.ota = lazy("otajob").Job(n) if _exists("ota") else None
+    n.ota_heap_min = 1 << 30  # the least heap free during an update's transfer
+    # An update under way, on trial, or its outcome to report: resumed from flash (otajob.py; not
+    # "ota", the name of its folder) once the node runs, its boot garbage gone (node.run).
+    n.ota = None
+    n.ota_resume = _exists("ota")
     n.log("openpole node %s: firmware %s on %s, boot %d, reset %s, sensors %s, queued %d" % (
         n.node_id, VERSION, n.hw.name, n.boot, n.hw.reset_cause(),
         ", ".join("%s=%s" % (s.name, STATE_NAMES[s.state]) for s in n.sensors), len(n.outbox)))

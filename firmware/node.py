@@ -108,12 +108,17 @@ class Node:
         """A ticket, chunk or cancel of an app update (otajob.py, loaded while a job is under way)."""
         try:
             if self.ota is None:
+                gc.collect()  # the job's code wants blocks of its own size: room made first
                 self.ota = _lazy("otajob").Job(self)
             self.ota.message(payload)
         except MemoryError:
             self.short_of_heap += 1
-            self.log("ota: no heap for an update message: dropped, asked for again")
-        except (OSError, ValueError, TypeError, KeyError, IndexError) as e:
+            self.ota = None
+            if payload is None:
+                self.ota_resume = True  # tried again at the next tick
+            else:
+                self.log("ota: no heap for an update message: dropped, asked for again")
+        except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
             self.ota_rejected += 1
             self.log("ota: an update message failed: %r" % e)
 
@@ -272,8 +277,12 @@ class Node:
             if delivered != self.delivered:
                 self.did |= _ACK
             self.housekeeping(now)
-            if self.ota is not None and not self.ota.step(now):
-                self.ota = None  # the job is over: its code leaves the heap
+            if self.ota is not None:
+                if not self.ota.step(now):
+                    self.ota = None  # the job is over: its code leaves the heap
+            elif self.ota_resume and self.cycles:
+                self.ota_resume = False
+                self.ota_in(None)  # what an update left on flash: resumed after the first message
             if self.console.poll():
                 self.did |= _CONSOLE
         _lazy("commands").stop(self)

@@ -165,7 +165,11 @@ class Board:
     reset of the firmware's own (the simulator's reset line, SIGUSR1) boots it again at once, as a
     board's reset does, with the reset cause a board would give."""
 
-    def __init__(self, workdir, app, broker, world, node_id="ota-1", heap="128k", vm=None, config=None, files=None):
+    def __init__(self, workdir, app, broker, world, node_id="ota-1", heap="128k", vm=None, config=None, files=None,
+                 posix=False):
+        """posix: the node's filesystem a directory (the VM's root, as simnode.start(state, None)
+        lays it out) instead of LittleFS: no flash device code in the VM's heap, as on a board,
+        where it is C (the 56k figures); power cuts are then the host filesystem's."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.flash = self.workdir / "flash.img"
@@ -177,7 +181,12 @@ class Board:
         self.world = f"{world.host}:{world.port}"
         if files is None:
             files = appbuild.app_files(app)
-        self.flash.write_bytes(fimage.build_fs({"fs_size": FS_BLOCKS * 4096}, files, cfg))
+        self.posix = self.workdir / "fs" if posix else None
+        if posix:
+            simnode.write_config(self.posix, cfg)
+            simnode.install(app, self.posix)
+        else:
+            self.flash.write_bytes(fimage.build_fs({"fs_size": FS_BLOCKS * 4096}, files, cfg))
         self.proc = None
         self.out = []
         self.boots = 0
@@ -190,9 +199,14 @@ class Board:
         env = dict(os.environ, OPENPOLE_FS=f"0:{FS_BLOCKS * 4096}", OPENPOLE_WORLD=self.world,
                    OPENPOLE_RESET_CAUSE=cause, OPENPOLE_FS_CUT=str(cut_at or 0))
         env.pop("MICROPYPATH", None)
-        self.proc = subprocess.Popen([simnode.micropython(self.vm), "-X", f"heapsize={self.heap}", str(simnode.BOOT_IMAGE),
-                                      str(self.flash)], cwd=self.workdir, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
+        cmd = [simnode.micropython(self.vm), "-X", f"heapsize={self.heap}"]
+        if self.posix:
+            cmd += ["-c", simnode._board_boot(self.posix)]
+            env = dict(simnode.board_env(), OPENPOLE_RESET_CAUSE=cause)
+        else:
+            cmd += [str(simnode.BOOT_IMAGE), str(self.flash)]
+        self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True)
         self.boots += 1
         proc = self.proc
         threading.Thread(target=self._read, args=(proc,), daemon=True).start()

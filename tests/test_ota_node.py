@@ -5,6 +5,7 @@ agent's side of the contract through openpole.wire.ota."""
 import json
 
 import pytest
+from helpers import wait
 from ota_node import KEY, Board, Bundle, Publisher, app_with
 
 from openpole.wire import ota
@@ -181,13 +182,19 @@ def test_power_cuts_and_lost_links_during_the_transfer_resume_from_flash(app, tm
             time.sleep(4)  # unanswered: asked again after 3 s
             assert pub.requests[-1][1:3] == first[1:3], "the same request again"
             pub.serving = True
+    n = len(pub.requests)
+    pub.send(bundle.ticket(NODE, 41, 2))  # the agent sends it again, a new sequence number: the job goes on
     pub.drop, pub.corrupt = 3, 3  # lost replies and bad CRCs: asked again, dropped and counted
     r = pub.wait_state("confirmed", job=41, timeout=180)
     assert r["app"] == "0.3.0"
+    assert (0, 0) not in [(q[1], q[2]) for q in pub.requests[n:]], "a ticket sent again restarted the job"
+    k = len(pub.reports)
+    pub.send(bundle.ticket(NODE, 41, 3))  # and again after it is done: its outcome again
+    assert wait(lambda: len(pub.reports) > k, 30) and pub.reports[k]["state"] == "confirmed"
     for before, first in resumed:
-        # Resumed where the flash says: the object of the cut, at or before the offset it reached
-        # (a piece not yet committed is asked for again), never from the start of the job.
-        assert (first[1], first[2]) <= (before[1], before[2]) and first[1:3] != (0, 0), (before, first)
+        # Resumed where the flash says: in the object of the cut (a piece not yet committed is
+        # asked for again) or the next one (the cut came after its last piece), never from the start.
+        assert first[1:3] <= (before[1] + 1, 0) and first[1] >= before[1] and first[1:3] != (0, 0), (before, first)
     board.stop()
     live = board.files()
     assert code_files(live) == files

@@ -34,7 +34,7 @@ def test_manifest_lines_and_paths():
     assert m["files"] == [(hashlib.sha256(b"a" * 10).hexdigest(), 10, "node.mpy"),
                           (hashlib.sha256(b"b" * 3).hexdigest(), 3, "lib/noise.mpy")]
     assert (m["kind"], m["mpy"], m["micropython"]) == ("app", 11014, ("1.24", "1.29"))
-    for p in ("main.py", "config.json", "ota/seq", "../x", "/abs", "UPPER.py", "a" * 49):
+    for p in ("main.py", "otaboot.mpy", "config.json", "ota/seq", "../x", "/abs", "UPPER.py", "a" * 49):
         with pytest.raises(ValueError):
             ota.check_path(p)
 

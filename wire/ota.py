@@ -32,7 +32,7 @@ TICKET_MAX = 400  # bytes: the node's receive buffer is 512
 _REQUEST = struct.Struct("<BIHIH")
 _CHUNK = struct.Struct("<BIHIHI")
 PATH_RE = re.compile(r"[a-z0-9_/.-]{1,48}\Z")
-_NOT_IN_BUNDLE = ("main.py", "config.json")
+_NOT_IN_BUNDLE = ("main.py", "otaboot.mpy", "otaboot.py", "config.json")  # the guard (by USB) and the config
 
 
 def _mac(key, payload):
@@ -74,7 +74,7 @@ def check_path(path):
     if not PATH_RE.match(path) or ".." in path.split("/") or path.startswith("/") or path.endswith("/"):
         raise ValueError(f"{path!r}: a path of a-z 0-9 _ / . - up to 48 characters, no '..', no leading '/'")
     if path in _NOT_IN_BUNDLE or path.startswith("ota/"):
-        raise ValueError(f"{path!r}: main.py, config.json and ota/ are never in a bundle")
+        raise ValueError(f"{path!r}: main.py, otaboot, config.json and ota/ are never in a bundle")
     return path
 
 
