@@ -67,15 +67,19 @@ def test_three_nodes_one_job_with_a_canary_readings_throughout_none_lost(app, tm
         for n in NODES:
             j = state()[n]
             assert j["app"] == "0.3.0" and j["done"] == j["total"] == b.total
-        # Readings went on, and not one is missing: per boot, each node's sequence numbers are whole.
-        time.sleep(3)
+        # Readings went on, and not one is missing: per boot, each node's sequence numbers are whole
+        # (a message whose ack was lost comes again from the node's outbox: given 30 s).
+        def whole(n):
+            return all(seqs == list(range(seqs[0], seqs[0] + len(seqs))) for seqs in runs(a, n).values())
+
+        time.sleep(3)  # readings from the new app
+        wait(lambda: all(whole(n) for n in NODES), 30)
         for n in NODES:
             assert a.nodes[n]["messages"] > before[n] + 10, (n, a.nodes[n])
             r = runs(a, n)
             assert len(r) >= 2, f"{n} did not boot the new app: {r.keys()}"
-            for boot, seqs in r.items():
-                assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"{n} boot {boot}: gaps in {seqs[:5]}..."
-            assert a.nodes[n]["gaps"] == 0, (n, a.nodes[n])
+            assert whole(n), (n, {boot: seqs[:8] for boot, seqs in r.items()},
+                              a.store.db.execute("SELECT reason, detail FROM quarantine").fetchall()[:5])
         c = a.store.counters()
         assert c.get("ota_jobs_confirmed") == 3 and "ota_internal_error" not in c
         print(f"3 nodes updated in {took:.1f} s")
