@@ -96,6 +96,12 @@ class Agent:
         self.node_info = {}  # node id -> what its diag and status topics said (edge_agent/page.py)
         if hasattr(self.ingest, "on_side"):
             self.ingest.on_side = self._side
+        self.ota = None
+        if hasattr(self.ingest, "on_ota"):
+            from .ota import Engine
+
+            self.ota = Engine(cfg, self.ingest.publish, self.ingest.ack, self.store.count, self.node_state, clock)
+            self.ingest.on_ota = self.ota.on_publish
 
     # --- ingest side (paho's thread) ---
     def _deliver(self, topic, payload, mid, qos):
@@ -318,6 +324,21 @@ class Agent:
             info["diag"], info["diag_ns"] = report, now
             self._keep_diag(node, now, payload.decode("utf-8", "replace"))
 
+    def node_state(self, node):
+        """(online, MicroPython version, board) of a node as far as the agent knows (None: unknown):
+        online when its status topic says so, or a reading came in the last 90 s."""
+        info = self.node_info.get(node, {})
+        diag = info.get("diag") if isinstance(info.get("diag"), dict) else {}
+        fw, board = diag.get("micropython"), diag.get("board")
+        seen = self.nodes.get(node, {}).get("last_seen_ns")
+        now = self.clock()
+        online = info.get("online") is True
+        if info.get("online") is False and seen is not None and seen > info.get("status_ns", 0):
+            online = True  # a reading after its last will: back
+        if seen is not None and now - seen < 90 * 10**9 and info.get("online") is not False:
+            online = True
+        return online, fw if isinstance(fw, str) else None, board if isinstance(board, str) else None
+
     def _keep_diag(self, node, now, text):
         """For the page's history, when the disk has room: this runs on paho's thread, which must
         not wait out a full disk as the writer does (the ingest and the keepalive would stop)."""
@@ -458,11 +479,15 @@ class Agent:
             t = threading.Thread(target=self._guarded(target), name=f"openpole-{target.__name__[1:]}", daemon=True)
             t.start()
             self._threads.append(t)
+        if self.ota is not None:
+            self.ota.start()
         self.ingest.start()
         systemd.notify("READY=1")
 
     def stop(self):
         self.ingest.stop()
+        if self.ota is not None:
+            self.ota.stop()
         self.stopping.set()
         self.send_wake.set()
         for t in self._threads:

@@ -48,6 +48,12 @@ class AgentConfig:
     page_open_read: bool = True  # false: the read-only pages ask for the password too
     page_offline_after_s: float = 180.0  # a node silent this long shows offline
     page_refresh_s: float = 5.0  # how often an open page updates itself
+    # Over-the-air updates (edge_agent/ota.py, docs/ota.md).
+    ota_release_keys: list = field(default_factory=list)  # Ed25519 public keys (hex) a bundle may be signed by
+    ota_require_signed: bool = False  # true: unsigned bundles are refused
+    ota_pace_ms: int = 100  # a node asks for its next chunk no sooner than this
+    ota_trial_s: int = 300  # the new app has this long to confirm, or the node rolls back
+    ota_max_parallel: int = 1  # nodes updating at once, unless a push says otherwise
 
 
 _SECTIONS = {
@@ -79,6 +85,10 @@ _SECTIONS = {
     ("page", "offline_after_s"): "page_offline_after_s",
     ("page", "refresh_s"): "page_refresh_s",
     ("nodes", "require_mac"): "require_mac",
+    ("ota", "require_signed"): "ota_require_signed",
+    ("ota", "pace_ms"): "ota_pace_ms",
+    ("ota", "trial_s"): "ota_trial_s",
+    ("ota", "max_parallel"): "ota_max_parallel",
 }
 
 
@@ -100,6 +110,7 @@ def load(path=None, **overrides):
         if "key" in data.get("upstream", {}):
             cfg.upstream_key = _key(data["upstream"]["key"], f"config {path}: upstream.key", "the pole's key")
         cfg.sources = data.get("sources", [])
+        cfg.ota_release_keys = _release_keys(data.get("ota", {}).get("release_keys", []), path)
         keys_file = data.get("nodes", {}).get("keys_file")
         if keys_file:  # `openpole pole init` keeps the keys apart, readable by the agent alone
             keys_path = cfg.node_keys_file = (Path(path).parent / keys_file).resolve()
@@ -138,13 +149,16 @@ def load(path=None, **overrides):
     for name in ("page_offline_after_s", "page_refresh_s"):
         if not 1 <= getattr(cfg, name) <= 86400:
             raise UserError(f"{name.replace('_', '.', 1)} must be 1 to 86400 seconds")
+    for name, lo, hi in (("ota_pace_ms", 0, 60000), ("ota_trial_s", 30, 86400), ("ota_max_parallel", 1, 1000)):
+        if not lo <= getattr(cfg, name) <= hi:
+            raise UserError(f"ota.{name[4:]} must be {lo} to {hi}")
     if not isinstance(cfg.group_commit_ms, int) or not 0 <= cfg.group_commit_ms <= 100:
         raise UserError("ingest.group_commit_ms must be 0 to 100 (a node waits that long for its PUBACK)")
     return cfg
 
 
 # Settings the file may hold beyond _SECTIONS, read by their own code.
-_OTHER = {("upstream", "key"), ("nodes", "keys_file"), ("nodes", "keys")}
+_OTHER = {("upstream", "key"), ("nodes", "keys_file"), ("nodes", "keys"), ("ota", "release_keys")}
 
 
 def _check_known(data, path):
@@ -201,3 +215,18 @@ def _key(hexkey, where, what):
 def _read_keys(cfg, data, path):
     for node, hexkey in data.get("nodes", {}).get("keys", {}).items():
         cfg.node_keys[node] = _key(hexkey, f"config {path}: nodes.keys.{node}", "the node's key")
+
+
+def _release_keys(keys, path):
+    """[ota] release_keys: Ed25519 public keys, 64 hex digits each (what `openpole ota keygen` prints)."""
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise UserError(f"config {path}: ota.release_keys must be a list of keys in quotes")
+    for k in keys:
+        try:
+            ok = len(bytes.fromhex(k)) == 32
+        except ValueError:
+            ok = False
+        if not ok:
+            raise UserError(f"config {path}: ota.release_keys: {k[:16]!r}... is not an Ed25519 public key (64 hex "
+                            "digits, as `openpole ota keygen` prints)")
+    return [k.lower() for k in keys]

@@ -31,6 +31,9 @@ DATA_TOPIC = "openpole/v1/+/data"
 # retained online/offline (the last will says offline).
 SIDE_TOPICS = ("openpole/v1/+/diag", "openpole/v1/+/status")
 CMD_TOPIC = "openpole/v1/{}/cmd"
+# Over-the-air updates (edge_agent/ota.py): the nodes' chunk requests (QoS 0: a node asks again) and
+# their reports (QoS 1, acknowledged once the job's state is on disk).
+OTA_TOPICS = (("openpole/v1/+/ota/get", 0), ("openpole/v1/+/ota/report", 1))
 log = logging.getLogger("openpole.edge.ingest")
 
 
@@ -59,6 +62,9 @@ class _ReadAheadClient(mqtt.Client):
         # so until the agent acks), so the writer commits its group now instead of at its deadline.
         self.paused = threading.Event()
         self.paused.set()
+        # Set by a publish from another thread that should not wait out a gather (an OTA chunk:
+        # its node waits for it); readings' acks do not set it.
+        self.wake = threading.Event()
 
     def _sock_recv(self, bufsize):
         if self._sock is not self._rsock:  # a new connection: nothing of the old one is kept
@@ -170,7 +176,8 @@ class _ReadAheadClient(mqtt.Client):
         if self.gather_s and 0 < got < self.SMALL_READ:
             # A trickle (1,000 nodes at 1 msg/s is a packet a millisecond): a wake-up per packet costs
             # the agent more than the packet. Let a few gather; the group commit waits longer anyway.
-            time.sleep(self.gather_s)
+            if self.wake.wait(self.gather_s):
+                self.wake.clear()
             try:
                 quiet = not select.select([self._sock], [], [], 0)[0]
             except (OSError, ValueError, TypeError):  # closed meanwhile: nothing more comes on it
@@ -212,6 +219,7 @@ class MqttIngest:
     def __init__(self, cfg, deliver):
         self.deliver = deliver  # deliver(topic, payload, mid, qos), called on paho's thread
         self.on_side = None  # on_side(topic, payload) for SIDE_TOPICS, on paho's thread
+        self.on_ota = None  # on_ota(topic, payload, mid, qos) -> True for an OTA topic (edge_agent/ota.py)
         self.connected = False
         self.subscribed = threading.Event()
         self.stopping = False
@@ -247,7 +255,7 @@ class MqttIngest:
             return
         self.connected = True
         log.info("connected to broker %s:%d", self.host, self.port)
-        client.subscribe([(DATA_TOPIC, 1)] + [(t, 0) for t in SIDE_TOPICS])
+        client.subscribe([(DATA_TOPIC, 1)] + [(t, 0) for t in SIDE_TOPICS] + list(OTA_TOPICS))
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
         self.subscribed.set()  # the broker holds our subscription: what is published now reaches us
@@ -264,6 +272,8 @@ class MqttIngest:
     def _on_publish(self, topic, payload, mid, qos):
         if topic.endswith("/data"):
             self.deliver(topic, payload, mid, qos)
+        elif self.on_ota is not None and self.on_ota(topic, payload, mid, qos):
+            pass
         elif self.on_side is not None:
             try:
                 self.on_side(topic, bytes(payload))
@@ -275,6 +285,18 @@ class MqttIngest:
         if not self.connected:
             return False
         return self.client.publish(CMD_TOPIC.format(node), payload, qos=1).rc == mqtt.MQTT_ERR_SUCCESS
+
+    def publish(self, topic, payload, qos=0):
+        """Publish to a node (an OTA ticket, chunk or cancel); False when the broker is not connected."""
+        if not self.connected:
+            return False
+        ok = self.client.publish(topic, payload, qos=qos).rc == mqtt.MQTT_ERR_SUCCESS
+        self.client.wake.set()  # out now, not after the network thread's gather
+        return ok
+
+    def ack(self, mid):
+        """PUBACK one QoS 1 message handled off the writer's path (an OTA report)."""
+        self.client.ack_many([mid])
 
     def ack_group(self, items, node_acks=None):
         """items: (mid, qos) of the messages of one group commit, in the order they arrived;

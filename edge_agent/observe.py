@@ -44,7 +44,18 @@ def status(agent):
         "ack_latency": agent.ack_latency.snapshot(),
         "counters": agent.store.counters(),
         "nodes": nodes,
+        "ota": ota_status(agent),
     }
+
+
+def ota_status(agent):
+    """The update jobs (edge_agent/ota.py): how many in each state, the latest rollouts and jobs."""
+    if getattr(agent, "ota", None) is None:
+        return None
+    from .ota import summary
+
+    with agent.ota.lock:
+        return summary(agent.ota.db)
 
 
 def _name(counter):
@@ -83,6 +94,15 @@ def metrics(st):
     lines += ["# HELP openpole_edge_node_missing_messages_total Sequence gaps seen since the agent started.",
               "# TYPE openpole_edge_node_missing_messages_total counter"]
     lines += [f'openpole_edge_node_missing_messages_total{{node="{n}"}} {v["missing"]}' for n, v in nodes]
+    o = st.get("ota")
+    if o:
+        lines += ["# HELP openpole_edge_ota_jobs Update jobs on this pole by state.", "# TYPE openpole_edge_ota_jobs gauge"]
+        lines += [f'openpole_edge_ota_jobs{{state="{s}"}} {n}' for s, n in o["jobs_by_state"].items()]
+        lines += ["# HELP openpole_edge_ota_job_progress_ratio Bytes a node has of its job's bundle, as a fraction.",
+                  "# TYPE openpole_edge_ota_job_progress_ratio gauge"]
+        lines += [f'openpole_edge_ota_job_progress_ratio{{node="{j["node"]}",job="{j["id"]}",state="{j["state"]}"}} '
+                  f'{round(j["done"] / j["total"], 4) if j["total"] else 0}' for j in o["jobs"]
+                  if j["state"] not in ("confirmed", "rolled_back", "failed", "cancelled")]
     return "\n".join(lines) + "\n"
 
 
@@ -172,4 +192,9 @@ def human(st):
     for n, v in st["nodes"].items():
         off = "-" if v["clock_offset_ms"] is None else f"{v['clock_offset_ms']} ms"
         out.append(f"{n:<16} {str(v['last_seen_s']) + ' s':>10} {v['boot']:>5} {v['seq']:>8} {v['missing']:>8} {off:>13}")
+    if st.get("ota") and st["ota"]["jobs"]:
+        from openpole.ota.cli import human as ota_human
+
+        out.append("updates (openpole ota status):")
+        out += ota_human(st["ota"])
     return "\n".join(out)

@@ -10,6 +10,9 @@ fetching its live part again (a few lines of script).
     /node/ID/diag.json  its last diag report as the node sent it
     /status.json        the agent's /status
     POST /node/ID/action   diag, selftest or interval, with the page password; every one logged
+    /updates            over-the-air updates: each rollout, its jobs node by node with their progress
+    POST /updates/push     a bundle (multipart upload) to the nodes matching a pattern, with the password
+    POST /updates/cancel   a rollout's jobs not yet on trial, with the password
 
 Every request, whatever its method or path, passes the password guard first (page.open_read =
 false); a refusal or an error is one line that says what to do, in HTML (JSON on a .json route).
@@ -34,7 +37,7 @@ from aiohttp import web
 from openpole.wire.node_message import NODE_ID_RE
 
 from . import observe, page_views as views
-from .page_templates import error_page, node_live, node_rest, overview_live, page
+from .page_templates import error_page, node_live, node_rest, overview_live, page, updates_live, updates_rest
 from .password import Checks
 
 log = logging.getLogger("openpole.edge.page")
@@ -124,7 +127,8 @@ class Page:
         node = "/node/{node:[^/]+}"  # aiohttp's default leaves out { and }: every id gets its answer here
         app.add_routes([web.get("/", self.overview), web.get(node, self.node),
                         web.get(node + "/diag.json", self.diag_json), web.get("/status.json", self.status_json),
-                        web.post(node + "/action", self.action)])
+                        web.post(node + "/action", self.action), web.get("/updates", self.updates),
+                        web.post("/updates/push", self.updates_push), web.post("/updates/cancel", self.updates_cancel)])
         self.runner = web.AppRunner(app, access_log=None)
         try:
             self.loop.run_until_complete(self.runner.setup())
@@ -353,6 +357,119 @@ class Page:
         answered_ok, outcome = views.outcome(reply, ACTION_WAIT_S)
         await self._log(now, node, act, value, client, outcome)
         return await self.node(request, (answered_ok, f"{act} → {node}: {outcome}"))
+
+
+    # --- over-the-air updates (edge_agent/ota.py) ---
+    async def updates(self, request, flash=None, status=200):
+        if self.agent.ota is None:
+            raise Refusal(404, "Updates are not available on this agent.")
+        summary = await self.loop.run_in_executor(None, observe.ota_status, self.agent)
+        live = updates_live(summary)
+        if request is not None and request.headers.get("X-Partial"):
+            return self._html(live)
+        return self._html(page("Updates", self.cfg.pole_id, live, updates_rest(bool(self.cfg.page_password_hash)),
+                               self.cfg.page_refresh_s, flash), status)
+
+    async def _update_allowed(self, password, what, client):
+        """None when the password is right; else the page that says why nothing was done."""
+        if not self.cfg.page_password_hash:
+            return await self.updates(None, (False, "Updates are off here: this pole has no page password (openpole "
+                                                    "pole init makes one)."), 403)
+        ok = await self.checks.check(password, self.cfg.page_password_hash)
+        if ok is None:
+            raise self._busy()
+        if not ok:
+            await asyncio.sleep(WRONG_PASSWORD_DELAY_S)
+            self._count("page_password_refused")
+            await self._log(self.agent.clock(), "*", what, "", client, "refused: wrong password")
+            return await self.updates(None, (False, "Wrong password: nothing was done. It was logged."), 403)
+        return None
+
+    async def updates_push(self, request):
+        """A multipart form: bundle (the file), nodes (patterns), canary, max_parallel, password. Read
+        as a stream with a cap: the page's other forms stay limited to FORM_MAX_BYTES."""
+        from openpole.errors import UserError
+        from openpole.ota import bundle as bundle_mod
+
+        from .ota import OtaError
+
+        if self.agent.ota is None:
+            raise Refusal(404, "Updates are not available on this agent.")
+        fields, data = {}, None
+        try:
+            reader = await request.multipart()
+            while (part := await reader.next()) is not None:
+                cap = bundle_mod.BUNDLE_MAX if part.name == "bundle" else 1024
+                body = bytearray()
+                while chunk := await part.read_chunk(65536):
+                    body += chunk
+                    if len(body) > cap:
+                        raise Refusal(413, f"Form field {part.name[:20]!r} is too large: a bundle is at most "
+                                           f"{bundle_mod.BUNDLE_MAX // 2**20} MB.")
+                if part.name == "bundle":
+                    data = bytes(body)
+                elif part.name in ("nodes", "canary", "max_parallel", "password"):
+                    fields[part.name] = body.decode("utf-8", "replace")
+        except Refusal:
+            raise
+        except Exception:  # not multipart, truncated: the sender's to fix
+            raise Refusal(400, "The upload could not be read: send it from the updates page.") from None
+        client = request.remote or "?"
+        refused = await self._update_allowed(fields.get("password", ""), "ota push", client)
+        if refused is not None:
+            return refused
+        patterns = fields.get("nodes", "").split()
+        try:
+            canary = int(fields.get("canary") or 1)
+            max_parallel = int(fields["max_parallel"]) if fields.get("max_parallel") else None
+        except ValueError:
+            return await self.updates(None, (False, "Canary and max parallel are whole numbers."), 400)
+        if not data or not patterns:
+            return await self.updates(None, (False, "Choose a bundle file and the nodes (e.g. pole17-*)."), 400)
+        ota = self.agent.ota
+
+        def push():
+            b = bundle_mod.read(data, self.cfg.ota_release_keys, self.cfg.ota_require_signed)
+            return b, ota.push(b, ota.match(patterns), canary, max_parallel)
+
+        try:
+            b, out = await self.loop.run_in_executor(None, push)
+        except (UserError, OtaError) as e:
+            await self._log(self.agent.clock(), "*", "ota push", " ".join(patterns)[:200], client, f"refused: {e}")
+            return await self.updates(None, (False, f"Nothing pushed: {e}"), 400)
+        m = b.manifest
+        text = (f"rollout {out['rollout']}: {m['kind']} {m['version']} to {len(out['jobs'])} nodes"
+                + (f"; skipped {', '.join(sorted(out['skipped']))}" if out["skipped"] else ""))
+        await self._log(self.agent.clock(), "*", "ota push", " ".join(patterns)[:200], client, text)
+        return await self.updates(None, (True, text))
+
+    async def updates_cancel(self, request):
+        from .ota import OtaError
+
+        if self.agent.ota is None:
+            raise Refusal(404, "Updates are not available on this agent.")
+        try:
+            form = await request.post()
+            rollout, password = form.get("rollout", ""), form.get("password", "")
+            if not isinstance(rollout, str) or not isinstance(password, str):
+                raise ValueError
+        except web.HTTPException:
+            raise
+        except Exception:
+            raise Refusal(400, "The form could not be read: send it from the updates page.") from None
+        client = request.remote or "?"
+        refused = await self._update_allowed(password, "ota cancel", client)
+        if refused is not None:
+            return refused
+        if not rollout.isdigit():
+            return await self.updates(None, (False, f"Rollout {rollout[:20]!r}: give its number."), 400)
+        try:
+            out = await self.loop.run_in_executor(None, self.agent.ota.cancel, None, int(rollout))
+        except OtaError as e:
+            return await self.updates(None, (False, str(e)), 400)
+        text = f"rollout {rollout}: " + (", ".join(f"job {j} {w}" for j, w in sorted(out.items())) or "no such rollout")
+        await self._log(self.agent.clock(), "*", "ota cancel", rollout, client, text)
+        return await self.updates(None, (bool(out), text))
 
 
 def serve(agent, listen):

@@ -96,7 +96,8 @@ def overview_live(v, cfg):
              f'{"" if q["oldest_age_s"] is None else ", oldest " + esc(ago(q["oldest_age_s"]))}</li>'
              f'<li>Disk free: {esc(size(disk["free_bytes"]))}{" (low)" if disk["low"] else ""}</li>'
              f'<li>Clock: {"✓ synchronised" if v["clock_synced"] else "✗ not synchronised" if v["clock_synced"] is False else "? unknown"}</li>'
-             f'<li>Agent up: {st["uptime_s"] // 3600} h {st["uptime_s"] // 60 % 60} min</li></ul>']
+             f'<li>Agent up: {st["uptime_s"] // 3600} h {st["uptime_s"] // 60 % 60} min</li>'
+             f'<li><a href="/updates">Updates</a>{updates_line(st.get("ota"))}</li></ul>']
     rows = []
     for n in v["nodes"]:
         heap = "—" if n["heap_min_free"] is None else f'{n["heap_min_free"]:,} B'
@@ -118,6 +119,16 @@ def overview_live(v, cfg):
     else:
         parts.append("<p>No node has reported yet.</p>")
     return "".join(parts)
+
+
+def updates_line(o):
+    """The overview's word on updates: jobs under way, and any that went wrong."""
+    if not o:
+        return ""
+    by = o["jobs_by_state"]
+    going = sum(by[s] for s in ("pending", "transferring", "staged", "trial"))
+    bad = by["rolled_back"] + by["failed"]
+    return (f": {going} under way" if going else ": none under way") + (f', <span class="alarm">{bad} rolled back or failed</span>' if bad else "")
 
 
 def charts_html(groups):
@@ -195,3 +206,43 @@ def node_rest(node, d, reply, log_rows, has_password):
             f'<button type="submit"{disabled}>Send to {esc(node)}</button></form>')
     return (f'<h2>Diagnostics</h2>{diag_html(node, d)}<h2>Actions</h2>{form}{reply_html}'
             f'<h3>Action log</h3><ul>{log_html or "<li>No actions yet.</li>"}</ul>')
+
+
+def updates_live(summary):
+    """Each rollout and its jobs, node by node, with their progress (edge_agent/ota.py's summary)."""
+    if not summary or not summary["jobs"]:
+        return "<h2>Updates</h2><p>No update has been pushed to this pole's nodes.</p>"
+    counts = ", ".join(f"{n} {esc(s)}" for s, n in summary["jobs_by_state"].items() if n)
+    parts = [f"<h2>Updates</h2><p>Jobs: {counts}</p>"]
+    for r in summary["rollouts"]:
+        rows = []
+        for j in sorted((j for j in summary["jobs"] if j["rollout"] == r["id"]), key=lambda j: j["id"]):
+            pct = 100 * j["done"] // j["total"] if j["total"] else 0
+            cls = "ok" if j["state"] == "confirmed" else "alarm" if j["state"] in ("rolled_back", "failed") else ""
+            rows.append(f'<tr><th scope="row">{esc(j["node"])}</th><td>{j["id"]}{" (canary)" if j["canary"] else ""}</td>'
+                        f'<td class="{cls}">{esc(j["state"])}</td><td><progress max="100" value="{pct}">{pct}%</progress> '
+                        f'{pct}%</td><td>{clip(j["app"] or "—", 40)}</td><td>{clip(j["reason"] or "")}</td></tr>')
+        parts.append(f'<h3>Rollout {r["id"]}: {esc(r["kind"])} {clip(r["version"], 40)}, {esc(r["state"])}'
+                     f'{" (" + clip(r["reason"]) + ")" if r["reason"] else ""}</h3><div class="scroll"><table><thead><tr>'
+                     '<th scope="col">Node</th><th scope="col">Job</th><th scope="col">State</th><th scope="col">Progress'
+                     '</th><th scope="col">App</th><th scope="col">Reason</th></tr></thead><tbody>' + "".join(rows)
+                     + "</tbody></table></div>")
+    return "".join(parts)
+
+
+def updates_rest(has_password):
+    """The push and cancel forms, behind the page password."""
+    disabled = "" if has_password else " disabled"
+    note = "" if has_password else ('<p class="alarm">Updates are off: this pole has no page password. '
+                                    '`openpole pole init` makes one.</p>')
+    pw = ('<label>Page password<input name="password" type="password" autocomplete="current-password" '
+          f'required{disabled}></label>')
+    return (f'<h2>Push a bundle</h2>{note}<form class="action" method="post" action="/updates/push" '
+            f'enctype="multipart/form-data"><label>Bundle (openpole ota build)<input name="bundle" type="file" '
+            f'accept=".zip" required{disabled}></label><label>Nodes (patterns, e.g. pole17-*)<input name="nodes" '
+            f'required{disabled}></label><label>Canary<input name="canary" inputmode="numeric" value="1"{disabled}>'
+            f'</label><label>At once<input name="max_parallel" inputmode="numeric" placeholder="1"{disabled}></label>'
+            f'{pw}<button type="submit"{disabled}>Push</button></form>'
+            f'<h2>Cancel a rollout</h2><form class="action" method="post" action="/updates/cancel"><label>Rollout'
+            f'<input name="rollout" inputmode="numeric" required{disabled}></label>{pw}'
+            f'<button type="submit"{disabled}>Cancel its jobs</button></form>')

@@ -18,6 +18,7 @@ def main(wdt=None):
     node = None
     try:
         node = lazy("bringup").boot(wdt)
+        sys.modules["app"].running = True  # started: a failure now is a crash, not an import error (main.py)
         done = node.run((node.cfg.get("sim") or {}).get("cycles"))
         lazy("commands").summary(node, done)  # the simulator's --cycles ended the run
         return 0

@@ -114,7 +114,7 @@ def node(cfg, hw):
     n.ack_timeout_ms = int(cfg["ack_timeout_s"] * 1000)
     n.mqtt = Transport(n.node_id, b["host"], b.get("port", 1883), user=b.get("user"), password=b.get("password"),
                        timeout_s=b.get("timeout_s", 10), keepalive_s=b.get("keepalive_s", 60),
-                       subscribe=(base + "cmd", base + "ack"),
+                       subscribe=(base + "cmd", base + "ack", base + "ota"),
                        backoff_max_ms=int(b.get("backoff_max_s", 60) * 1000), resolve=hw.resolve,
                        tls=_tls() if b.get("tls") else None, will=(n.status_topic, b"offline"))
     n.mqtt.on_message = n._on_message
@@ -131,6 +131,12 @@ def node(cfg, hw):
         sensor(s, hw, facts)
         if s.name == "noise" and s.driver is not None:
             n.noise = s.driver
+    n.ota_rejected = 0  # OTA messages refused or dropped (bad tickets, stale or bad chunks)
+    n.ota_heap_min = 1 << 30  # the least heap free during an update's transfer
+    # An update under way, on trial, or its outcome to report: resumed from flash (otajob.py; not
+    # "ota", the name of its folder) once the node runs, its boot garbage gone (node.run).
+    n.ota = None
+    n.ota_resume = _exists("ota")
     n.log("openpole node %s: firmware %s on %s, boot %d, reset %s, sensors %s, queued %d" % (
         n.node_id, VERSION, n.hw.name, n.boot, n.hw.reset_cause(),
         ", ".join("%s=%s" % (s.name, STATE_NAMES[s.state]) for s in n.sensors), len(n.outbox)))
@@ -187,6 +193,14 @@ def sensor(s, hw, facts=None):
         s.awake_since = time.ticks_ms()
     except (OSError, ValueError, KeyError) as e:
         s.fault(e)
+
+
+def _exists(p):
+    try:
+        os.stat(p)
+        return True
+    except OSError:
+        return False
 
 
 def _tls():

@@ -34,6 +34,9 @@ def diag_items(node, brief=False, snap=None):
     ob, mq = node.outbox, node.mqtt
     now, heap_free, unix, net, tick_max_ms, audio_lost = snap or snapshot(node)
     yield "fw", VERSION
+    app = _lazy("otaboot").app_info(VERSION)
+    app["ota_rejected"] = node.ota_rejected
+    yield "app", app
     yield "micropython", "%d.%d.%d" % sys.implementation.version[:3]
     yield "board", node.cfg["board"]
     yield "node", node.node_id

@@ -13,7 +13,20 @@ except (ImportError, AttributeError):  # the Unix port (the simulator) has no wa
     wdt = None
 
 
+def hard_reset():
+    try:
+        from hw.sim import board_reset as reset  # the simulator's reset line (not on a board)
+    except Exception:
+        reset = machine.reset
+    reset()
+
+
 def failed(e):
+    try:  # an app on trial after an update (otaboot.py) is rolled back at once
+        if __import__("otaboot").crashed(e, getattr(sys.modules.get("app"), "running", False), hard_reset):
+            return
+    except ImportError:
+        pass
     n = 1
     try:
         with open("crashes.txt") as f:
@@ -36,14 +49,18 @@ def failed(e):
         if wdt:
             wdt.feed()
         time.sleep_ms(50)
-    try:
-        from hw.sim import board_reset as hard_reset  # the simulator's reset line (not on a board)
-    except Exception:
-        hard_reset = machine.reset
     hard_reset()
 
 
 try:
+    # An app update's recovery and trial count, before the app is imported (otaboot.py; a node
+    # flashed before OTA has none). It leaves the heap before the app comes in.
+    try:
+        __import__("otaboot").boot(hard_reset)
+    except ImportError:
+        pass
+    finally:
+        sys.modules.pop("otaboot", None)
     import app
 
     rc = app.main(wdt)

@@ -103,8 +103,28 @@ class Node:
     def _on_message(self, topic, payload):
         if topic.endswith(b"/ack"):
             self._pole_acked(payload)
+        elif topic.endswith(b"/ota"):
+            self.ota_in(payload)
         elif len(self.commands) < 8:  # a burst from one read; more waits for the sender to ask again
             self.commands.append(payload)
+
+    def ota_in(self, payload):
+        """A ticket, chunk or cancel of an app update (otajob.py, loaded while a job is under way)."""
+        try:
+            if self.ota is None:
+                gc.collect()  # the job's code wants blocks of its own size: room made first
+                self.ota = _lazy("otajob").Job(self)
+            self.ota.message(payload)
+        except MemoryError:
+            self.short_of_heap += 1
+            self.ota = None
+            if payload is None:
+                self.ota_resume = True  # tried again at the next tick
+            else:
+                self.log("ota: no heap for an update message: dropped, asked for again")
+        except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+            self.ota_rejected += 1
+            self.log("ota: an update message failed: %r" % e)
 
     def _pole_acked(self, payload):
         """The agent's ack, CBOR [[boot, first seq, last seq], ...]: what it has on disk. The outbox
@@ -266,6 +286,12 @@ class Node:
             if delivered != self.delivered:
                 self.did |= _ACK
             self.housekeeping(now)
+            if self.ota is not None:
+                if not self.ota.step(now):
+                    self.ota = None  # the job is over: its code leaves the heap
+            elif self.ota_resume and self.cycles:
+                self.ota_resume = False
+                self.ota_in(None)  # what an update left on flash: resumed after the first message
             if self.console.poll():
                 self.did |= _CONSOLE
         _lazy("commands").stop(self)

@@ -175,3 +175,14 @@ def test_without_the_validator_conformance_says_how_to_get_it_in_one_line(monkey
     else:
         raise AssertionError("no error without the validator")
     assert conformance.check(records, "pole1-a", independent=False).results["cddl"] is None
+
+
+def test_the_agents_tickets_are_ota_tickets():
+    from openpole.wire import ota
+
+    key = bytes(32)
+    man = ota.manifest_text("app", "0.3.0", "esp32-devkitc", 11014, ("1.24", "1.29"), [("node.mpy", b"x")])
+    good = ota.ticket(key, "n1", 1, 2, "app", "0.3.0", ("1.24", "1.29"), man, 100)[1:]
+    bad = ota.ticket(key, "n1", 1, 2, "app", "0.3.0", ("1.24",), man, 100)[1:]  # one version, not a range
+    got = cddl.validate(paths.SENSOR_SPECS / "ota_ticket.cddl", "ota-ticket", [good, bad])
+    assert got[0] is None and got[1] is not None

@@ -113,8 +113,8 @@ def test_every_command_has_a_purpose_and_an_example_in_its_help():
                 walk(sub, path + (name,))
 
     walk(build_parser(), ())
-    # groups of subcommands (image, config, pole, spec, sim, edge, noise) carry their examples on each action
-    groups = {"image", "config", "pole", "spec", "sim", "edge", "noise", "city"}
+    # groups of subcommands (image, config, pole, spec, sim, edge, noise, ota) carry their examples on each action
+    groups = {"image", "config", "pole", "spec", "sim", "edge", "noise", "city", "ota"}
     assert [m for m in missing if m not in groups] == []
 
 

@@ -116,3 +116,18 @@ def test_demo_city_sends_the_pole_to_a_city_store_and_prints_its_api_and_live_fe
         sub.loop_stop()
         if p.poll() is None:
             p.kill()
+
+
+def test_demo_ota_updates_every_node_a_canary_first_and_readings_go_on():
+    code, out = demo("--nodes", "2", "--interval", "0.3", "--ota", "--page", "off", timeout=600)
+    assert code == 0, out[-3000:]
+    text = " ".join(out.split())
+    new = re.search(r"app (\S+) \(running (\S+)\)", text)
+    assert new and new.group(1) != new.group(2)
+    assert "canary node-1 first" in text
+    for n in ("node-1", "node-2"):
+        assert re.search(rf"OK {n}: confirmed, app {re.escape(new.group(1))}, [1-9]\d* messages stored during and "
+                         rf"after the update, 0 missing", text), text[-2000:]
+    # node-2 started only after node-1 confirmed: its first line comes after node-1's confirmation.
+    assert text.index("node-1 confirmed") < text.index("node-2 transferring")
+    assert "OK: every node runs the new version, and readings went on throughout" in text

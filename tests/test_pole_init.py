@@ -141,8 +141,14 @@ def test_pole_init_writes_a_broker_that_fences_each_node(site, tmp_path):
         agent = _agent_client(broker, port, agent_cfg)
         assert not agent.rc.is_failure
         a = Client(port, "pole1-a", secrets["pole1-a"]["broker_password"], subscribe="openpole/v1/+/cmd")
-        b = Client(port, "pole1-b", secrets["pole1-b"]["broker_password"])
+        b = Client(port, "pole1-b", secrets["pole1-b"]["broker_password"], subscribe="openpole/v1/+/ota")
         a.publish("openpole/v1/pole1-a/data")
+        a.publish("openpole/v1/pole1-a/ota/get")     # OTA: its own requests and reports reach the agent
+        a.publish("openpole/v1/pole1-a/ota/report")
+        a.publish("openpole/v1/pole1-a/ota")         # ... but it cannot write its own ticket topic
+        a.publish("openpole/v1/pole1-b/ota/get")     # nor ask for another node's job
+        agent.publish("openpole/v1/pole1-a/ota")
+        agent.publish("openpole/v1/pole1-b/ota")     # b reads its own ota topic, not a's
         a.publish("openpole/v1/pole1-a/status")
         a.publish("openpole/v1/pole1-b/data")   # a node posing as another: dropped by the ACL
         a.publish("openpole/v1/pole1-a/cmd")    # a node commanding itself: not allowed either
@@ -154,8 +160,13 @@ def test_pole_init_writes_a_broker_that_fences_each_node(site, tmp_path):
         a.publish("openpole/v1/pole1-a/status")
         agent.publish("openpole/v1/pole1-a/cmd")
         assert wait(lambda: agent.got.count("openpole/v1/pole1-a/status") == 2 and a.got.count("openpole/v1/pole1-a/cmd") == 2)
-        assert sorted(set(agent.got)) == ["openpole/v1/pole1-a/cmd", "openpole/v1/pole1-a/data", "openpole/v1/pole1-a/status",
-                                          "openpole/v1/pole1-b/cmd", "openpole/v1/pole1-b/diag"]
+        assert wait(lambda: "openpole/v1/pole1-b/ota" in b.got)
+        assert sorted(set(agent.got)) == ["openpole/v1/pole1-a/cmd", "openpole/v1/pole1-a/data", "openpole/v1/pole1-a/ota",
+                                          "openpole/v1/pole1-a/ota/get", "openpole/v1/pole1-a/ota/report",
+                                          "openpole/v1/pole1-a/status", "openpole/v1/pole1-b/cmd", "openpole/v1/pole1-b/diag",
+                                          "openpole/v1/pole1-b/ota"]
+        assert agent.got.count("openpole/v1/pole1-a/ota") == 1  # the agent's own, not the node's
+        assert b.got == ["openpole/v1/pole1-b/ota"]
         assert "openpole/v1/pole1-b/data" not in agent.got  # a node posing as another: dropped by the ACL
         assert a.got == ["openpole/v1/pole1-a/cmd"] * 2  # its own command topic only
         bad = Client(port, "pole1-a", "not-the-password")

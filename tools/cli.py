@@ -19,8 +19,9 @@ def _commands():
     from .noise import analyze as noise_cli
     from .field import cli as field_cli
     from .city import cli as city_cli
+    from .ota import cli as ota_cli
 
-    return (field_cli, spec_cli, sim_cli, edge_cli, receiver_cli, city_cli, noise_cli, conformance)
+    return (field_cli, spec_cli, sim_cli, edge_cli, ota_cli, receiver_cli, city_cli, noise_cli, conformance)
 
 
 # Optional dependencies -> the extra that brings them (pyproject.toml).

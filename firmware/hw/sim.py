@@ -138,7 +138,9 @@ class Hardware:
         return SimPin(self.world, {"pm.set": 1, "pm.reset": 2}.get(role, 0))
 
     def reset_cause(self):
-        return "power_on"
+        import os
+
+        return os.getenv("OPENPOLE_RESET_CAUSE") or "power_on"  # what the simulated board's restart says
 
     def net_info(self):
         return {"ssid": "simulated", "connected": True, "rssi": -60, "ip": "127.0.0.1"}

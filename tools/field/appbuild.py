@@ -7,6 +7,7 @@ kernel) is compiled for the chip's `mpy_arch` (board_defs/chips.toml).
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -38,14 +39,26 @@ def _sources(include_sim=True):
     return out
 
 
-def build_app(build_root=None, arch="x64", include_sim=True):
+VERSION_LINE = re.compile(rb'^VERSION = "[^"]*"$', re.M)
+
+
+def build_app(build_root=None, arch="x64", include_sim=True, version=None):
     """Compile the firmware to .mpy for `arch` (x64: the Unix port; x86: a 32-bit one; xtensawin:
     ESP32 and ESP32-S3); returns the app directory, laid out as on the node's filesystem (cached
-    by content)."""
+    by content). version: the app's VERSION (node.py) in this build, when not the checkout's
+    (`openpole ota build --version`)."""
     sources = _sources(include_sim)
+    texts = {}
+    for src, rel in sources:
+        data = src.read_bytes()
+        if version is not None and rel.as_posix() == "node.py":
+            data, n = VERSION_LINE.subn(f'VERSION = "{version}"'.encode(), data)
+            if n != 1:
+                raise UserError("firmware/node.py has no VERSION line to set the version in")
+        texts[rel] = data
     h = hashlib.sha256(f"{arch}\0".encode())
     for src, rel in sources:
-        h.update(str(rel).encode() + b"\0" + src.read_bytes())
+        h.update(str(rel).encode() + b"\0" + texts[rel])
     build_root = Path(build_root or paths.CACHE / "node-app")
     app = build_root / h.hexdigest()[:16]
     if (app / ".complete").exists():
@@ -67,7 +80,12 @@ def build_app(build_root=None, arch="x64", include_sim=True):
         # and a traceback names the file that ran. (The simulator's "lib/" keeps two for lib/.)
         name = out.relative_to(tmp).as_posix()
         name = "/" + name if name.startswith("lib/") else name
+        if texts[rel] != src.read_bytes():  # a version set for this build: compile the changed text
+            src = tmp / (rel.as_posix().replace("/", "_") + ".src.py")
+            src.write_bytes(texts[rel])
         r = subprocess.run([cross, f"-march={arch}", "-o", str(out), "-s", name, str(src)], capture_output=True, text=True)
+        if src.parent == tmp:
+            src.unlink()
         if r.returncode:
             raise UserError(f"mpy-cross refused {rel}: {r.stderr.strip().splitlines()[-1]}")
     (tmp / ".complete").touch()

@@ -4,7 +4,7 @@ Written under OUT as they go on the Pi (OUT=/ installs them):
   etc/mosquitto/conf.d/openpole.conf   listeners, no anonymous clients, TCP_NODELAY, queue limits
   etc/mosquitto/certs/openpole-*       with --tls: the site CA's certificate, the broker's (signed by it) and its key
   etc/mosquitto/openpole.passwd        one user per node and one for the agent (PBKDF2-SHA512)
-  etc/mosquitto/openpole.acl           a node publishes only to its own topics, reads only its cmd and ack
+  etc/mosquitto/openpole.acl           a node publishes only to its own topics, reads only its cmd, ack and ota
   etc/openpole/node-keys.toml          the agent's table of node keys (mode 0600)
   etc/openpole/agent.toml              the agent's config, written once (your edits are kept)
 """
@@ -34,10 +34,10 @@ def password_line(user, password, salt=None):
 def acl(agent_user, node_ids):
     lines = ["# openpole: written by `openpole pole init`; run it again after flashing nodes.",
              "", f"user {agent_user}", "topic read openpole/v1/#", "topic write openpole/v1/+/cmd",
-             "topic write openpole/v1/+/ack", ""]
-    for n in sorted(node_ids):
-        lines += [f"user {n}"] + [f"topic write openpole/v1/{n}/{t}" for t in ("data", "status", "diag")]
-        lines += [f"topic read openpole/v1/{n}/{t}" for t in ("cmd", "ack")] + [""]
+             "topic write openpole/v1/+/ack", "topic write openpole/v1/+/ota", ""]
+    for n in sorted(node_ids):  # OTA (docs/ota.md): the node reads its tickets and chunks, writes requests and reports
+        lines += [f"user {n}"] + [f"topic write openpole/v1/{n}/{t}" for t in ("data", "status", "diag", "ota/get", "ota/report")]
+        lines += [f"topic read openpole/v1/{n}/{t}" for t in ("cmd", "ack", "ota")] + [""]
     return "\n".join(lines)
 
 

@@ -83,6 +83,9 @@ def register(sub):
     d.add_argument("--city", action="store_true",
                    help="the pole's upstream is a city's store on this machine: NATS JetStream, a loader, PostgreSQL, "
                         "the SensorThings API and its live feed (needs nats-server, postgresql and mosquitto)")
+    d.add_argument("--ota", action="store_true",
+                   help="build the app's next version and update every node over the air, a canary first; exit 0 only "
+                        "when all run it and readings went on")
     d.set_defaults(func=run_demo)
 
 
@@ -160,4 +163,4 @@ def run_demo(args):
     if page:
         parse_hostport(page, 0, flag="--page")
     return demo.run(args.nodes, args.duration, args.interval, heap, args.state, broker_kind=args.broker_kind,
-                    flash=args.flash, page=page, city=args.city)
+                    flash=args.flash, page=page, city=args.city, ota=args.ota)

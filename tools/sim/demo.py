@@ -93,6 +93,55 @@ def flash_nodes(names, state, world, broker, heap, console):
     return nodes, keys, all(results.values())
 
 
+class FlashNode:
+    """A node booted from a LittleFS partition kept in a file (every block write reaches it at once),
+    as a board's flash: an over-the-air update stages, swaps and rolls back in it. A reset of the
+    firmware's own (the simulator's reset line) boots it again, as a board's reset does. The same
+    face as NodeProcess."""
+
+    def __init__(self, node_id, state, app, broker, world, interval_s, heap, key):
+        import os
+
+        from ..field import image as fimage
+
+        state.mkdir(parents=True, exist_ok=True)
+        self.node_id, self.heap, self.world = node_id, heap, f"{world.host}:{world.port}"
+        cfg = simnode.node_config(node_id, broker.host, broker.port, interval_s, world=self.world, key=key)
+        self.flash_path = state / "flash.img"
+        board, _ = fimage.board_info("esp32-devkitc")
+        self.fs_size = board["fs_size"]
+        self.flash_path.write_bytes(fimage.build_fs({"fs_size": self.fs_size}, appbuild.app_files(app), cfg))
+        self.published = self.readings = self.boots = 0
+        self.last_line = self.last_error = ""
+        self.stopping = False
+        self.os = os
+        self.boot("power_on")
+
+    def boot(self, cause):
+        env = dict(self.os.environ, OPENPOLE_FS=f"0:{self.fs_size}", OPENPOLE_WORLD=self.world, OPENPOLE_RESET_CAUSE=cause)
+        env.pop("MICROPYPATH", None)
+        self.proc = subprocess.Popen([simnode.micropython(), "-X", f"heapsize={self.heap}", str(simnode.BOOT_IMAGE),
+                                      str(self.flash_path)], cwd=self.flash_path.parent, env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.boots += 1
+        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+
+    def _read(self, proc):
+        for line in proc.stdout:
+            if line.strip():
+                self.last_line = line.strip()
+                if line.split(":")[0].endswith(("Error", "Exception")):
+                    self.last_error = self.last_line
+        if proc.wait() == -signal.SIGUSR1 and not self.stopping and proc is self.proc:
+            self.boot("hard")  # machine.reset(): through the bootloader again
+
+    def stop(self):
+        self.stopping = True
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
 class NodeProcess:
     """One simulated node; its console output is kept for the summary."""
 
@@ -186,8 +235,67 @@ class Tap:
         self.client.loop_stop()
 
 
+def ota_demo(agent, nodes, state, console, timeout_s=900):
+    """Build the app's next version, push it with a canary of one, follow it node by node. True
+    when every node confirmed the new version and kept sending readings through it."""
+    from openpole.edge_agent.ota import TERMINAL, jobs
+    from openpole.ota import bundle as bundle_mod
+
+    from ..field.image import app_version
+
+    cur = app_version()
+    parts = cur.split(".")
+    new = ".".join(parts[:-1] + [str(int(parts[-1]) + 1)]) if parts[-1].isdigit() else cur + ".1"
+    out = state / f"app-{new}.zip"
+    bundle_mod.build("esp32-devkitc", out, version=new, sim=True)
+    b = bundle_mod.read(out.read_bytes())
+    console.print(f"ota: bundle {out.name}: app {new} (running {cur}), {len(b.objects) - 1} files, {b.total} bytes")
+    names = [n.node_id for n in nodes]
+    deadline = time.monotonic() + 90
+    while not all(agent.node_state(n)[0] and agent.node_state(n)[1] for n in names):
+        if time.monotonic() > deadline:
+            console.print("[red]ota[/]: not every node came online with its diag within 90 s")
+            return False
+        time.sleep(0.5)
+    before = {n: agent.nodes.get(n, {}).get("messages", 0) for n in names}
+    r = agent.ota.push(b, names, canary=1, max_parallel=len(names))
+    console.print(f"ota: rollout {r['rollout']} to {len(r['jobs'])} nodes, canary {names[0]} first")
+    started, shown = time.monotonic(), {}
+
+    def state_of():
+        with agent.ota.lock:
+            return {j["node"]: j for j in jobs(agent.ota.db) if j["rollout"] == r["rollout"]}
+
+    while time.monotonic() - started < timeout_s:
+        js = state_of()
+        for n in names:
+            j = js[n]
+            pct = 100 * j["done"] // j["total"] if j["total"] else 0
+            line = f"{j['state']} {pct // 10 * 10}%"
+            if shown.get(n) != line:
+                shown[n] = line
+                console.print(f"  {time.monotonic() - started:6.1f} s  {n:<10} {j['state']:<12} {pct:>3}%"
+                              + (f"  app {j['app']}" if j["state"] == "confirmed" else "")
+                              + (f"  {j['reason']}" if j["reason"] else ""))
+        if all(js[n]["state"] in TERMINAL for n in names):
+            break
+        time.sleep(0.5)
+    took = time.monotonic() - started
+    time.sleep(5)  # readings after the update: the new app samples and sends
+    js = state_of()
+    ok = True
+    console.print(f"ota: {took:.1f} s from the push")
+    for n in names:
+        j, sent = js[n], agent.nodes.get(n, {}).get("messages", 0) - before[n]
+        good = j["state"] == "confirmed" and j["app"] == new and sent > 0
+        ok &= good
+        console.print(f"  {'[green]OK[/]' if good else '[red]FAIL[/]'} {n}: {j['state']}, app {j['app'] or '?'}, "
+                      f"{sent} messages stored during and after the update, {agent.nodes.get(n, {}).get('gaps', 0)} missing")
+    return ok
+
+
 def run(n_nodes=3, duration_s=0, interval_s=1.0, heap="128k", state_dir=None, console=None, broker_kind=None,
-        flash=False, page=None, city=False):
+        flash=False, page=None, city=False, ota=False):
     console = console or Console()
     logging.getLogger("openpole").setLevel(logging.WARNING)  # the table is the output
     tmp = None
@@ -243,9 +351,16 @@ def run(n_nodes=3, duration_s=0, interval_s=1.0, heap="128k", state_dir=None, co
                   + (f"{duration_s:g} s" if duration_s else "Ctrl-C to stop"))
     names = [f"node-{i + 1}" for i in range(n_nodes)]
     flashed = True
+    ota_ok = None
     if flash:
         nodes, keys, flashed = flash_nodes(names, state, world, broker, heap, console)
         cfg.node_keys.update(keys)
+    elif ota:  # a ticket is MACed under the node's key: these nodes have one, on a flash of their own
+        import secrets
+
+        keys = {name: secrets.token_bytes(32) for name in names}
+        cfg.node_keys.update(keys)
+        nodes = [FlashNode(name, state / name, app, broker, world, interval_s, heap, keys[name].hex()) for name in names]
     else:
         nodes = [NodeProcess(name, state / name, app, broker, world, interval_s, heap) for name in names]
     tap = Tap(broker, nodes, cfg.node_keys)
@@ -253,6 +368,9 @@ def run(n_nodes=3, duration_s=0, interval_s=1.0, heap="128k", state_dir=None, co
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
     started = time.monotonic()
     try:
+        if ota:
+            ota_ok = ota_demo(agent, nodes, state, console)
+            stop.set()
         with Live(_table(nodes, store, started), console=console, refresh_per_second=2,
                   auto_refresh=False, transient=False) as live:
             while not stop.is_set() and (not duration_s or time.monotonic() - started < duration_s):
@@ -306,5 +424,10 @@ def run(n_nodes=3, duration_s=0, interval_s=1.0, heap="128k", state_dir=None, co
     if not flashed:
         console.print("[red]FAIL[/]: a board was not flashed cleanly (above)")
         return 1
+    if ota_ok is False:
+        console.print("[red]FAIL[/]: not every node confirmed the update with its readings going on (above)")
+        return 1
+    if ota:
+        console.print("[green]OK[/]: every node runs the new version, and readings went on throughout")
     console.print(f"[green]OK[/]: readings from every node reached {'the city' if city else 'the receiver'}")
     return 0

@@ -5,11 +5,13 @@
 # A virtual board (`openpole sim board`) sets OPENPOLE_FS=OFFSET:SIZE: the filesystem is that
 # partition of its flash file, and writes go to the file, as they go to a board's flash. A partition
 # with no filesystem is formatted, as MicroPython's first boot does, and the board stays at the REPL.
+# OPENPOLE_FS_CUT=N cuts the power before the N-th flash operation (tests of power cuts).
 import os
 import sys
 import vfs
 
 BLOCK = 4096
+ERASED = b"\xff" * BLOCK  # made once: a board's flash erase takes none of the node's heap
 
 
 class RAMOverlay:
@@ -22,6 +24,14 @@ class RAMOverlay:
         self.count = (size or self.f.tell() - offset) // BLOCK
         self.written = {}
         self.through = through
+        # OPENPOLE_FS_CUT=N: the power goes before the N-th flash operation (a program or an erase)
+        self.cut = int(os.getenv("OPENPOLE_FS_CUT") or 0)
+        self.ops = 0
+
+    def _op(self):
+        self.ops += 1
+        if self.ops == self.cut:
+            os.system("kill -9 $PPID")  # the VM, at once: nothing after this reaches the flash
 
     def _block(self, n):
         b = self.written.get(n)
@@ -40,6 +50,7 @@ class RAMOverlay:
 
     def writeblocks(self, n, buf, off=None):
         off = off or 0
+        self._op()
         if self.through:
             self.f.seek(self.base + n * BLOCK + off)
             self.f.write(buf)
@@ -53,10 +64,11 @@ class RAMOverlay:
         if op == 5:  # block size
             return BLOCK
         if op == 6:  # erase
+            self._op()
             if self.through:
-                self.writeblocks(arg, b"\xff" * BLOCK)
+                self.writeblocks(arg, ERASED)
             else:
-                self.written[arg] = bytearray(b"\xff" * BLOCK)
+                self.written[arg] = bytearray(ERASED)
             return 0
         return 0
 
