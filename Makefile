@@ -1,6 +1,7 @@
 # openpole: `make demo` runs a simulated pole, `make test` runs the whole suite.
 # Both create .venv with everything they need; DURATION=S stops the demo after S seconds, FLASH=1
-# flashes its nodes through virtual ESP32 boards first.
+# flashes its nodes through virtual ESP32 boards first, CITY=1 sends the pole's batches to a city's
+# store (NATS JetStream, PostgreSQL, the SensorThings API and its live feed) on this machine.
 
 PYTHON ?= python3
 VENV := .venv
@@ -10,6 +11,7 @@ CDDL_VENV := .venv-cddl
 DURATION ?= 0
 NODES ?= 3
 FLASH ?=
+CITY ?=
 PYTEST_ARGS ?=
 
 .PHONY: install test demo specs screenshots clean
@@ -35,7 +37,7 @@ test:
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: install
-	$(BIN)/openpole sim demo --nodes $(NODES) --duration $(DURATION) $(if $(FLASH),--flash)
+	$(BIN)/openpole sim demo --nodes $(NODES) --duration $(DURATION) $(if $(FLASH),--flash) $(if $(CITY),--city)
 
 # The README's pictures of the pole's page, taken by its browser test (tests/test_page.py) after five
 # minutes of data.

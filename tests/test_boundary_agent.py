@@ -139,6 +139,21 @@ def test_a_message_the_queue_refuses_is_quarantined_and_the_rest_of_its_group_st
     a.store.close()
 
 
+def test_one_bad_message_in_a_big_group_costs_a_few_commits_not_one_per_message(tmp_path):
+    """The group is halved around the message the queue refuses: a pole catching up after an outage
+    (groups of hundreds) does not fall to a commit (and an fsync) per message for one bad one."""
+    a = agent(tmp_path)
+    refuse_seq(a, 137)
+    appends, real = [], a.store.append
+    a.store.append = lambda *args: (appends.append(len(args[0])), real(*args))[1]
+    a.process([(NOW, "openpole/v1/pg/data", encoded("pg", s), s + 1, 1) for s in range(256)])
+    assert stored(a, "pg") == [s for s in range(256) if s != 137]
+    assert a.store.counters()["rejected_internal_error"] == 1
+    # the whole group, then two halves at each of 8 levels, the quarantine: 18 commits, not 256
+    assert len(appends) <= 2 + 2 * 8, appends
+    a.store.close()
+
+
 def test_a_locked_queue_is_not_blamed_on_a_message(tmp_path, caplog):
     """Another process holding the queue's write lock is no message's fault: nothing is quarantined,
     nothing acknowledged (the broker keeps the group), no message is tried on its own."""

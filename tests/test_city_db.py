@@ -320,6 +320,8 @@ def test_a_batch_no_loader_could_ack_goes_to_dead_letters_and_the_loaders_go_on(
 
         r = openpole("city", "status", "--nats", lone.url, "--db", pg.dsn)
         assert "dead letters: 1 batch(es)" in r.stdout, r.stdout + r.stderr
+        # given up within the last day: a problem (exit 1) until it is a day old
+        assert r.returncode == 1 and "problem: 1 batch(es) given up by the stream in the last 24 h" in r.stdout, r.stdout
         assert f"#1 openpole.batches.p1: stream seq 1, max_deliver after {MAX_DELIVER} deliveries" in r.stdout, r.stdout
         assert "consumer loaders: 0 batches waiting (lag), 0 in flight" in r.stdout, r.stdout
         st = json.loads(openpole("city", "status", "--nats", lone.url, "--db", pg.dsn, "--json").stdout)
@@ -382,5 +384,46 @@ def test_an_older_consumer_gets_max_deliver_from_city_init_and_from_a_loader(pg,
         r = openpole("city", "load", "--nats", lone.url, "--db", pg.dsn, "--exit-when-idle", "1")
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and f"no stream {DEAD_STREAM}" in r.stderr, r.stderr
         assert "openpole city init --nats URL" in r.stderr
+    finally:
+        lone.stop()
+
+
+def test_batches_the_stream_delivers_again_are_each_written_alone(pg, tmp_path):
+    """A group a loader took and never acked (it died with it) comes again: the next loader writes
+    each of those batches in a group of its own, so the one that stopped the first loader cannot take
+    its neighbours down with it again, and every reading is stored once."""
+    import psycopg
+    from natscluster import NatsCluster
+
+    from openpole.city.stream import CONSUMER, STREAM, SUBJECTS, consumer_config
+    from openpole.edge_agent.sinks import NatsSink
+
+    lone = NatsCluster(tmp_path / "nats", 1)
+    key = bytes(range(32))
+    keys = tmp_path / "poles.toml"
+    keys.write_text(f'p1 = "{key.hex()}"\n')
+    try:
+        assert openpole("city", "init", "--nats", lone.url, "--replicas", "1", "--db", pg.dsn).returncode == 0
+        sink = NatsSink(lone.url, pole="p1")
+        for b in range(3):
+            sink.send(*signed_batch("p1", key, f"n{b}", 1, range(10)))
+
+        async def die_with_them(js):  # a loader that fetched the group and went away (NAK: again at once)
+            sub = await js.pull_subscribe(SUBJECTS[0], durable=CONSUMER, stream=STREAM, config=consumer_config())
+            msgs = await sub.fetch(3, timeout=5)
+            for m in msgs:
+                await m.nak()
+            return len(msgs)
+
+        assert _js(lone.url, die_with_them) == 3
+        sink.send(*signed_batch("p1", key, "fresh", 1, range(10)))
+        r = openpole("city", "load", "--nats", lone.url, "--db", pg.dsn, "--keys", keys, "--exit-when-idle", "2")
+        assert r.returncode == 0, r.stdout + r.stderr
+        with psycopg.connect(pg.dsn) as conn:
+            nodes = dict(conn.execute("SELECT node, count(*) FROM readings GROUP BY node").fetchall())
+            (errors,), = conn.execute("SELECT errors FROM loaders").fetchall()
+            batches = conn.execute("SELECT sum(batches) FROM loaders").fetchone()[0]
+        assert nodes == {"n0": 30, "n1": 30, "n2": 30, "fresh": 30}, nodes  # 10 messages of 3 readings each
+        assert errors["redelivered_alone"] == 3 and batches == 4, errors
     finally:
         lone.stop()

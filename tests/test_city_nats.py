@@ -145,3 +145,15 @@ def test_a_password_protected_cluster_and_no_password_in_any_message(tmp_path):
         assert "s3cret" not in NatsSink(good, pole="p1").describe()
     finally:
         lone.stop()
+
+
+def test_a_stream_larger_than_the_servers_allow_is_refused_in_one_line_that_says_what_to_change(tmp_path):
+    small = NatsCluster(tmp_path / "small", 1, max_store="1G")
+    try:
+        r = openpole("city", "init", "--nats", small.url, "--replicas", "1")
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stdout + r.stderr
+        assert "insufficient storage" in r.stderr and "cap of 50 GiB" in r.stderr and "--max-gb" in r.stderr, r.stderr
+        r = openpole("city", "init", "--nats", small.url, "--replicas", "1", "--max-gb", "0.5")
+        assert r.returncode == 0, r.stdout + r.stderr
+    finally:
+        small.stop()

@@ -73,3 +73,46 @@ def test_demo_serves_the_poles_page_and_prints_its_address_first():
     finally:
         if p.poll() is None:
             p.kill()
+
+
+def test_demo_city_sends_the_pole_to_a_city_store_and_prints_its_api_and_live_feed_first():
+    """`sim demo --city`: NATS JetStream, a loader, PostgreSQL, `city serve` and `city feed`: the
+    first lines name the SensorThings API and the live feed; a reader of each sees the pole's nodes."""
+    import json
+    import urllib.request
+
+    import paho.mqtt.client as mqtt
+
+    p = subprocess.Popen([sys.executable, "-m", "openpole", "sim", "demo", "--city", "--nodes", "2", "--duration", "25",
+                          "--page", "off"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    got = []
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="demo-reader")
+    sub.on_message = lambda c, u, m: got.append((m.topic, json.loads(m.payload)))
+    try:
+        first, second = p.stdout.readline(), p.stdout.readline()
+        api = re.search(r"SensorThings API: (http://127\.0\.0\.1:\d+/v1\.1)", first)
+        feed = re.search(r"live feed: mqtt://127\.0\.0\.1:(\d+)", second)
+        assert api and feed, first + second
+        sub.connect("127.0.0.1", int(feed.group(1)))
+        sub.subscribe("v1.1/Observations", qos=1)
+        sub.loop_start()
+        names = set()
+        for _ in range(200):  # the nodes boot and the first batches reach the city in a few seconds
+            with urllib.request.urlopen(f"{api.group(1)}/Things?$expand=Locations,Datastreams($top=1;"
+                                        f"$expand=Observations($top=1))", timeout=10) as r:
+                things = json.loads(r.read())["value"]
+            names = {t["name"] for t in things if t["Datastreams"] and t["Datastreams"][0]["Observations"]}
+            if {"node-1", "node-2"} <= names and got:
+                break
+            time.sleep(0.1)
+        assert {"node-1", "node-2"} <= names, things
+        lon, lat = things[0]["Locations"][0]["location"]["coordinates"]
+        assert 37.4 < lat < 37.7 and 126.8 < lon < 127.2  # a made-up position in Seoul
+        assert got and got[0][1]["result"] is not None and "@iot.id" in got[0][1]
+        out = p.communicate(timeout=120)[0]
+        assert p.returncode == 0, out
+        assert "OK: readings from every node reached the city" in " ".join(out.split())
+    finally:
+        sub.loop_stop()
+        if p.poll() is None:
+            p.kill()

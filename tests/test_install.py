@@ -11,6 +11,7 @@ import pwd
 import shutil
 import subprocess
 import sys
+import urllib.request
 import uuid
 import zipfile
 from pathlib import Path
@@ -139,6 +140,25 @@ def test_a_city_sets_up_its_stream_and_database(installed, tmp_path):
         assert r.returncode == 0, r.stdout + r.stderr
         r = installed.run("city", "stats", "--db", pg.dsn, "--json")
         assert r.returncode == 0 and json.loads(r.stdout)["records"] == 0, r.stdout + r.stderr
+        # the public's SensorThings API, as the installed package serves it
+        port = free_port()
+        serve = installed.popen("city", "serve", "--db", pg.dsn, "--listen", f"127.0.0.1:{port}",
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            def get(path):
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1.1{path}", timeout=5) as f:
+                        return json.loads(f.read())
+                except OSError:
+                    return None
+
+            assert wait(lambda: get("") is not None, timeout=60), serve.poll() and serve.communicate()
+            names = {e["name"] for e in get("")["value"]}
+            assert {"Things", "Datastreams", "Observations", "ObservedProperties"} <= names, names
+            assert get("/Things?$count=true")["@iot.count"] == 0
+        finally:
+            serve.terminate()
+            serve.wait(timeout=30)
     finally:
         pg.stop()
         nats.stop()

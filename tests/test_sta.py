@@ -251,6 +251,33 @@ def test_a_bad_query_is_a_400_or_501_with_a_one_line_message(city, query, status
     assert "\n" not in body["message"] and "Traceback" not in r.text
 
 
+def raw_get(city, target):
+    """GET a path and query exactly as written (requests would re-encode them)."""
+    import http.client
+
+    u = urllib.parse.urlsplit(city["base"])
+    c = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    try:
+        c.request("GET", u.path + target)
+        r = c.getresponse()
+        return r.status, r.read().decode("utf-8", "replace")
+    finally:
+        c.close()
+
+
+def test_percent_encoding_is_decoded_once_and_digits_are_ascii(city):
+    # '%256e1' is the text '%6e1', not 'n1'; Things(%2531) is Things('%31'), no Thing
+    assert raw_get(city, "/Things?$filter=name%20eq%20%27%256e1%27")[1] == '{"value":[]}'
+    assert json.loads(raw_get(city, "/Things?$filter=name%20eq%20%27n%31%27")[1])["value"][0]["name"] == "n1"
+    assert raw_get(city, "/Things(%2531)")[0] == 404
+    assert raw_get(city, "/Things(1)%2FDatastreams")[0] == 404  # an encoded slash is no separator
+    assert raw_get(city, "/Things(%31)")[0] == 200
+    # fullwidth and other scripts' digits are no number (int() would read them)
+    for target in ("/Things(%EF%BC%91)", "/Things?$top=%EF%BC%91", "/Things?$filter=id%20eq%20%EF%BC%91"):
+        status, body = raw_get(city, target)
+        assert status in (400, 404) and json.loads(body)["message"], (target, status, body[:200])
+
+
 def test_a_repeated_option_is_a_400(city):
     r = requests.get(city["base"] + "/Things?$top=1&$top=2", timeout=10)
     assert r.status_code == 400 and "twice" in r.json()["message"]
@@ -279,6 +306,41 @@ def test_count_top_skip_and_nextlink_follow_the_standard(city):
     zero = ok(city, "/Observations", **{"$top": "0", "$count": "true"})
     assert zero["value"] == [] and "@iot.nextLink" not in zero and zero["@iot.count"] > 100
     assert "@iot.count" not in ok(city, "/Things", **{"$count": "false"})
+
+
+def test_following_nextlinks_serves_each_row_once_while_rows_arrive(city):
+    """A node's late batch stores rows earlier in the order than the page a client is on: with offsets
+    the next page would repeat a row. Pages after the first start after the last row served."""
+    t = ds_id(city, "n1", "temperature")
+    want = {o["@iot.id"] for o in ok(city, f"/Datastreams({t})/Observations", **{"$select": "id"})["value"]}
+    assert len(want) == 30
+    doc = ok(city, f"/Datastreams({t})/Observations", **{"$top": "7", "$select": "id", "$count": "true"})
+    seen, url, inserted = [o["@iot.id"] for o in doc["value"]], doc["@iot.nextLink"], 0
+    try:
+        while url:
+            with psycopg.connect(city["pg"].dsn) as conn:  # one earlier than every row, one later: each page
+                for when in (f"to_timestamp({fx.T0 - 600 - inserted})", f"to_timestamp({fx.T0 + 86400 + inserted})"):
+                    conn.execute(f"INSERT INTO samples (id, thing_id, time, received, tq, vals, boot, seq) VALUES "
+                                 f"({200_000_000 + inserted}, %s, {when}, now(), 0, ARRAY[-5]::real[], 1, "
+                                 f"{100_000 + inserted})", (thing(city, "n1"),))
+                    inserted += 1
+            page = requests.get(url, timeout=10).json()
+            seen += [o["@iot.id"] for o in page["value"]]
+            assert page["@iot.count"] == 30 + inserted  # the count is of the collection now, cursor or not
+            url = page.get("@iot.nextLink")
+        assert len(seen) == len(set(seen)), "a row was served twice"
+        assert want <= set(seen)  # none of the rows there at the start was missed
+        # and the ones stored later in the order than the page came along
+        assert len(set(seen) - want) >= 1
+    finally:
+        with psycopg.connect(city["pg"].dsn) as conn:
+            conn.execute("DELETE FROM samples WHERE id >= 200000000")
+    # a cursor this server did not write is a 400 that says what to do; with $orderby, pages are offsets
+    for bad in ("x", "[]", "[1]", '["nope", "nope", 1]', "[true, 1, 2]"):
+        r = get(city, f"/Datastreams({t})/Observations", **{"$skiptoken": bad})
+        assert r.status_code == 400 and "@iot.nextLink" in r.json()["message"], (bad, r.text)
+    ordered = ok(city, f"/Datastreams({t})/Observations", **{"$top": "7", "$orderby": "result desc"})
+    assert "$skip=7" in ordered["@iot.nextLink"]
 
 
 def test_a_top_above_the_maximum_gets_a_full_page_and_a_nextlink(city):
@@ -662,7 +724,8 @@ def test_hostile_input_is_refused_or_harmless_and_the_database_untouched(city):
         before = conn.execute("SELECT (SELECT count(*) FROM things), (SELECT count(*) FROM samples)").fetchone()
     for expr in ["name eq 'x'';DROP TABLE things;--'", "name eq 'x' or 1 eq 1; DROP TABLE things",
                  "properties/'); DROP TABLE samples;-- eq 1", "substringof(''', name)", "name eq '\x00'",
-                 "name eq '" + "a" * 3000 + "'", "geo.distance(Locations/location, geography'POINT(1e400 2)') lt 1"]:
+                 "name eq '" + "a" * 3000 + "'", "name eq 'x' and now() sub duration'P99999999999D' lt now()",
+                 "geo.distance(Locations/location, geography'POINT(1e400 2)') lt 1"]:
         r = get(city, "/Things", **{"$filter": expr})
         assert r.status_code in (200, 400), (expr, r.status_code, r.text[:300])
         if r.status_code == 200:
@@ -673,6 +736,16 @@ def test_hostile_input_is_refused_or_harmless_and_the_database_untouched(city):
     assert r.status_code == 400 and "at most" in r.json()["message"]
     r = get(city, "/Observations", **{"$filter": "result mul 1e300 mul 1e300 gt 0"})
     assert r.status_code in (200, 400) and "Traceback" not in r.text
+    # a long chain of operators: a 400 that says so, or served; never a 500 (a RecursionError)
+    for expr in ["1" + " add 1" * 650 + " eq 1", "result" + " mul 1" * 650 + " gt 0",
+                 " or ".join(f"result eq {i}" for i in range(200))]:
+        r = get(city, "/Observations", **{"$filter": expr})
+        assert r.status_code == 200 or "deeper than" in r.json()["message"], (expr[:40], r.status_code, r.text[:200])
+    for order in ("true desc", "null", "false, time", "'x'", "1", "2026-01-01T00:00:00Z/2026-01-02T00:00:00Z"):
+        r = get(city, "/HistoricalLocations", **{"$orderby": order})  # a constant orders nothing
+        assert r.status_code == 200 and r.json()["value"] == ok(city, "/HistoricalLocations")["value"], (order, r.text)
+    r = get(city, "/Observations", **{"$orderby": "1" + " add 1" * 650})
+    assert r.status_code == 400 and "deeper than" in r.json()["message"]
     r = get(city, "/Observations", **{"$skip": "999999999"})
     assert r.status_code == 400 and "$filter" in r.json()["message"]
     many = ",".join(["Datastreams($expand=Observations)"] * 30)
@@ -704,14 +777,52 @@ def test_a_client_over_its_rate_gets_429_with_retry_after_and_others_still_serve
         p.wait(10)
 
 
+def test_x_forwarded_for_cannot_dodge_the_rate_limit(city):
+    def limited(base, headers):
+        codes = [requests.get(base + "/Sensors(1)", headers=h, timeout=10).status_code for h in headers]
+        return codes.count(429)
+
+    spoofed = [{"X-Forwarded-For": f"10.9.{i}.1"} for i in range(8)]
+    p, base = serve(fx.reader_dsn(city["pg"].dsn), "--rate", "0.5", "--burst", "3")
+    try:  # not trusted: the header is ignored, the peer counted
+        assert limited(base, spoofed) >= 4
+    finally:
+        p.terminate()
+        p.wait(10)
+    p, base = serve(fx.reader_dsn(city["pg"].dsn), "--rate", "0.5", "--burst", "3", "--trust-forwarded")
+    try:  # behind a proxy that appends the client it saw: what the client wrote before it is not counted
+        assert limited(base, [{"X-Forwarded-For": f"10.9.{i}.1, 192.0.2.7"} for i in range(8)]) >= 4
+        assert limited(base, [{"X-Forwarded-For": f"192.0.2.{i + 10}"} for i in range(8)]) == 0  # distinct clients
+    finally:
+        p.terminate()
+        p.wait(10)
+
+
 def test_a_slow_query_is_cut_by_the_statement_timeout_with_a_503(city):
-    p, base = serve(fx.reader_dsn(city["pg"].dsn), "--rate", "0", "--timeout", "0.01")
+    p, base = serve(fx.reader_dsn(city["pg"].dsn), "--rate", "0", "--timeout", "0.01", "--pool", "1")
     try:
         # every Observation's feature, that feature's Observations, and theirs: quadratic in the readings
         heavy = "FeatureOfInterest/Observations/FeatureOfInterest/name eq 'x'"
         r = requests.get(base + "/Observations", params={"$filter": heavy, "$count": "true"}, timeout=30)
         assert r.status_code == 503 and r.headers["Retry-After"] and "narrow" in r.json()["message"]
-        assert requests.get(base + "/Sensors(1)", timeout=10).status_code in (200, 503)
+    finally:
+        p.terminate()
+        p.wait(10)
+    p, base = serve(fx.reader_dsn(city["pg"].dsn), "--rate", "0", "--timeout", "0.8", "--pool", "1")
+    try:
+        # many statements (each $expand level, each count), each maybe under the timeout: the request
+        # as a whole is cut at it, and its one connection serves the next request
+        # (measured before the request was bounded: 200 after 3.3 s, no statement over 0.8 s)
+        ex = "Observations($filter=FeatureOfInterest/Observations/result eq -1;$count=true)"
+        expand = ",".join([ex] + [f"{n}($expand=Datastreams($expand={ex}))" for n in ("Thing", "Sensor",
+                                                                                     "ObservedProperty")])
+        t = time.monotonic()
+        r = requests.get(base + "/Datastreams", params={"$expand": expand, "$top": "12"}, timeout=60)
+        took = time.monotonic() - t
+        assert r.status_code == 503 and "narrow" in r.json()["message"] and took < 2.5, (r.status_code, took)
+        t = time.monotonic()
+        assert requests.get(base + "/Sensors(1)", timeout=10).status_code == 200
+        assert time.monotonic() - t < 1.0  # no query of the cut request left running on the connection
     finally:
         p.terminate()
         p.wait(10)
@@ -749,6 +860,49 @@ class Recording:
     async def execute(self, sql, params=None):
         self.queries.append((sql, params))
         return await self.conn.execute(sql, params)
+
+
+def test_an_expansion_past_the_entity_bound_is_refused_before_its_rows_are_fetched(city, monkeypatch):
+    import asyncio
+
+    from psycopg.rows import dict_row
+
+    from openpole.city.sta import request as sta_request
+    from openpole.city.sta.errors import BadRequest
+    from openpole.city.sta.mapping import build
+
+    monkeypatch.setattr(sta_request, "MAX_ENTITIES", 40)
+    api = sta_request.Api(build("http://x/specs/"), "http://x/v1.1")
+
+    class Counting(Recording):
+        fetched = 0
+
+        async def execute(self, sql, params=None):
+            cur = await self.conn.execute(sql, params)
+            rows = await cur.fetchall()
+            Counting.fetched = max(Counting.fetched, len(rows))
+
+            class Done:
+                async def fetchall(self):
+                    return rows
+
+                async def fetchone(self):
+                    return rows[0] if rows else None
+            return Done()
+
+    async def run(query):
+        async with await psycopg.AsyncConnection.connect(fx.reader_dsn(city["pg"].dsn), row_factory=dict_row,
+                                                         autocommit=True) as conn:
+            return await api.get(Counting(conn), "/Datastreams", query)
+
+    # 10 Datastreams of up to 31 Observations each: 300 rows, 40 allowed
+    with pytest.raises(BadRequest) as e:
+        asyncio.run(run("$top=10&$expand=Observations($top=30)"))
+    assert "more than 40 entities" in e.value.message
+    assert Counting.fetched <= 40 + 10 + 1  # what fits, each parent's one row past its page, and one
+    Counting.fetched = 0
+    status, body, _ = asyncio.run(run("$top=3&$expand=Observations($top=3)"))  # 3 + 9 fit
+    assert status == 200 and all(len(d["Observations"]) == 3 for d in body["value"])
 
 
 def test_time_ranges_latest_values_and_ids_use_the_indexes(city):
@@ -789,6 +943,8 @@ def test_time_ranges_latest_values_and_ids_use_the_indexes(city):
                       f"&$orderby=phenomenonTime asc"),
             "latest": ("/Things(1)", "$expand=Datastreams($expand=Observations($top=1;$orderby=phenomenonTime desc))"),
             "by id": (f"/Observations({a_reading(city)})", ""),
+            "next page": (f"/Datastreams({t})/Observations",
+                          "$top=5&$skiptoken=" + urllib.parse.quote(json.dumps([stored[3][0].isoformat()] * 2 + [1]))),
             "filter by datastream": ("/Observations", f"$filter=Datastream/id eq {t}&$orderby=phenomenonTime desc&$top=5"),
         }
         for name, (path, query) in cases.items():
@@ -808,7 +964,7 @@ def test_time_ranges_latest_values_and_ids_use_the_indexes(city):
                 assert [o["result"] for o in body["value"]] == [v for _, v in stored[3:9]]
         # with 450,000 more Observations: $top is capped with a nextLink, and $count becomes an estimate
         doc = ok(city, "/Observations", **{"$top": "100000000", "$select": "id", "$count": "true"})
-        assert len(doc["value"]) == 10_000 and "$top=10000&$skip=10000" in doc["@iot.nextLink"]
+        assert len(doc["value"]) == 10_000 and "$top=10000&$skiptoken=" in doc["@iot.nextLink"]
         with psycopg.connect(dsn) as conn:
             truth = conn.execute("SELECT count(*) FROM samples s, unnest(s.vals) v WHERE v IS NOT NULL").fetchone()[0]
             truth += conn.execute("SELECT (SELECT count(*) FROM hourly) + (SELECT count(*) FROM daily)").fetchone()[0]

@@ -1,4 +1,4 @@
-"""The live feeds of the SensorThings API: server-sent events over HTTP and `openpole city publish` to a
+"""The live feeds of the SensorThings API: server-sent events over HTTP and `openpole city feed` to a
 real Mosquitto, each new reading rendered exactly as GET Observations(id) renders it, after COMMIT."""
 
 import json
@@ -100,20 +100,56 @@ def test_server_sent_events_carry_each_new_reading_as_the_api_renders_it(city):
     assert requests.get(f"{city['base']}/Datastreams(99999)/Observations/events", timeout=10).status_code == 404
 
 
+def test_one_client_holds_at_most_four_live_streams_and_a_closed_one_frees_its_place(city):
+    ds = city["ids"]["series"][(city["ids"]["things"][("p2", "n2")], 1)]
+    p, base = serve(fx.reader_dsn(city["pg"].dsn), "--rate", "0")
+    try:
+        import socket
+        import urllib.parse
+
+        u = urllib.parse.urlsplit(base)
+        url = f"{base}/Datastreams({ds})/Observations/events"
+
+        def stream():
+            s = socket.create_connection((u.hostname, u.port), timeout=10)
+            s.sendall(f"GET {u.path}/Datastreams({ds})/Observations/events HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert s.recv(100).startswith(b"HTTP/1.1 200")
+            return s
+
+        opened = [stream() for _ in range(4)]
+        try:
+            r5 = requests.get(url, timeout=10)
+            assert r5.status_code == 429 and "live streams" in r5.json()["message"] and r5.headers["Retry-After"]
+            opened.pop(0).close()
+            for _ in range(50):
+                r5 = requests.get(url, stream=True, timeout=10)
+                r5.close()
+                if r5.status_code == 200:
+                    break
+                time.sleep(0.1)
+            assert r5.status_code == 200  # within a poll interval of the client going away
+        finally:
+            for s in opened:
+                s.close()
+    finally:
+        p.terminate()
+        p.wait(10)
+
+
 def test_the_publisher_feeds_mosquitto_after_commit_read_only_for_anonymous_clients(city, tmp_path):
     import paho.mqtt.client as mqtt
 
     from openpole.field.pole import password_line
 
-    (tmp_path / "passwd").write_text(password_line("openpole-publish", "s3cret") + "\n")
-    (tmp_path / "acl").write_text("topic read v1.1/#\n\nuser openpole-publish\ntopic readwrite v1.1/#\n")
+    (tmp_path / "passwd").write_text(password_line("openpole-feed", "s3cret") + "\n")
+    (tmp_path / "acl").write_text("topic read v1.1/#\n\nuser openpole-feed\ntopic readwrite v1.1/#\n")
     (tmp_path / "pw").write_text("s3cret\n")
     broker = Broker(tmp_path / "mq", extra_conf=f"password_file {tmp_path}/passwd\nacl_file {tmp_path}/acl\n")
     if broker.kind != "mosquitto":
         pytest.skip("needs Mosquitto (apt-get install -y mosquitto)")
     broker.start()
-    pub = subprocess.Popen([sys.executable, "-m", "openpole", "city", "publish", "--db", fx.reader_dsn(city["pg"].dsn),
-                            "--mqtt", f"127.0.0.1:{broker.port}", "--mqtt-user", "openpole-publish",
+    pub = subprocess.Popen([sys.executable, "-m", "openpole", "city", "feed", "--db", fx.reader_dsn(city["pg"].dsn),
+                            "--mqtt", f"127.0.0.1:{broker.port}", "--mqtt-user", "openpole-feed",
                             "--mqtt-password-file", tmp_path / "pw", "--public-url", city["base"][:-len("/v1.1")]],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     got = []

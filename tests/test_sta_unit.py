@@ -58,12 +58,32 @@ def test_filter_literals():
     ("x eq geography'POLYGON((0 0, 1 1, 0 1, 1 0))'", "first point"), ("x eq geography'SRID=3857;POINT(1 2)'", "4326"),
     ("x eq 1 eq 2", "do not chain"), ("name eq 'a' name", "expected an operator"), ("a/1 eq 1", "after '/'"),
     ("x eq 1e999", "too large"), ("x" + " add x" * 3000, "characters"), ("not " * 50 + "x", "deeper"),
-    ("name eq #", "unexpected"),
+    ("name eq #", "unexpected"), ("t gt now() sub duration'P99999999999D'", "too long"),
+    ("t gt now() sub duration'PT1" + "0" * 400 + "S'", "too long"),
 ])
 def test_bad_filters_say_what_and_where(text, words):
     with pytest.raises(BadRequest) as e:
         parse_filter(text)
     assert words in e.value.message and "\n" not in e.value.message
+
+
+def test_long_chains_are_flat_and_deep_trees_refused_before_they_reach_sql():
+    # 300 alternatives are one `or` node: as long as the text allows, not as deep
+    tree = parse_filter(" or ".join(f"id eq {i}" for i in range(300)))
+    assert tree.op == "or" and len(tree.args) == 300
+    assert parse_filter("a eq 1 and b eq 2 and c eq 3") == Op("and", tuple(
+        Op("eq", (Path((x,)), n(i))) for i, x in enumerate("abc", 1)))
+    # one level per operator: a chain of arithmetic, of functions, in $orderby too
+    for text in ("1" + " add 1" * 600 + " eq 1", "result" + " mul 1" * 60 + " gt 0",
+                 "concat(" * 45 + "name" + ",'a')" * 45 + " eq 'x'"):
+        with pytest.raises(BadRequest) as e:
+            parse_filter(text)
+        assert "deeper than" in e.value.message
+    with pytest.raises(BadRequest):
+        parse_orderby("1" + " add 1" * 600)
+    p = Params()
+    sql = Compiler(mapping.build("http://x/"), p).predicate(mapping.build("http://x/")["Thing"], "e", tree)
+    assert sql.count(" OR ") == 299 and len(p.values) == 300
 
 
 def test_orderby_directions_any_case():
@@ -115,6 +135,9 @@ def test_paths_and_keys():
 def test_next_link_query_is_fully_encoded_and_carries_top():
     q = next_link_query({"$filter": "a eq 'x y+z'", "$count": "true"}, 200, 100)
     assert q == "$filter=a%20eq%20%27x%20y%2Bz%27&$count=true&$top=100&$skip=200"
+    q = next_link_query({"$skip": "5", "$skiptoken": "[1]"}, 10, 5, ["2026-01-01T00:00:00+00:00", 7])
+    assert q == "$top=5&$skiptoken=%5B%222026-01-01T00%3A00%3A00%2B00%3A00%22%2C7%5D"
+    assert parse_options(split_query(q)).after == ["2026-01-01T00:00:00+00:00", 7]
 
 
 def test_observation_and_datastream_ids_round_trip():
@@ -155,3 +178,21 @@ def test_rate_limit_is_a_token_bucket_per_client():
     assert rl.take("b", now=0) == 0  # another client is not held back
     assert rl.take("a", now=0.6) == 0
     assert RateLimit(0, 1).take("a") == 0
+
+
+def test_rate_limit_memory_and_sweeps_stay_bounded_and_ipv6_counts_by_64():
+    from openpole.city.sta.server import Server
+
+    rl = RateLimit(rate=1, burst=5, clients=100)
+    sizes, sweeps, last = [], 0, None
+    for i in range(5000):  # 5,000 addresses, all active at once
+        rl.take(f"c{i}", now=i * 0.0001)
+        if last is not None and len(rl.buckets) < last:
+            sweeps += 1
+        last = len(rl.buckets)
+        sizes.append(last)
+    assert max(sizes) <= 101 and sweeps <= 5000 / 50  # a sweep every 50 new clients at most, not each one
+    net = Server._network
+    assert net("2001:db8:1:2:aaaa::1") == net("2001:db8:1:2:bbbb::7") == "2001:db8:1:2::/64"
+    assert net("2001:db8:1:3::1") != net("2001:db8:1:2::1")
+    assert net("192.0.2.7") == "192.0.2.7" and net("::ffff:192.0.2.7") == "192.0.2.7" and net("?") == "?"

@@ -80,6 +80,27 @@ def register(sub):
     st.add_argument("--db", required=True, metavar="DSN")
     st.add_argument("--json", action="store_true", help="one JSON object")
     st.set_defaults(func=run_stats)
+    what = "one UTC day's open-data files: Array of Things CSV, Parquet, a Frictionless datapackage.json, SHA256SUMS"
+    pb = csub.add_parser("publish", help=what, formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description=f"{what} (docs/data-users.md). The same day with the same data gives the same "
+                                     f"bytes; publishing again into the same directory adds the readings that came "
+                                     f"late as a new edition.\n\nexample:\n  openpole city publish --day 2026-11-30 "
+                                     f"--out /srv/opendata/2026-11-30 --db postgresql://openpole_reader@db1/openpole")
+    pb.add_argument("--day", required=True, metavar="YYYY-MM-DD", help="the UTC day")
+    pb.add_argument("--out", required=True, type=Path, metavar="DIR", help="the directory for the files (made if new)")
+    pb.add_argument("--db", default="", metavar="DSN", help="PostgreSQL (a read-only role will do); default: libpq's "
+                                                           "environment (PGHOST, PGDATABASE, PGUSER...)")
+    pb.add_argument("--license", default="CC-BY-4.0", metavar="SPDX",
+                    help="the data's licence, an SPDX id (default CC-BY-4.0; known: CC0-1.0, CC-BY-SA-4.0, ODbL-1.0, "
+                         "ODC-By-1.0, PDDL-1.0; another with --license-url)")
+    pb.add_argument("--license-url", metavar="URL", help="the licence's text, for one openpole does not know")
+    pb.add_argument("--project", default="openpole", help="the project id in the files (default openpole)")
+    pb.add_argument("--url", default="", help="where these files are published, put in provenance.csv and "
+                                             "datapackage.json")
+    pb.add_argument("--late-window", type=float, default=None, metavar="HOURS",
+                    help="the day is 'open' (late readings may still come) this long after its end, then 'final' "
+                         "(default 168: the stream's default max age)")
+    pb.set_defaults(func=run_publish)
     from .sta import cli as sta_cli  # `city serve`: the SensorThings API
 
     sta_cli.register(csub)
@@ -218,4 +239,22 @@ def run_export(args):
     until = parse_time(args.until, "--until") if args.until else None
     n = export(args.db, args.out, since, until)
     print(f"wrote {n} records to {args.out}/data.csv.gz, with nodes.csv, sensors.csv and provenance.csv")
+    return 0
+
+
+def run_publish(args):
+    from .publish import LATE_WINDOW_H, publish
+
+    window = LATE_WINDOW_H if args.late_window is None else args.late_window
+    if window < 0:
+        raise UserError("--late-window: 0 hours or more")
+    r = publish(args.db, args.day, args.out, license=args.license, license_url=args.license_url, project=args.project,
+                url=args.url, late_window_h=window)
+    late = f", {r['late']} received after the day's end" if r["late"] else ""
+    what = (f"edition {r['edition']}, {r['added']} readings more than the last" if r["edition"] > 1 else "edition 1")
+    state = (f"open: late readings may come until {r['open_until']} UTC; publish it again to add them"
+             if r["status"] == "open" else "final")
+    print(f"{r['day']}: {r['readings']} readings{late} to {args.out} ({what}; {state})")
+    for name, size in sorted(r["files"].items()):
+        print(f"  {name}: {size} bytes")
     return 0

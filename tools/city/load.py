@@ -97,7 +97,8 @@ class Loader:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.partitions = set()
         self.totals = {"batches": 0, "records_received": 0, "records_unique": 0, "rejected": 0}
-        self.errors = {"db_reconnects": 0, "db_retries": 0, "ack_failures": 0, "fetch_errors": 0, "maintenance": 0}
+        self.errors = {"db_reconnects": 0, "db_retries": 0, "ack_failures": 0, "fetch_errors": 0, "maintenance": 0,
+                       "redelivered_alone": 0}
         self.latency = LatencyHistogram()
         self.started = datetime.datetime.now(UTC)
         self.last_commit = None
@@ -436,7 +437,7 @@ def metrics(loader):
         "the hourly and daily aggregates.",
         "# TYPE openpole_city_aggregate_blocks_folded_total counter",
         f"openpole_city_aggregate_blocks_folded_total {loader.folded}",
-        "# HELP openpole_city_errors_total Database reconnects and retries, failed acks and fetches.",
+        "# HELP openpole_city_errors_total Database reconnects and retries, failed acks and fetches, batches the stream delivered again (each written alone).",
         "# TYPE openpole_city_errors_total counter",
     ]
     lines += [f'openpole_city_errors_total{{kind="{k}"}} {v}' for k, v in sorted(loader.errors.items())]
@@ -495,21 +496,36 @@ async def _store_keeping_claim(loader, msgs, decoded):
 
 
 async def _fetch(sub, group, loader):
-    """(messages, decoded) for up to `group` messages, decoded here while the previous group is being
-    written in its thread (which waits on PostgreSQL most of the time). ([], None) after a second
-    with none, or when a server went away mid-fetch (the client reconnects to another)."""
+    """[(messages, decoded)] for up to `group` messages, decoded in a thread (the event loop goes on
+    telling the stream that the group being written is in progress) while the previous group is
+    being written in its own. A message the stream delivers again goes in a group of its own: were
+    it what stopped a loader mid-group, it cannot take its neighbours with it again. [] after a
+    second with none, or when a server went away mid-fetch (the client reconnects to another)."""
     import nats.errors
 
     try:
         msgs = await sub.fetch(group, timeout=1)
     except (nats.errors.TimeoutError, asyncio.TimeoutError):
-        return [], None
+        return []
     except nats.errors.Error:
         loader.errors["fetch_errors"] += 1
         await asyncio.sleep(0.5)
-        return [], None
-    items = [(m.subject, m.data, m.metadata.timestamp.timestamp() if m.metadata.timestamp else None) for m in msgs]
-    return msgs, loader.decode(items)
+        return []
+    fresh = [m for m in msgs if _deliveries(m) <= 1]
+    groups = ([fresh] if fresh else []) + [[m] for m in msgs if _deliveries(m) > 1]
+    loader.errors["redelivered_alone"] += len(msgs) - len(fresh)
+    out = []
+    for g in groups:
+        items = [(m.subject, m.data, m.metadata.timestamp.timestamp() if m.metadata.timestamp else None) for m in g]
+        out.append((g, await asyncio.to_thread(loader.decode, items)))
+    return out
+
+
+def _deliveries(m):
+    try:
+        return m.metadata.num_delivered or 1
+    except Exception:  # a message without JetStream metadata: as delivered once
+        return 1
 
 
 async def _subscribe(js, nats_url):
@@ -619,9 +635,9 @@ async def _run(nats_url, dsn, keys, group, idle_exit_s, report, metrics_at=None,
                 for task in (watcher, upkeep):
                     if task is not None and task.done():
                         task.result()  # its error, rather than its work silently no longer done
-                msgs, decoded = await (pending or _fetch(sub, group, loader))
+                groups = await (pending or _fetch(sub, group, loader))
                 pending = None
-                if not msgs:
+                if not groups:
                     now = time.monotonic()
                     if now - beat > HEARTBEAT_S:
                         await asyncio.to_thread(loader.heartbeat)
@@ -634,13 +650,14 @@ async def _run(nats_url, dsn, keys, group, idle_exit_s, report, metrics_at=None,
                     continue
                 idle_since = beat = time.monotonic()
                 pending = asyncio.ensure_future(_fetch(sub, group, loader))  # the next group, while this one is written
-                counts = await _store_keeping_claim(loader, msgs, decoded)  # committed ...
-                for m in msgs:
-                    try:
-                        await m.ack()  # ... before the stream lets them go
-                    except Exception:  # not acked: redelivered after the ack wait, a duplicate for the key
-                        loader.errors["ack_failures"] += 1
-                report(counts)
+                for msgs, decoded in groups:
+                    counts = await _store_keeping_claim(loader, msgs, decoded)  # committed ...
+                    for m in msgs:
+                        try:
+                            await m.ack()  # ... before the stream lets them go
+                        except Exception:  # not acked: redelivered after the ack wait, a duplicate for the key
+                            loader.errors["ack_failures"] += 1
+                    report(counts)
         finally:
             watcher.cancel()  # an advisory it held comes again after its ack wait
             if pending is not None:

@@ -127,6 +127,7 @@ DEAD_SHOWN = 5  # the newest dead letters `city status` lists
 
 
 AGGREGATES_LATE_S = 900  # samples waiting this long for the hourly aggregates: a problem
+DEAD_RECENT_S = 86400  # a batch the stream gave up on within this long: a problem (an older one, history)
 
 
 def _database(dsn):
@@ -137,7 +138,8 @@ def _database(dsn):
         rows = conn.execute("SELECT name, extract(epoch FROM now() - started)::float8, "
                             "extract(epoch FROM now() - seen)::float8, batches, received, loaded, rejected, rate, errors "
                             "FROM loaders ORDER BY seen DESC").fetchall()
-        dead = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+        dead, recent = conn.execute("SELECT count(*), count(*) FILTER (WHERE at > now() - make_interval(secs => %s)) "
+                                    "FROM dead_letters", (DEAD_RECENT_S,)).fetchone()
         newest = conn.execute("SELECT id, extract(epoch FROM now() - at)::float8, stream_seq, subject, deliveries, reason, "
                               "octet_length(payload) FROM dead_letters ORDER BY id DESC LIMIT %s", (DEAD_SHOWN,)).fetchall()
         blocks, oldest = conn.execute("SELECT count(*), extract(epoch FROM now() - min(queued))::float8 FROM "
@@ -149,7 +151,7 @@ def _database(dsn):
                     "rate": round(rate, 1), "errors": {k: v for k, v in errors.items() if v}})
     letters = [{"id": i, "s_ago": round(ago, 1), "stream_seq": seq, "subject": subject, "deliveries": deliveries,
                 "reason": reason, "bytes": size} for i, ago, seq, subject, deliveries, reason, size in newest]
-    return out, {"count": dead, "newest": letters}, {"blocks_waiting": blocks, "oldest_s": round(oldest or 0, 1)}
+    return out, {"count": dead, "recent": recent, "newest": letters}, {"blocks_waiting": blocks, "oldest_s": round(oldest or 0, 1)}
 
 
 def status(nats_url=None, dsn=None, nats_opts=None):
@@ -172,6 +174,10 @@ def status(nats_url=None, dsn=None, nats_opts=None):
             problems.append(f"the hourly aggregates are {_ago(late)} behind ({out['aggregates']['blocks_waiting']} blocks "
                             f"of samples wait): a running loader folds them every aggregates.every_s; see its log for "
                             f"'aggregates:' lines")
+        if out["dead_letters"]["recent"]:
+            problems.append(f"{out['dead_letters']['recent']} batch(es) given up by the stream in the last 24 h, not "
+                            f"loaded: the loaders' logs say why; each is kept, with its payload, in table "
+                            f"dead_letters")
     live = [l for l in out.get("loaders", []) if l["live"]]
     if nats_url and not out["consumers"] and out["stream"]["batches"]:
         problems.append(f"{out['stream']['batches']} batches wait and no loader has ever subscribed: start "

@@ -155,7 +155,11 @@ async def _ensure_stream(js, url, want):
         await js.update_stream(want)
         return "updated", want
     except nats.js.errors.APIError as e:
-        raise UserError(f"--nats {redact_url(url)}: the stream {want.name} was refused: {e.description or e}") from None
+        why = e.description or str(e)
+        if "insufficient storage" in why:
+            why += (f" for its cap of {want.max_bytes / 1024**3:g} GiB: give city init a smaller --max-gb, or the "
+                    f"servers a larger jetstream max_file_store (by default 75 % of the disk that is free)")
+        raise UserError(f"--nats {redact_url(url)}: the stream {want.name} was refused: {why}") from None
 
 
 async def _ensure(url, settings, opts):

@@ -80,6 +80,9 @@ def register(sub):
                    help="flash the nodes first through virtual ESP32 boards with `openpole flash`, as a technician would")
     d.add_argument("--page", default="127.0.0.1:0", metavar="HOST:PORT",
                    help="serve the pole's web page there (default: a free loopback port; 'off' for none)")
+    d.add_argument("--city", action="store_true",
+                   help="the pole's upstream is a city's store on this machine: NATS JetStream, a loader, PostgreSQL, "
+                        "the SensorThings API and its live feed (needs nats-server, postgresql and mosquitto)")
     d.set_defaults(func=run_demo)
 
 
@@ -157,4 +160,4 @@ def run_demo(args):
     if page:
         parse_hostport(page, 0, flag="--page")
     return demo.run(args.nodes, args.duration, args.interval, heap, args.state, broker_kind=args.broker_kind,
-                    flash=args.flash, page=page)
+                    flash=args.flash, page=page, city=args.city)

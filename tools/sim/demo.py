@@ -1,7 +1,7 @@
 """`openpole sim demo`: a whole simulated pole on this machine.
 
 A broker, N nodes running the real firmware under MicroPython with simulated sensors, the edge
-agent and the reference receiver; a live table of the latest reading per node, then a summary.
+agent and the reference receiver (with city=True, a city's store: citydemo.py); a live table of the latest reading per node, then a summary.
 With flash=True the nodes are virtual boards (sim.board) that `openpole flash` puts the firmware
 on first, as a technician would. Exit 0 only if readings from every node reached the receiver.
 """
@@ -130,11 +130,12 @@ def _last_words(n):
     return n.last_line or "(none)"
 
 
-def _table(nodes, receiver, started):
+def _table(nodes, store, started):
+    """store: the receiver's, or the city's PostgreSQL (citydemo.CityStore): latest(), per_node()."""
     latest = {}
-    for row in receiver.store.latest():
+    for row in store.latest():
         latest.setdefault(row["node"], {})[row["name"]] = row
-    counts = receiver.store.per_node()
+    counts = store.per_node()
     t = Table(title=f"openpole demo pole: {len(nodes)} nodes, {time.monotonic() - started:.0f} s", expand=False,
               caption="PM2.5 appears after the PMS5003's 30 s laser warm-up")
     t.add_column("node")
@@ -186,7 +187,7 @@ class Tap:
 
 
 def run(n_nodes=3, duration_s=0, interval_s=1.0, heap="128k", state_dir=None, console=None, broker_kind=None,
-        flash=False, page=None):
+        flash=False, page=None, city=False):
     console = console or Console()
     logging.getLogger("openpole").setLevel(logging.WARNING)  # the table is the output
     tmp = None
@@ -196,10 +197,29 @@ def run(n_nodes=3, duration_s=0, interval_s=1.0, heap="128k", state_dir=None, co
     state = Path(state_dir)
     app = appbuild.build_app()
     world = WorldServer()
-    broker = Broker(state / "broker", kind=broker_kind).start()
-    receiver = Receiver("127.0.0.1", free_port(), state / "receiver").start()
-    cfg = AgentConfig(pole_id="demo-pole", broker_host=broker.host, broker_port=broker.port, upstream=receiver.url,
-                      state_dir=state / "edge", batch_interval_s=1.0)
+    receiver = store = None
+    if city:
+        from .citydemo import CityDemo
+
+        city = CityDemo(state / "city", "demo-pole")
+        store = city.store
+        console.print(f"[bold]SensorThings API[/]: {city.url}", soft_wrap=True)
+        console.print(f"[bold]live feed[/]: {city.feed} (MQTT, anonymous read-only: v1.1/Observations, "
+                      f"v1.1/Datastreams(ID)/Observations), and Server-Sent Events at "
+                      f"{city.url}/Datastreams(ID)/Observations/events", soft_wrap=True)
+    try:
+        broker = Broker(state / "broker", kind=broker_kind).start()
+    except BaseException:
+        if city:
+            city.stop()
+        raise
+    if not city:
+        receiver = Receiver("127.0.0.1", free_port(), state / "receiver").start()
+        store = receiver.store
+    cfg = AgentConfig(pole_id="demo-pole", broker_host=broker.host, broker_port=broker.port,
+                      upstream=city.nats_url if city else receiver.url, state_dir=state / "edge", batch_interval_s=1.0)
+    if city:
+        cfg.upstream_key = city.key
     page_password = None
     if page:
         import secrets
@@ -217,7 +237,8 @@ def run(n_nodes=3, duration_s=0, interval_s=1.0, heap="128k", state_dir=None, co
         pole_page = serve_page(agent, page)
         console.print(f"[bold]the pole's page[/]: {pole_page.url}  (password for its actions: {page_password})",
                       soft_wrap=True)
-    console.print(f"[bold]openpole demo[/]: {broker.kind} on {broker.host}:{broker.port}, receiver {receiver.url}, "
+    upstream = f"the city's NATS JetStream {city.nats_url}, a loader, PostgreSQL" if city else f"receiver {receiver.url}"
+    console.print(f"[bold]openpole demo[/]: {broker.kind} on {broker.host}:{broker.port}, {upstream}, "
                   f"{n_nodes} nodes on MicroPython (heap {heap}); "
                   + (f"{duration_s:g} s" if duration_s else "Ctrl-C to stop"))
     names = [f"node-{i + 1}" for i in range(n_nodes)]
@@ -232,14 +253,14 @@ def run(n_nodes=3, duration_s=0, interval_s=1.0, heap="128k", state_dir=None, co
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
     started = time.monotonic()
     try:
-        with Live(_table(nodes, receiver, started), console=console, refresh_per_second=2,
+        with Live(_table(nodes, store, started), console=console, refresh_per_second=2,
                   auto_refresh=False, transient=False) as live:
             while not stop.is_set() and (not duration_s or time.monotonic() - started < duration_s):
                 if all(n.proc.poll() is not None for n in nodes):
                     break
                 stop.wait(1.0)
-                live.update(_table(nodes, receiver, started), refresh=console.is_terminal)
-            live.update(_table(nodes, receiver, started), refresh=True)
+                live.update(_table(nodes, store, started), refresh=console.is_terminal)
+            live.update(_table(nodes, store, started), refresh=True)
         console.print()
     except KeyboardInterrupt:
         pass
@@ -259,14 +280,20 @@ def run(n_nodes=3, duration_s=0, interval_s=1.0, heap="128k", state_dir=None, co
         if pole_page:
             pole_page.stop()
         agent.stop()
-        counts = receiver.store.per_node()
-        stats = receiver.store.stats()
-        receiver.stop()
+        if city:
+            city.settle(sum(n.readings for n in nodes))  # the loader commits what the stream holds
+        counts = store.per_node()
+        stats = store.stats()
+        if city:
+            city.stop()
+        else:
+            receiver.stop()
         broker.stop()
         world.close()
+    where = "in the city's PostgreSQL" if city else "at the receiver"
     missing = [n.node_id for n in nodes if not counts.get(n.node_id)]
     console.print(f"summary: {len(nodes)} nodes, {sum(n.published for n in nodes)} messages published "
-                  f"with {sum(n.readings for n in nodes)} readings, {stats['unique']} readings at the receiver "
+                  f"with {sum(n.readings for n in nodes)} readings, {stats['unique']} readings {where} "
                   f"({stats['duplicates']} duplicates), from {stats['nodes']} nodes")
     for n in nodes:
         if not counts.get(n.node_id):
@@ -279,5 +306,5 @@ def run(n_nodes=3, duration_s=0, interval_s=1.0, heap="128k", state_dir=None, co
     if not flashed:
         console.print("[red]FAIL[/]: a board was not flashed cleanly (above)")
         return 1
-    console.print("[green]OK[/]: readings from every node reached the receiver")
+    console.print(f"[green]OK[/]: readings from every node reached {'the city' if city else 'the receiver'}")
     return 0

@@ -27,7 +27,7 @@ def register(csub):
     sv.add_argument("--trust-forwarded", action="store_true",
                     help="rate-limit by X-Forwarded-For (only behind a proxy that sets it)")
     sv.set_defaults(func=run_serve)
-    register_publish(csub)
+    register_feed(csub)
 
 
 def run_serve(args):
@@ -69,12 +69,12 @@ async def _serve(args, host, port):
     await server.close()
 
 
-def register_publish(csub):
+def register_feed(csub):
     what = "each committed reading to MQTT as the SensorThings API renders it (v1.1/Datastreams(ID)/Observations, ...)"
-    pb = csub.add_parser("publish", help=what, formatter_class=argparse.RawDescriptionHelpFormatter,
-                         description=f"{what}\n\nexample:\n  openpole city publish --db postgresql://openpole_reader@db1/"
-                                     f"openpole --mqtt 127.0.0.1:1883 --mqtt-user openpole-publish "
-                                     f"--mqtt-password-file /etc/openpole/mqtt-publish.pw "
+    pb = csub.add_parser("feed", help=what, formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description=f"{what}\n\nexample:\n  openpole city feed --db postgresql://openpole_reader@db1/"
+                                     f"openpole --mqtt 127.0.0.1:1883 --mqtt-user openpole-feed "
+                                     f"--mqtt-password-file /etc/openpole/mqtt-feed.pw "
                                      f"--public-url https://data.example.city/sta")
     pb.add_argument("--db", required=True, metavar="DSN", help="PostgreSQL as a read-only role")
     pb.add_argument("--mqtt", required=True, metavar="HOST:PORT", help="the public broker, e.g. 127.0.0.1:1883")
@@ -82,13 +82,13 @@ def register_publish(csub):
     pb.add_argument("--mqtt-password-file", type=Path, help="a file holding that user's password")
     pb.add_argument("--public-url", required=True, metavar="URL",
                     help="the SensorThings API's address, as `city serve --public-url` (links in the payloads)")
-    pb.set_defaults(func=run_publish)
+    pb.set_defaults(func=run_feed)
 
 
-def run_publish(args):
+def run_feed(args):
     import asyncio
 
-    from .publish import Publisher
+    from .feed import Publisher
 
     host, port = parse_hostport(args.mqtt, 1883, "--mqtt")
     password = None

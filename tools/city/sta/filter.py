@@ -54,7 +54,7 @@ _TOKEN = re.compile(r"""
 |(?P<name>[A-Za-z_@$][A-Za-z0-9_.@$]*)
 |(?P<index>\[\d{1,6}\])
 |(?P<punct>[(),/:])
-""", re.X)
+""", re.X | re.A)  # ASCII: \d is 0-9 only, not every script's digits
 
 _DURATION = re.compile(r"^P(?:(\d+(?:\.\d+)?)D)?(?:T(?:(\d+(?:\.\d+)?)H)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)S)?)?$")
 
@@ -79,7 +79,10 @@ def parse_duration(text):
     if not m or text in ("P", "PT") or text.endswith("T"):
         raise BadRequest(f"duration'{text}' is not an ISO 8601 duration: write duration'P1D' or duration'PT10M'")
     d, h, mi, s = (float(g) if g else 0.0 for g in m.groups())
-    return datetime.timedelta(days=d, hours=h, minutes=mi, seconds=s)
+    try:
+        return datetime.timedelta(days=d, hours=h, minutes=mi, seconds=s)
+    except OverflowError:  # past 999,999,999 days
+        raise BadRequest(f"duration'{text[:30]}' is too long: a duration takes at most some million years") from None
 
 
 def parse_wkt(text):
@@ -214,21 +217,23 @@ class _Parser:
         t = self.peek()
         if t[0] != "end":
             raise self.error(t, "expected an operator (and, or, eq, add, ...) or the end")
-        return e
+        return _bounded(e)
 
+    # a chain of `or` (of `and`) is one node with all its operands: `id eq 1 or id eq 2 or ...` is
+    # as long as the text allows, not as deep (the SQL compiler recurses along the tree)
     def or_(self):
-        e = self.and_()
+        items = [self.and_()]
         while self.word() == "or":
             self.next()
-            e = Op("or", (e, self.and_()))
-        return e
+            items.append(self.and_())
+        return items[0] if len(items) == 1 else Op("or", tuple(items))
 
     def and_(self):
-        e = self.not_()
+        items = [self.not_()]
         while self.word() == "and":
             self.next()
-            e = Op("and", (e, self.not_()))
-        return e
+            items.append(self.not_())
+        return items[0] if len(items) == 1 else Op("and", tuple(items))
 
     def not_(self):
         if self.word() == "not":
@@ -320,6 +325,20 @@ class _Parser:
         raise self.error(tok, "expected a value (a property, a literal or a function)")
 
 
+def _bounded(tree):
+    """The tree, if no deeper than MAX_DEPTH: `1 add 1 add 1 ...` nests one level an operator, and
+    what compiles it recurses as deep (a RecursionError would be a 500)."""
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise BadRequest(f"the expression nests deeper than {MAX_DEPTH} levels (operators, functions and "
+                             f"parentheses): simplify it")
+        if isinstance(node, (Op, Call)):
+            stack += [(a, depth + 1) for a in node.args]
+    return tree
+
+
 def parse_filter(text):
     """$filter text -> AST; BadRequest with the character where it went wrong."""
     if not text.strip():
@@ -336,7 +355,7 @@ def parse_orderby(text):
         direction = "asc"
         if p.word() in ("asc", "desc"):
             direction = p.next()[1].lower()
-        out.append((e, direction))
+        out.append((_bounded(e), direction))
         t = p.peek()
         if t[0] == "end":
             return out

@@ -1,5 +1,5 @@
 """New Observations as they are committed, rendered exactly as `GET Observations(id)` renders them:
-the one source of the server-sent events (server.py) and of the MQTT publisher (publish.py).
+the one source of the server-sent events (server.py) and of the MQTT publisher (feed.py).
 
 A Feed follows the readings by sample id: loaders take ids in blocks of 4096 as they commit groups,
 so a loader's group that commits after a later one's lies below the newest id. The feed looks back

@@ -5,6 +5,7 @@ istsos4-client `$filter=a%20eq%201`); option names are case-insensitive; an opti
 400, an unknown system option ($search, $format, ...) a 501, other parameters are ignored.
 """
 
+import json
 import re
 import urllib.parse
 from dataclasses import dataclass, field
@@ -17,7 +18,8 @@ MAX_TOP = 10_000
 MAX_SKIP = 1_000_000  # deeper pages: filter by time instead (an OFFSET walks every row it skips)
 MAX_EXPAND_DEPTH = 4
 MAX_EXPANSIONS = 24  # navigation properties expanded in one request, all levels together
-OPTIONS = ("$filter", "$expand", "$select", "$orderby", "$top", "$skip", "$count", "$resultformat")
+# $skiptoken (OData's server-driven paging token) is what @iot.nextLink carries: where the last page ended
+OPTIONS = ("$filter", "$expand", "$select", "$orderby", "$top", "$skip", "$count", "$resultformat", "$skiptoken")
 IN_EXPAND = ("$filter", "$expand", "$select", "$orderby", "$top", "$skip", "$count")
 
 
@@ -38,6 +40,7 @@ class Options:
     skip: int = 0
     count: bool = False
     result_format: str = None
+    after: list = None  # $skiptoken: the default order's key of the last row already served
     raw: dict = field(default_factory=dict)  # the decoded texts, for @iot.nextLink
 
     def page_size(self):
@@ -71,7 +74,7 @@ def _split(text, sep):
 
 
 def _int_option(name, text, upto=None):
-    if not re.fullmatch(r"\s*\d{1,12}\s*", text):
+    if not re.fullmatch(r"\s*[0-9]{1,12}\s*", text):  # ASCII digits: int() would read '１' (fullwidth) as 1
         raise BadRequest(f"{name}={text[:30]!r}: give a whole number of 0 or more")
     v = int(text)
     if upto is not None and v > upto:
@@ -90,7 +93,7 @@ def parse_options(pairs, allowed=OPTIONS, depth=0, counter=None):
             continue
         if low not in OPTIONS:
             raise NotImplementedOption(f"the query option {name} is not supported here; the ones served are "
-                                       f"{', '.join(x for x in allowed if x != '$resultformat')}"
+                                       f"{', '.join(x for x in allowed if x not in ('$resultformat', '$skiptoken'))}"
                                        f"{', $resultFormat' if '$resultformat' in allowed else ''}")
         if low not in allowed:
             raise BadRequest(f"{name} cannot be used inside $expand")
@@ -125,6 +128,8 @@ def parse_options(pairs, allowed=OPTIONS, depth=0, counter=None):
             o.result_format = value
         elif low == "$expand":
             o.expand = parse_expand(value, depth, counter)
+        elif low == "$skiptoken":
+            o.after = parse_skiptoken(value)
     return o
 
 
@@ -203,7 +208,7 @@ def parse_path(path):
             key = key.strip()
             if len(key) >= 2 and key[0] == key[-1] == "'":
                 key = key[1:-1].replace("''", "'")
-            if not re.fullmatch(r"-?\d{1,19}", key):
+            if not re.fullmatch(r"-?[0-9]{1,19}", key):
                 raise NotFound(f"no {m.group('name')} with id {key[:30]!r}: ids are integers")
             key = int(key)
             if not -2**63 <= key < 2**63:
@@ -212,8 +217,20 @@ def parse_path(path):
     return out
 
 
-def next_link_query(raw, skip, top):
-    """The query of @iot.nextLink: the request's options with $skip and $top set, fully encoded."""
+def parse_skiptoken(text):
+    try:
+        v = json.loads(text)
+    except ValueError:
+        v = None
+    if not (isinstance(v, list) and 0 < len(v) <= 4 and all(isinstance(x, (str, int)) and not isinstance(x, bool)
+                                                           for x in v)):
+        raise BadRequest("$skiptoken is not one this server wrote: follow @iot.nextLink as it is given")
+    return v
+
+
+def next_link_query(raw, skip, top, after=None):
+    """The query of @iot.nextLink: the request's options with $top and either $skip or, after the
+    last row in the default order, $skiptoken set, fully encoded."""
     names = {"$filter": "$filter", "$expand": "$expand", "$select": "$select", "$orderby": "$orderby",
              "$count": "$count", "$resultformat": "$resultFormat"}
     parts = []
@@ -221,5 +238,8 @@ def next_link_query(raw, skip, top):
         if low in raw:
             parts.append(f"{name}={urllib.parse.quote(raw[low], safe='')}")
     parts.append(f"$top={top}")
-    parts.append(f"$skip={skip}")
+    if after is not None:
+        parts.append(f"$skiptoken={urllib.parse.quote(json.dumps(after, separators=(',', ':')), safe='')}")
+    else:
+        parts.append(f"$skip={skip}")
     return "&".join(parts)

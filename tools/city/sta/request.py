@@ -5,6 +5,8 @@ psycopg connection (rows as dicts). Evaluation order as OGC 18-088 §9.3.1: $fil
 $orderby, $skip, $top, then $select and $expand on the page; @iot.count comes from $filter alone.
 """
 
+import datetime
+
 from . import render
 from .errors import BadRequest, NotFound
 from .filter import Lit, Op, Path
@@ -27,9 +29,14 @@ def _used_cols(rel):
     return list(dict.fromkeys(used))
 
 
+def _token(v):
+    return v.isoformat() if isinstance(v, datetime.datetime) else v
+
+
 class Page:
-    def __init__(self, rows, more, count=None):
+    def __init__(self, rows, more, count=None, last=None):
         self.rows, self.more, self.count = rows, more, count
+        self.last = last  # the default order's key of the last row, when more follow: the next page's cursor
 
 
 class Api:
@@ -245,11 +252,46 @@ class Api:
             count = await self.count(conn, f"FROM ({source}) AS e WHERE {where}", p.values)
         if n == 0:
             return Page([], False, count)
+        # In the default order a page starts after the last row of the one before (keyset), so that
+        # rows stored meanwhile, earlier in the order (a node's late batch), shift nothing: each row
+        # is served once. With $orderby, pages are offsets ($skip).
+        keyset = not opts.orderby
+        if opts.after is not None:
+            if not keyset:
+                raise BadRequest("$skiptoken goes with the default order, not $orderby: follow @iot.nextLink as given")
+            where += f" AND ({self.after(E, 'e', opts.after, p)})"
         order = Compiler(self.entities, p).order_by(E, "e", opts.orderby)
+        cols = list(cols) + [c for c in E.order if keyset and c != "id" and c not in cols]
         sql = (f"SELECT {self.columns(E, 'e', select, cols)} FROM ({source}) AS e WHERE {where} "
                f"ORDER BY {order} LIMIT {n + 1} OFFSET {int(opts.skip)}")
         rows = await (await conn.execute(sql, p.values)).fetchall()
-        return Page(rows[:n], len(rows) > n, count)
+        more = len(rows) > n
+        last = [_token(rows[n - 1][f"k_{c}"]) for c in E.order] if more and keyset else None
+        return Page(rows[:n], more, count, last)
+
+    @staticmethod
+    def after(E, alias, token, p):
+        """SQL: a row after the cursor in E's default order; the leading column alone as well, for the index."""
+        if len(token) != len(E.order):
+            raise BadRequest("$skiptoken is not one this server wrote for this collection: follow @iot.nextLink")
+        vals = []
+        for c, v in zip(E.order, token):
+            if E.cols[c] == "timestamptz":
+                try:
+                    v = datetime.datetime.fromisoformat(v)
+                except (TypeError, ValueError):
+                    v = None
+                if v is None or v.tzinfo is None:
+                    raise BadRequest("$skiptoken is not one this server wrote: follow @iot.nextLink as it is given")
+            elif not (isinstance(v, int) and -2**63 <= v < 2**63):
+                raise BadRequest("$skiptoken is not one this server wrote: follow @iot.nextLink as it is given")
+            vals.append(p(v, E.cols[c]))
+        lhs = [E.col(alias, c) for c in E.order]
+        return f"{lhs[0]} >= {vals[0]} AND ({', '.join(lhs)}) > ({', '.join(vals)})"
+
+    def next_link(self, path, opts, pg):
+        n = opts.page_size()
+        return f"{self.base}/{path}?{next_link_query(opts.raw, opts.skip + n, n, pg.last)}"
 
     async def count(self, conn, from_where, values):
         bound = COUNT_BOUND
@@ -275,8 +317,7 @@ class Api:
             out["@iot.count"] = pg.count
         out["value"] = [render.entity(E, r, self.base, sel, x) for r, x in zip(pg.rows, expanded)]
         if pg.more:
-            n = opts.page_size()
-            out["@iot.nextLink"] = f"{self.base}/{path}?{next_link_query(opts.raw, opts.skip + n, n)}"
+            out["@iot.nextLink"] = self.next_link(path, opts, pg)
         return out
 
     async def refs(self, conn, state, opts, path):
@@ -291,8 +332,7 @@ class Api:
             out["@iot.count"] = pg.count
         out["value"] = [{"@iot.selfLink": render.self_link(self.base, E, r["k_id"])} for r in pg.rows]
         if pg.more:
-            n = opts.page_size()
-            out["@iot.nextLink"] = f"{self.base}/{path}?{next_link_query(opts.raw, opts.skip + n, n)}"
+            out["@iot.nextLink"] = self.next_link(path, opts, pg)
         return 200, out, JSON
 
     async def data_array(self, conn, E, constraint, opts, path):
@@ -319,8 +359,7 @@ class Api:
         out["value"] = [{"Datastream@iot.navigationLink": render.self_link(self.base, ds, d), "components": components,
                          "dataArray@iot.count": len(rows), "dataArray": rows} for d, rows in groups.items()]
         if pg.more:
-            n = opts.page_size()
-            out["@iot.nextLink"] = f"{self.base}/{path}?{next_link_query(opts.raw, opts.skip + n, n)}"
+            out["@iot.nextLink"] = self.next_link(path, opts, pg)
         return out
 
     # ------------------------------------------------------------------ $expand
@@ -354,13 +393,20 @@ class Api:
                 px = f"(VALUES {tuples}) AS px(__i, {', '.join(used)})"
                 where = self.where(C, "c", constraint, o, p)
                 order = Compiler(self.entities, p).order_by(C, "c", o.orderby)
+                # at most the entities the response has room for, and one more to know it is full:
+                # 10,000 parents of 10,001 children each would otherwise all be fetched, then refused
+                # (a parent's row past its page is fetched, not served: one for each parent more)
+                cap = max(MAX_ENTITIES - budget[0], 0) + len(members) + 1
                 sql = (f"SELECT px.__i AS \"__i\", c.* FROM {px} CROSS JOIN LATERAL (SELECT "
                        f"{self.columns(C, 'c', select, cols)} FROM ({source}) AS c WHERE {where} ORDER BY {order} "
-                       f"LIMIT {n + 1} OFFSET {int(o.skip) if rel.many else 0}) AS c")
+                       f"LIMIT {n + 1} OFFSET {int(o.skip) if rel.many else 0}) AS c LIMIT {cap}")
                 got = await (await conn.execute(sql, p.values)).fetchall() if n else []
                 children += got
-                budget[0] += len(got)
-                if budget[0] > MAX_ENTITIES:
+                counted = {}
+                for ch in got:  # the row past a parent's page is not in the response
+                    counted[ch["__i"]] = min(counted.get(ch["__i"], 0) + 1, n)
+                budget[0] += sum(counted.values())
+                if budget[0] > MAX_ENTITIES or len(got) >= cap:
                     raise BadRequest(f"the response would hold more than {MAX_ENTITIES:,} entities: lower $top inside "
                                      f"$expand, or page the related entities by their own URL")
                 if rel.many and o.count:

@@ -7,6 +7,7 @@ Stateless: any number of processes can serve one database behind a load balancer
 """
 
 import asyncio
+import ipaddress
 import json
 import logging
 import re
@@ -20,6 +21,7 @@ log = logging.getLogger("openpole.city.sta")
 ALLOW = "GET, HEAD, OPTIONS"
 EVENTS = re.compile(r"^/Datastreams\((\d{1,19})\)/Observations/events/?$")
 MAX_STREAMS = 100  # server-sent event streams per process
+MAX_STREAMS_PER_CLIENT = 4  # of them one client address may hold: one client cannot take them all
 KEEPALIVE_S = 15.0
 
 
@@ -41,6 +43,11 @@ class RateLimit:
             self.buckets[who] = (tokens - 1, now)
             if len(self.buckets) > self.clients:  # forget the idle ones; a full bucket is the default anyway
                 self.buckets = {k: v for k, v in self.buckets.items() if now - v[1] < self.burst / self.rate}
+                if len(self.buckets) > self.clients // 2:
+                    # this many active at once: keep the latest half, so that the sweep is rare
+                    # (each one a pass over them all) however many addresses a client rotates through
+                    latest = sorted(self.buckets.items(), key=lambda kv: kv[1][1])[-(self.clients // 2):]
+                    self.buckets = dict(latest)
             return 0
         self.buckets[who] = (tokens, now)
         return (1 - tokens) / self.rate
@@ -64,6 +71,7 @@ class Server:
         self.api = Api(self.entities, self.base)
         self.pool = None
         self.streams = 0
+        self.streams_of = {}  # client -> its open streams
         self.closing = False  # set at shutdown: live streams end
         self.events_interval_s = 1.0
 
@@ -119,12 +127,28 @@ class Server:
         if self.pool is not None:
             await self.pool.close()
 
+    @staticmethod
+    def _network(address):
+        """An IPv6 client is its /64 (one host holds a whole /64 to pick addresses from), IPv4 its address."""
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return address
+        if ip.version == 4:
+            return str(ip)
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+
     def client(self, request):
+        """Whom the rate limit counts: the peer; behind a trusted proxy, the address that proxy appended
+        to X-Forwarded-For, its last entry (the entries before it are whatever the client sent)."""
         if self.trust_forwarded:
-            fwd = request.headers.get("X-Forwarded-For")
-            if fwd:
-                return fwd.split(",")[0].strip()
-        return request.remote or "?"
+            fwd = ",".join(request.headers.getall("X-Forwarded-For", []))
+            last = fwd.rsplit(",", 1)[-1].strip()
+            if last:
+                return self._network(last)
+        return self._network(request.remote or "?")
 
     def app(self):
         from aiohttp import web
@@ -203,19 +227,27 @@ class Server:
         import psycopg
         from psycopg_pool import PoolTimeout
 
-        path = request.path[len("/v1.1"):]
-        query = request.query_string
+        # the path and query as sent, each decoded once, by parse.py (segment by segment, pair by
+        # pair): %2F inside a segment is no separator, and %2531 is '%31', not 1
+        raw = request.rel_url.raw_path
+        if not raw.startswith("/v1.1"):
+            return self.error(404, f"no such resource: the SensorThings API is at {self.base}")
+        path = raw[len("/v1.1"):]
+        query = request.rel_url.raw_query_string
         m = EVENTS.match(path)
         if m and request.method == "GET":
             return await self.events(request, int(m.group(1)))
         try:
             async with self.pool.connection() as conn:
-                status, body, ctype = await self.api.get(conn, path, query)
+                # the timeout bounds the request, not only each statement: a request of many
+                # statements ($count, each $expand level) each under it would hold the connection
+                # for many times it. Cancelled, psycopg cancels the query on the server.
+                status, body, ctype = await asyncio.wait_for(self.api.get(conn, path, query), self.timeout_s)
         except StaError as e:
             return self.error(e.status, e.message, e.headers)
         except PoolTimeout:
             return self.error(503, "the server is busy: try again in a few seconds", {"Retry-After": "5"})
-        except psycopg.errors.QueryCanceled:
+        except (psycopg.errors.QueryCanceled, TimeoutError):
             return self.error(503, f"the query took longer than {self.timeout_s:g} s: narrow it (a time range in "
                                    f"$filter, a smaller $top or $expand)", {"Retry-After": "10"})
         except (psycopg.errors.DataException, psycopg.DataError) as e:
@@ -253,6 +285,10 @@ class Server:
             return self.error(400 if datastream_kind(ds_id) else 404,
                               f"live events are for Datastreams of readings; Datastream {ds_id} is not one "
                               f"(hourly and daily means: GET their Observations once an hour)")
+        who = self.client(request)
+        if self.streams_of.get(who, 0) >= MAX_STREAMS_PER_CLIENT:
+            return self.error(429, f"{who} has {MAX_STREAMS_PER_CLIENT} live streams open already: close one, or "
+                                   f"follow several Datastreams over MQTT", {"Retry-After": "60"})
         if self.streams >= MAX_STREAMS:
             return self.error(503, "too many live streams on this server: try again later", {"Retry-After": "60"})
         ds = self.entities["Datastream"]
@@ -275,11 +311,14 @@ class Server:
                                            "Access-Control-Allow-Origin": "*", "X-Accel-Buffering": "no"})
         await resp.prepare(request)
         self.streams += 1
+        self.streams_of[who] = self.streams_of.get(who, 0) + 1
         quiet = time.monotonic()
         try:
             await resp.write(b"retry: 5000\n\n")
             while not self.closing:
                 await asyncio.sleep(self.events_interval_s)
+                if request.transport is None or request.transport.is_closing():
+                    break  # the client went away: its place is free now, not at the next write
                 try:
                     async with self.pool.connection() as conn:
                         new = await feed.poll(conn, where)
@@ -297,6 +336,9 @@ class Server:
             pass
         finally:
             self.streams -= 1
+            self.streams_of[who] -= 1
+            if not self.streams_of[who]:
+                del self.streams_of[who]
         return resp
 
 

@@ -264,8 +264,7 @@ class Compiler:
 
     def predicate(self, entity, alias, node, scope=None):
         if isinstance(node, Op) and node.op in ("and", "or"):
-            a, b = (self.predicate(entity, alias, x, scope) for x in node.args)
-            return f"({a} {node.op.upper()} {b})"
+            return "(" + f" {node.op.upper()} ".join(self.predicate(entity, alias, x, scope) for x in node.args) + ")"
         if isinstance(node, Op) and node.op == "not":
             return f"(NOT {self.predicate(entity, alias, node.args[0], scope)})"
         own = scope is None
@@ -380,6 +379,10 @@ class Compiler:
         out = []
         for node, direction in orderby:
             v = self.value(entity, alias, node, None, mode="order")
+            if isinstance(node, Lit):
+                if v.type in ("geometry", "polygon", "line"):
+                    raise BadRequest("$orderby cannot order by a geometry")
+                continue  # a constant orders nothing (and PostgreSQL refuses ORDER BY TRUE)
             # the standard's nulls first ascending, last descending; PostgreSQL's default is the opposite
             nulls = "" if v.not_null else "NULLS FIRST" if direction == "asc" else "NULLS LAST"
             d = direction.upper()

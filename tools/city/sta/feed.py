@@ -1,4 +1,4 @@
-"""`openpole city publish`: each committed reading to MQTT as the SensorThings API renders it.
+"""`openpole city feed`: each committed reading to MQTT as the SensorThings API renders it.
 
 Topics (OGC 18-088 §14.2.1): v1.1/Observations, v1.1/Datastreams(ID)/Observations and
 v1.1/Things(ID)/Datastreams/Observations; QoS 1, never retained. The broker lets anonymous clients
@@ -13,7 +13,7 @@ from .live import Feed, topics
 from .mapping import build
 from .request import Api
 
-log = logging.getLogger("openpole.city.publish")
+log = logging.getLogger("openpole.city.feed")
 
 
 class Publisher:
@@ -28,7 +28,7 @@ class Publisher:
     def connect_mqtt(self):
         import paho.mqtt.client as mqtt
 
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"openpole-publish-{int(time.time() * 1000)}")
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"openpole-feed-{int(time.time() * 1000)}")
         if self.user:
             c.username_pw_set(self.user, self.password)
         c.max_queued_messages_set(100_000)
@@ -58,7 +58,7 @@ class Publisher:
                                 ready.set()
                     new = await feed.poll(conn)
                 except psycopg.OperationalError as e:
-                    log.warning("publish: the database: %s; trying again", " ".join(str(e).split())[:200])
+                    log.warning("feed: the database: %s; trying again", " ".join(str(e).split())[:200])
                     conn = None
                     await asyncio.sleep(2)
                     continue
