@@ -47,9 +47,17 @@ def node_update(vm=None, heap="56k", pace_ms=20, workdir=None, lfs=False):
                     pub.wait_online(120)
                 except AssertionError:
                     raise SystemExit("the node did not come online:\n" + board.output()[-3000:]) from None
-                t0 = time.monotonic()
-                pub.send(bundle.ticket(board.node_id, 1, 1, pace_ms=pace_ms, trial_s=300))
-                staged = pub.wait_state("staged", job=1, timeout=1800)
+                start, seq = time.monotonic(), 0
+                while not pub.reports and time.monotonic() - start < 120:  # as the agent: again until heard of
+                    seq += 1
+                    t0 = time.monotonic()
+                    pub.send(bundle.ticket(board.node_id, 1, seq, pace_ms=pace_ms, trial_s=300))
+                    while not pub.reports and time.monotonic() - t0 < 15:
+                        time.sleep(0.05)
+                try:
+                    staged = pub.wait_state("staged", job=1, timeout=600)
+                except AssertionError as e:
+                    raise SystemExit(f"{e}\n{board.output()[-3000:]}") from None
                 secs = time.monotonic() - t0
                 confirmed = pub.wait_state("confirmed", job=1, timeout=300)
                 out = board.output()
@@ -61,7 +69,7 @@ def node_update(vm=None, heap="56k", pace_ms=20, workdir=None, lfs=False):
     return {"vm": vm or "x64", "heap": heap, "fs": "littlefs" if lfs else "directory", "bytes": bundle.total, "objects": len(bundle.objects),
             "requests": len(pub.requests), "seconds": round(secs, 1), "bytes_per_s": round(bundle.total / secs),
             "heap_min_free": staged.get("heap_min_free"), "audio_lost_blocks": staged.get("audio_lost_blocks"),
-            "short_of_heap_lines": out.count("not enough heap") + out.count("no heap"),
+            "tickets_sent": seq, "short_of_heap_lines": out.count("not enough heap") + out.count("no heap"),
             "confirmed": confirmed["app"] == bundle.version}
 
 
