@@ -59,7 +59,7 @@ def installed(tmp_path_factory):
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     r = subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check",
-                        f"{wheel}[field,sim,city]"], capture_output=True, text=True, timeout=900)
+                        f"{wheel}[field,sim,city,ota]"], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout + r.stderr
     work = root / "work"
     work.mkdir()
@@ -130,6 +130,20 @@ def test_a_laptop_flashes_a_node_and_a_pole_carries_its_readings_to_the_city(ins
             if p is not None:
                 p.terminate()
                 p.wait(timeout=30)
+
+
+def test_an_update_bundle_is_built_signed_and_inspected_outside_the_checkout(installed, tmp_path):
+    r = installed.run("ota", "keygen", tmp_path / "release.key")
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = installed.run("ota", "build", "--board", "esp32-devkitc", "--sim", "--version", "9.9.9", "--sign",
+                      tmp_path / "release.key", "--out", tmp_path / "app.zip")
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = installed.run("ota", "inspect", "--json", tmp_path / "app.zip")
+    assert r.returncode == 0, r.stdout + r.stderr
+    info = json.loads(r.stdout)
+    assert info["version"] == "9.9.9" and info["kind"] == "app", info
+    paths_in = {f["path"] for f in info["files"]}
+    assert "main.py" not in paths_in and any(p.endswith(".mpy") for p in paths_in), paths_in
 
 
 def test_a_city_sets_up_its_stream_and_database(installed, tmp_path):
