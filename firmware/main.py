@@ -14,19 +14,23 @@ except (ImportError, AttributeError):  # the Unix port (the simulator) has no wa
 
 
 def hard_reset():
-    try:
-        from hw.sim import board_reset as reset  # the simulator's reset line (not on a board)
-    except Exception:
-        reset = machine.reset
-    reset()
+    if sys.platform == "esp32":
+        machine.reset()
+    import gc
+
+    gc.collect()  # what the failed app left: the simulator's reset line needs a little heap
+    from hw.sim import board_reset  # the simulator's reset line (not on a board)
+
+    board_reset()
 
 
 def failed(e):
     try:  # an app on trial after an update (otaboot.py) is rolled back at once
         if __import__("otaboot").crashed(e, getattr(sys.modules.get("app"), "running", False), hard_reset):
             return
-    except ImportError:
-        pass
+    except (ImportError, MemoryError):  # no otaboot (flashed before OTA), or no heap to load it: on
+        pass  # trial, the boot count rolls it back at the next boot
+    sys.modules.pop("otaboot", None)
     n = 1
     try:
         with open("crashes.txt") as f:
