@@ -13,6 +13,12 @@ NODES ?= 3
 FLASH ?=
 CITY ?=
 PYTEST_ARGS ?=
+# make test runs the suite on pytest-xdist workers. Four on a 2-core machine: the tests mostly wait
+# on subprocesses (brokers, PostgreSQL, NATS, MicroPython VMs, a browser), so four beat two (the
+# README's Testing section has the figures). loadgroup keeps a module's tests that share a
+# module-scoped fixture on one worker (tests/conftest.py). XDIST= runs it in one process; pytest
+# run by hand (a file, a test) runs in one process unless given -n.
+XDIST ?= -n 4 --dist loadgroup
 
 .PHONY: install test demo specs screenshots clean
 
@@ -34,7 +40,7 @@ $(CDDL_VENV)/.installed: tools/spec/cddl/requirements.txt
 test:
 	@bash .ci/services
 	@$(MAKE) --no-print-directory install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 demo: install
 	$(BIN)/openpole sim demo --nodes $(NODES) --duration $(DURATION) $(if $(FLASH),--flash) $(if $(CITY),--city)

@@ -1,5 +1,10 @@
 """Shared fixtures: the firmware compiled for the MicroPython Unix port, a runner with a capped
-heap, and a real Mosquitto on a free loopback port (missing Mosquitto fails, never skips)."""
+heap, and a real Mosquitto on a free loopback port (missing Mosquitto fails, never skips).
+
+`make test` runs the suite on pytest-xdist workers (the Makefile's XDIST, `--dist loadgroup`): every
+service a test starts listens on a free port of its own and keeps its files under the test's
+tmp_path (each worker has its own basetemp), so tests run side by side. pytest run by hand on a
+file or a test runs in one process, as before."""
 
 import json
 import subprocess
@@ -14,6 +19,18 @@ from openpole.sim.broker import Broker, mosquitto_path
 
 sys.path.insert(0, str(paths.FIRMWARE / "lib"))  # pure firmware logic (cbor) on CPython too
 sys.path.append(str(paths.FIRMWARE))  # drivers/ and hw/, after everything else on the path
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the xdist_group marks
+def pytest_collection_modifyitems(items):
+    """The tests of a module that share a module-scoped fixture (a PostgreSQL server with a city's
+    data, an installed wheel, a built site) run on one worker: that fixture is made once, not once
+    per worker that happens to get one of them. The others are spread one by one."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        defs = info.name2fixturedefs.values() if info is not None else ()
+        if any(d[-1].scope in ("module", "class", "package") for d in defs if d):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 class FakeClock:

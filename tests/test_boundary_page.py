@@ -81,6 +81,8 @@ class Pole:
         self.agent.ingest._on_message(self.agent.ingest.client, None, msg)
 
     def with_good_node(self):
+        # The broker keeps nothing for a subscriber that is not there yet: publish once it is.
+        assert self.agent.ingest.subscribed.wait(30), "the agent did not subscribe at the broker"
         publish_all(self.broker, [("openpole/v1/good/data", data("good", seq)) for seq in range(1, 4)],
                     client_id=f"openpole-test-{self.agent.cfg.pole_id}")
         assert wait(lambda: self.agent.store.latest_messages("good", 1), timeout=30)
