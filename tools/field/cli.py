@@ -303,9 +303,9 @@ def run_monitor(args):
             errors.append(str(e))
 
     threads = [threading.Thread(target=one, args=(p,), daemon=True) for p in port_list]
-    for t in threads:
-        t.start()
-    try:
+    try:  # a Ctrl-C as soon as the first line shows finds the guard in place
+        for t in threads:
+            t.start()
         for t in threads:
             while t.is_alive():
                 t.join(0.2)
