@@ -208,9 +208,14 @@ def test_the_sample_config_loads_with_every_setting_uncommented(tmp_path):
     lines = [re.sub(r"^# (\w+ = )", r"\1", ln) for ln in text.splitlines()]
     body = "\n".join(ln for ln in lines if not ln.startswith(("kind", "bus", "address", 'port = "/dev')))
     f = tmp_path / "agent.toml"
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    release = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+    body = body.replace("<64 hex digits from openpole ota keygen>", release)  # the placeholder, as a user fills it
     f.write_text(body.replace('keys_file = "/etc/openpole/node-keys.toml"', ""))
     cfg = config.load(f)
-    assert cfg.batch_max == 2000 and cfg.require_mac is False
+    assert cfg.batch_max == 2000 and cfg.require_mac is False and release in str(cfg.ota_release_keys)
 
 
 def test_a_clock_step_neither_ages_out_unsynced_rows_nor_skips_newer_ones(tmp_path):

@@ -456,7 +456,7 @@ class MQTT(O):
         sent.append((topic, length, b"".join(parts)))
         return True
 
-node = O(cfg={"board": "esp32-devkitc", "broker": {"host": "h", "password": "s3cret"}}, node_id="n1", t0=0, boot=7,
+node = O(ota_rejected=0, cfg={"board": "esp32-devkitc", "broker": {"host": "h", "password": "s3cret"}}, node_id="n1", t0=0, boot=7,
          hw=O(reset_cause=lambda: "power_on", net_info=lambda: {"connected": True}), heap_min_free=1, short_of_heap=0,
          tick_max_ms=3, noise=O(lost=0), last_publish=None, published=1, delivered=1, resent=0, inflight=0,
          mqtt=MQTT(connected=True, errors=0, last_error=None, on_puback=None),
@@ -478,8 +478,9 @@ print(json.dumps({"paces": len(paces), "kinds": sorted(set(paces)), "length": le
 def test_a_diag_report_goes_out_a_piece_per_tick_the_bytes_sent_those_counted(mp):
     got = mp.json(DIAG_PIECES)
     # Counted, then written, some 160 bytes of it per loop tick (diag._TICK_BYTES), the audio read
-    # between: never the whole report in one tick.
-    assert got["paces"] >= 2 * (got["length"] // 160) - 1 and got["paces"] >= 4, got
+    # between: never the whole report in one tick. Over the two passes (counted, written) at least a
+    # tick per 160 bytes of the report: a field bigger than that (the app's update record) is one piece.
+    assert got["paces"] >= got["length"] // 160 and got["paces"] >= 4, got
     assert got["kinds"] == [256]  # commands.KINDS: "diag"
     assert got["length"] == got["got"]  # the ticks between changed nothing the report says
     report = got["report"]

@@ -77,7 +77,11 @@ def open_port(port, timeout=1.0):
         raise explain(port, FileNotFoundError(errno.ENOENT, "No such file", port))
     try:
         if "://" in port:  # rfc2217://, socket://: a remote or virtual board (`openpole sim board`)
-            return serial.serial_for_url(port, BAUD, timeout=timeout)
+            url = port
+            if url.startswith("rfc2217://") and "timeout=" not in url:
+                # pyserial gives the RFC 2217 negotiation 3 s: a board behind a busy link or host needs more
+                url += ("&" if "?" in url else "?") + "timeout=10"
+            return serial.serial_for_url(url, BAUD, timeout=timeout)
         return serial.Serial(port, BAUD, timeout=timeout, exclusive=True)
     except (serial.SerialException, OSError) as e:
         raise explain(port, e) from None
